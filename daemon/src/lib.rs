@@ -1,0 +1,7 @@
+//! failoverd: an emergency failover control daemon for services on an Istio mesh.
+//!
+//! Probes and SLO signals feed a pure [`engine`]; its actions go through one writer to a
+//! [`routing`] store, and every move is recorded in the [`audit`] log.
+
+pub mod engine;
+pub mod playbook;

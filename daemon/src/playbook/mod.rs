@@ -1,0 +1,990 @@
+//! Playbooks: the declarative description of how one service fails over and back.
+//!
+//! Loading ([`parse`], [`load_paths`]) and checking ([`Playbook::validate`]) are separate
+//! steps: serde refuses what does not fit the types (unknown fields, bad durations, YAML
+//! syntax), `validate` refuses what fits the types but makes no sense (a probe pointing at a
+//! target that does not exist, a timeout longer than its interval). Both report
+//! [`Problem`]s that name file, line, column and field.
+
+mod duration;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+pub use duration::Duration;
+
+/// The `apiVersion` every playbook carries.
+pub const API_VERSION: &str = "failoverd.dev/v1alpha1";
+
+/// One problem found in a playbook file, located as precisely as the parser allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The file the problem is in.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// 1-based column (0 when unknown).
+    pub column: u64,
+    /// Dotted path of the field, e.g. `spec.probes[1].target` (empty when not about one field).
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A list of problems, displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// A playbook file: how one guarded service fails over and back.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Playbook {
+    /// Must be `failoverd.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `Playbook`.
+    pub kind: String,
+    /// Identity of the playbook.
+    pub metadata: Metadata,
+    /// What to watch and where to move traffic.
+    pub spec: PlaybookSpec,
+}
+
+/// Identity of a playbook.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Unique name across all loaded playbooks (a DNS-1123 label); used in the API and audit.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Free-form labels, e.g. `team: intake`; copied into status output.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The body of a playbook.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlaybookSpec {
+    /// The VirtualService failoverd rewrites.
+    pub virtual_service: ObjectRef,
+    /// `http[].name` of the route to rewrite; when absent, the first http route.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub route: Option<Spanned<String>>,
+    /// Where traffic goes when all is well (used when no original route was recorded).
+    pub primary: Destination,
+    /// Failover targets in order of preference: the first *healthy* one wins.
+    #[schemars(with = "Vec<Destination>")]
+    pub failover: Spanned<Vec<Destination>>,
+    /// Active health probes; each watches one target.
+    #[serde(default)]
+    pub probes: Vec<ProbeSpec>,
+    /// SLO signals read from Prometheus; each watches one target.
+    #[serde(default)]
+    pub slos: Vec<SloSpec>,
+    /// When failing signals count as a failure.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// How and when traffic returns to the primary.
+    #[serde(default)]
+    pub failback: Failback,
+    /// No second move within this time of the last one, unless an operator overrides.
+    /// Keeps a flapping primary from flapping the routes.
+    #[serde(default = "default_min_dwell")]
+    pub min_dwell: Duration,
+    /// What a signal without data (probe could not run, Prometheus down) means.
+    #[serde(default)]
+    pub on_missing: OnMissing,
+}
+
+fn default_min_dwell() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// A namespaced Kubernetes object.
+#[derive(
+    Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Name of the object.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// An Istio route destination.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Service host, e.g. `case-management.child-welfare-dr.svc.cluster.local`.
+    #[schemars(with = "String")]
+    pub host: Spanned<String>,
+    /// DestinationRule subset (a DNS-1123 label), if any.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub subset: Option<Spanned<String>>,
+    /// Port number on the host, if the service exposes more than one.
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+impl Destination {
+    /// The destination as an Istio `destination` object (host, subset, port).
+    pub fn to_istio(&self) -> serde_json::Value {
+        let mut d = serde_json::Map::new();
+        d.insert("host".into(), self.host.value.clone().into());
+        if let Some(s) = &self.subset {
+            d.insert("subset".into(), s.value.clone().into());
+        }
+        if let Some(p) = self.port {
+            d.insert("port".into(), serde_json::json!({ "number": p }));
+        }
+        serde_json::Value::Object(d)
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host.value)?;
+        if let Some(s) = &self.subset {
+            write!(f, " (subset {})", s.value)?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which destination a signal watches: `primary` or `failover[N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// The primary destination.
+    Primary,
+    /// The N-th failover target (0-based).
+    Failover(usize),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Primary => f.write_str("primary"),
+            Target::Failover(i) => write!(f, "failover[{i}]"),
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid target `{s}`: expected `primary` or `failover[N]`");
+        if s == "primary" {
+            return Ok(Target::Primary);
+        }
+        let idx = s
+            .strip_prefix("failover[")
+            .and_then(|r| r.strip_suffix(']'))
+            .ok_or_else(bad)?;
+        idx.parse::<usize>()
+            .map(Target::Failover)
+            .map_err(|_| bad())
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl JsonSchema for Target {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Target".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`primary` or `failover[N]` (0-based index into spec.failover).",
+            "pattern": "^(primary|failover\\[[0-9]+\\])$"
+        })
+    }
+}
+
+/// An active health probe.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProbeSpec {
+    /// Unique name within the playbook; appears in status and audit records.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// The destination this probe speaks for.
+    #[schemars(with = "Target")]
+    pub target: Spanned<Target>,
+    /// HTTP GET check (exactly one of `http`, `tcp`).
+    #[serde(default)]
+    pub http: Option<HttpCheck>,
+    /// TCP connect check (exactly one of `http`, `tcp`).
+    #[serde(default)]
+    pub tcp: Option<TcpCheck>,
+    /// Time between attempts. Detection takes about `interval × trigger.failureThreshold`.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Time allowed for one attempt; must be shorter than `interval`.
+    #[serde(default = "default_timeout")]
+    #[schemars(with = "Duration")]
+    pub timeout: Spanned<Duration>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_timeout() -> Spanned<Duration> {
+    Spanned::new(
+        Duration::from_millis(500),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+/// HTTP GET probe.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpCheck {
+    /// `http://` or `https://` URL to GET.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// Status codes that count as healthy (default `[200]`).
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Vec<u16>,
+}
+
+fn default_expect_status() -> Vec<u16> {
+    vec![200]
+}
+
+/// TCP connect probe.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheck {
+    /// `host:port` to connect to.
+    #[schemars(with = "String")]
+    pub address: Spanned<String>,
+}
+
+/// An SLO signal evaluated from Prometheus.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SloSpec {
+    /// Unique name within the playbook (shared namespace with probe names).
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// The destination this SLO speaks for.
+    #[schemars(with = "Target")]
+    pub target: Spanned<Target>,
+    /// A PromQL threshold.
+    pub prometheus: PromThreshold,
+    /// Time between evaluations.
+    #[serde(default = "default_evaluation_interval")]
+    pub evaluation_interval: Duration,
+}
+
+fn default_evaluation_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A PromQL expression compared with a threshold (exactly one of `above`, `below`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromThreshold {
+    /// Instant-query PromQL expression returning one value.
+    #[schemars(with = "String")]
+    pub query: Spanned<String>,
+    /// Unhealthy while the value is above this.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// Unhealthy while the value is below this.
+    #[serde(default)]
+    pub below: Option<f64>,
+}
+
+/// When failing signals count as a failure of their target.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Trigger {
+    /// Consecutive unhealthy probe results before a target counts as unhealthy (≥ 1).
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(with = "u32")]
+    pub failure_threshold: Spanned<u32>,
+    /// A failure (probe past the threshold, SLO breach) must also last this long.
+    #[serde(default, rename = "for")]
+    pub for_: Duration,
+}
+
+fn default_failure_threshold() -> Spanned<u32> {
+    Spanned::new(
+        3,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_failure_threshold(),
+            for_: Duration::default(),
+        }
+    }
+}
+
+/// How traffic returns to the primary.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Failback {
+    /// `automatic`: fail back on its own once the primary is stable; `manual`: wait for an operator.
+    #[serde(default)]
+    pub mode: FailbackMode,
+    /// The primary must be healthy this long before failback starts.
+    #[serde(default = "default_failback_after")]
+    pub after: Duration,
+    /// Percent of traffic on the primary at each step; strictly increasing, ending at 100.
+    /// A primary that fails during the ramp gets all traffic taken away again at once.
+    #[serde(default = "default_steps")]
+    #[schemars(with = "Vec<u8>")]
+    pub steps: Spanned<Vec<u8>>,
+    /// Time between steps.
+    #[serde(default = "default_step_interval")]
+    pub step_interval: Duration,
+}
+
+fn default_failback_after() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_steps() -> Spanned<Vec<u8>> {
+    Spanned::new(
+        vec![100],
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+fn default_step_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Failback {
+    fn default() -> Self {
+        Self {
+            mode: FailbackMode::default(),
+            after: default_failback_after(),
+            steps: default_steps(),
+            step_interval: default_step_interval(),
+        }
+    }
+}
+
+/// Failback mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FailbackMode {
+    /// Fail back without an operator once the primary has been healthy for `after`.
+    #[default]
+    Automatic,
+    /// Stay failed over until an operator fails back.
+    Manual,
+}
+
+/// What a signal without data means.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OnMissing {
+    /// Neither failover nor failback on account of that signal (the safe default).
+    #[default]
+    Hold,
+    /// Missing data on the primary counts as failing (for services where silence means down).
+    Failover,
+    /// Leave the signal out; the target is judged by its other signals.
+    Ignore,
+}
+
+impl Playbook {
+    /// The playbook's name.
+    pub fn name(&self) -> &str {
+        &self.metadata.name.value
+    }
+
+    /// The destination a target refers to (None when the index is out of range).
+    pub fn destination(&self, target: Target) -> Option<&Destination> {
+        match target {
+            Target::Primary => Some(&self.spec.primary),
+            Target::Failover(i) => self.spec.failover.value.get(i),
+        }
+    }
+
+    /// The route steps as a slice (percent on the primary).
+    pub fn failback_steps(&self) -> &[u8] {
+        &self.spec.failback.steps.value
+    }
+
+    /// Checks references and sense; returns every problem found (empty when valid).
+    pub fn validate(&self, file: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut push = |loc: serde_saphyr::Location, field: &str, message: String| {
+            out.push(Problem {
+                file: file.to_string(),
+                line: loc.line(),
+                column: loc.column(),
+                field: field.to_string(),
+                message,
+            });
+        };
+        let unknown = serde_saphyr::Location::UNKNOWN;
+        if self.api_version != API_VERSION {
+            push(
+                unknown,
+                "apiVersion",
+                format!("expected `{API_VERSION}`, got `{}`", self.api_version),
+            );
+        }
+        if self.kind != "Playbook" {
+            push(
+                unknown,
+                "kind",
+                format!("expected `Playbook`, got `{}`", self.kind),
+            );
+        }
+        let name = &self.metadata.name;
+        if let Err(e) = check_dns_label(&name.value) {
+            push(name.referenced, "metadata.name", e);
+        }
+        let spec = &self.spec;
+        for (field, v) in [
+            (
+                "spec.virtualService.namespace",
+                &spec.virtual_service.namespace,
+            ),
+            ("spec.virtualService.name", &spec.virtual_service.name),
+        ] {
+            if let Err(e) = check_dns_subdomain(v) {
+                push(unknown, field, e);
+            }
+        }
+        if let Some(r) = &spec.route
+            && r.value.trim().is_empty()
+        {
+            push(r.referenced, "spec.route", "must not be empty".into());
+        }
+        let check_dest =
+            |field: String,
+             d: &Destination,
+             push: &mut dyn FnMut(serde_saphyr::Location, &str, String)| {
+                if let Err(e) = check_host(&d.host.value) {
+                    push(d.host.referenced, &format!("{field}.host"), e);
+                }
+                if let Some(s) = &d.subset
+                    && let Err(e) = check_dns_label(&s.value)
+                {
+                    push(s.referenced, &format!("{field}.subset"), e);
+                }
+                if let Some(p) = d.port
+                    && !(1..=65535).contains(&p)
+                {
+                    push(
+                        d.host.referenced,
+                        &format!("{field}.port"),
+                        format!("port {p} is not in 1..=65535"),
+                    );
+                }
+            };
+        check_dest("spec.primary".into(), &spec.primary, &mut push);
+        if spec.failover.value.is_empty() {
+            push(
+                spec.failover.referenced,
+                "spec.failover",
+                "must list at least one failover target".into(),
+            );
+        }
+        for (i, d) in spec.failover.value.iter().enumerate() {
+            check_dest(format!("spec.failover[{i}]"), d, &mut push);
+            if d.host.value == spec.primary.host.value
+                && d.subset.as_ref().map(|s| &s.value)
+                    == spec.primary.subset.as_ref().map(|s| &s.value)
+                && d.port == spec.primary.port
+            {
+                push(
+                    d.host.referenced,
+                    &format!("spec.failover[{i}]"),
+                    "is the same destination as spec.primary".into(),
+                );
+            }
+        }
+        let threshold = &spec.trigger.failure_threshold;
+        if threshold.value < 1 {
+            push(
+                threshold.referenced,
+                "spec.trigger.failureThreshold",
+                "must be at least 1".into(),
+            );
+        }
+        let mut names: HashMap<&str, ()> = HashMap::new();
+        let mut watched: Vec<Target> = Vec::new();
+        let n_failover = spec.failover.value.len();
+        for (i, p) in spec.probes.iter().enumerate() {
+            let field = format!("spec.probes[{i}]");
+            if p.name.value.trim().is_empty() {
+                push(
+                    p.name.referenced,
+                    &format!("{field}.name"),
+                    "must not be empty".into(),
+                );
+            } else if names.insert(&p.name.value, ()).is_some() {
+                push(
+                    p.name.referenced,
+                    &format!("{field}.name"),
+                    format!("duplicate signal name `{}`", p.name.value),
+                );
+            }
+            check_target(p.target.value, n_failover)
+                .map(|t| watched.push(t))
+                .unwrap_or_else(|e| push(p.target.referenced, &format!("{field}.target"), e));
+            match (&p.http, &p.tcp) {
+                (Some(h), None) => {
+                    let kind = failover_probes::ProbeKind::Http {
+                        url: h.url.value.clone(),
+                        expect_status: h.expect_status.clone(),
+                    };
+                    if let Err(e) = failover_probes::check_kind(&kind) {
+                        push(
+                            h.url.referenced,
+                            &format!("{field}.http.url"),
+                            e.to_string(),
+                        );
+                    }
+                    if h.expect_status.is_empty()
+                        || h.expect_status.iter().any(|s| !(100..=599).contains(s))
+                    {
+                        push(
+                            h.url.referenced,
+                            &format!("{field}.http.expectStatus"),
+                            "must list HTTP status codes in 100..=599".into(),
+                        );
+                    }
+                }
+                (None, Some(t)) => {
+                    let kind = failover_probes::ProbeKind::Tcp {
+                        address: t.address.value.clone(),
+                    };
+                    if let Err(e) = failover_probes::check_kind(&kind) {
+                        push(
+                            t.address.referenced,
+                            &format!("{field}.tcp.address"),
+                            e.to_string(),
+                        );
+                    }
+                }
+                _ => push(
+                    p.name.referenced,
+                    &field,
+                    "needs exactly one of `http`, `tcp`".into(),
+                ),
+            }
+            if p.interval.get().is_zero() {
+                push(
+                    p.name.referenced,
+                    &format!("{field}.interval"),
+                    "must be greater than 0s".into(),
+                );
+            }
+            if p.timeout.value.get().is_zero() || p.timeout.value >= p.interval {
+                let loc = if p.timeout.referenced == unknown {
+                    p.name.referenced
+                } else {
+                    p.timeout.referenced
+                };
+                push(
+                    loc,
+                    &format!("{field}.timeout"),
+                    format!(
+                        "timeout {} must be greater than 0s and shorter than interval {}",
+                        p.timeout.value, p.interval
+                    ),
+                );
+            }
+        }
+        for (i, s) in spec.slos.iter().enumerate() {
+            let field = format!("spec.slos[{i}]");
+            if s.name.value.trim().is_empty() {
+                push(
+                    s.name.referenced,
+                    &format!("{field}.name"),
+                    "must not be empty".into(),
+                );
+            } else if names.insert(&s.name.value, ()).is_some() {
+                push(
+                    s.name.referenced,
+                    &format!("{field}.name"),
+                    format!("duplicate signal name `{}`", s.name.value),
+                );
+            }
+            check_target(s.target.value, n_failover)
+                .map(|t| watched.push(t))
+                .unwrap_or_else(|e| push(s.target.referenced, &format!("{field}.target"), e));
+            let q = &s.prometheus;
+            if q.query.value.trim().is_empty() {
+                push(
+                    q.query.referenced,
+                    &format!("{field}.prometheus.query"),
+                    "must not be empty".into(),
+                );
+            }
+            match (q.above, q.below) {
+                (Some(v), None) | (None, Some(v)) if v.is_finite() => {}
+                _ => push(
+                    q.query.referenced,
+                    &format!("{field}.prometheus"),
+                    "needs exactly one finite threshold: `above` or `below`".into(),
+                ),
+            }
+            if s.evaluation_interval.get().is_zero() {
+                push(
+                    s.name.referenced,
+                    &format!("{field}.evaluationInterval"),
+                    "must be greater than 0s".into(),
+                );
+            }
+        }
+        if !watched.contains(&Target::Primary) {
+            push(
+                name.referenced,
+                "spec.probes",
+                "no probe or SLO watches `primary`: failoverd could never notice it failing".into(),
+            );
+        }
+        for i in 0..n_failover {
+            if !watched.contains(&Target::Failover(i)) {
+                let loc = spec.failover.value[i].host.referenced;
+                push(
+                    loc,
+                    &format!("spec.failover[{i}]"),
+                    format!(
+                        "no probe or SLO watches `failover[{i}]`: failoverd never routes to a target it cannot see"
+                    ),
+                );
+            }
+        }
+        let steps = &spec.failback.steps;
+        let ok = !steps.value.is_empty()
+            && steps.value.last() == Some(&100)
+            && steps.value.windows(2).all(|w| w[0] < w[1])
+            && steps.value.first().is_some_and(|s| *s >= 1);
+        if !ok {
+            push(
+                steps.referenced,
+                "spec.failback.steps",
+                format!(
+                    "must be strictly increasing percentages in 1..=100 ending at 100, got {:?}",
+                    steps.value
+                ),
+            );
+        }
+        if steps.value.len() > 1 && spec.failback.step_interval.get().is_zero() {
+            push(
+                steps.referenced,
+                "spec.failback.stepInterval",
+                "must be greater than 0s when there is more than one step".into(),
+            );
+        }
+        out
+    }
+}
+
+fn check_target(t: Target, n_failover: usize) -> Result<Target, String> {
+    match t {
+        Target::Failover(i) if i >= n_failover => Err(format!(
+            "target `failover[{i}]` does not exist: spec.failover has {n_failover} entr{}",
+            if n_failover == 1 { "y" } else { "ies" }
+        )),
+        t => Ok(t),
+    }
+}
+
+/// Checks a DNS-1123 label: 1..=63 of `[a-z0-9-]`, starting and ending alphanumeric.
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a DNS-1123 label (lowercase letters, digits and `-`, at most 63, starting and ending alphanumeric)"
+        ))
+    }
+}
+
+/// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 || s.split('.').any(|l| check_dns_label(l).is_err()) {
+        return Err(format!("`{s}` is not a DNS-1123 subdomain"));
+    }
+    Ok(())
+}
+
+/// Checks a destination host the way Istio's webhook does: a valid domain name, not `*`,
+/// not empty (an empty host black-holes traffic), no scheme or port.
+pub fn check_host(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("host must not be empty".into());
+    }
+    if s == "*" || s.contains('*') {
+        return Err(format!("host `{s}` must not be a wildcard"));
+    }
+    if s.contains("://") || s.contains(':') || s.contains('/') {
+        return Err(format!(
+            "host `{s}` must be a bare host name (no scheme, port or path; put the port in `port`)"
+        ));
+    }
+    let lower = s.to_ascii_lowercase();
+    check_dns_subdomain(&lower).map_err(|_| format!("host `{s}` is not a valid domain name"))
+}
+
+/// A parsed and validated playbook with the file it came from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The playbook.
+    pub playbook: Playbook,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Parses one playbook document; syntax and type errors carry their YAML location.
+pub fn parse(file: &str, text: &str) -> Result<Playbook, Problem> {
+    // A first, lenient pass reads only `kind` so a Drill file (or anything else) gets a clear word.
+    if let Ok(h) = serde_saphyr::from_str::<Header>(text)
+        && let Some(kind) = h.kind
+        && kind != "Playbook"
+    {
+        return Err(Problem {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            field: "kind".into(),
+            message: format!("expected `Playbook`, got `{kind}`"),
+        });
+    }
+    serde_saphyr::from_str::<Playbook>(text).map_err(|e| yaml_problem(file, &e))
+}
+
+/// Converts a serde-saphyr error into a located [`Problem`].
+pub fn yaml_problem(file: &str, e: &serde_saphyr::Error) -> Problem {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let opts = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+    let mut message = e.render_with_options(opts);
+    // The location goes in front (`file:line:col:`), so drop the parser's own suffix.
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    Problem {
+        file: file.into(),
+        line,
+        column,
+        field: String::new(),
+        message,
+    }
+}
+
+/// Reads and validates one playbook file.
+pub fn load_file(path: &Path) -> Result<Loaded, Vec<Problem>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Problem {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    let playbook = parse(&file, &text).map_err(|p| vec![p])?;
+    let problems = playbook.validate(&file);
+    if problems.is_empty() {
+        Ok(Loaded {
+            file: path.to_path_buf(),
+            playbook,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
+    if path.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(Problem {
+                    file: path.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    field: String::new(),
+                    message: format!("cannot read directory: {e}"),
+                });
+                return;
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            // Hidden entries include the `..data` symlink farm of a mounted ConfigMap.
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if p.is_dir() || is_yaml(&p) {
+                collect_files(&p, out, problems);
+            }
+        }
+    } else if path.exists() {
+        out.push(path.to_path_buf());
+    } else {
+        problems.push(Problem {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: "no such file or directory".into(),
+        });
+    }
+}
+
+/// Loads every playbook under the given files and directories (recursively, `*.yaml`/`*.yml`).
+///
+/// The set is all or nothing: any problem in any file refuses the whole set, so a half-valid
+/// directory never runs. Names must be unique, and no two playbooks may rewrite the same route.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Problems> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for p in paths {
+        collect_files(p, &mut files, &mut problems);
+    }
+    let mut loaded = Vec::new();
+    for f in &files {
+        match load_file(f) {
+            Ok(l) => loaded.push(l),
+            Err(mut ps) => problems.append(&mut ps),
+        }
+    }
+    let mut names: HashMap<String, &Loaded> = HashMap::new();
+    let mut routes: HashMap<(ObjectRef, Option<String>), &Loaded> = HashMap::new();
+    for l in &loaded {
+        let name = &l.playbook.metadata.name;
+        if let Some(first) = names.insert(name.value.clone(), l) {
+            problems.push(Problem {
+                file: l.file.display().to_string(),
+                line: name.referenced.line(),
+                column: name.referenced.column(),
+                field: "metadata.name".into(),
+                message: format!(
+                    "duplicate playbook name `{}` (also in {})",
+                    name.value,
+                    first.file.display()
+                ),
+            });
+        }
+        let key = (
+            l.playbook.spec.virtual_service.clone(),
+            l.playbook.spec.route.as_ref().map(|r| r.value.clone()),
+        );
+        if let Some(first) = routes.insert(key, l) {
+            problems.push(Problem {
+                file: l.file.display().to_string(),
+                line: name.referenced.line(),
+                column: name.referenced.column(),
+                field: "spec.virtualService".into(),
+                message: format!(
+                    "playbook `{}` rewrites the same route as `{}` ({}): one route, one owner",
+                    name.value,
+                    first.playbook.name(),
+                    first.file.display()
+                ),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// The JSON Schema of the playbook format, generated from these types.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Playbook);
+    serde_json::to_value(schema).unwrap_or_default()
+}

@@ -1,0 +1,96 @@
+//! Load-time validation of probe definitions, so a bad URL or address is reported
+//! when the playbook is read rather than discovered (or panicking) at run time.
+
+use std::net::{Ipv6Addr, SocketAddr};
+
+use crate::{ProbeError, ProbeKind};
+
+/// Checks a probe kind without running it.
+///
+/// HTTP: the URL parses, its scheme is `http` or `https`, it has a host, and
+/// `expect_status` is a non-empty list of codes in `100..=599` (an empty list could
+/// never be healthy). TCP: the address is `host:port` with a port in `1..=65535`.
+/// Used by playbook validation so a bad URL is a load-time error, never a run-time
+/// panic.
+pub fn check_kind(kind: &ProbeKind) -> Result<(), ProbeError> {
+    match kind {
+        ProbeKind::Http { url, expect_status } => {
+            check_url(url)?;
+            check_statuses(url, expect_status)
+        }
+        ProbeKind::Tcp { address } => check_address(address),
+    }
+}
+
+fn check_url(url: &str) -> Result<(), ProbeError> {
+    let invalid = |reason: String| ProbeError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => return Err(invalid(format!("scheme {other:?} is not http or https"))),
+    }
+    match parsed.host_str() {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(invalid("no host".to_owned())),
+    }
+}
+
+fn check_statuses(url: &str, expect_status: &[u16]) -> Result<(), ProbeError> {
+    let invalid = |reason: String| ProbeError::InvalidExpectStatus {
+        url: url.to_owned(),
+        reason,
+    };
+    if expect_status.is_empty() {
+        return Err(invalid(
+            "empty list: the probe could never be healthy".to_owned(),
+        ));
+    }
+    match expect_status.iter().find(|s| !(100..=599).contains(*s)) {
+        Some(bad) => Err(invalid(format!("{bad} is not an HTTP status (100..=599)"))),
+        None => Ok(()),
+    }
+}
+
+fn check_address(address: &str) -> Result<(), ProbeError> {
+    let invalid = |reason: &str| ProbeError::InvalidAddress {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    };
+    // IP literals (including bracketed IPv6) are fully handled by std.
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(invalid("port must be in 1..=65535"))
+        } else {
+            Ok(())
+        };
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("port must be a number in 1..=65535"))?;
+    if port == 0 {
+        return Err(invalid("port must be in 1..=65535"));
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match inner.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(invalid("bracketed host is not an IPv6 address")),
+        };
+    }
+    // A DNS name: reject what can never resolve rather than model full RFC 1123.
+    let bad_char = |c: char| c.is_whitespace() || matches!(c, ':' | '/' | '[' | ']' | '@');
+    if host.is_empty() {
+        Err(invalid("empty host"))
+    } else if host.contains(bad_char) {
+        Err(invalid(
+            "host contains characters not allowed in a host name (IPv6 needs [brackets])",
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Runs every probe on its own interval until shutdown.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::{ProbeResult, ProbeSpec, probe_once};
+
+/// `tokio::time::interval_at` panics on a zero period; the daemon validates
+/// `timeout < interval` (so the interval is positive), this only keeps a bad spec from
+/// panicking the scheduler.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The running probe tasks returned by [`spawn_probes`].
+///
+/// Dropping it aborts every task; [`ProbeSet::shutdown`] lets them finish instead.
+#[derive(Debug)]
+pub struct ProbeSet {
+    tasks: JoinSet<()>,
+}
+
+impl ProbeSet {
+    /// Number of probe tasks still held.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether there are no probe tasks.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Waits for every probe task to stop.
+    ///
+    /// Tasks stop on their own once the shutdown watch turns `true` (or its sender is
+    /// dropped), so signal it first: otherwise this waits as long as the probes run.
+    /// A task that panicked is logged, not propagated, so shutdown always completes.
+    pub async fn shutdown(mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined {
+                tracing::error!(error = %e, "probe task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Spawns every probe on the current tokio runtime, each on its own interval.
+///
+/// Start times are spread: each probe's first attempt is delayed by a random offset in
+/// `[0, interval)` so thousands of probes do not fire in one burst; later attempts
+/// follow at `start + k * interval`. Results go to `tx` (the caller's bounded channel);
+/// a full channel slows that probe down rather than dropping results, and a probe
+/// whose receiver is gone stops. All tasks stop when `shutdown` becomes `true` — or
+/// when its sender is dropped, since nothing could ever signal them after that.
+///
+/// Must be called from within a tokio runtime (it uses `JoinSet::spawn`).
+pub fn spawn_probes(
+    specs: Vec<ProbeSpec>,
+    client: reqwest::Client,
+    tx: mpsc::Sender<ProbeResult>,
+    shutdown: watch::Receiver<bool>,
+) -> ProbeSet {
+    let mut tasks = JoinSet::new();
+    let mut rng = rand::rng();
+    let now = Instant::now();
+    for spec in specs {
+        let interval = spec.interval.max(MIN_INTERVAL);
+        let offset_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let first = now + Duration::from_nanos(rng.random_range(0..offset_nanos));
+        tasks.spawn(run_probe(
+            spec,
+            interval,
+            first,
+            client.clone(),
+            tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    ProbeSet { tasks }
+}
+
+async fn run_probe(
+    spec: ProbeSpec,
+    interval: Duration,
+    first: Instant,
+    client: reqwest::Client,
+    tx: mpsc::Sender<ProbeResult>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval_at(first, interval);
+    // Skip, not Delay or Burst: if an attempt overruns or the runtime stalls, Burst
+    // would fire catch-up probes back to back (no new information, a load spike on the
+    // target), and Delay would shift this probe's phase for good, slowly undoing the
+    // start-time spread. Skip drops the missed ticks and stays on start + k * interval.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        // `biased`: once shutdown is signalled, never start another attempt.
+        tokio::select! {
+            biased;
+            () = signalled(&mut shutdown) => break,
+            _ = ticker.tick() => {}
+        }
+        let result = tokio::select! {
+            biased;
+            () = signalled(&mut shutdown) => break,
+            result = probe_once(&client, &spec) => result,
+        };
+        tokio::select! {
+            biased;
+            () = signalled(&mut shutdown) => break,
+            sent = tx.send(result) => if sent.is_err() {
+                tracing::debug!(id = spec.id, "probe result receiver gone; stopping probe");
+                break;
+            },
+        }
+    }
+}
+
+/// Resolves once shutdown is requested, or when the sender is dropped.
+async fn signalled(shutdown: &mut watch::Receiver<bool>) {
+    // Err means the sender is gone: treat it as shutdown (see `spawn_probes`).
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
