@@ -3,5 +3,7 @@
 //! Probes and SLO signals feed a pure [`engine`]; its actions go through one writer to a
 //! [`routing`] store, and every move is recorded in the [`audit`] log.
 
+pub mod audit;
 pub mod engine;
 pub mod playbook;
+pub mod routing;

@@ -808,25 +808,36 @@ pub struct Loaded {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Header {
     #[serde(default)]
-    kind: Option<String>,
+    api_version: Option<Spanned<String>>,
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
 }
 
 /// Parses one playbook document; syntax and type errors carry their YAML location.
 pub fn parse(file: &str, text: &str) -> Result<Playbook, Problem> {
-    // A first, lenient pass reads only `kind` so a Drill file (or anything else) gets a clear word.
-    if let Ok(h) = serde_saphyr::from_str::<Header>(text)
-        && let Some(kind) = h.kind
-        && kind != "Playbook"
-    {
-        return Err(Problem {
+    // A first, lenient pass reads only `kind` and `apiVersion` so a Drill file (or anything
+    // else) gets a clear word, located at the offending value.
+    if let Ok(h) = serde_saphyr::from_str::<Header>(text) {
+        let refuse = |field: &str, expected: &str, got: &Spanned<String>| Problem {
             file: file.into(),
-            line: 0,
-            column: 0,
-            field: "kind".into(),
-            message: format!("expected `Playbook`, got `{kind}`"),
-        });
+            line: got.referenced.line(),
+            column: got.referenced.column(),
+            field: field.into(),
+            message: format!("expected `{expected}`, got `{}`", got.value),
+        };
+        if let Some(kind) = &h.kind
+            && kind.value != "Playbook"
+        {
+            return Err(refuse("kind", "Playbook", kind));
+        }
+        if let Some(v) = &h.api_version
+            && v.value != API_VERSION
+        {
+            return Err(refuse("apiVersion", API_VERSION, v));
+        }
     }
     serde_saphyr::from_str::<Playbook>(text).map_err(|e| yaml_problem(file, &e))
 }

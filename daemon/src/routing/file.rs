@@ -1,0 +1,173 @@
+//! The `file` store: one VirtualService manifest per object at `<dir>/<namespace>/<name>.yaml`,
+//! the same YAML `kubectl apply -f` takes. For local runs and GitOps pipelines.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{
+    RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, apply, route_index, view,
+};
+use crate::engine::Routing;
+use crate::playbook::Playbook;
+
+/// VirtualService manifests in a directory, written atomically (temp file, fsync, rename,
+/// fsync of the directory) so a crash leaves either the old or the new file, never half.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+/// Attempts at a write that keeps finding the file changed under it (a GitOps sync racing us).
+const CONFLICT_RETRIES: usize = 3;
+
+impl FileStore {
+    /// A store rooted at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The manifest path of a playbook's VirtualService.
+    pub fn path(&self, pb: &Playbook) -> PathBuf {
+        let vs = &pb.spec.virtual_service;
+        self.dir
+            .join(&vs.namespace)
+            .join(format!("{}.yaml", vs.name))
+    }
+
+    fn load(&self, pb: &Playbook) -> Result<(Value, [u8; 32]), StoreError> {
+        let path = self.path(pb);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(format!(
+                    "{} (expected at {})",
+                    pb.spec.virtual_service,
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                });
+            }
+        };
+        let value: Value = serde_saphyr::from_str(&text).map_err(|e| StoreError::Malformed {
+            object: pb.spec.virtual_service.to_string(),
+            message: format!(
+                "{}: {}",
+                path.display(),
+                crate::playbook::yaml_problem("", &e).message
+            ),
+        })?;
+        Ok((value, Sha256::digest(text.as_bytes()).into()))
+    }
+
+    fn write_sync(&self, pb: &Playbook, to: Routing) -> Result<WriteOutcome, StoreError> {
+        let path = self.path(pb);
+        for _ in 0..CONFLICT_RETRIES {
+            let (mut vs, digest) = self.load(pb)?;
+            let current = view(&vs, pb)?;
+            let i = route_index(&vs, pb)?;
+            let before = apply(&mut vs, pb, to)?;
+            let after = vs
+                .pointer(&format!("/spec/http/{i}/route"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if current.routing == to && before == after {
+                return Ok(WriteOutcome {
+                    before,
+                    after,
+                    changed: false,
+                });
+            }
+            let text = serde_saphyr::to_string(&vs).map_err(|e| StoreError::Malformed {
+                object: pb.spec.virtual_service.to_string(),
+                message: format!("cannot serialise: {e}"),
+            })?;
+            // Optimistic concurrency, like a resourceVersion: only replace the file we read.
+            let (_, again) = self.load(pb)?;
+            if again != digest {
+                continue;
+            }
+            atomic_write(&path, text.as_bytes()).map_err(|e| StoreError::Io {
+                context: format!("writing {}", path.display()),
+                source: e,
+            })?;
+            let (read_back, _) = self.load(pb)?;
+            let got = read_back
+                .pointer(&format!("/spec/http/{i}/route"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if got != after || view(&read_back, pb)?.routing != to {
+                return Err(StoreError::Verify {
+                    object: pb.spec.virtual_service.to_string(),
+                });
+            }
+            return Ok(WriteOutcome {
+                before,
+                after: got,
+                changed: true,
+            });
+        }
+        Err(StoreError::Conflict(pb.spec.virtual_service.to_string()))
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
+/// fsync of the directory (so the rename itself survives a power cut).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".failoverd-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // Keep the original file's permissions rather than the temp file's 0600.
+    if let Ok(meta) = std::fs::metadata(path) {
+        tmp.as_file().set_permissions(meta.permissions())?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl RoutingStore for FileStore {
+    fn read<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, RouteView> {
+        let this = self.clone();
+        let pb = pb.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let (vs, _) = this.load(&pb)?;
+                view(&vs, &pb)
+            })
+            .await
+            .map_err(join_error)?
+        })
+    }
+
+    fn write<'a>(&'a self, pb: &'a Playbook, to: Routing) -> StoreFuture<'a, WriteOutcome> {
+        let this = self.clone();
+        let pb = pb.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.write_sync(&pb, to))
+                .await
+                .map_err(join_error)?
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.dir.display())
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        context: "store task".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}

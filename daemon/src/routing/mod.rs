@@ -1,0 +1,442 @@
+//! Routing stores: where failoverd reads and writes VirtualServices.
+//!
+//! The rewrite itself ([`apply`]) is shared and pure: it changes only the destinations and
+//! weights of the playbook's http route, records the original route in the annotation
+//! [`ORIGINAL_ROUTE`] so failback restores it exactly, and keeps every other field.
+
+mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{Map, Value, json};
+
+pub use file::FileStore;
+
+use crate::engine::Routing;
+use crate::playbook::{Playbook, Target, check_host};
+
+/// Annotation holding the route as it was before failover (JSON of `http[i].route`).
+pub const ORIGINAL_ROUTE: &str = "failoverd.dev/original-route";
+/// Annotation holding failoverd's routing for the route (JSON of [`Routing`]).
+pub const STATE: &str = "failoverd.dev/state";
+
+/// Why a store operation failed. Each variant maps to a bounded metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The VirtualService does not exist.
+    #[error("VirtualService {0} not found")]
+    NotFound(String),
+    /// The object exists but is not a VirtualService failoverd can work on.
+    #[error("VirtualService {object} is malformed: {message}")]
+    Malformed {
+        /// Which object.
+        object: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The playbook's route is not in the VirtualService.
+    #[error("VirtualService {object} has no http route {route}")]
+    RouteNotFound {
+        /// Which object.
+        object: String,
+        /// The route looked for.
+        route: String,
+    },
+    /// Someone else changed the object between our read and our write.
+    #[error("VirtualService {0} changed while failoverd was writing it")]
+    Conflict(String),
+    /// The result would not be a valid VirtualService; nothing was written.
+    #[error("refusing to write VirtualService {object}: {message}")]
+    Invalid {
+        /// Which object.
+        object: String,
+        /// The rule it breaks.
+        message: String,
+    },
+    /// The write landed but reading it back showed something else.
+    #[error("VirtualService {object} read back differs from what was written")]
+    Verify {
+        /// Which object.
+        object: String,
+    },
+    /// I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What failoverd was doing.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Malformed { .. } => "malformed",
+            StoreError::RouteNotFound { .. } => "route_not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Invalid { .. } => "invalid",
+            StoreError::Verify { .. } => "verify",
+            StoreError::Io { .. } => "io",
+        }
+    }
+
+    /// True when retrying the same write may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Io { .. })
+    }
+}
+
+/// A VirtualService route as read from a store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteView {
+    /// failoverd's routing, from the state annotation (Primary when failoverd never moved it).
+    pub routing: Routing,
+    /// The route's destinations as they stand (`http[i].route`).
+    pub route: Value,
+}
+
+/// What a write changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteOutcome {
+    /// `http[i].route` before.
+    pub before: Value,
+    /// `http[i].route` after (as read back).
+    pub after: Value,
+    /// False when the store already held this routing (nothing was written).
+    pub changed: bool,
+}
+
+/// A boxed future, so stores can be chosen at run time.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where VirtualServices live. Implementations must never overwrite a concurrent change
+/// blindly and must read back what they wrote.
+pub trait RoutingStore: Send + Sync + std::fmt::Debug {
+    /// Reads the playbook's route.
+    fn read<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, RouteView>;
+    /// Writes `to` into the playbook's route.
+    fn write<'a>(&'a self, pb: &'a Playbook, to: Routing) -> StoreFuture<'a, WriteOutcome>;
+    /// A short description for logs (`file:/var/lib/failoverd/routes`).
+    fn describe(&self) -> String;
+}
+
+fn object_name(pb: &Playbook) -> String {
+    pb.spec.virtual_service.to_string()
+}
+
+/// Index of the playbook's route in `spec.http`.
+pub fn route_index(vs: &Value, pb: &Playbook) -> Result<usize, StoreError> {
+    let object = object_name(pb);
+    let http = vs
+        .pointer("/spec/http")
+        .and_then(Value::as_array)
+        .ok_or_else(|| StoreError::Malformed {
+            object: object.clone(),
+            message: "spec.http is missing or not a list".into(),
+        })?;
+    match &pb.spec.route {
+        None if !http.is_empty() => Ok(0),
+        None => Err(StoreError::RouteNotFound {
+            object,
+            route: "(first)".into(),
+        }),
+        Some(name) => http
+            .iter()
+            .position(|r| r.get("name").and_then(Value::as_str) == Some(name.value.as_str()))
+            .ok_or_else(|| StoreError::RouteNotFound {
+                object,
+                route: name.value.clone(),
+            }),
+    }
+}
+
+fn annotations(vs: &Value) -> Option<&Map<String, Value>> {
+    vs.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+}
+
+/// Reads failoverd's routing and the route's destinations from a VirtualService.
+pub fn view(vs: &Value, pb: &Playbook) -> Result<RouteView, StoreError> {
+    check_kind(vs, pb)?;
+    let i = route_index(vs, pb)?;
+    let route = vs
+        .pointer(&format!("/spec/http/{i}/route"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let routing = annotations(vs)
+        .and_then(|a| a.get(STATE))
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<StateAnnotation>(s).ok())
+        .filter(|s| s.route_matches(pb))
+        .map(|s| s.routing)
+        .unwrap_or(Routing::Primary);
+    Ok(RouteView { routing, route })
+}
+
+/// The state annotation: which playbook moved the route and where it points.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StateAnnotation {
+    playbook: String,
+    route: Option<String>,
+    routing: Routing,
+}
+
+impl StateAnnotation {
+    fn route_matches(&self, pb: &Playbook) -> bool {
+        self.playbook == pb.name()
+            && self.route.as_deref() == pb.spec.route.as_ref().map(|r| r.value.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Routing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "to", rename_all = "camelCase")]
+        enum R {
+            Primary,
+            Failover {
+                target: usize,
+            },
+            #[serde(rename_all = "camelCase")]
+            Split {
+                target: usize,
+                primary_percent: u8,
+            },
+        }
+        Ok(match R::deserialize(d)? {
+            R::Primary => Routing::Primary,
+            R::Failover { target } => Routing::Failover { target },
+            R::Split {
+                target,
+                primary_percent,
+            } => Routing::Split {
+                target,
+                primary_percent,
+            },
+        })
+    }
+}
+
+fn check_kind(vs: &Value, pb: &Playbook) -> Result<(), StoreError> {
+    let object = object_name(pb);
+    let kind = vs.get("kind").and_then(Value::as_str);
+    let api = vs.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if kind != Some("VirtualService") || !api.starts_with("networking.istio.io/") {
+        return Err(StoreError::Malformed {
+            object,
+            message: format!(
+                "expected apiVersion networking.istio.io/* and kind VirtualService, got {api} {}",
+                kind.unwrap_or("(none)")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Splits 100 across `weights` in proportion, by largest remainder, so the parts sum to
+/// exactly `total` (integers, as Istio wants).
+pub fn scale_weights(weights: &[u32], total: u32) -> Vec<u32> {
+    let sum: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    if sum == 0 {
+        // All-zero or missing weights: Istio treats a lone destination as 100; split evenly.
+        let mut out = vec![total / weights.len() as u32; weights.len()];
+        let rest = total - out.iter().sum::<u32>();
+        for o in out.iter_mut().take(rest as usize) {
+            *o += 1;
+        }
+        return out;
+    }
+    let exact: Vec<(u32, u64, usize)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let num = u64::from(*w) * u64::from(total);
+            ((num / sum) as u32, num % sum, i)
+        })
+        .collect();
+    let mut out: Vec<u32> = exact.iter().map(|e| e.0).collect();
+    let mut rest = total - out.iter().sum::<u32>();
+    let mut order: Vec<&(u32, u64, usize)> = exact.iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+    for e in order {
+        if rest == 0 {
+            break;
+        }
+        out[e.2] += 1;
+        rest -= 1;
+    }
+    out
+}
+
+fn destination(pb: &Playbook, t: Target) -> Value {
+    pb.destination(t)
+        .map(|d| d.to_istio())
+        .unwrap_or(Value::Null)
+}
+
+/// The concrete `http[i].route` for `to`, given the original route.
+pub fn route_for(pb: &Playbook, to: Routing, original: &Value) -> Value {
+    match to {
+        Routing::Primary => original.clone(),
+        Routing::Failover { target } => {
+            json!([{ "destination": destination(pb, Target::Failover(target)), "weight": 100 }])
+        }
+        Routing::Split {
+            target,
+            primary_percent,
+        } => {
+            let p = u32::from(primary_percent.clamp(1, 99));
+            let orig: Vec<Value> = original.as_array().cloned().unwrap_or_default();
+            let mut out = Vec::new();
+            if orig.is_empty() {
+                out.push(json!({ "destination": destination(pb, Target::Primary), "weight": p }));
+            } else {
+                let w: Vec<u32> = orig
+                    .iter()
+                    .map(|d| d.get("weight").and_then(Value::as_u64).unwrap_or(0) as u32)
+                    .collect();
+                let w = if orig.len() == 1 { vec![1] } else { w };
+                for (mut d, share) in orig.into_iter().zip(scale_weights(&w, p)) {
+                    if share == 0 {
+                        continue;
+                    }
+                    if let Some(o) = d.as_object_mut() {
+                        o.insert("weight".into(), share.into());
+                    }
+                    out.push(d);
+                }
+            }
+            out.push(json!({ "destination": destination(pb, Target::Failover(target)), "weight": 100 - p }));
+            Value::Array(out)
+        }
+    }
+}
+
+/// Rewrites the playbook's route in `vs` to `to`. Returns the route before. Pure.
+///
+/// Only `http[i].route` and the two failoverd annotations change; everything else —
+/// other routes, matches, retries, timeouts, headers, labels, other annotations, fields
+/// failoverd does not know — is kept as it was.
+pub fn apply(vs: &mut Value, pb: &Playbook, to: Routing) -> Result<Value, StoreError> {
+    check_kind(vs, pb)?;
+    let object = object_name(pb);
+    let i = route_index(vs, pb)?;
+    let before = vs
+        .pointer(&format!("/spec/http/{i}/route"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let recorded = annotations(vs)
+        .and_then(|a| a.get(ORIGINAL_ROUTE))
+        .and_then(Value::as_str)
+        .map(|s| {
+            serde_json::from_str::<Value>(s).map_err(|e| StoreError::Malformed {
+                object: object.clone(),
+                message: format!("annotation {ORIGINAL_ROUTE} is not JSON: {e}"),
+            })
+        })
+        .transpose()?;
+    let original = recorded.clone().unwrap_or_else(|| before.clone());
+    let new_route = route_for(pb, to, &original);
+    validate_route(&new_route, &object, to != Routing::Primary)?;
+    let meta = vs
+        .as_object_mut()
+        .and_then(|o| {
+            o.entry("metadata")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+        })
+        .ok_or_else(|| StoreError::Malformed {
+            object: object.clone(),
+            message: "metadata is not an object".into(),
+        })?;
+    let ann = meta
+        .entry("annotations")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Malformed {
+            object: object.clone(),
+            message: "metadata.annotations is not an object".into(),
+        })?;
+    if to == Routing::Primary {
+        ann.remove(ORIGINAL_ROUTE);
+        ann.remove(STATE);
+    } else {
+        if recorded.is_none() {
+            ann.insert(ORIGINAL_ROUTE.into(), Value::String(original.to_string()));
+        }
+        let state = StateAnnotation {
+            playbook: pb.name().to_string(),
+            route: pb.spec.route.as_ref().map(|r| r.value.clone()),
+            routing: to,
+        };
+        ann.insert(
+            STATE.into(),
+            Value::String(serde_json::to_string(&state).unwrap_or_default()),
+        );
+    }
+    if ann.is_empty() {
+        meta.remove("annotations");
+    }
+    let slot = vs
+        .pointer_mut(&format!("/spec/http/{i}"))
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| StoreError::Malformed {
+            object: object.clone(),
+            message: format!("spec.http[{i}] is not an object"),
+        })?;
+    slot.insert("route".into(), new_route);
+    Ok(before)
+}
+
+/// Checks a route failoverd is about to write: at least one destination, every host valid,
+/// weights non-negative integers. A route failoverd composes (`exact_100`) must sum to 100;
+/// an original route being restored keeps its own relative weights but must not sum to 0.
+pub fn validate_route(route: &Value, object: &str, exact_100: bool) -> Result<(), StoreError> {
+    let invalid = |message: String| StoreError::Invalid {
+        object: object.to_string(),
+        message,
+    };
+    let dests = route
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| invalid("route has no destinations".into()))?;
+    let mut sum = 0u64;
+    for (i, d) in dests.iter().enumerate() {
+        let host = d
+            .pointer("/destination/host")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(format!("route[{i}] has no destination.host")))?;
+        check_host(host).map_err(|e| invalid(format!("route[{i}]: {e}")))?;
+        match d.get("weight") {
+            // Istio reads a lone destination without a weight as 100 %.
+            None if dests.len() == 1 => sum += 100,
+            Some(w) => {
+                sum += w.as_u64().ok_or_else(|| {
+                    invalid(format!(
+                        "route[{i}].weight {w} is not a non-negative integer"
+                    ))
+                })?
+            }
+            None => return Err(invalid(format!("route[{i}] has no weight"))),
+        }
+    }
+    if exact_100 && sum != 100 {
+        return Err(invalid(format!("weights sum to {sum}, not 100")));
+    }
+    if sum == 0 {
+        return Err(invalid(
+            "weights sum to 0: Envoy would drop all traffic".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
