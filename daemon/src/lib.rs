@@ -4,6 +4,13 @@
 //! [`routing`] store, and every move is recorded in the [`audit`] log.
 
 pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod playbook;
 pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod standin;

@@ -122,6 +122,7 @@ pub enum Routing {
         target: usize,
     },
     /// A failback step: `primary_percent` on the primary, the rest on the failover target.
+    #[serde(rename_all = "camelCase")]
     Split {
         /// Index into `spec.failover`.
         target: usize,

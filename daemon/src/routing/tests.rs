@@ -220,3 +220,29 @@ async fn file_store_round_trip() {
         Err(StoreError::Malformed { .. })
     ));
 }
+
+/// Ensures every routing survives the YAML round trip of the file store unchanged.
+#[test]
+fn yaml_round_trip_of_every_routing() {
+    let pb = pb();
+    for to in [
+        Routing::Failover { target: 0 },
+        Routing::Split {
+            target: 0,
+            primary_percent: 50,
+        },
+        Routing::Primary,
+    ] {
+        let mut v = vs();
+        apply(&mut v, &pb, Routing::Failover { target: 0 }).unwrap();
+        apply(&mut v, &pb, to).unwrap();
+        let text = serde_saphyr::to_string(&v).unwrap();
+        let back: Value = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(back, v, "{to:?}\n{text}");
+        assert_eq!(
+            view(&back, &pb).unwrap().routing,
+            to,
+            "state annotation round trip"
+        );
+    }
+}

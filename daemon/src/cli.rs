@@ -1,0 +1,369 @@
+//! The command line: one binary for the daemon, its checks and its demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::audit::{self, AuditLog};
+use crate::config::{FileConfig, Settings, StoreSpec};
+use crate::engine::Routing;
+use crate::playbook::{self, Problems};
+use crate::routing::{self, FileStore};
+use crate::runtime::{self, Runtime, Shared};
+
+/// failoverd: emergency failover control for services on an Istio mesh.
+#[derive(Debug, Parser)]
+#[command(name = "failoverd", version, about)]
+pub struct Cli {
+    /// Log format: `auto` (human on a terminal, JSON otherwise is NOT assumed: human), `text`, `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `failoverd=debug`.
+    #[arg(long, global = true, env = "FAILOVERD_LOG")]
+    pub log: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Validate playbook files or directories; prints `file:line:col: message` per problem.
+    Validate {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show the exact routing change a failover (or failback) would write; writes nothing.
+    Plan {
+        /// The playbook file.
+        playbook: PathBuf,
+        /// Where the VirtualService lives: `file:DIR`.
+        #[arg(long)]
+        store: StoreSpec,
+        /// Plan the failback instead of the failover.
+        #[arg(long)]
+        failback: bool,
+        /// Failover target index (default 0; at run time the first *healthy* target wins).
+        #[arg(long)]
+        target: Option<usize>,
+    },
+    /// A self-contained run: stand-in services on loopback, a temporary file store, a fault
+    /// and a recovery, shown as a live timeline.
+    Demo,
+    /// Audit log tools.
+    Audit {
+        /// Audit subcommand.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the playbook JSON Schema.
+    Schema,
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+    },
+}
+
+/// `run` flags; each may also come from `--config`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// YAML config file with the keys below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Playbook directory (or file).
+    #[arg(long)]
+    pub playbooks: Option<PathBuf>,
+    /// Route store: `file:DIR`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// HTTP listen address (health, readiness, metrics).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Audit log file (JSON Lines, hash-chained).
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Merges flags over the config file.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p).map_err(|p| anyhow::anyhow!("{p}"))?,
+            None => FileConfig::default(),
+        };
+        let playbooks = self.playbooks.clone().or(file.playbooks).ok_or_else(|| {
+            anyhow::anyhow!("no playbooks: pass --playbooks DIR or `playbooks:` in --config (or try `failoverd demo`)")
+        })?;
+        let store: StoreSpec = self
+            .store
+            .clone()
+            .or(file.store)
+            .ok_or_else(|| anyhow::anyhow!("no store: pass --store file:DIR"))?
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        let listen = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid listen address `{listen}`: {e}"))?;
+        let audit = self
+            .audit
+            .clone()
+            .or(file.audit)
+            .ok_or_else(|| anyhow::anyhow!("no audit log: pass --audit FILE"))?;
+        Ok(Settings {
+            playbooks: vec![playbooks],
+            store,
+            listen,
+            audit,
+        })
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Validate { paths } => return validate(&paths),
+        Command::Plan {
+            playbook,
+            store,
+            failback,
+            target,
+        } => plan(&playbook, &store, failback, target),
+        Command::Demo => crate::demo::run().await,
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => return verify(&file),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&playbook::json_schema()).unwrap_or_default()
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("failoverd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    match playbook::load_paths(paths) {
+        Ok(loaded) => {
+            for l in &loaded {
+                println!("{}: ok ({})", l.file.display(), l.playbook.name());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{} problem(s)", problems.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(file: &std::path::Path) -> ExitCode {
+    match audit::verify(file) {
+        Ok(v) => {
+            println!("{}: {} records, chain intact", file.display(), v.records);
+            if let Some(n) = v.torn_tail {
+                println!(
+                    "{}: torn last line ({n} bytes): a write cut short by a crash; failoverd removes it (and records that) when it next opens the log",
+                    file.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plan(
+    path: &std::path::Path,
+    store: &StoreSpec,
+    failback: bool,
+    target: Option<usize>,
+) -> anyhow::Result<()> {
+    let loaded = playbook::load_file(path).map_err(|p| anyhow::anyhow!("{}", Problems(p)))?;
+    let pb = &loaded.playbook;
+    let StoreSpec::File(dir) = store;
+    let fs = FileStore::new(dir);
+    let file = fs.path(pb);
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut vs: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            playbook::yaml_problem(&file.display().to_string(), &e)
+        )
+    })?;
+    let current = routing::view(&vs, pb)?;
+    let to = if failback {
+        Routing::Primary
+    } else {
+        let t = target.unwrap_or(0);
+        if pb.destination(playbook::Target::Failover(t)).is_none() {
+            anyhow::bail!("failover[{t}] does not exist in {}", path.display());
+        }
+        Routing::Failover { target: t }
+    };
+    routing::apply(&mut vs, pb, to)?;
+    let before = serde_saphyr::to_string(&serde_saphyr::from_str::<serde_json::Value>(&text)?)?;
+    let after = serde_saphyr::to_string(&vs)?;
+    println!("# playbook {}: {} -> {to}", pb.name(), current.routing);
+    if !failback {
+        println!(
+            "# at run time the first failover target known healthy wins; this plans failover[{}]",
+            target.unwrap_or(0)
+        );
+    }
+    if before == after {
+        println!("# no change: the store already holds this routing");
+        return Ok(());
+    }
+    let name = file.display().to_string();
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    print!(
+        "{}",
+        diff.unified_diff().context_radius(3).header(&name, &name)
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let loaded = playbook::load_paths(&settings.playbooks)
+        .map_err(|p| anyhow::anyhow!("refusing to start: the playbook set is invalid\n{p}"))?;
+    if loaded.is_empty() {
+        anyhow::bail!(
+            "refusing to start: no playbooks under {}",
+            settings.playbooks[0].display()
+        );
+    }
+    let store = settings.store.open()?;
+    let audit = AuditLog::open(&settings.audit)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    info!(
+        playbooks = loaded.len(),
+        store = %store.describe(),
+        listen = %listener.local_addr()?,
+        audit = %settings.audit.display(),
+        "failoverd starting"
+    );
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown signal received");
+        let _ = tx.send(true);
+        // A second signal aborts at once (the drain is stuck).
+        shutdown_signal().await;
+        error!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    serve(
+        Runtime {
+            playbooks: loaded.clone(),
+            store,
+            audit,
+        },
+        Arc::new(Shared::new(&loaded)),
+        listener,
+        rx,
+    )
+    .await
+}
+
+/// Runs the daemon with an HTTP listener until `shutdown` turns true.
+pub async fn serve(
+    rt: Runtime,
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let app = crate::server::router(shared.clone());
+    let mut http_stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|v| *v).await;
+            })
+            .await
+    });
+    let result = runtime::run(rt, shared, shutdown).await;
+    http.await??;
+    info!("stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Starts logging to stderr.
+pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}

@@ -1,0 +1,137 @@
+//! failoverd's own Prometheus metrics. Every label set is bounded by the loaded playbooks.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// All metrics, registered once at start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Moves away from the primary (failover, switch, operator failover), per playbook.
+    pub failovers: Family<Labels, Counter>,
+    /// Completed returns to the original route, per playbook.
+    pub failbacks: Family<Labels, Counter>,
+    /// Probe results by playbook, probe and result (healthy/unhealthy/unknown).
+    pub probe_results: Family<Labels, Counter>,
+    /// Time spent in one `decide` call.
+    pub decision_seconds: Histogram,
+    /// Time of one routing write including read-back, by result.
+    pub route_write_seconds: Family<Labels, Histogram>,
+    /// Failed routing writes by playbook and reason.
+    pub route_write_errors: Family<Labels, Counter>,
+    /// 1 while the playbook is in the labelled phase.
+    pub phase: Family<Labels, Gauge>,
+    /// 1 while the playbook has no healthy destination to go to.
+    pub stuck: Family<Labels, Gauge>,
+    /// Audit appends that failed (each one blocked a routing write).
+    pub audit_errors: Counter,
+}
+
+fn write_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("failoverd");
+        let failovers = Family::<Labels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Moves of traffic away from the primary",
+            failovers.clone(),
+        );
+        let failbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "failbacks",
+            "Completed returns to the original route",
+            failbacks.clone(),
+        );
+        let probe_results = Family::<Labels, Counter>::default();
+        registry.register(
+            "probe_results",
+            "Probe results by result",
+            probe_results.clone(),
+        );
+        // Decisions take microseconds; the buckets start low so a regression is visible.
+        let decision_seconds =
+            Histogram::new([1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]);
+        registry.register(
+            "decision_seconds",
+            "Time spent deciding for one playbook",
+            decision_seconds.clone(),
+        );
+        let route_write_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(write_buckets()));
+        registry.register(
+            "route_write_seconds",
+            "Time of one routing write including read-back",
+            route_write_seconds.clone(),
+        );
+        let route_write_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "route_write_errors",
+            "Failed routing writes",
+            route_write_errors.clone(),
+        );
+        let phase = Family::<Labels, Gauge>::default();
+        registry.register(
+            "playbook_phase",
+            "1 while the playbook is in the labelled phase",
+            phase.clone(),
+        );
+        let stuck = Family::<Labels, Gauge>::default();
+        registry.register(
+            "playbook_stuck",
+            "1 while no healthy destination is available",
+            stuck.clone(),
+        );
+        let audit_errors = Counter::default();
+        registry.register(
+            "audit_write_errors",
+            "Audit appends that failed",
+            audit_errors.clone(),
+        );
+        Self {
+            registry,
+            failovers,
+            failbacks,
+            probe_results,
+            decision_seconds,
+            route_write_seconds,
+            route_write_errors,
+            phase,
+            stuck,
+            audit_errors,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Label set helper.
+pub fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+}

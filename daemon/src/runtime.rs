@@ -1,0 +1,758 @@
+//! The daemon's moving parts: probes feed a controller that runs the engine; every routing
+//! write and audit record goes through one writer task.
+//!
+//! ```text
+//! probes ──results──► controller (decide) ──jobs──► writer (audit, store, audit) ──done──┐
+//!                          ▲                                                              │
+//!                          └──────────────────────────────────────────────────────────────┘
+//! ```
+//! The controller applies an engine decision's next state only once the writer reports the
+//! write done, so a failed write is simply decided again (with backoff) on a later tick.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use failover_probes::{Outcome, ProbeKind, ProbeResult, ProbeSpec, ProbeWindow};
+use jiff::Timestamp;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::audit::{AuditLog, Entry};
+use crate::engine::{
+    self, Action, Actor, Decision, Health, MoveKind, Observation, Overrides, Phase, Routing,
+    SignalKind, State, Verdict,
+};
+use crate::metrics::{Metrics, labels};
+use crate::playbook::{Loaded, Playbook, Target};
+use crate::routing::{RoutingStore, StoreError};
+
+/// How often time-driven rules (failback `after`, dwell expiry, stale results) are checked.
+/// Probe results trigger a decision at once; this tick only bounds the lateness of the rest.
+const TICK: Duration = Duration::from_millis(250);
+/// One routing write may take this long before it counts as failed: long enough for a slow
+/// API server, short enough to retry inside the 30 s failover budget.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First retry delay after a failed write; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Retry delay ceiling: a broken store is retried at least this often.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Probe results are bursty (every probe may fire in one tick); the queue absorbs a few
+/// seconds of a large fleet before probe tasks wait on it (they never drop results).
+const RESULT_QUEUE: usize = 4096;
+/// Moves kept per playbook for status output.
+const HISTORY: usize = 20;
+/// Results kept per probe (for the success ratio in status).
+const WINDOW: usize = 20;
+
+/// Monotonic clock mapped to wall time once at start, so the engine sees timestamps that
+/// never jump with NTP.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base: Instant,
+    base_ts: Timestamp,
+}
+
+impl Clock {
+    /// Starts the clock now.
+    pub fn start() -> Self {
+        Self {
+            base: Instant::now(),
+            base_ts: Timestamp::now(),
+        }
+    }
+
+    /// The timestamp of a monotonic instant.
+    pub fn ts(&self, at: Instant) -> Timestamp {
+        let d = at.saturating_duration_since(self.base);
+        self.base_ts
+            .checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(self.base_ts)
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        self.ts(Instant::now())
+    }
+}
+
+/// One move, as shown in status.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// When the write completed.
+    pub time: Timestamp,
+    /// What kind of move.
+    pub kind: MoveKind,
+    /// Routing before.
+    pub from: Routing,
+    /// Routing after.
+    pub to: Routing,
+    /// Why.
+    pub reason: String,
+    /// Who (`engine` or an operator).
+    pub actor: String,
+}
+
+/// What the daemon shows about one playbook.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybookStatus {
+    /// Playbook name.
+    pub name: String,
+    /// Life-cycle phase (None until the store has been read).
+    pub phase: Option<Phase>,
+    /// Current routing as failoverd knows it.
+    pub routing: Option<Routing>,
+    /// The last decision's explanation.
+    pub explain: String,
+    /// The last error on this playbook (store, audit), if any.
+    pub error: Option<String>,
+    /// Latest observation per signal.
+    pub signals: Vec<Observation>,
+    /// Recent moves, newest last.
+    pub transitions: VecDeque<Transition>,
+}
+
+/// State shared with the HTTP server.
+#[derive(Debug)]
+pub struct Shared {
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// True once every probe has reported at least once.
+    pub ready: AtomicBool,
+    /// Per-playbook status, in playbook order.
+    pub status: RwLock<Vec<PlaybookStatus>>,
+}
+
+impl Shared {
+    /// Status for a set of playbooks, not ready yet.
+    pub fn new(playbooks: &[Loaded]) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+            status: RwLock::new(
+                playbooks
+                    .iter()
+                    .map(|l| PlaybookStatus {
+                        name: l.playbook.name().to_string(),
+                        phase: None,
+                        routing: None,
+                        explain: "starting".into(),
+                        error: None,
+                        signals: Vec::new(),
+                        transitions: VecDeque::new(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A copy of the status table.
+    pub fn snapshot(&self) -> Vec<PlaybookStatus> {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+struct Slot {
+    name: String,
+    target: Target,
+    window: ProbeWindow,
+    max_age: Duration,
+}
+
+struct Guarded {
+    pb: Arc<Playbook>,
+    state: Option<State>,
+    slots: Vec<Slot>,
+    pending: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    overrides: Overrides,
+}
+
+struct WriteJob {
+    idx: usize,
+    pb: Arc<Playbook>,
+    from: Routing,
+    to: Routing,
+    kind: MoveKind,
+    reason: String,
+    forced: bool,
+    actor: Option<Actor>,
+    inputs: Value,
+    next: State,
+}
+
+enum Job {
+    Write(Box<WriteJob>),
+    Audit(Box<Entry>),
+}
+
+struct Done {
+    job: Box<WriteJob>,
+    result: Result<(), String>,
+    label: &'static str,
+    elapsed: Duration,
+}
+
+/// Builds the probe list for a set of playbooks: (spec, playbook index, slot index).
+fn probe_specs(playbooks: &[Loaded]) -> (Vec<ProbeSpec>, Vec<(usize, usize)>) {
+    let mut specs = Vec::new();
+    let mut owners = Vec::new();
+    for (pi, l) in playbooks.iter().enumerate() {
+        for (si, p) in l.playbook.spec.probes.iter().enumerate() {
+            let kind = match (&p.http, &p.tcp) {
+                (Some(h), _) => ProbeKind::Http {
+                    url: h.url.value.clone(),
+                    expect_status: h.expect_status.clone(),
+                },
+                (None, Some(t)) => ProbeKind::Tcp {
+                    address: t.address.value.clone(),
+                },
+                (None, None) => continue,
+            };
+            owners.push((pi, si));
+            specs.push(ProbeSpec {
+                id: specs.len(),
+                kind,
+                interval: p.interval.get(),
+                timeout: p.timeout.value.get(),
+            });
+        }
+    }
+    (specs, owners)
+}
+
+fn health_of(o: &Outcome) -> Health {
+    match o {
+        Outcome::Healthy => Health::Healthy,
+        Outcome::Unhealthy(r) => Health::Unhealthy(r.clone()),
+        Outcome::Unknown(r) => Health::Unknown(r.clone()),
+    }
+}
+
+impl Guarded {
+    fn observations(&self, clock: &Clock) -> Vec<Observation> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let last = s.window.last()?;
+                Some(Observation {
+                    signal: s.name.clone(),
+                    kind: SignalKind::Probe,
+                    target: s.target,
+                    health: health_of(last),
+                    streak: s.window.streak(),
+                    streak_since: clock.ts(s.window.streak_since()?),
+                    at: clock.ts(s.window.last_at()?),
+                    max_age: s.max_age,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The running daemon's inputs.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Validated playbooks.
+    pub playbooks: Vec<Loaded>,
+    /// Where routes live.
+    pub store: Arc<dyn RoutingStore>,
+    /// The audit log, already opened (and its chain checked).
+    pub audit: AuditLog,
+}
+
+/// Runs probes, controller and writer until `shutdown` turns true. Returns once the writer
+/// has drained (a write in flight completes and is audited).
+pub async fn run(
+    rt: Runtime,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let clock = Clock::start();
+    let (specs, owners) = probe_specs(&rt.playbooks);
+    let n_probes = specs.len();
+    let client = failover_probes::http_client()?;
+    let (res_tx, mut res_rx) = mpsc::channel::<ProbeResult>(RESULT_QUEUE);
+    let probes = failover_probes::spawn_probes(specs.clone(), client, res_tx, shutdown.clone());
+
+    let mut guarded: Vec<Guarded> = rt
+        .playbooks
+        .iter()
+        .map(|l| Guarded {
+            pb: Arc::new(l.playbook.clone()),
+            state: None,
+            slots: l
+                .playbook
+                .spec
+                .probes
+                .iter()
+                .map(|p| Slot {
+                    name: p.name.value.clone(),
+                    target: p.target.value,
+                    window: ProbeWindow::new(WINDOW),
+                    // Three missed intervals (plus the timeout) and the signal is unknown.
+                    max_age: p.interval.get() * 3 + p.timeout.value.get(),
+                })
+                .collect(),
+            pending: false,
+            retry_at: None,
+            backoff: MIN_BACKOFF,
+            overrides: Overrides::default(),
+        })
+        .collect();
+
+    // The writer: the only task that touches the store and the audit log.
+    let (job_tx, job_rx) = mpsc::channel::<Job>(256);
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(256);
+    let writer = tokio::spawn(
+        writer(rt.store.clone(), rt.audit, job_rx, done_tx, shared.clone())
+            .instrument(info_span!("writer")),
+    );
+
+    // First read of every playbook's route.
+    for (i, g) in guarded.iter_mut().enumerate() {
+        read_state(i, g, rt.store.as_ref(), &shared, &clock).await;
+    }
+
+    let mut seen = vec![false; n_probes];
+    let mut unseen = n_probes;
+    if unseen == 0 {
+        shared.ready.store(true, Ordering::Relaxed);
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+            Some(done) = done_rx.recv() => {
+                finish_write(&mut guarded, done, &shared, &clock);
+            }
+            Some(r) = res_rx.recv() => {
+                let Some(&(pi, si)) = owners.get(r.id) else { continue };
+                if !seen[r.id] {
+                    seen[r.id] = true;
+                    unseen -= 1;
+                    if unseen == 0 {
+                        info!(probes = n_probes, "first probe round complete; ready");
+                        shared.ready.store(true, Ordering::Relaxed);
+                    }
+                }
+                let g = &mut guarded[pi];
+                let slot = &mut g.slots[si];
+                let result = match &r.outcome { Outcome::Healthy => "healthy", Outcome::Unhealthy(_) => "unhealthy", Outcome::Unknown(_) => "unknown" };
+                shared.metrics.probe_results.get_or_create(&labels([("playbook", g.pb.name()), ("probe", &slot.name), ("result", result)])).inc();
+                slot.window.record(r.outcome, r.started + r.latency);
+                step(pi, g, &job_tx, &shared, &clock).await;
+            }
+            _ = tick.tick() => {
+                for (i, g) in guarded.iter_mut().enumerate() {
+                    if g.state.is_none() {
+                        if g.retry_at.is_none_or(|t| Instant::now() >= t) {
+                            read_state(i, g, rt.store.as_ref(), &shared, &clock).await;
+                        }
+                        continue;
+                    }
+                    step(i, g, &job_tx, &shared, &clock).await;
+                }
+            }
+        }
+    }
+    info!("shutting down: stopping probes, draining the writer");
+    probes.shutdown().await;
+    drop(job_tx);
+    // A write in flight completes (and is audited) before the process exits.
+    while let Some(done) = done_rx.recv().await {
+        finish_write(&mut guarded, done, &shared, &clock);
+    }
+    writer.await?;
+    Ok(())
+}
+
+async fn read_state(
+    i: usize,
+    g: &mut Guarded,
+    store: &dyn RoutingStore,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    match store.read(&g.pb).await {
+        Ok(view) => {
+            let st = State::resume(view.routing, clock.now());
+            info!(playbook = g.pb.name(), routing = %view.routing, "route read from the store");
+            set_status(shared, i, |s| {
+                s.phase = Some(st.phase.clone());
+                s.routing = Some(st.routing);
+                s.error = None;
+            });
+            g.state = Some(st);
+            g.retry_at = None;
+            g.backoff = MIN_BACKOFF;
+        }
+        Err(e) => {
+            if g.retry_at.is_none() {
+                error!(playbook = g.pb.name(), error = %e, "cannot read the playbook's VirtualService; the playbook is inactive until it can");
+            }
+            shared
+                .metrics
+                .route_write_errors
+                .get_or_create(&labels([
+                    ("playbook", g.pb.name()),
+                    ("reason", e.metric_label()),
+                ]))
+                .inc();
+            set_status(shared, i, |s| s.error = Some(e.to_string()));
+            g.retry_at = Some(Instant::now() + g.backoff);
+            g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+fn set_status(shared: &Shared, i: usize, f: impl FnOnce(&mut PlaybookStatus)) {
+    if let Ok(mut s) = shared.status.write()
+        && let Some(s) = s.get_mut(i)
+    {
+        f(s);
+    }
+}
+
+async fn step(i: usize, g: &mut Guarded, jobs: &mpsc::Sender<Job>, shared: &Shared, clock: &Clock) {
+    let Some(state) = g.state.clone() else { return };
+    if g.pending || g.retry_at.is_some_and(|t| Instant::now() < t) {
+        return;
+    }
+    let obs = g.observations(clock);
+    let now = clock.now();
+    let started = std::time::Instant::now();
+    let d: Decision = engine::decide(&g.pb, &state, &obs, &g.overrides, now);
+    shared
+        .metrics
+        .decision_seconds
+        .observe(started.elapsed().as_secs_f64());
+    g.overrides.command = None;
+    let name = g.pb.name().to_string();
+    let changed_explain = shared
+        .status
+        .read()
+        .ok()
+        .and_then(|s| s.get(i).map(|s| s.explain != d.explain))
+        .unwrap_or(true);
+    if changed_explain {
+        info!(playbook = %name, phase = d.state.phase.name(), "{}", d.explain);
+    }
+    let inputs = json!({ "observations": obs, "primary": d.primary });
+    let mut route = None;
+    for a in &d.actions {
+        match a {
+            Action::Route {
+                from,
+                to,
+                kind,
+                reason,
+                forced,
+                actor,
+            } => {
+                route = Some(WriteJob {
+                    idx: i,
+                    pb: g.pb.clone(),
+                    from: *from,
+                    to: *to,
+                    kind: *kind,
+                    reason: reason.clone(),
+                    forced: *forced,
+                    actor: actor.clone(),
+                    inputs: inputs.clone(),
+                    next: d.state.clone(),
+                });
+            }
+            Action::Stuck { reason } => {
+                error!(playbook = %name, "{reason}");
+                let _ = jobs
+                    .send(Job::Audit(Box::new(Entry {
+                        actor: "engine".into(),
+                        action: "stuck".into(),
+                        playbook: name.clone(),
+                        reason: reason.clone(),
+                        inputs: inputs.clone(),
+                        outcome: "noted".into(),
+                        ..Entry::default()
+                    })))
+                    .await;
+            }
+            Action::Refused { reason } => {
+                warn!(playbook = %name, "operator command refused: {reason}");
+                let _ = jobs
+                    .send(Job::Audit(Box::new(Entry {
+                        actor: "engine".into(),
+                        action: "refused".into(),
+                        playbook: name.clone(),
+                        reason: reason.clone(),
+                        inputs: inputs.clone(),
+                        outcome: format!("refused: {reason}"),
+                        ..Entry::default()
+                    })))
+                    .await;
+            }
+        }
+    }
+    let stuck = d.state.stuck;
+    set_status(shared, i, |s| {
+        s.explain = d.explain.clone();
+        s.signals = obs;
+        if route.is_none() {
+            s.phase = Some(d.state.phase.clone());
+        }
+    });
+    shared
+        .metrics
+        .stuck
+        .get_or_create(&labels([("playbook", &name)]))
+        .set(i64::from(stuck));
+    match route {
+        Some(job) => {
+            g.pending = true;
+            if jobs.send(Job::Write(Box::new(job))).await.is_err() {
+                g.pending = false;
+            }
+        }
+        None => {
+            set_phase_metric(shared, &name, state.phase.name(), d.state.phase.name());
+            g.state = Some(d.state);
+        }
+    }
+}
+
+fn set_phase_metric(shared: &Shared, playbook: &str, old: &str, new: &str) {
+    shared
+        .metrics
+        .phase
+        .get_or_create(&labels([("playbook", playbook), ("phase", old)]))
+        .set(0);
+    shared
+        .metrics
+        .phase
+        .get_or_create(&labels([("playbook", playbook), ("phase", new)]))
+        .set(1);
+}
+
+fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Clock) {
+    let job = done.job;
+    let Some(g) = guarded.get_mut(job.idx) else {
+        return;
+    };
+    g.pending = false;
+    let name = job.pb.name().to_string();
+    shared
+        .metrics
+        .route_write_seconds
+        .get_or_create(&labels([("result", done.label)]))
+        .observe(done.elapsed.as_secs_f64());
+    match done.result {
+        Ok(()) => {
+            let old = g.state.as_ref().map(|s| s.phase.name()).unwrap_or("normal");
+            set_phase_metric(shared, &name, old, job.next.phase.name());
+            match job.kind {
+                MoveKind::Failover | MoveKind::Switch | MoveKind::OperatorFailover => {
+                    shared
+                        .metrics
+                        .failovers
+                        .get_or_create(&labels([("playbook", &name)]))
+                        .inc();
+                }
+                MoveKind::Failback | MoveKind::OperatorFailback => {
+                    shared
+                        .metrics
+                        .failbacks
+                        .get_or_create(&labels([("playbook", &name)]))
+                        .inc();
+                }
+                _ => {}
+            }
+            let t = Transition {
+                time: clock.now(),
+                kind: job.kind,
+                from: job.from,
+                to: job.to,
+                reason: job.reason.clone(),
+                actor: job
+                    .actor
+                    .as_ref()
+                    .map_or("engine".to_string(), |a| a.identity.clone()),
+            };
+            set_status(shared, job.idx, |s| {
+                s.phase = Some(job.next.phase.clone());
+                s.routing = Some(job.to);
+                s.error = None;
+                s.transitions.push_back(t);
+                while s.transitions.len() > HISTORY {
+                    s.transitions.pop_front();
+                }
+            });
+            g.state = Some(job.next);
+            g.retry_at = None;
+            g.backoff = MIN_BACKOFF;
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .route_write_errors
+                .get_or_create(&labels([("playbook", &name), ("reason", done.label)]))
+                .inc();
+            set_status(shared, job.idx, |s| s.error = Some(e.clone()));
+            g.retry_at = Some(Instant::now() + g.backoff);
+            g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut log = log
+            .lock()
+            .map_err(|_| "audit log lock poisoned".to_string())?;
+        log.append(entry).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn writer(
+    store: Arc<dyn RoutingStore>,
+    log: AuditLog,
+    mut jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Done>,
+    shared: Arc<Shared>,
+) {
+    let log = Arc::new(Mutex::new(log));
+    while let Some(job) = jobs.recv().await {
+        let job = match job {
+            Job::Audit(entry) => {
+                if let Err(e) = audit(&log, *entry).await {
+                    shared.metrics.audit_errors.inc();
+                    error!(error = %e, "audit append failed");
+                }
+                continue;
+            }
+            Job::Write(job) => job,
+        };
+        let started = Instant::now();
+        let name = job.pb.name().to_string();
+        let actor = job
+            .actor
+            .as_ref()
+            .map_or("engine".to_string(), |a| a.identity.clone());
+        let reason = match &job.actor {
+            Some(a) if a.reason != job.reason => {
+                format!("{} (operator reason: {})", job.reason, a.reason)
+            }
+            _ => job.reason.clone(),
+        };
+        let entry = |outcome: String, before: Value, after: Value| Entry {
+            actor: actor.clone(),
+            action: job.kind.as_str().to_string(),
+            playbook: name.clone(),
+            reason: reason.clone(),
+            inputs: json!({
+                "from": job.from, "to": job.to, "forced": job.forced, "signals": job.inputs,
+            }),
+            before,
+            after,
+            outcome,
+        };
+        // An action that cannot be audited is not performed.
+        if let Err(e) = audit(&log, entry("intent".into(), Value::Null, Value::Null)).await {
+            shared.metrics.audit_errors.inc();
+            error!(playbook = %name, error = %e, "audit append failed; routing write not performed");
+            let _ = done
+                .send(Done {
+                    job,
+                    result: Err(format!("audit: {e}")),
+                    label: "audit",
+                    elapsed: started.elapsed(),
+                })
+                .await;
+            continue;
+        }
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, store.write(&job.pb, job.to)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Io {
+                context: format!("write timed out after {WRITE_TIMEOUT:?}"),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            }),
+        };
+        let (label, res) = match result {
+            Ok(out) => {
+                let outcome = if out.changed { "written" } else { "unchanged" };
+                let ok = audit(&log, entry(outcome.into(), out.before, out.after)).await;
+                match ok {
+                    Ok(()) => ("ok", Ok(())),
+                    Err(e) => {
+                        // The route is written but not recorded: say so loudly; the next
+                        // decision sees the store as already moved and adds no second write.
+                        shared.metrics.audit_errors.inc();
+                        error!(playbook = %name, error = %e, "routing written but its audit record failed");
+                        ("ok", Ok(()))
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = audit(
+                    &log,
+                    entry(format!("failed: {msg}"), Value::Null, Value::Null),
+                )
+                .await;
+                (e.metric_label(), Err(msg))
+            }
+        };
+        let elapsed = started.elapsed();
+        match &res {
+            Ok(())
+                if matches!(
+                    job.kind,
+                    MoveKind::Failover | MoveKind::Switch | MoveKind::FailbackAborted
+                ) =>
+            {
+                warn!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
+            }
+            Ok(()) => {
+                info!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
+            }
+            Err(e) => {
+                error!(playbook = %name, kind = job.kind.as_str(), to = %job.to, error = %e, "routing write failed; will retry")
+            }
+        }
+        if done
+            .send(Done {
+                job,
+                result: res,
+                label,
+                elapsed,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Summarises verdicts for display.
+pub fn verdict_word(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Healthy { .. } => "healthy",
+        Verdict::Suspect { .. } => "suspect",
+        Verdict::Unhealthy { .. } => "unhealthy",
+        Verdict::Unknown { .. } => "unknown",
+    }
+}
