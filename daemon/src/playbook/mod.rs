@@ -863,6 +863,27 @@ pub fn yaml_problem(file: &str, e: &serde_saphyr::Error) -> Problem {
     }
 }
 
+/// Why a file in a playbook directory is not a playbook (None: it is, or claims to be).
+fn foreign_document(path: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default, rename = "apiVersion")]
+        api_version: Option<String>,
+        #[serde(default)]
+        kind: Option<String>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let head: Head = serde_saphyr::from_str(&text).ok()?;
+    match (head.api_version.as_deref(), head.kind.as_deref()) {
+        (Some(api), kind) if !api.starts_with("failoverd.dev/") => Some(format!(
+            "not a failoverd document ({api} {})",
+            kind.unwrap_or("?")
+        )),
+        (_, Some("Drill")) => Some("a Drill (drills are not run by this build)".into()),
+        _ => None,
+    }
+}
+
 /// Reads and validates one playbook file.
 pub fn load_file(path: &Path) -> Result<Loaded, Vec<Problem>> {
     let file = path.display().to_string();
@@ -946,6 +967,14 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Problems> {
     }
     let mut loaded = Vec::new();
     for f in &files {
+        // A directory may hold other manifests (an example VirtualService, a Drill this build
+        // does not run): only files that say `apiVersion: failoverd.dev/...` are ours. A file
+        // named explicitly is always checked.
+        let explicit = paths.iter().any(|p| p == f);
+        if !explicit && let Some(other) = foreign_document(f) {
+            tracing::info!(file = %f.display(), "skipped: {other}");
+            continue;
+        }
         match load_file(f) {
             Ok(l) => loaded.push(l),
             Err(mut ps) => problems.append(&mut ps),
