@@ -5,12 +5,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::sync::watch;
-use tracing::{error, info};
+use std::sync::Mutex;
 
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::api::ApiState;
 use crate::audit::{self, AuditLog};
+use crate::auth::Tokens;
+use crate::client::{self, Conn};
 use crate::config::{FileConfig, Settings, StoreSpec};
 use crate::engine::Routing;
+use crate::overrides::OverrideStore;
 use crate::playbook::{self, Problems};
 use crate::routing::{self, FileStore};
 use crate::runtime::{self, Runtime, Shared};
@@ -75,6 +81,81 @@ pub enum Command {
     },
     /// Print the playbook JSON Schema.
     Schema,
+    /// Show every playbook's state (or one playbook's, in detail).
+    Status {
+        /// One playbook.
+        name: Option<String>,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Explain one playbook: state, signals, overrides, recent moves, audit trail.
+    Why {
+        /// The playbook.
+        name: String,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Force a failover and hold it for a TTL (operator role).
+    Failover {
+        /// The playbook.
+        name: String,
+        /// Why (goes into the audit log).
+        #[arg(long)]
+        reason: String,
+        /// How long to hold (default 1h, at most 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// `failover[N]` or N (default: the first healthy target).
+        #[arg(long)]
+        target: Option<String>,
+        /// Route there even if failoverd believes it unhealthy.
+        #[arg(long)]
+        force: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Return to the original route now (operator role).
+    Failback {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Even if the primary is not known healthy.
+        #[arg(long)]
+        force: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop automatic moves for a while, like a silence (operator role).
+    Freeze {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// How long (default 1h, at most 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Release freezes and holds: automation back in control (operator role).
+    Resume {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// `audit` subcommands.
@@ -105,6 +186,12 @@ pub struct RunArgs {
     /// Audit log file (JSON Lines, hash-chained).
     #[arg(long)]
     pub audit: Option<PathBuf>,
+    /// Token file for the override API (YAML: `- { identity, role, sha256 }`).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Override state file (default: `overrides.json` beside the audit log).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -137,11 +224,18 @@ impl RunArgs {
             .clone()
             .or(file.audit)
             .ok_or_else(|| anyhow::anyhow!("no audit log: pass --audit FILE"))?;
+        let state = self
+            .state
+            .clone()
+            .or(file.state)
+            .unwrap_or_else(|| audit.with_file_name("overrides.json"));
         Ok(Settings {
             playbooks: vec![playbooks],
             store,
             listen,
             audit,
+            tokens: self.tokens.clone().or(file.tokens),
+            state,
         })
     }
 }
@@ -161,6 +255,61 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => return verify(&file),
+        Command::Status { name, conn } => return client::status(&conn, name.as_deref()).await,
+        Command::Why { name, conn } => return client::why(&conn, &name).await,
+        Command::Failover {
+            name,
+            reason,
+            ttl,
+            target,
+            force,
+            conn,
+        } => {
+            return client::act(
+                &conn,
+                "failover",
+                &name,
+                client::body(&reason, ttl.as_deref(), target.as_deref(), force),
+            )
+            .await;
+        }
+        Command::Failback {
+            name,
+            reason,
+            force,
+            conn,
+        } => {
+            return client::act(
+                &conn,
+                "failback",
+                &name,
+                client::body(&reason, None, None, force),
+            )
+            .await;
+        }
+        Command::Freeze {
+            name,
+            reason,
+            ttl,
+            conn,
+        } => {
+            return client::act(
+                &conn,
+                "freeze",
+                &name,
+                client::body(&reason, ttl.as_deref(), None, false),
+            )
+            .await;
+        }
+        Command::Resume { name, reason, conn } => {
+            return client::act(
+                &conn,
+                "resume",
+                &name,
+                client::body(&reason, None, None, false),
+            )
+            .await;
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -276,7 +425,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let store = settings.store.open()?;
+    let tokens = match &settings.tokens {
+        Some(p) => Tokens::load(p).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?,
+        None => {
+            warn!(
+                "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
+            );
+            Tokens::none()
+        }
+    };
     let audit = AuditLog::open(&settings.audit)?;
+    let overrides = OverrideStore::open(&settings.state)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -297,13 +456,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         error!("second signal: exiting without draining");
         std::process::exit(130);
     });
+    let rt = Runtime {
+        playbooks: loaded.clone(),
+        store,
+        audit: Arc::new(Mutex::new(audit)),
+        overrides,
+    };
     serve(
-        Runtime {
-            playbooks: loaded.clone(),
-            store,
-            audit,
-        },
+        rt,
         Arc::new(Shared::new(&loaded)),
+        Arc::new(tokens),
+        settings.audit.clone(),
         listener,
         rx,
     )
@@ -314,10 +477,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 pub async fn serve(
     rt: Runtime,
     shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    audit_path: PathBuf,
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let app = crate::server::router(shared.clone());
+    // Operator calls are rare and each waits for its answer; a small queue is plenty.
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let api = ApiState::new(
+        shared.clone(),
+        tokens,
+        control_tx,
+        rt.store.clone(),
+        rt.audit.clone(),
+        audit_path,
+    );
+    let app = crate::server::router(shared.clone(), api);
     let mut http_stop = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -326,7 +501,7 @@ pub async fn serve(
             })
             .await
     });
-    let result = runtime::run(rt, shared, shutdown).await;
+    let result = runtime::run(rt, shared, control_rx, shutdown).await;
     http.await??;
     info!("stopped");
     result

@@ -21,6 +21,10 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Audit log path.
     pub audit: Option<PathBuf>,
+    /// Token file for the override API (only SHA-256 hashes of tokens).
+    pub tokens: Option<PathBuf>,
+    /// Where operator overrides persist (default: `overrides.json` beside the audit log).
+    pub state: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -89,4 +93,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Audit log path.
     pub audit: PathBuf,
+    /// Token file (None: the API refuses every call but health, readiness and metrics).
+    pub tokens: Option<PathBuf>,
+    /// Override state file.
+    pub state: PathBuf,
 }

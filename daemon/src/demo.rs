@@ -6,8 +6,8 @@
 //! that the original route came back exactly and that the audit chain is whole.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,7 +15,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::audit::{self, AuditLog};
+use crate::auth::Tokens;
 use crate::engine::Routing;
+use crate::overrides::OverrideStore;
 use crate::playbook;
 use crate::routing::{FileStore, RoutingStore};
 use crate::runtime::{Runtime, Shared};
@@ -99,9 +101,18 @@ pub async fn run() -> anyhow::Result<()> {
     let rt = Runtime {
         playbooks: loaded,
         store: Arc::new(store.clone()),
-        audit: AuditLog::open(&audit_path)?,
+        audit: Arc::new(Mutex::new(AuditLog::open(&audit_path)?)),
+        overrides: OverrideStore::open(&dir.path().join("overrides.json"))?,
     };
-    let daemon = tokio::spawn(crate::cli::serve(rt, shared.clone(), listener, stop_rx));
+    // The demo drives no operator calls, so the API runs without tokens (refusing all).
+    let daemon = tokio::spawn(crate::cli::serve(
+        rt,
+        shared.clone(),
+        Arc::new(Tokens::none()),
+        audit_path.clone(),
+        listener,
+        stop_rx,
+    ));
 
     println!(
         "failoverd demo — playbook `demo`: probes every 1s, failureThreshold 3, failback after 5s in steps [50, 100]"

@@ -3,12 +3,16 @@
 //! Probes and SLO signals feed a pure [`engine`]; its actions go through one writer to a
 //! [`routing`] store, and every move is recorded in the [`audit`] log.
 
+pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod metrics;
+pub mod overrides;
 pub mod playbook;
 pub mod routing;
 pub mod runtime;

@@ -18,16 +18,17 @@ use failover_probes::{Outcome, ProbeKind, ProbeResult, ProbeSpec, ProbeWindow};
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::audit::{AuditLog, Entry};
 use crate::engine::{
-    self, Action, Actor, Decision, Health, MoveKind, Observation, Overrides, Phase, Routing,
-    SignalKind, State, Verdict,
+    self, Action, Actor, Command, Decision, Health, MoveKind, Observation, Overrides, Phase,
+    Routing, SignalKind, State, Verdict,
 };
 use crate::metrics::{Metrics, labels};
+use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, new_id};
 use crate::playbook::{Loaded, Playbook, Target};
 use crate::routing::{RoutingStore, StoreError};
 
@@ -127,6 +128,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Per-playbook status, in playbook order.
     pub status: RwLock<Vec<PlaybookStatus>>,
+    /// The playbooks, in the same order.
+    pub playbooks: Vec<Arc<Playbook>>,
+    /// Active overrides (a copy of the persisted set).
+    pub overrides: RwLock<Vec<OverrideRecord>>,
 }
 
 impl Shared {
@@ -149,12 +154,111 @@ impl Shared {
                     })
                     .collect(),
             ),
+            playbooks: playbooks
+                .iter()
+                .map(|l| Arc::new(l.playbook.clone()))
+                .collect(),
+            overrides: RwLock::new(Vec::new()),
         }
     }
 
     /// A copy of the status table.
     pub fn snapshot(&self) -> Vec<PlaybookStatus> {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Index of a playbook by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.playbooks.iter().position(|p| p.name() == name)
+    }
+}
+
+/// What an operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlKind {
+    /// Fail over (to `target`, or the first healthy target) and hold it for `ttl`.
+    Failover {
+        /// Failover target index.
+        target: Option<usize>,
+        /// Route there even if not known healthy.
+        force: bool,
+        /// How long the hold lasts.
+        ttl: Duration,
+    },
+    /// Return to the original route now.
+    Failback {
+        /// Even if the primary is not known healthy.
+        force: bool,
+    },
+    /// Stop automatic moves for `ttl`.
+    Freeze {
+        /// How long.
+        ttl: Duration,
+    },
+    /// Release freezes and holds.
+    Resume,
+    /// Remove one override by id.
+    DeleteOverride {
+        /// Its id.
+        id: String,
+    },
+}
+
+impl ControlKind {
+    fn action(&self) -> &'static str {
+        match self {
+            ControlKind::Failover { .. } => "override-failover",
+            ControlKind::Failback { .. } => "override-failback",
+            ControlKind::Freeze { .. } => "override-freeze",
+            ControlKind::Resume => "override-resume",
+            ControlKind::DeleteOverride { .. } => "override-delete",
+        }
+    }
+}
+
+/// A successful operator call.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlReply {
+    /// What happened.
+    pub message: String,
+    /// The override created, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_id: Option<String>,
+    /// Routing after the call.
+    pub routing: Option<Routing>,
+    /// True when the call wrote the routing store.
+    pub written: bool,
+}
+
+/// A refused or failed operator call.
+#[derive(Clone, Debug)]
+pub struct ControlError {
+    /// HTTP status: 404 unknown, 409 refused by a rule, 500 failed.
+    pub status: u16,
+    /// One-line error.
+    pub error: String,
+}
+
+type ControlResult = Result<ControlReply, ControlError>;
+
+/// An operator call on its way to the controller.
+#[derive(Debug)]
+pub struct Control {
+    /// The playbook (None for `DeleteOverride`).
+    pub playbook: Option<String>,
+    /// What to do.
+    pub kind: ControlKind,
+    /// Who and why.
+    pub actor: Actor,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ControlResult>,
+}
+
+fn refuse(status: u16, error: impl Into<String>) -> ControlError {
+    ControlError {
+        status,
+        error: error.into(),
     }
 }
 
@@ -173,6 +277,8 @@ struct Guarded {
     retry_at: Option<Instant>,
     backoff: Duration,
     overrides: Overrides,
+    /// Operator calls waiting for the write they caused.
+    waiters: Vec<(oneshot::Sender<ControlResult>, String, Option<String>)>,
 }
 
 struct WriteJob {
@@ -264,8 +370,10 @@ pub struct Runtime {
     pub playbooks: Vec<Loaded>,
     /// Where routes live.
     pub store: Arc<dyn RoutingStore>,
-    /// The audit log, already opened (and its chain checked).
-    pub audit: AuditLog,
+    /// The audit log, already opened (and its chain checked); shared with the API.
+    pub audit: Arc<Mutex<AuditLog>>,
+    /// Persisted operator overrides.
+    pub overrides: OverrideStore,
 }
 
 /// Runs probes, controller and writer until `shutdown` turns true. Returns once the writer
@@ -273,6 +381,7 @@ pub struct Runtime {
 pub async fn run(
     rt: Runtime,
     shared: Arc<Shared>,
+    mut control: mpsc::Receiver<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let clock = Clock::start();
@@ -305,16 +414,30 @@ pub async fn run(
             retry_at: None,
             backoff: MIN_BACKOFF,
             overrides: Overrides::default(),
+            waiters: Vec::new(),
         })
         .collect();
 
     // The writer: the only task that touches the store and the audit log.
     let (job_tx, job_rx) = mpsc::channel::<Job>(256);
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(256);
+    let log = rt.audit;
     let writer = tokio::spawn(
-        writer(rt.store.clone(), rt.audit, job_rx, done_tx, shared.clone())
-            .instrument(info_span!("writer")),
+        writer(
+            rt.store.clone(),
+            log.clone(),
+            job_rx,
+            done_tx,
+            shared.clone(),
+        )
+        .instrument(info_span!("writer")),
     );
+    let mut ov_store = rt.overrides;
+    expire_overrides(&mut ov_store, &log, &shared, &clock).await;
+    publish_overrides(&ov_store, &shared);
+    for g in guarded.iter_mut() {
+        g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
+    }
 
     // First read of every playbook's route.
     for (i, g) in guarded.iter_mut().enumerate() {
@@ -337,6 +460,9 @@ pub async fn run(
             Some(done) = done_rx.recv() => {
                 finish_write(&mut guarded, done, &shared, &clock);
             }
+            Some(msg) = control.recv() => {
+                handle_control(msg, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
+            }
             Some(r) = res_rx.recv() => {
                 let Some(&(pi, si)) = owners.get(r.id) else { continue };
                 if !seen[r.id] {
@@ -355,6 +481,12 @@ pub async fn run(
                 step(pi, g, &job_tx, &shared, &clock).await;
             }
             _ = tick.tick() => {
+                if expire_overrides(&mut ov_store, &log, &shared, &clock).await {
+                    publish_overrides(&ov_store, &shared);
+                    for g in guarded.iter_mut() {
+                        g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
+                    }
+                }
                 for (i, g) in guarded.iter_mut().enumerate() {
                     if g.state.is_none() {
                         if g.retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -425,10 +557,26 @@ fn set_status(shared: &Shared, i: usize, f: impl FnOnce(&mut PlaybookStatus)) {
     }
 }
 
-async fn step(i: usize, g: &mut Guarded, jobs: &mpsc::Sender<Job>, shared: &Shared, clock: &Clock) {
-    let Some(state) = g.state.clone() else { return };
+/// What one decision round did.
+#[derive(Debug, Default)]
+struct StepOutcome {
+    write_queued: bool,
+    refused: Option<String>,
+}
+
+async fn step(
+    i: usize,
+    g: &mut Guarded,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) -> StepOutcome {
+    let mut outcome = StepOutcome::default();
+    let Some(state) = g.state.clone() else {
+        return outcome;
+    };
     if g.pending || g.retry_at.is_some_and(|t| Instant::now() < t) {
-        return;
+        return outcome;
     }
     let obs = g.observations(clock);
     let now = clock.now();
@@ -489,6 +637,7 @@ async fn step(i: usize, g: &mut Guarded, jobs: &mpsc::Sender<Job>, shared: &Shar
                     .await;
             }
             Action::Refused { reason } => {
+                outcome.refused = Some(reason.clone());
                 warn!(playbook = %name, "operator command refused: {reason}");
                 let _ = jobs
                     .send(Job::Audit(Box::new(Entry {
@@ -522,6 +671,8 @@ async fn step(i: usize, g: &mut Guarded, jobs: &mpsc::Sender<Job>, shared: &Shar
             g.pending = true;
             if jobs.send(Job::Write(Box::new(job))).await.is_err() {
                 g.pending = false;
+            } else {
+                outcome.write_queued = true;
             }
         }
         None => {
@@ -529,6 +680,7 @@ async fn step(i: usize, g: &mut Guarded, jobs: &mpsc::Sender<Job>, shared: &Shar
             g.state = Some(d.state);
         }
     }
+    outcome
 }
 
 fn set_phase_metric(shared: &Shared, playbook: &str, old: &str, new: &str) {
@@ -628,12 +780,11 @@ async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
 
 async fn writer(
     store: Arc<dyn RoutingStore>,
-    log: AuditLog,
+    log: Arc<Mutex<AuditLog>>,
     mut jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Done>,
     shared: Arc<Shared>,
 ) {
-    let log = Arc::new(Mutex::new(log));
     while let Some(job) = jobs.recv().await {
         let job = match job {
             Job::Audit(entry) => {
@@ -755,4 +906,270 @@ pub fn verdict_word(v: &Verdict) -> &'static str {
         Verdict::Unhealthy { .. } => "unhealthy",
         Verdict::Unknown { .. } => "unknown",
     }
+}
+
+fn publish_overrides(store: &OverrideStore, shared: &Shared) {
+    if let Ok(mut o) = shared.overrides.write() {
+        *o = store.all().to_vec();
+    }
+}
+
+/// Drops overrides whose time is up, auditing each; true when any expired.
+async fn expire_overrides(
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+    clock: &Clock,
+) -> bool {
+    let now = clock.now();
+    let (expired, keep): (Vec<_>, Vec<_>) =
+        store.all().iter().cloned().partition(|r| r.until <= now);
+    if expired.is_empty() {
+        return false;
+    }
+    if let Err(e) = store.replace(keep) {
+        error!(error = %e, "cannot persist override expiry; will retry");
+        return false;
+    }
+    for r in expired {
+        info!(playbook = %r.playbook, id = %r.id, kind = ?r.kind, "override expired; automation takes over");
+        let entry = Entry {
+            actor: "failoverd".into(),
+            action: "override-expired".into(),
+            playbook: r.playbook.clone(),
+            reason: format!(
+                "{:?} override {} by {} ended ({})",
+                r.kind, r.id, r.actor, r.reason
+            ),
+            inputs: serde_json::to_value(&r).unwrap_or(Value::Null),
+            outcome: "noted".into(),
+            ..Entry::default()
+        };
+        if let Err(e) = audit(log, entry).await {
+            shared.metrics.audit_errors.inc();
+            error!(error = %e, "audit append failed");
+        }
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_control(
+    msg: Control,
+    guarded: &mut [Guarded],
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let Control {
+        playbook,
+        kind,
+        actor,
+        reply,
+    } = msg;
+    let now = clock.now();
+    let action = kind.action();
+    let audit_entry = |playbook: &str, outcome: String, inputs: Value| Entry {
+        actor: actor.identity.clone(),
+        action: action.into(),
+        playbook: playbook.to_string(),
+        reason: actor.reason.clone(),
+        inputs,
+        outcome,
+        ..Entry::default()
+    };
+    // Resolve the playbook (DeleteOverride finds it through the override).
+    let name = match (&kind, &playbook) {
+        (ControlKind::DeleteOverride { id }, _) => match store.all().iter().find(|r| &r.id == id) {
+            Some(r) => r.playbook.clone(),
+            None => {
+                let _ = reply.send(Err(refuse(404, format!("no override with id `{id}`"))));
+                return;
+            }
+        },
+        (_, Some(p)) => p.clone(),
+        (_, None) => {
+            let _ = reply.send(Err(refuse(404, "no playbook named")));
+            return;
+        }
+    };
+    let Some(idx) = guarded.iter().position(|g| g.pb.name() == name) else {
+        let _ = reply.send(Err(refuse(404, format!("no playbook named `{name}`"))));
+        return;
+    };
+    let g = &mut guarded[idx];
+    let inputs = json!({ "request": format!("{kind:?}") });
+    let Some(state) = g.state.clone() else {
+        let _ = reply.send(Err(refuse(
+            409,
+            format!("playbook `{name}` is inactive: its VirtualService could not be read"),
+        )));
+        return;
+    };
+    let obs = g.observations(clock);
+    let mut records: Vec<OverrideRecord> = store.all().to_vec();
+    let mut created = None;
+    let mut command = None;
+    let checked: Result<String, ControlError> = match &kind {
+        ControlKind::Failover { target, force, ttl } => {
+            engine::check_operator_failover(&g.pb, &obs, *target, *force, now)
+                .map_err(|e| refuse(409, e))
+                .map(|t| {
+                    records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
+                    let rec = OverrideRecord {
+                        id: new_id(),
+                        playbook: name.clone(),
+                        kind: OverrideKind::Failover,
+                        actor: actor.identity.clone(),
+                        reason: actor.reason.clone(),
+                        created: now,
+                        until: add(now, *ttl),
+                        target: Some(t),
+                        force: *force,
+                    };
+                    let msg = format!("failover to failover[{t}] held until {}", rec.until);
+                    created = Some(rec.id.clone());
+                    records.push(rec);
+                    msg
+                })
+        }
+        ControlKind::Failback { force } => {
+            let primary = engine::verdict(&g.pb, &obs, Target::Primary, now);
+            if state.routing == Routing::Primary {
+                Err(refuse(409, "already on the primary route"))
+            } else if !force && !primary.is_healthy() {
+                Err(refuse(
+                    409,
+                    format!(
+                        "primary is not known healthy ({}); use force to fail back anyway",
+                        engine::describe(&primary)
+                    ),
+                ))
+            } else {
+                records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
+                command = Some(Command::Failback {
+                    by: actor.clone(),
+                    force: *force,
+                });
+                Ok("failback to the original route".to_string())
+            }
+        }
+        ControlKind::Freeze { ttl } => {
+            records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Freeze));
+            let rec = OverrideRecord {
+                id: new_id(),
+                playbook: name.clone(),
+                kind: OverrideKind::Freeze,
+                actor: actor.identity.clone(),
+                reason: actor.reason.clone(),
+                created: now,
+                until: add(now, *ttl),
+                target: None,
+                force: false,
+            };
+            let msg = format!("automation frozen until {}", rec.until);
+            created = Some(rec.id.clone());
+            records.push(rec);
+            Ok(msg)
+        }
+        ControlKind::Resume => {
+            let before = records.len();
+            records.retain(|r| r.playbook != name);
+            if records.len() == before {
+                Err(refuse(
+                    409,
+                    format!("playbook `{name}` has no freeze or hold to release"),
+                ))
+            } else {
+                Ok("freezes and holds released; automation in control".to_string())
+            }
+        }
+        ControlKind::DeleteOverride { id } => {
+            records.retain(|r| &r.id != id);
+            Ok(format!("override {id} removed"))
+        }
+    };
+    let message = match checked {
+        Ok(m) => m,
+        Err(e) => {
+            // Authenticated refusals are audited too.
+            if let Err(err) = audit(
+                log,
+                audit_entry(&name, format!("refused: {}", e.error), inputs),
+            )
+            .await
+            {
+                shared.metrics.audit_errors.inc();
+                error!(error = %err, "audit append failed");
+            }
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    // Audit first: a call that cannot be audited is not performed.
+    let mut accepted = inputs.clone();
+    if let Some(id) = &created {
+        accepted["overrideId"] = json!(id);
+    }
+    if let Err(e) = audit(log, audit_entry(&name, "accepted".into(), accepted)).await {
+        shared.metrics.audit_errors.inc();
+        let _ = reply.send(Err(refuse(
+            500,
+            format!("cannot audit the call, so it was not performed: {e}"),
+        )));
+        return;
+    }
+    if let Err(e) = store.replace(records) {
+        let _ = audit(
+            log,
+            audit_entry(
+                &name,
+                format!("failed: cannot persist overrides: {e}"),
+                Value::Null,
+            ),
+        )
+        .await;
+        let _ = reply.send(Err(refuse(
+            500,
+            format!("cannot persist the override: {e}"),
+        )));
+        return;
+    }
+    publish_overrides(store, shared);
+    info!(playbook = %name, actor = %actor.identity, action, "{message}: {}", actor.reason);
+    g.overrides = store.for_playbook(&name, now);
+    g.overrides.command = command;
+    if g.pending {
+        g.overrides.command = None;
+        let _ = reply.send(Ok(ControlReply {
+            message: format!(
+                "{message}; a routing write is in flight, the change applies right after it"
+            ),
+            override_id: created,
+            routing: Some(state.routing),
+            written: false,
+        }));
+        return;
+    }
+    let out = step(idx, g, jobs, shared, clock).await;
+    let g = &mut guarded[idx];
+    if let Some(r) = out.refused {
+        let _ = reply.send(Err(refuse(409, r)));
+    } else if out.write_queued {
+        g.waiters.push((reply, message, created));
+    } else {
+        let _ = reply.send(Ok(ControlReply {
+            message,
+            override_id: created,
+            routing: g.state.as_ref().map(|s| s.routing),
+            written: false,
+        }));
+    }
+}
+
+fn add(now: Timestamp, d: Duration) -> Timestamp {
+    now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
 }

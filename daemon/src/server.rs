@@ -10,16 +10,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::api::ApiState;
 use crate::runtime::Shared;
 
-/// The router for the daemon's HTTP endpoints.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The router for the daemon's HTTP endpoints: open health, readiness and metrics, and the
+/// authenticated `/v1` API.
+pub fn router(shared: Arc<Shared>, api: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
         .with_state(shared)
+        .merge(crate::api::routes(api))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // The handlers enforce the real limit with a JSON error; this caps what is buffered.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::api::MAX_BODY * 4,
+        ))
 }
 
 async fn healthz() -> &'static str {
@@ -64,6 +72,14 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(json!({ "error": "not found", "detail": null })),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(json!({ "error": "method not allowed", "detail": null })),
     )
         .into_response()
 }

@@ -676,22 +676,15 @@ pub fn decide(
         }
     }
 
-    let freeze = overrides
-        .freeze
-        .as_ref()
-        .filter(|f| f.until.is_none_or(|u| u > now));
-    if let Some(f) = freeze {
-        cx.next.phase = Phase::Frozen { until: f.until };
-        cx.explain = format!("frozen by {}: {}", f.by.identity, f.by.reason);
-        return finish(cx, primary);
-    }
-    // A freeze that ended hands control back from wherever routing stands.
+    // A freeze that ended (or is overruled by an operator hold) hands control back from
+    // wherever routing stands.
     let phase = match &state.phase {
         Phase::Frozen { .. } => State::resume(state.routing, now).phase,
         p => p.clone(),
     };
     cx.next.phase = phase.clone();
 
+    // An operator hold is an explicit instruction: it applies even while automation is frozen.
     let hold = overrides.hold.as_ref().filter(|h| h.until > now);
     if let Some(h) = hold {
         let v = cx.target_verdict(h.target);
@@ -733,6 +726,15 @@ pub fn decide(
         return finish(cx, primary);
     }
 
+    let freeze = overrides
+        .freeze
+        .as_ref()
+        .filter(|f| f.until.is_none_or(|u| u > now));
+    if let Some(f) = freeze {
+        cx.next.phase = Phase::Frozen { until: f.until };
+        cx.explain = format!("frozen by {}: {}", f.by.identity, f.by.reason);
+        return finish(cx, primary);
+    }
     match phase {
         Phase::Normal | Phase::Suspect { .. } | Phase::Frozen { .. } => {
             on_primary(&mut cx, &primary, &phase)

@@ -672,3 +672,33 @@ proptest! {
         }
     }
 }
+
+/// Ensures an operator hold applies while automation is frozen (freeze stops automation,
+/// not operators).
+#[test]
+fn hold_overrules_freeze() {
+    let pb = playbook(&[]);
+    let mut w = World::default();
+    let mut st = State::default();
+    let ov = Overrides {
+        freeze: Some(Freeze {
+            by: actor(),
+            until: Some(at(100)),
+        }),
+        hold: Some(Hold {
+            by: actor(),
+            target: 0,
+            until: at(50),
+            force: false,
+        }),
+        ..Default::default()
+    };
+    w.probes(up(), up(), up(), at(0));
+    let d = step(&pb, &mut st, &w, &ov, at(0));
+    assert_eq!(routes(&d), vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)]);
+    // Hold over, freeze still on: automation stays frozen, nothing moves back.
+    w.probes(up(), up(), up(), at(60));
+    let d = step(&pb, &mut st, &w, &ov, at(60));
+    assert!(d.actions.is_empty());
+    assert_eq!(st.phase, Phase::Frozen { until: Some(at(100)) });
+}

@@ -120,7 +120,11 @@ impl FileStore {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
 /// fsync of the directory (so the rename itself survives a power cut).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has an empty parent; that means the current directory.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".failoverd-")
         .suffix(".tmp")

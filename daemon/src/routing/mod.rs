@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use serde_json::{Map, Value, json};
 
-pub use file::FileStore;
+pub use file::{FileStore, atomic_write};
 
 use crate::engine::Routing;
 use crate::playbook::{Playbook, Target, check_host};
