@@ -424,6 +424,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             settings.playbooks[0].display()
         );
     }
+    for l in &loaded {
+        if !l.playbook.spec.slos.is_empty() {
+            // Said loudly rather than silently ignored: the operator must know which signals
+            // can move traffic.
+            warn!(
+                playbook = l.playbook.name(),
+                slos = l.playbook.spec.slos.len(),
+                "this build does not evaluate Prometheus SLO signals; the playbook is driven by its probes only"
+            );
+        }
+    }
     let store = settings.store.open()?;
     let tokens = match &settings.tokens {
         Some(p) => Tokens::load(p).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?,
