@@ -1,1 +1,130 @@
-fn main() {}
+//! Failover latency of the real `failoverd` binary: fault → route written.
+//!
+//! Runs the demo playbook (probe interval 1 s, failureThreshold 3, `after: 1s`,
+//! `minDwell: 1s`, `steps: [100]`) against two stand-ins and the file store, N times: stop
+//! the primary's listener (at a different phase of the probe schedule each run), time until
+//! the VirtualService file shows the failover (polled every 10 ms), heal, wait for the
+//! failback, next run. Prints each run, then p50, p99, max and min, and the goal.
+//!
+//! ```text
+//! cargo build --release -p failoverd && cargo bench -p chaos-tests --bench failover_latency
+//! cargo bench -p chaos-tests --bench failover_latency -- --runs 5      # or RUNS=5
+//! FAILOVERD_BIN=target/debug/failoverd cargo bench -p chaos-tests --bench failover_latency
+//! ```
+//!
+//! `cargo bench` runs this from `target/release/deps`, so it uses `target/release/failoverd`
+//! unless `FAILOVERD_BIN` says otherwise. Under `cargo test --all-targets` (no `--bench`
+//! argument) it only checks that it was built and exits, unless `--runs`/`RUNS` is given.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chaos_tests::{Scenario, percentile};
+use failoverd::engine::Routing;
+
+/// Default number of runs.
+const DEFAULT_RUNS: usize = 20;
+/// A run that has not failed over (or back) by then is aborted.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The goal: interval 1 s × threshold 3 + 300 ms.
+const GOAL: Duration = Duration::from_millis(3300);
+
+fn runs_arg() -> anyhow::Result<(Option<usize>, bool)> {
+    let mut runs = None;
+    let mut bench = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--bench" {
+            bench = true;
+        } else if a == "--runs" {
+            let v = args.next().context("--runs needs a number")?;
+            runs = Some(v.parse().with_context(|| format!("--runs {v}"))?);
+        } else if let Some(v) = a.strip_prefix("--runs=") {
+            runs = Some(v.parse().with_context(|| format!("--runs={v}"))?);
+        }
+        // Anything else (cargo's filters, --nocapture, ...) is ignored.
+    }
+    if runs.is_none()
+        && let Ok(v) = std::env::var("RUNS")
+    {
+        runs = Some(v.parse().with_context(|| format!("RUNS={v}"))?);
+    }
+    Ok((runs, bench))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let (runs, bench) = runs_arg()?;
+    if !bench && runs.is_none() {
+        println!(
+            "failover_latency: not run (no --bench, --runs or RUNS); run it with \
+             `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench failover_latency`"
+        );
+        return Ok(());
+    }
+    let runs = runs.unwrap_or(DEFAULT_RUNS);
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut s = Scenario::new(&[
+        ("after: 5s", "after: 1s"),
+        ("minDwell: 5s", "minDwell: 1s"),
+        ("steps: [50, 100]", "steps: [100]"),
+    ])
+    .await?;
+    println!(
+        "failover_latency: {} ({runs} runs; probe interval 1s, failureThreshold 3)",
+        chaos_tests::failoverd_bin().display()
+    );
+    let mut d = s.spawn("failoverd")?;
+    if let Err(e) = d.wait_ready(RUN_TIMEOUT).await {
+        bail!("{e:#}");
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        // Let a healthy streak build after the last failback, then fault at a different
+        // phase of the 1 s probe schedule each run (failback is itself phase-locked to the
+        // probes, so a fixed pause would measure one phase only): 1.5 s + a golden-ratio
+        // sequence over [0, 1000) ms covers the interval evenly for any N.
+        let phase = ((run as f64 * 0.618_033_988_75).fract() * 1000.0) as u64;
+        tokio::time::sleep(Duration::from_millis(1500 + phase)).await;
+        s.primary.stop();
+        let took = match s
+            .wait_routing(|r| r == Routing::Failover { target: 0 }, RUN_TIMEOUT)
+            .await
+        {
+            Ok((_, took)) => took,
+            Err(e) => bail!("run {run}: {e:#}\n{}", d.logs()),
+        };
+        samples.push(took);
+        s.primary
+            .restart()
+            .await
+            .context("restarting the primary")?;
+        let back = match s.wait_routing(|r| r == Routing::Primary, RUN_TIMEOUT).await {
+            Ok((_, back)) => back,
+            Err(e) => bail!("run {run}: no failback: {e:#}\n{}", d.logs()),
+        };
+        println!(
+            "run {run:>3}: fault -> route written {:>5} ms   (heal -> failback {:>5} ms)",
+            took.as_millis(),
+            back.as_millis()
+        );
+    }
+    let status = d.terminate(Duration::from_secs(10))?;
+    if !status.success() {
+        bail!("failoverd exited with {status} after SIGTERM\n{}", d.logs());
+    }
+    samples.sort();
+    let ms = |p: f64| percentile(&samples, p).map_or(0, |d| d.as_millis());
+    let p99 = percentile(&samples, 99.0).unwrap_or_default();
+    println!("p50 {} ms", ms(50.0));
+    println!("p99 {} ms", ms(99.0));
+    println!("max {} ms", samples.last().map_or(0, Duration::as_millis));
+    println!("min {} ms", samples.first().map_or(0, Duration::as_millis));
+    println!(
+        "goal: p99 <= 3300 ms (interval 1s x threshold 3 + 300 ms): {}",
+        if p99 <= GOAL { "met" } else { "MISSED" }
+    );
+    Ok(())
+}
