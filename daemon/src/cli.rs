@@ -25,7 +25,7 @@ use crate::runtime::{self, Runtime, Shared};
 #[derive(Debug, Parser)]
 #[command(name = "failoverd", version, about)]
 pub struct Cli {
-    /// Log format: `auto` (human on a terminal, JSON otherwise is NOT assumed: human), `text`, `json`.
+    /// Log format: `text` (human; colours on a terminal) or `json` (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. `info`, `failoverd=debug`.
@@ -391,7 +391,7 @@ fn plan(
         }
         Routing::Failover { target: t }
     };
-    routing::apply(&mut vs, pb, to)?;
+    routing::apply(&mut vs, pb, to, None)?;
     let before = serde_saphyr::to_string(&serde_saphyr::from_str::<serde_json::Value>(&text)?)?;
     let after = serde_saphyr::to_string(&vs)?;
     println!("# playbook {}: {} -> {to}", pb.name(), current.routing);

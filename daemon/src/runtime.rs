@@ -441,7 +441,7 @@ pub async fn run(
 
     // First read of every playbook's route.
     for (i, g) in guarded.iter_mut().enumerate() {
-        read_state(i, g, rt.store.as_ref(), &shared, &clock).await;
+        read_state(i, g, rt.store.as_ref(), &job_tx, &shared, &clock).await;
     }
 
     let mut seen = vec![false; n_probes];
@@ -490,7 +490,7 @@ pub async fn run(
                 for (i, g) in guarded.iter_mut().enumerate() {
                     if g.state.is_none() {
                         if g.retry_at.is_none_or(|t| Instant::now() >= t) {
-                            read_state(i, g, rt.store.as_ref(), &shared, &clock).await;
+                            read_state(i, g, rt.store.as_ref(), &job_tx, &shared, &clock).await;
                         }
                         continue;
                     }
@@ -514,13 +514,31 @@ async fn read_state(
     i: usize,
     g: &mut Guarded,
     store: &dyn RoutingStore,
+    jobs: &mpsc::Sender<Job>,
     shared: &Shared,
     clock: &Clock,
 ) {
     match store.read(&g.pb).await {
         Ok(view) => {
-            let st = State::resume(view.routing, clock.now());
+            let mut st = State::resume(view.routing, clock.now());
+            // minDwell survives a restart (a crash loop must not turn into a flapping route).
+            st.last_move = view.last_move;
             info!(playbook = g.pb.name(), routing = %view.routing, "route read from the store");
+            if view.routing != Routing::Primary {
+                // Say in the audit log where failoverd found the route: after a crash between a
+                // write and its `written` record, this is the record that closes the gap.
+                let _ = jobs
+                    .send(Job::Audit(Box::new(Entry {
+                        actor: "failoverd".into(),
+                        action: "resumed".into(),
+                        playbook: g.pb.name().to_string(),
+                        reason: format!("started and found the route at {}", view.routing),
+                        after: view.route.clone(),
+                        outcome: "noted".into(),
+                        ..Entry::default()
+                    })))
+                    .await;
+            }
             set_status(shared, i, |s| {
                 s.phase = Some(st.phase.clone());
                 s.routing = Some(st.routing);
@@ -834,7 +852,12 @@ async fn writer(
                 .await;
             continue;
         }
-        let result = match tokio::time::timeout(WRITE_TIMEOUT, store.write(&job.pb, job.to)).await {
+        let result = match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            store.write(&job.pb, job.to, job.next.last_move),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(StoreError::Io {
                 context: format!("write timed out after {WRITE_TIMEOUT:?}"),

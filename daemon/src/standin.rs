@@ -56,7 +56,8 @@ impl StandIn {
         self.addr
     }
 
-    /// Closes the listener and every open connection: the service is down hard.
+    /// Closes the listener: new connections are refused. (Connections already open are
+    /// served until their client closes them; failoverd's probes never reuse connections.)
     pub fn stop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();

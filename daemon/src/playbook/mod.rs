@@ -327,15 +327,31 @@ pub struct SloSpec {
     /// The destination this SLO speaks for.
     #[schemars(with = "Target")]
     pub target: Spanned<Target>,
-    /// A PromQL threshold.
-    pub prometheus: PromThreshold,
+    /// A PromQL threshold (exactly one of `prometheus`, `ratio`).
+    #[serde(default)]
+    pub prometheus: Option<PromThreshold>,
+    /// A ratio SLO judged by multiwindow burn rates (exactly one of `prometheus`, `ratio`).
+    #[serde(default)]
+    pub ratio: Option<RatioSlo>,
+    /// Prometheus base URL for this SLO (default: the daemon's `--prometheus`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub server: Option<Spanned<String>>,
     /// Time between evaluations.
     #[serde(default = "default_evaluation_interval")]
     pub evaluation_interval: Duration,
+    /// Time allowed for each query (retried once if time remains); shorter than
+    /// `evaluationInterval`.
+    #[serde(default = "default_query_timeout")]
+    pub timeout: Duration,
 }
 
 fn default_evaluation_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// A PromQL expression compared with a threshold (exactly one of `above`, `below`).
@@ -353,6 +369,55 @@ pub struct PromThreshold {
     pub below: Option<f64>,
 }
 
+/// The placeholder in `errors` and `total` that each burn-rate window replaces (`5m`, `1h`).
+pub const WINDOW_PLACEHOLDER: &str = "{{window}}";
+
+/// A ratio SLO (Google SRE workbook, multiwindow multi-burn-rate): unhealthy while, for any
+/// pair, both the long and the short window burn the error budget faster than `factor`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RatioSlo {
+    /// Objective in percent, e.g. `99.9` (error budget 0.1 %).
+    pub objective: f64,
+    /// PromQL for the rate of failed requests over `{{window}}`.
+    #[schemars(with = "String")]
+    pub errors: Spanned<String>,
+    /// PromQL for the rate of all requests over `{{window}}`.
+    #[schemars(with = "String")]
+    pub total: Spanned<String>,
+    /// Window pairs and factors; default the workbook's paging pairs (1h/5m × 14.4,
+    /// 6h/30m × 6).
+    #[serde(default = "default_burn_rates")]
+    pub burn_rates: Vec<BurnRate>,
+}
+
+/// One multiwindow burn-rate rule.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BurnRate {
+    /// The long window (e.g. `1h`): makes the rule significant.
+    pub long: Duration,
+    /// The short window (e.g. `5m`): makes it reset quickly once the errors stop.
+    pub short: Duration,
+    /// Burn-rate factor: budget spent this many times faster than sustainable.
+    pub factor: f64,
+}
+
+fn default_burn_rates() -> Vec<BurnRate> {
+    vec![
+        BurnRate {
+            long: Duration::from_secs(3600),
+            short: Duration::from_secs(300),
+            factor: 14.4,
+        },
+        BurnRate {
+            long: Duration::from_secs(6 * 3600),
+            short: Duration::from_secs(1800),
+            factor: 6.0,
+        },
+    ]
+}
+
 /// When failing signals count as a failure of their target.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -364,6 +429,10 @@ pub struct Trigger {
     /// A failure (probe past the threshold, SLO breach) must also last this long.
     #[serde(default, rename = "for")]
     pub for_: Duration,
+    /// An SLO breach alone does not fail a target over: a probe on it must be failing too,
+    /// so a monitoring fault cannot move traffic.
+    #[serde(default)]
+    pub require_probe_corroboration: bool,
 }
 
 fn default_failure_threshold() -> Spanned<u32> {
@@ -379,6 +448,7 @@ impl Default for Trigger {
         Self {
             failure_threshold: default_failure_threshold(),
             for_: Duration::default(),
+            require_probe_corroboration: false,
         }
     }
 }
@@ -676,27 +746,96 @@ impl Playbook {
             check_target(s.target.value, n_failover)
                 .map(|t| watched.push(t))
                 .unwrap_or_else(|e| push(s.target.referenced, &format!("{field}.target"), e));
-            let q = &s.prometheus;
-            if q.query.value.trim().is_empty() {
-                push(
-                    q.query.referenced,
-                    &format!("{field}.prometheus.query"),
-                    "must not be empty".into(),
-                );
-            }
-            match (q.above, q.below) {
-                (Some(v), None) | (None, Some(v)) if v.is_finite() => {}
+            match (&s.prometheus, &s.ratio) {
+                (Some(q), None) => {
+                    if q.query.value.trim().is_empty() {
+                        push(
+                            q.query.referenced,
+                            &format!("{field}.prometheus.query"),
+                            "must not be empty".into(),
+                        );
+                    }
+                    match (q.above, q.below) {
+                        (Some(v), None) | (None, Some(v)) if v.is_finite() => {}
+                        _ => push(
+                            q.query.referenced,
+                            &format!("{field}.prometheus"),
+                            "needs exactly one finite threshold: `above` or `below`".into(),
+                        ),
+                    }
+                }
+                (None, Some(r)) => {
+                    if !(r.objective > 0.0 && r.objective < 100.0) {
+                        push(
+                            r.errors.referenced,
+                            &format!("{field}.ratio.objective"),
+                            format!(
+                                "must be a percentage strictly between 0 and 100, got {}",
+                                r.objective
+                            ),
+                        );
+                    }
+                    for (what, q) in [("errors", &r.errors), ("total", &r.total)] {
+                        if !q.value.contains(WINDOW_PLACEHOLDER) {
+                            push(
+                                q.referenced,
+                                &format!("{field}.ratio.{what}"),
+                                format!(
+                                    "must contain `{WINDOW_PLACEHOLDER}` where the window goes, e.g. `[{WINDOW_PLACEHOLDER}]`"
+                                ),
+                            );
+                        }
+                    }
+                    if r.burn_rates.is_empty() {
+                        push(
+                            r.errors.referenced,
+                            &format!("{field}.ratio.burnRates"),
+                            "must not be empty".into(),
+                        );
+                    }
+                    for (j, b) in r.burn_rates.iter().enumerate() {
+                        if b.short.get().is_zero()
+                            || b.short >= b.long
+                            || !(b.factor.is_finite() && b.factor > 0.0)
+                        {
+                            push(
+                                r.errors.referenced,
+                                &format!("{field}.ratio.burnRates[{j}]"),
+                                "needs 0 < short < long and a positive factor".into(),
+                            );
+                        }
+                    }
+                }
                 _ => push(
-                    q.query.referenced,
-                    &format!("{field}.prometheus"),
-                    "needs exactly one finite threshold: `above` or `below`".into(),
+                    s.name.referenced,
+                    &field,
+                    "needs exactly one of `prometheus`, `ratio`".into(),
                 ),
+            }
+            if let Some(u) = &s.server
+                && !(u.value.starts_with("http://") || u.value.starts_with("https://"))
+            {
+                push(
+                    u.referenced,
+                    &format!("{field}.server"),
+                    format!("`{}` is not an http(s) URL", u.value),
+                );
             }
             if s.evaluation_interval.get().is_zero() {
                 push(
                     s.name.referenced,
                     &format!("{field}.evaluationInterval"),
                     "must be greater than 0s".into(),
+                );
+            }
+            if s.timeout.get().is_zero() || s.timeout >= s.evaluation_interval {
+                push(
+                    s.name.referenced,
+                    &format!("{field}.timeout"),
+                    format!(
+                        "query timeout {} must be greater than 0s and shorter than evaluationInterval {}",
+                        s.timeout, s.evaluation_interval
+                    ),
                 );
             }
         }

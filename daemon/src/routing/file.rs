@@ -66,13 +66,18 @@ impl FileStore {
         Ok((value, Sha256::digest(text.as_bytes()).into()))
     }
 
-    fn write_sync(&self, pb: &Playbook, to: Routing) -> Result<WriteOutcome, StoreError> {
+    fn write_sync(
+        &self,
+        pb: &Playbook,
+        to: Routing,
+        last_move: Option<jiff::Timestamp>,
+    ) -> Result<WriteOutcome, StoreError> {
         let path = self.path(pb);
         for _ in 0..CONFLICT_RETRIES {
             let (mut vs, digest) = self.load(pb)?;
             let current = view(&vs, pb)?;
             let i = route_index(&vs, pb)?;
-            let before = apply(&mut vs, pb, to)?;
+            let before = apply(&mut vs, pb, to, last_move)?;
             let after = vs
                 .pointer(&format!("/spec/http/{i}/route"))
                 .cloned()
@@ -154,11 +159,16 @@ impl RoutingStore for FileStore {
         })
     }
 
-    fn write<'a>(&'a self, pb: &'a Playbook, to: Routing) -> StoreFuture<'a, WriteOutcome> {
+    fn write<'a>(
+        &'a self,
+        pb: &'a Playbook,
+        to: Routing,
+        last_move: Option<jiff::Timestamp>,
+    ) -> StoreFuture<'a, WriteOutcome> {
         let this = self.clone();
         let pb = pb.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.write_sync(&pb, to))
+            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, last_move))
                 .await
                 .map_err(join_error)?
         })

@@ -97,6 +97,8 @@ pub struct RouteView {
     pub routing: Routing,
     /// The route's destinations as they stand (`http[i].route`).
     pub route: Value,
+    /// When failoverd last started a move on this route (from the state annotation).
+    pub last_move: Option<jiff::Timestamp>,
 }
 
 /// What a write changed.
@@ -118,8 +120,13 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait RoutingStore: Send + Sync + std::fmt::Debug {
     /// Reads the playbook's route.
     fn read<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, RouteView>;
-    /// Writes `to` into the playbook's route.
-    fn write<'a>(&'a self, pb: &'a Playbook, to: Routing) -> StoreFuture<'a, WriteOutcome>;
+    /// Writes `to` into the playbook's route, recording when the move started.
+    fn write<'a>(
+        &'a self,
+        pb: &'a Playbook,
+        to: Routing,
+        last_move: Option<jiff::Timestamp>,
+    ) -> StoreFuture<'a, WriteOutcome>;
     /// A short description for logs (`file:/var/lib/failoverd/routes`).
     fn describe(&self) -> String;
 }
@@ -167,14 +174,16 @@ pub fn view(vs: &Value, pb: &Playbook) -> Result<RouteView, StoreError> {
         .pointer(&format!("/spec/http/{i}/route"))
         .cloned()
         .unwrap_or(Value::Null);
-    let routing = annotations(vs)
+    let state = annotations(vs)
         .and_then(|a| a.get(STATE))
         .and_then(Value::as_str)
         .and_then(|s| serde_json::from_str::<StateAnnotation>(s).ok())
-        .filter(|s| s.route_matches(pb))
-        .map(|s| s.routing)
-        .unwrap_or(Routing::Primary);
-    Ok(RouteView { routing, route })
+        .filter(|s| s.route_matches(pb));
+    Ok(RouteView {
+        routing: state.as_ref().map_or(Routing::Primary, |s| s.routing),
+        last_move: state.and_then(|s| s.last_move),
+        route,
+    })
 }
 
 /// The state annotation: which playbook moved the route and where it points.
@@ -183,6 +192,9 @@ struct StateAnnotation {
     playbook: String,
     route: Option<String>,
     routing: Routing,
+    /// When the last move started, so `minDwell` survives a restart.
+    #[serde(default, rename = "lastMove", skip_serializing_if = "Option::is_none")]
+    last_move: Option<jiff::Timestamp>,
 }
 
 impl StateAnnotation {
@@ -324,7 +336,12 @@ pub fn route_for(pb: &Playbook, to: Routing, original: &Value) -> Value {
 /// Only `http[i].route` and the two failoverd annotations change; everything else —
 /// other routes, matches, retries, timeouts, headers, labels, other annotations, fields
 /// failoverd does not know — is kept as it was.
-pub fn apply(vs: &mut Value, pb: &Playbook, to: Routing) -> Result<Value, StoreError> {
+pub fn apply(
+    vs: &mut Value,
+    pb: &Playbook,
+    to: Routing,
+    last_move: Option<jiff::Timestamp>,
+) -> Result<Value, StoreError> {
     check_kind(vs, pb)?;
     let object = object_name(pb);
     let i = route_index(vs, pb)?;
@@ -375,6 +392,7 @@ pub fn apply(vs: &mut Value, pb: &Playbook, to: Routing) -> Result<Value, StoreE
             playbook: pb.name().to_string(),
             route: pb.spec.route.as_ref().map(|r| r.value.clone()),
             routing: to,
+            last_move,
         };
         ann.insert(
             STATE.into(),

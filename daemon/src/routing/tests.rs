@@ -81,7 +81,7 @@ fn failover_and_back_preserves_everything() {
     let pb = pb();
     let start = vs();
     let mut v = start.clone();
-    let before = apply(&mut v, &pb, Routing::Failover { target: 0 }).unwrap();
+    let before = apply(&mut v, &pb, Routing::Failover { target: 0 }, None).unwrap();
     assert_eq!(before, start["spec"]["http"][1]["route"]);
     assert_eq!(
         v["spec"]["http"][1]["route"],
@@ -100,9 +100,10 @@ fn failover_and_back_preserves_everything() {
             target: 0,
             primary_percent: 50,
         },
+        None,
     )
     .unwrap();
-    apply(&mut v, &pb, Routing::Primary).unwrap();
+    apply(&mut v, &pb, Routing::Primary, None).unwrap();
     assert_eq!(v, start);
 }
 
@@ -112,7 +113,7 @@ fn failover_and_back_preserves_everything() {
 fn split_scales_original_weights() {
     let pb = pb();
     let mut v = vs();
-    apply(&mut v, &pb, Routing::Failover { target: 0 }).unwrap();
+    apply(&mut v, &pb, Routing::Failover { target: 0 }, None).unwrap();
     apply(
         &mut v,
         &pb,
@@ -120,6 +121,7 @@ fn split_scales_original_weights() {
             target: 0,
             primary_percent: 15,
         },
+        None,
     )
     .unwrap();
     let route = v["spec"]["http"][1]["route"].as_array().unwrap().clone();
@@ -153,13 +155,13 @@ fn bad_objects_are_errors() {
     let mut v = vs();
     v["spec"]["http"][1]["name"] = json!("renamed");
     assert!(matches!(
-        apply(&mut v, &pb, Routing::Primary),
+        apply(&mut v, &pb, Routing::Primary, None),
         Err(StoreError::RouteNotFound { .. })
     ));
     let mut v = vs();
     v["kind"] = json!("DestinationRule");
     assert!(matches!(
-        apply(&mut v, &pb, Routing::Primary),
+        apply(&mut v, &pb, Routing::Primary, None),
         Err(StoreError::Malformed { .. })
     ));
     assert!(validate_route(&json!([]), "x", true).is_err());
@@ -190,12 +192,12 @@ async fn file_store_round_trip() {
     std::fs::write(store.path(&pb), VS).unwrap();
     assert_eq!(store.read(&pb).await.unwrap().routing, Routing::Primary);
     let out = store
-        .write(&pb, Routing::Failover { target: 0 })
+        .write(&pb, Routing::Failover { target: 0 }, None)
         .await
         .unwrap();
     assert!(out.changed);
     let again = store
-        .write(&pb, Routing::Failover { target: 0 })
+        .write(&pb, Routing::Failover { target: 0 }, None)
         .await
         .unwrap();
     assert!(!again.changed, "no change, no write");
@@ -205,7 +207,7 @@ async fn file_store_round_trip() {
         reparsed["spec"]["http"][0]["match"][0]["headers"]["x-canary"]["exact"],
         json!("true")
     );
-    store.write(&pb, Routing::Primary).await.unwrap();
+    store.write(&pb, Routing::Primary, None).await.unwrap();
     let restored: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(store.path(&pb)).unwrap()).unwrap();
     assert_eq!(restored, vs());
@@ -234,8 +236,8 @@ fn yaml_round_trip_of_every_routing() {
         Routing::Primary,
     ] {
         let mut v = vs();
-        apply(&mut v, &pb, Routing::Failover { target: 0 }).unwrap();
-        apply(&mut v, &pb, to).unwrap();
+        apply(&mut v, &pb, Routing::Failover { target: 0 }, None).unwrap();
+        apply(&mut v, &pb, to, None).unwrap();
         let text = serde_saphyr::to_string(&v).unwrap();
         let back: Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(back, v, "{to:?}\n{text}");
@@ -245,4 +247,17 @@ fn yaml_round_trip_of_every_routing() {
             "state annotation round trip"
         );
     }
+}
+
+/// Ensures the start of the last move is kept in the state annotation, so `minDwell`
+/// survives a restart, and disappears with the annotation on failback.
+#[test]
+fn last_move_round_trips() {
+    let pb = pb();
+    let mut v = vs();
+    let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    apply(&mut v, &pb, Routing::Failover { target: 0 }, Some(t)).unwrap();
+    assert_eq!(view(&v, &pb).unwrap().last_move, Some(t));
+    apply(&mut v, &pb, Routing::Primary, Some(t)).unwrap();
+    assert_eq!(view(&v, &pb).unwrap().last_move, None);
 }
