@@ -695,10 +695,18 @@ fn hold_overrules_freeze() {
     };
     w.probes(up(), up(), up(), at(0));
     let d = step(&pb, &mut st, &w, &ov, at(0));
-    assert_eq!(routes(&d), vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)]);
+    assert_eq!(
+        routes(&d),
+        vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)]
+    );
     // Hold over, freeze still on: automation stays frozen, nothing moves back.
     w.probes(up(), up(), up(), at(60));
     let d = step(&pb, &mut st, &w, &ov, at(60));
     assert!(d.actions.is_empty());
-    assert_eq!(st.phase, Phase::Frozen { until: Some(at(100)) });
+    assert_eq!(
+        st.phase,
+        Phase::Frozen {
+            until: Some(at(100))
+        }
+    );
 }
