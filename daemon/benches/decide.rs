@@ -58,6 +58,7 @@ fn main() {
                 streak_since: now,
                 at: now,
                 max_age: Duration::from_secs(4),
+                detail: String::new(),
             })
             .collect();
             (base.clone(), State::default(), obs)

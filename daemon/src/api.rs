@@ -2,6 +2,10 @@
 //! playbook. Every call needs a bearer token; mutating calls need the operator role, are
 //! rate-limited per identity, go through the engine and the single routing writer, and are
 //! audited (refusals of authenticated callers too).
+//!
+//! The OpenAPI 3 description of these routes is generated from the handlers and the types
+//! below ([`openapi_json`]), served open at `GET /v1/openapi.json`, and kept as
+//! `docs/openapi.json` (a test fails when that copy is stale).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -10,21 +14,25 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::audit::{self, AuditLog, Entry};
+use crate::audit::{self, AuditLog, Entry, Record};
 use crate::auth::{AuthError, Caller, Role, Tokens};
-use crate::engine::Actor;
+use crate::engine::{Actor, Routing};
+use crate::overrides::OverrideRecord;
 use crate::playbook::{Duration as PbDuration, Target};
 use crate::routing::RoutingStore;
-use crate::runtime::{Control, ControlKind, Shared};
+use crate::runtime::{Control, ControlKind, ControlReply, PlaybookStatus, Shared};
 
 /// Largest request body: a reason and a few fields. Anything bigger is not an override.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -81,6 +89,17 @@ impl ApiState {
     }
 }
 
+/// Body of every JSON error: a one-line `error` and an optional `detail` (a hint, the parser's
+/// message, or null).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({ "error": "reason must not be empty", "detail": "say why, e.g. an incident id: it goes into the audit log" }))]
+pub struct ErrorBody {
+    /// What went wrong, in one line.
+    pub error: String,
+    /// More about it (a hint or the parser's message), or null.
+    pub detail: Value,
+}
+
 /// A JSON error: `{ "error": "...", "detail": ... }` with its status.
 #[derive(Debug)]
 pub struct ApiError {
@@ -109,7 +128,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (
             self.status,
-            axum::Json(json!({ "error": self.error, "detail": self.detail })),
+            axum::Json(ErrorBody {
+                error: self.error,
+                detail: self.detail,
+            }),
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED
@@ -123,15 +145,482 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// `GET /v1/playbooks`: one line per playbook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlaybookList {
+    /// The playbooks, in load order.
+    pub playbooks: Vec<PlaybookSummary>,
+}
+
+/// One playbook in `GET /v1/playbooks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlaybookSummary {
+    /// Playbook name.
+    pub name: String,
+    /// Life-cycle phase (null until the VirtualService has been read).
+    #[schema(value_type = Option<schema::PhaseName>)]
+    pub phase: Option<&'static str>,
+    /// Current routing as failoverd knows it (null until read).
+    #[schema(value_type = Option<schema::Routing>)]
+    pub routing: Option<Routing>,
+    /// The last decision's explanation.
+    pub explain: String,
+    /// The last error on this playbook (store, audit), if any.
+    pub error: Option<String>,
+    /// Number of active overrides (freezes and holds) on this playbook.
+    pub overrides: usize,
+}
+
+/// `GET /v1/playbooks/{name}`: one playbook in detail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlaybookDetail {
+    /// Playbook name.
+    pub name: String,
+    /// The VirtualService it rewrites, `namespace/name`.
+    #[serde(rename = "virtualService")]
+    pub virtual_service: String,
+    /// State, signals and recent moves.
+    #[schema(value_type = Option<schema::PlaybookStatus>)]
+    pub status: Option<PlaybookStatus>,
+    /// What the routing store holds right now.
+    pub store: StoreView,
+    /// Active overrides on this playbook.
+    #[schema(value_type = Vec<schema::OverrideRecord>)]
+    pub overrides: Vec<OverrideRecord>,
+}
+
+/// The route as read from the store just now: `routing` and `route`, or `error`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreView {
+    /// failoverd's routing, from the VirtualService's state annotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::Routing>)]
+    pub routing: Option<Routing>,
+    /// The route's destinations as they stand (`http[i].route` of the VirtualService).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Value>,
+    /// Why the store could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/overrides`: every active override.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverrideList {
+    /// Freezes and failover holds, oldest first.
+    #[schema(value_type = Vec<schema::OverrideRecord>)]
+    pub overrides: Vec<OverrideRecord>,
+}
+
+/// `GET /v1/audit`: audit records, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditRecords {
+    /// The matching records (the newest `limit` of them).
+    #[schema(value_type = Vec<schema::AuditRecord>)]
+    pub records: Vec<Record>,
+}
+
+/// OpenAPI mirrors of types the API returns but other modules define (the engine, the
+/// runtime, the override store and the audit log). They only describe the JSON; the test
+/// suite checks live answers against them, so a drift shows.
+pub mod schema {
+    use serde_json::Value;
+    use utoipa::ToSchema;
+
+    /// Where traffic goes: the original route, all on a failover target, or a failback step.
+    #[derive(Debug, ToSchema)]
+    #[serde(tag = "to", rename_all = "camelCase")]
+    pub enum Routing {
+        /// The original route exactly.
+        Primary,
+        /// All traffic on failover target `target`.
+        Failover {
+            /// Index into `spec.failover`.
+            target: usize,
+        },
+        /// A failback step: `primaryPercent` on the primary, the rest on `target`.
+        #[serde(rename_all = "camelCase")]
+        Split {
+            /// Index into `spec.failover`.
+            target: usize,
+            /// Percent on the primary, 1..=99.
+            primary_percent: u8,
+        },
+    }
+
+    /// Short name of a life-cycle phase.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub enum PhaseName {
+        /// On the primary.
+        Normal,
+        /// On the primary, primary failing below the trigger.
+        Suspect,
+        /// All traffic on a failover target.
+        FailedOver,
+        /// Failed over, primary healthy, waiting for `failback.after`.
+        Recovering,
+        /// Returning to the primary in steps.
+        FailingBack,
+        /// Automation frozen by an operator.
+        Frozen,
+    }
+
+    /// A playbook's life-cycle phase with its details.
+    #[derive(Debug, ToSchema)]
+    #[serde(tag = "phase", rename_all = "camelCase")]
+    pub enum Phase {
+        /// On the primary, primary healthy or unknown.
+        Normal,
+        /// On the primary, primary failing but the trigger not yet met.
+        Suspect {
+            /// When the primary started failing.
+            #[schema(format = DateTime)]
+            since: String,
+        },
+        /// All traffic on a failover target.
+        FailedOver {
+            /// Index into `spec.failover`.
+            target: usize,
+            /// When traffic moved there.
+            #[schema(format = DateTime)]
+            since: String,
+        },
+        /// Failed over, primary healthy, waiting for `failback.after` (or an operator).
+        Recovering {
+            /// Index into `spec.failover`.
+            target: usize,
+            /// Since when the primary has been healthy.
+            #[schema(format = DateTime)]
+            since: String,
+        },
+        /// Traffic returning to the primary in steps.
+        FailingBack {
+            /// Index into `spec.failover`.
+            target: usize,
+            /// Index into `failback.steps` of the step in force.
+            step: usize,
+            /// When that step was written.
+            #[schema(format = DateTime)]
+            since: String,
+        },
+        /// An operator froze automation; routing stays as it is.
+        Frozen {
+            /// When the freeze ends (null: until resumed).
+            #[schema(format = DateTime)]
+            until: Option<String>,
+        },
+    }
+
+    /// A failover target in a request: `failover[N]` or the index N.
+    #[derive(Debug, ToSchema)]
+    #[serde(untagged)]
+    pub enum TargetSpec {
+        /// `failover[N]` (0-based index into `spec.failover`).
+        #[schema(example = "failover[0]")]
+        Name(String),
+        /// N (0-based index into `spec.failover`).
+        Index(u64),
+    }
+
+    /// What one signal said last.
+    #[derive(Debug, ToSchema)]
+    #[serde(tag = "state", content = "reason", rename_all = "camelCase")]
+    pub enum Health {
+        /// The signal saw its target working.
+        Healthy,
+        /// The signal saw its target failing, and why.
+        Unhealthy(String),
+        /// The signal could not tell, and why.
+        Unknown(String),
+    }
+
+    /// Whether a signal is an active probe or an SLO.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub enum SignalKind {
+        /// Active probe.
+        Probe,
+        /// SLO.
+        Slo,
+    }
+
+    /// A duration as seconds and nanoseconds.
+    #[derive(Debug, ToSchema)]
+    pub struct StdDuration {
+        /// Whole seconds.
+        pub secs: u64,
+        /// Nanoseconds past `secs`.
+        pub nanos: u32,
+    }
+
+    /// The current summary of one signal.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Observation {
+        /// Probe or SLO name from the playbook.
+        pub signal: String,
+        /// Probe or SLO.
+        pub kind: SignalKind,
+        /// The destination it speaks for: `primary` or `failover[N]`.
+        #[schema(pattern = r"^(primary|failover\[[0-9]+\])$")]
+        pub target: String,
+        /// The latest result.
+        pub health: Health,
+        /// Consecutive results of the same kind as the latest, including it.
+        pub streak: u32,
+        /// When the current streak began.
+        #[schema(format = DateTime)]
+        pub streak_since: String,
+        /// When the latest result arrived.
+        #[schema(format = DateTime)]
+        pub at: String,
+        /// A result older than this is stale.
+        pub max_age: StdDuration,
+    }
+
+    /// Why traffic moved.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub enum MoveKind {
+        /// Primary failed; traffic to a failover target.
+        Failover,
+        /// The failover target failed; traffic to another healthy destination.
+        Switch,
+        /// One step of a stepped failback.
+        FailbackStep,
+        /// Traffic back on the original route.
+        Failback,
+        /// The primary failed during the failback ramp.
+        FailbackAborted,
+        /// An operator's failover hold.
+        OperatorFailover,
+        /// An operator's failback.
+        OperatorFailback,
+    }
+
+    /// One move.
+    #[derive(Debug, ToSchema)]
+    pub struct Transition {
+        /// When the write completed.
+        #[schema(format = DateTime)]
+        pub time: String,
+        /// What kind of move.
+        pub kind: MoveKind,
+        /// Routing before.
+        pub from: Routing,
+        /// Routing after.
+        pub to: Routing,
+        /// Why.
+        pub reason: String,
+        /// Who (`engine` or an operator).
+        pub actor: String,
+    }
+
+    /// What the daemon shows about one playbook.
+    #[derive(Debug, ToSchema)]
+    pub struct PlaybookStatus {
+        /// Playbook name.
+        pub name: String,
+        /// Life-cycle phase (null until the store has been read).
+        pub phase: Option<Phase>,
+        /// Current routing as failoverd knows it.
+        pub routing: Option<Routing>,
+        /// The last decision's explanation.
+        pub explain: String,
+        /// The last error on this playbook, if any.
+        pub error: Option<String>,
+        /// Latest observation per signal.
+        pub signals: Vec<Observation>,
+        /// Recent moves, newest last.
+        pub transitions: Vec<Transition>,
+    }
+
+    /// Kind of an override.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub enum OverrideKind {
+        /// Automation frozen: no automatic moves.
+        Freeze,
+        /// Failover held to a target until the TTL ends.
+        Failover,
+    }
+
+    /// One active override (freeze or failover hold); persisted, so it survives restarts.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct OverrideRecord {
+        /// Stable id, e.g. `ov-3f9a1c2b`.
+        #[schema(example = "ov-3f9a1c2b")]
+        pub id: String,
+        /// The playbook it applies to.
+        pub playbook: String,
+        /// Freeze or failover hold.
+        pub kind: OverrideKind,
+        /// Authenticated identity of the operator.
+        pub actor: String,
+        /// The operator's reason.
+        pub reason: String,
+        /// When it was created.
+        #[schema(format = DateTime)]
+        pub created: String,
+        /// When it ends.
+        #[schema(format = DateTime)]
+        pub until: String,
+        /// Failover target index (holds only).
+        pub target: Option<usize>,
+        /// Route to the target even if failoverd believes it unhealthy (holds only).
+        pub force: bool,
+    }
+
+    /// One audit record (hash-chained JSON Lines).
+    #[derive(Debug, ToSchema)]
+    pub struct AuditRecord {
+        /// Sequence number, from 1, without gaps.
+        pub seq: u64,
+        /// When it was written.
+        #[schema(format = DateTime)]
+        pub time: String,
+        /// SHA-256 (hex) of the previous line.
+        pub prev: String,
+        /// `engine` for automatic moves, else the operator's identity.
+        pub actor: String,
+        /// What happened: `failover`, `override-freeze`, `operator-failover`, ...
+        pub action: String,
+        /// The playbook concerned (empty for daemon-wide records).
+        pub playbook: String,
+        /// Why, in words.
+        pub reason: String,
+        /// The observations and values that caused it.
+        pub inputs: Value,
+        /// Route before.
+        pub before: Value,
+        /// Route after.
+        pub after: Value,
+        /// `intent`, `written`, `unchanged`, `accepted`, `failed: ...`, `refused: ...`, `noted`.
+        pub outcome: String,
+    }
+
+    /// A successful operator call.
+    #[derive(Debug, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ControlReply {
+        /// What happened.
+        pub message: String,
+        /// The override created, if any.
+        pub override_id: Option<String>,
+        /// Routing after the call.
+        pub routing: Option<Routing>,
+        /// True when the call wrote the routing store.
+        pub written: bool,
+    }
+}
+
+/// The OpenAPI document of the `/v1` routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "failoverd override API",
+        description = "Read the state of failoverd's playbooks and force, fail back, freeze or resume them.\n\nEvery call except this document needs `Authorization: Bearer <token>`; reads need the viewer role, mutating calls the operator role. Mutating calls are rate-limited per identity and audited (refusals of authenticated callers too). Errors are JSON `{ \"error\": \"...\", \"detail\": ... }`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        list_playbooks,
+        get_playbook,
+        failover,
+        failback,
+        freeze,
+        resume,
+        list_overrides,
+        delete_override,
+        get_audit,
+        openapi_document
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "playbooks", description = "Playbook state and operator actions"),
+        (name = "overrides", description = "Active freezes and failover holds"),
+        (name = "audit", description = "The hash-chained audit log"),
+        (name = "meta", description = "This document")
+    )
+)]
+struct ApiDoc;
+
+/// Adds the `bearer` security scheme the paths refer to.
+#[derive(Debug)]
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from the daemon's token file (`--tokens`, which holds only SHA-256 hashes of tokens).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI 3 document of the `/v1` routes, pretty-printed with a trailing newline (the
+/// form committed as `docs/openapi.json`).
+pub fn openapi_json() -> String {
+    match ApiDoc::openapi().to_pretty_json() {
+        Ok(mut s) => {
+            s.push('\n');
+            s
+        }
+        Err(e) => format!("{{\"error\": \"cannot render the OpenAPI document: {e}\"}}\n"),
+    }
+}
+
+/// Every `/v1` route: method, path (axum syntax, which is also OpenAPI's) and handler.
+fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
+    vec![
+        (Method::GET, "/v1/playbooks", get(list_playbooks)),
+        (Method::GET, "/v1/playbooks/{name}", get(get_playbook)),
+        (
+            Method::POST,
+            "/v1/playbooks/{name}/failover",
+            post(failover),
+        ),
+        (
+            Method::POST,
+            "/v1/playbooks/{name}/failback",
+            post(failback),
+        ),
+        (Method::POST, "/v1/playbooks/{name}/freeze", post(freeze)),
+        (Method::POST, "/v1/playbooks/{name}/resume", post(resume)),
+        (Method::GET, "/v1/overrides", get(list_overrides)),
+        (
+            Method::DELETE,
+            "/v1/overrides/{id}",
+            delete(delete_override),
+        ),
+        (Method::GET, "/v1/audit", get(get_audit)),
+        (Method::GET, "/v1/openapi.json", get(openapi_document)),
+    ]
+}
+
+/// The routes [`routes`] registers, as (method, path): the OpenAPI test checks each one is
+/// documented.
+pub fn registered_routes() -> Vec<(Method, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
 /// The `/v1` routes.
 pub fn routes(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/playbooks", get(list_playbooks))
-        .route("/v1/playbooks/{name}", get(get_playbook))
-        .route("/v1/playbooks/{name}/{action}", post(act))
-        .route("/v1/overrides", get(list_overrides))
-        .route("/v1/overrides/{id}", delete(delete_override))
-        .route("/v1/audit", get(get_audit))
+    table()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
         .with_state(state)
 }
 
@@ -147,32 +636,40 @@ fn authenticate(state: &ApiState, headers: &HeaderMap, need: Role) -> ApiResult<
         AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token"),
     })?;
     if caller.role < need {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} has role {:?}; this call needs {:?}",
-                caller.identity, caller.role, need
-            ),
-        ));
+        return Err(forbidden(&caller, need));
     }
     Ok(caller)
 }
 
+fn forbidden(caller: &Caller, need: Role) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} has role {:?}; this call needs {:?}",
+            caller.identity, caller.role, need
+        ),
+    )
+}
+
+/// Records the refusal of an authenticated caller's mutating call.
 async fn audit_refusal(
     state: &ApiState,
     caller: &Caller,
     action: &str,
     playbook: &str,
     reason: &str,
+    mut inputs: Value,
     err: &ApiError,
 ) {
     let log = state.audit.clone();
+    inputs["status"] = json!(err.status.as_u16());
     let entry = Entry {
         actor: caller.identity.clone(),
         action: action.to_string(),
         playbook: playbook.to_string(),
-        reason: reason.to_string(),
-        inputs: json!({ "status": err.status.as_u16() }),
+        // A refused call may carry any reason, even a huge one: keep the record bounded.
+        reason: reason.chars().take(MAX_REASON).collect(),
+        inputs,
         outcome: format!("refused: {}", err.error),
         ..Entry::default()
     };
@@ -188,6 +685,30 @@ async fn audit_refusal(
     }
 }
 
+/// The `reason` of a body that was refused, if it has one (for the audit record).
+fn reason_of(body: &Result<Bytes, BytesRejection>) -> String {
+    body.as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        .and_then(|v| v.get("reason").and_then(Value::as_str).map(String::from))
+        .unwrap_or_default()
+}
+
+/// List playbooks
+///
+/// Every playbook with its phase, routing, last explanation and number of active overrides.
+#[utoipa::path(
+    get,
+    path = "/v1/playbooks",
+    tag = "playbooks",
+    operation_id = "listPlaybooks",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The playbooks", body = PlaybookList),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+    )
+)]
 async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
     let overrides = state
@@ -196,25 +717,42 @@ async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> Ap
         .read()
         .map(|o| o.clone())
         .unwrap_or_default();
-    let list: Vec<Value> = state
+    let playbooks = state
         .shared
         .snapshot()
         .into_iter()
         .map(|s| {
             let n = overrides.iter().filter(|o| o.playbook == s.name).count();
-            json!({
-                "name": s.name,
-                "phase": s.phase.as_ref().map(|p| p.name()),
-                "routing": s.routing,
-                "explain": s.explain,
-                "error": s.error,
-                "overrides": n,
-            })
+            PlaybookSummary {
+                phase: s.phase.as_ref().map(|p| p.name()),
+                routing: s.routing,
+                explain: s.explain,
+                error: s.error,
+                overrides: n,
+                name: s.name,
+            }
         })
         .collect();
-    Ok(axum::Json(json!({ "playbooks": list })).into_response())
+    Ok(axum::Json(PlaybookList { playbooks }).into_response())
 }
 
+/// Show one playbook
+///
+/// State, signals, recent moves, the route as the store holds it now, and active overrides.
+#[utoipa::path(
+    get,
+    path = "/v1/playbooks/{name}",
+    tag = "playbooks",
+    operation_id = "getPlaybook",
+    params(("name" = String, Path, description = "Playbook name (`metadata.name`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The playbook", body = PlaybookDetail),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 404, description = "No playbook with that name", body = ErrorBody),
+    )
+)]
 async fn get_playbook(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -226,9 +764,17 @@ async fn get_playbook(
     })?;
     let status = state.shared.snapshot().into_iter().nth(idx);
     let pb = state.shared.playbooks[idx].clone();
-    let route = match state.store.read(&pb).await {
-        Ok(v) => json!({ "routing": v.routing, "route": v.route }),
-        Err(e) => json!({ "error": e.to_string() }),
+    let store = match state.store.read(&pb).await {
+        Ok(v) => StoreView {
+            routing: Some(v.routing),
+            route: Some(v.route),
+            error: None,
+        },
+        Err(e) => StoreView {
+            routing: None,
+            route: None,
+            error: Some(e.to_string()),
+        },
     };
     let overrides: Vec<_> = state
         .shared
@@ -236,27 +782,53 @@ async fn get_playbook(
         .read()
         .map(|o| o.iter().filter(|r| r.playbook == name).cloned().collect())
         .unwrap_or_default();
-    Ok(axum::Json(json!({
-        "name": name,
-        "virtualService": pb.spec.virtual_service.to_string(),
-        "status": status,
-        "store": route,
-        "overrides": overrides,
-    }))
+    Ok(axum::Json(PlaybookDetail {
+        virtual_service: pb.spec.virtual_service.to_string(),
+        name,
+        status,
+        store,
+        overrides,
+    })
     .into_response())
 }
 
-/// Body of the mutating calls.
-#[derive(Debug, Deserialize)]
+/// Body of the mutating calls. Only `reason` is required; the other fields apply to some
+/// calls only (see each call) and are refused (422) where they do not.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OverrideRequest, example = json!({ "reason": "INC-1234: eu-west primary degraded", "ttl": "1h" }))]
 struct Body {
+    /// Why (an incident id, a change ticket): goes into the audit log. Not empty, at most
+    /// 1024 characters.
+    #[schema(min_length = 1, max_length = 1024)]
     reason: String,
+    /// How long a failover hold or freeze lasts (`30m`, `2h`, `1d`); default `1h`, greater
+    /// than 0 and at most 7 days. Failover and freeze only.
     #[serde(default)]
+    #[schema(example = "1h")]
     ttl: Option<String>,
+    /// Failover target: `failover[N]` or N; default: the first healthy target. Failover only.
     #[serde(default)]
+    #[schema(value_type = Option<schema::TargetSpec>)]
     target: Option<Value>,
+    /// Route there even if failoverd believes the target (or, for failback, the primary)
+    /// unhealthy. Failover and failback only.
     #[serde(default)]
     force: bool,
+}
+
+/// The request body, or the JSON error for one that could not be read (too large: 413).
+fn read_body(body: &Result<Bytes, BytesRejection>) -> ApiResult<&Bytes> {
+    body.as_ref().map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::new(e.status(), "cannot read the request body").detail(json!(e.body_text()))
+        }
+    })
 }
 
 fn parse_body(bytes: &Bytes) -> ApiResult<Body> {
@@ -307,14 +879,19 @@ fn ttl_of(body: &Body) -> ApiResult<Duration> {
 }
 
 fn target_of(body: &Body) -> ApiResult<Option<usize>> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "target must be `failover[N]` or N",
+        )
+    };
     match &body.target {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "target must be `failover[N]` or N",
-            )
-        }),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(bad),
         Some(Value::String(s)) => match s.parse::<Target>() {
             Ok(Target::Failover(i)) => Ok(Some(i)),
             Ok(Target::Primary) => Err(ApiError::new(
@@ -323,10 +900,7 @@ fn target_of(body: &Body) -> ApiResult<Option<usize>> {
             )),
             Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)),
         },
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "target must be `failover[N]` or N",
-        )),
+        Some(_) => Err(bad()),
     }
 }
 
@@ -384,7 +958,7 @@ async fn send(
     state
         .control
         .send(Control {
-            playbook,
+            playbook: playbook.clone(),
             kind,
             actor,
             reply: tx,
@@ -397,7 +971,7 @@ async fn send(
             )
         })?;
     match tokio::time::timeout(CALL_TIMEOUT, rx).await {
-        Ok(Ok(Ok(reply))) => Ok(axum::Json(reply).into_response()),
+        Ok(Ok(Ok(reply))) => Ok(axum::Json::<ControlReply>(reply).into_response()),
         Ok(Ok(Err(e))) => Err(ApiError::new(
             StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             e.error,
@@ -406,11 +980,17 @@ async fn send(
             StatusCode::SERVICE_UNAVAILABLE,
             "failoverd is shutting down",
         )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "accepted, but the routing write did not finish in time",
-        )
-        .detail(json!("see GET /v1/playbooks/{name} and the audit log"))),
+        Err(_) => {
+            let see = match &playbook {
+                Some(name) => format!("see GET /v1/playbooks/{name} and the audit log"),
+                None => "see GET /v1/overrides and the audit log".to_string(),
+            };
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "accepted, but the routing write did not finish in time",
+            )
+            .detail(json!(see)))
+        }
     }
 }
 
@@ -427,22 +1007,17 @@ fn rate_limit(state: &ApiState, caller: &Caller) -> ApiResult<()> {
 }
 
 async fn act(
-    State(state): State<ApiState>,
+    state: ApiState,
     headers: HeaderMap,
-    Path((name, action)): Path<(String, String)>,
-    bytes: Bytes,
+    name: String,
+    action: &str,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers, Role::Viewer)?;
     let audit_action = format!("override-{action}");
     let result = async {
         if caller.role < Role::Operator {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} has role {:?}; this call needs Operator",
-                    caller.identity, caller.role
-                ),
-            ));
+            return Err(forbidden(&caller, Role::Operator));
         }
         rate_limit(&state, &caller)?;
         if state.shared.index(&name).is_none() {
@@ -451,8 +1026,8 @@ async fn act(
                 format!("no playbook named `{name}`"),
             ));
         }
-        let body = parse_body(&bytes)?;
-        let kind = control_kind(&action, &body)?;
+        let body = parse_body(read_body(&body)?)?;
+        let kind = control_kind(action, &body)?;
         Ok((kind, body.reason.trim().to_string()))
     }
     .await;
@@ -465,46 +1040,250 @@ async fn act(
             send(&state, Some(name), kind, actor).await
         }
         Err(e) => {
-            let reason = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("reason").and_then(Value::as_str).map(String::from))
-                .unwrap_or_default();
-            audit_refusal(&state, &caller, &audit_action, &name, &reason, &e).await;
+            let reason = reason_of(&body);
+            audit_refusal(
+                &state,
+                &caller,
+                &audit_action,
+                &name,
+                &reason,
+                json!({}),
+                &e,
+            )
+            .await;
             Err(e)
         }
     }
 }
 
+/// Force a failover
+///
+/// Routes all traffic to a failover target (`target`, or the first healthy one) and holds it
+/// there for `ttl` (default 1h), even while the primary looks healthy and even while
+/// automation is frozen. Refused (409) when the target does not exist or is not known
+/// healthy, unless `force` is set.
+#[utoipa::path(
+    post,
+    path = "/v1/playbooks/{name}/failover",
+    tag = "playbooks",
+    operation_id = "failover",
+    params(("name" = String, Path, description = "Playbook name (`metadata.name`)")),
+    request_body(content = Body, description = "`reason` (required), `ttl`, `target`, `force`", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Done: the routing write completed (or the hold is recorded)", body = schema::ControlReply),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        (status = 409, description = "Refused by a rule (target missing or not known healthy, playbook inactive)", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl or target", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
+    )
+)]
+async fn failover(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    act(state, headers, name, "failover", body).await
+}
+
+/// Fail back now
+///
+/// Returns all traffic to the original route at once (no steps, no waiting) and releases any
+/// failover hold. Refused (409) when already on the primary, or when the primary is not known
+/// healthy unless `force` is set.
+#[utoipa::path(
+    post,
+    path = "/v1/playbooks/{name}/failback",
+    tag = "playbooks",
+    operation_id = "failback",
+    params(("name" = String, Path, description = "Playbook name (`metadata.name`)")),
+    request_body(content = Body, description = "`reason` (required), `force`", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Done: the original route is written back", body = schema::ControlReply),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        (status = 409, description = "Refused by a rule (already on the primary, primary not known healthy, playbook inactive)", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl or target given", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
+    )
+)]
+async fn failback(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    act(state, headers, name, "failback", body).await
+}
+
+/// Freeze automation
+///
+/// No automatic moves for `ttl` (default 1h), like a silence; routing stays as it is. An
+/// operator failover hold still applies.
+#[utoipa::path(
+    post,
+    path = "/v1/playbooks/{name}/freeze",
+    tag = "playbooks",
+    operation_id = "freeze",
+    params(("name" = String, Path, description = "Playbook name (`metadata.name`)")),
+    request_body(content = Body, description = "`reason` (required), `ttl`", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Frozen", body = schema::ControlReply),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl, target or force given", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+    )
+)]
+async fn freeze(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    act(state, headers, name, "freeze", body).await
+}
+
+/// Resume automation
+///
+/// Releases the playbook's freezes and failover holds: automation is back in control (and
+/// may move traffic at once if the signals say so).
+#[utoipa::path(
+    post,
+    path = "/v1/playbooks/{name}/resume",
+    tag = "playbooks",
+    operation_id = "resume",
+    params(("name" = String, Path, description = "Playbook name (`metadata.name`)")),
+    request_body(content = Body, description = "`reason` (required) only", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Released", body = schema::ControlReply),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        (status = 409, description = "Refused by a rule (nothing to release, playbook inactive)", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+    )
+)]
+async fn resume(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    act(state, headers, name, "resume", body).await
+}
+
+/// List overrides
+///
+/// Every active freeze and failover hold, on every playbook.
+#[utoipa::path(
+    get,
+    path = "/v1/overrides",
+    tag = "overrides",
+    operation_id = "listOverrides",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The active overrides", body = OverrideList),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+    )
+)]
 async fn list_overrides(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
-    let o = state
+    let overrides = state
         .shared
         .overrides
         .read()
         .map(|o| o.clone())
         .unwrap_or_default();
-    Ok(axum::Json(json!({ "overrides": o })).into_response())
+    Ok(axum::Json(OverrideList { overrides }).into_response())
 }
 
+/// Remove an override
+///
+/// Ends one freeze or failover hold now; automation takes over from where routing stands.
+/// The body carries only the `reason`.
+#[utoipa::path(
+    delete,
+    path = "/v1/overrides/{id}",
+    tag = "overrides",
+    operation_id = "deleteOverride",
+    params(("id" = String, Path, description = "Override id, e.g. `ov-3f9a1c2b`")),
+    request_body(content = Body, description = "`reason` (required) only", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Removed", body = schema::ControlReply),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        (status = 404, description = "No override with that id", body = ErrorBody),
+        (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+    )
+)]
 async fn delete_override(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    bytes: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers, Role::Viewer)?;
     let result = async {
         if caller.role < Role::Operator {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} has role {:?}; this call needs Operator",
-                    caller.identity, caller.role
-                ),
-            ));
+            return Err(forbidden(&caller, Role::Operator));
         }
         rate_limit(&state, &caller)?;
-        let body = parse_body(&bytes)?;
+        // Checked here too (the controller checks again) so the refusal is audited.
+        let known = state
+            .shared
+            .overrides
+            .read()
+            .map(|o| o.iter().any(|r| r.id == id))
+            .unwrap_or(true);
+        if !known {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no override with id `{id}`"),
+            ));
+        }
+        let body = parse_body(read_body(&body)?)?;
         if body.target.is_some() || body.ttl.is_some() || body.force {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -523,22 +1302,64 @@ async fn delete_override(
             send(&state, None, ControlKind::DeleteOverride { id }, actor).await
         }
         Err(e) => {
-            audit_refusal(&state, &caller, "override-delete", "", &id, &e).await;
+            let playbook = state
+                .shared
+                .overrides
+                .read()
+                .ok()
+                .and_then(|o| o.iter().find(|r| r.id == id).map(|r| r.playbook.clone()))
+                .unwrap_or_default();
+            let reason = reason_of(&body);
+            audit_refusal(
+                &state,
+                &caller,
+                "override-delete",
+                &playbook,
+                &reason,
+                json!({ "id": id }),
+                &e,
+            )
+            .await;
             Err(e)
         }
     }
 }
 
 /// Filters of `GET /v1/audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only records about this playbook.
     playbook: Option<String>,
+    /// Only records by this actor (`engine`, `failoverd` or an operator identity).
     actor: Option<String>,
+    /// Only records written at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// At most this many records, the newest (default 100, at most 10000).
+    #[param(minimum = 0)]
     limit: Option<usize>,
 }
 
+/// Read the audit log
+///
+/// Audit records, oldest first, optionally filtered; the newest `limit` of them.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    operation_id = "getAudit",
+    params(AuditQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The matching records", body = AuditRecords),
+        (status = 400, description = "Unknown or malformed query parameter", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 500, description = "The audit log cannot be read", body = ErrorBody),
+    )
+)]
 async fn get_audit(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -568,13 +1389,29 @@ async fn get_audit(
                 format!("cannot read the audit log: {e}"),
             )
         })?;
-    let mut out: Vec<_> = records
+    let mut records: Vec<_> = records
         .into_iter()
         .filter(|r| q.playbook.as_ref().is_none_or(|p| &r.playbook == p))
         .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
         .filter(|r| since.is_none_or(|s| r.time >= s))
         .collect();
-    let skip = out.len().saturating_sub(limit);
-    out.drain(..skip);
-    Ok(axum::Json(json!({ "records": out })).into_response())
+    let skip = records.len().saturating_sub(limit);
+    records.drain(..skip);
+    Ok(axum::Json(AuditRecords { records }).into_response())
+}
+
+/// This document
+///
+/// The OpenAPI 3 description of the `/v1` API. Open: no token needed.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    operation_id = "openapi",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+    )
+)]
+async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }

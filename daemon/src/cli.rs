@@ -55,6 +55,9 @@ pub enum Command {
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also run every SLO query against this live Prometheus (and each SLO's own server).
+        #[arg(long)]
+        prometheus: Option<String>,
     },
     /// Show the exact routing change a failover (or failback) would write; writes nothing.
     Plan {
@@ -192,6 +195,9 @@ pub struct RunArgs {
     /// Override state file (default: `overrides.json` beside the audit log).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Default Prometheus server for SLOs (a playbook SLO may name its own `server`).
+    #[arg(long)]
+    pub prometheus: Option<String>,
 }
 
 impl RunArgs {
@@ -236,6 +242,7 @@ impl RunArgs {
             audit,
             tokens: self.tokens.clone().or(file.tokens),
             state,
+            prometheus: self.prometheus.clone().or(file.prometheus),
         })
     }
 }
@@ -244,7 +251,9 @@ impl RunArgs {
 pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
-        Command::Validate { paths } => return validate(&paths),
+        Command::Validate { paths, prometheus } => {
+            return validate(&paths, prometheus.as_deref()).await;
+        }
         Command::Plan {
             playbook,
             store,
@@ -327,20 +336,39 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn validate(paths: &[PathBuf]) -> ExitCode {
-    match playbook::load_paths(paths) {
-        Ok(loaded) => {
-            for l in &loaded {
-                println!("{}: ok ({})", l.file.display(), l.playbook.name());
-            }
-            ExitCode::SUCCESS
-        }
+async fn validate(paths: &[PathBuf], prometheus: Option<&str>) -> ExitCode {
+    let loaded = match playbook::load_paths(paths) {
+        Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{problems}");
             eprintln!("{} problem(s)", problems.0.len());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    for l in &loaded {
+        println!("{}: ok ({})", l.file.display(), l.playbook.name());
     }
+    let has_slos = loaded.iter().any(|l| !l.playbook.spec.slos.is_empty());
+    if prometheus.is_some() && has_slos {
+        let http = match reqwest::Client::builder().build() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot build an HTTP client: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let problems =
+            crate::slo::check_live(&loaded, prometheus, &crate::slo::PromClient::new(http)).await;
+        for (pb, slo, p) in &problems {
+            eprintln!("playbook {pb}: slos {slo}: {p}");
+        }
+        if !problems.is_empty() {
+            eprintln!("{} problem(s) against the live Prometheus", problems.len());
+            return ExitCode::FAILURE;
+        }
+        println!("every SLO query runs on the live Prometheus");
+    }
+    ExitCode::SUCCESS
 }
 
 fn verify(file: &std::path::Path) -> ExitCode {
@@ -424,16 +452,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             settings.playbooks[0].display()
         );
     }
-    for l in &loaded {
-        if !l.playbook.spec.slos.is_empty() {
-            // Said loudly rather than silently ignored: the operator must know which signals
-            // can move traffic.
-            warn!(
-                playbook = l.playbook.name(),
-                slos = l.playbook.spec.slos.len(),
-                "this build does not evaluate Prometheus SLO signals; the playbook is driven by its probes only"
-            );
-        }
+    // Every SLO needs a Prometheus server: its own `server`, or --prometheus.
+    let homeless: Vec<String> = loaded
+        .iter()
+        .flat_map(|l| {
+            l.playbook
+                .spec
+                .slos
+                .iter()
+                .filter(|s| crate::slo::server_for(s, settings.prometheus.as_deref()).is_none())
+                .map(move |s| {
+                    format!(
+                        "{}: playbook {} SLO {}",
+                        l.file.display(),
+                        l.playbook.name(),
+                        s.name.value
+                    )
+                })
+        })
+        .collect();
+    if !homeless.is_empty() {
+        anyhow::bail!(
+            "refusing to start: these SLOs have no Prometheus server (set `server:` or pass --prometheus URL):\n{}",
+            homeless.join("\n")
+        );
     }
     let store = settings.store.open()?;
     let tokens = match &settings.tokens {
@@ -472,6 +514,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         audit: Arc::new(Mutex::new(audit)),
         overrides,
+        prometheus: settings.prometheus.clone(),
     };
     serve(
         rt,

@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub tokens: Option<PathBuf>,
     /// Where operator overrides persist (default: `overrides.json` beside the audit log).
     pub state: Option<PathBuf>,
+    /// Default Prometheus server for SLOs.
+    pub prometheus: Option<String>,
 }
 
 impl FileConfig {
@@ -97,4 +99,6 @@ pub struct Settings {
     pub tokens: Option<PathBuf>,
     /// Override state file.
     pub state: PathBuf,
+    /// Default Prometheus server for SLOs.
+    pub prometheus: Option<String>,
 }

@@ -17,4 +17,5 @@ pub mod playbook;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod slo;
 pub mod standin;

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub stuck: Family<Labels, Gauge>,
     /// Audit appends that failed (each one blocked a routing write).
     pub audit_errors: Counter,
+    /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
+    pub signal_unknown: Family<Labels, Counter>,
 }
 
 fn write_buckets() -> impl Iterator<Item = f64> {
@@ -101,8 +103,15 @@ impl Metrics {
             "Audit appends that failed",
             audit_errors.clone(),
         );
+        let signal_unknown = Family::<Labels, Counter>::default();
+        registry.register(
+            "signal_unknown",
+            "Signal evaluations without a usable value (never read as healthy or failing)",
+            signal_unknown.clone(),
+        );
         Self {
             registry,
+            signal_unknown,
             failovers,
             failbacks,
             probe_results,

@@ -31,6 +31,7 @@ use crate::metrics::{Metrics, labels};
 use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, new_id};
 use crate::playbook::{Loaded, Playbook, Target};
 use crate::routing::{RoutingStore, StoreError};
+use crate::slo::{self, PromClient, SloResult};
 
 /// How often time-driven rules (failback `after`, dwell expiry, stale results) are checked.
 /// Probe results trigger a decision at once; this tick only bounds the lateness of the rest.
@@ -264,9 +265,12 @@ fn refuse(status: u16, error: impl Into<String>) -> ControlError {
 
 struct Slot {
     name: String,
+    kind: SignalKind,
     target: Target,
     window: ProbeWindow,
     max_age: Duration,
+    /// The values behind the latest result (SLOs).
+    detail: String,
 }
 
 struct Guarded {
@@ -350,13 +354,14 @@ impl Guarded {
                 let last = s.window.last()?;
                 Some(Observation {
                     signal: s.name.clone(),
-                    kind: SignalKind::Probe,
+                    kind: s.kind,
                     target: s.target,
                     health: health_of(last),
                     streak: s.window.streak(),
                     streak_since: clock.ts(s.window.streak_since()?),
                     at: clock.ts(s.window.last_at()?),
                     max_age: s.max_age,
+                    detail: s.detail.clone(),
                 })
             })
             .collect()
@@ -374,6 +379,8 @@ pub struct Runtime {
     pub audit: Arc<Mutex<AuditLog>>,
     /// Persisted operator overrides.
     pub overrides: OverrideStore,
+    /// Default Prometheus server for SLOs without their own `server`.
+    pub prometheus: Option<String>,
 }
 
 /// Runs probes, controller and writer until `shutdown` turns true. Returns once the writer
@@ -390,6 +397,18 @@ pub async fn run(
     let client = failover_probes::http_client()?;
     let (res_tx, mut res_rx) = mpsc::channel::<ProbeResult>(RESULT_QUEUE);
     let probes = failover_probes::spawn_probes(specs.clone(), client, res_tx, shutdown.clone());
+    // SLO queries share one pooled client: Prometheus is one server, reuse is right here.
+    let (slo_tx, mut slo_rx) = mpsc::channel::<SloResult>(RESULT_QUEUE);
+    let prom_http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the Prometheus client: {e}"))?;
+    let slo_task = slo::spawn(
+        &rt.playbooks,
+        rt.prometheus.as_deref(),
+        PromClient::new(prom_http),
+        slo_tx,
+        shutdown.clone(),
+    );
 
     let mut guarded: Vec<Guarded> = rt
         .playbooks
@@ -404,11 +423,22 @@ pub async fn run(
                 .iter()
                 .map(|p| Slot {
                     name: p.name.value.clone(),
+                    kind: SignalKind::Probe,
                     target: p.target.value,
                     window: ProbeWindow::new(WINDOW),
                     // Three missed intervals (plus the timeout) and the signal is unknown.
                     max_age: p.interval.get() * 3 + p.timeout.value.get(),
+                    detail: String::new(),
                 })
+                // SLO slots follow the probe slots, in playbook order.
+                .chain(l.playbook.spec.slos.iter().map(|s| Slot {
+                    name: s.name.value.clone(),
+                    kind: SignalKind::Slo,
+                    target: s.target.value,
+                    window: ProbeWindow::new(WINDOW),
+                    max_age: s.evaluation_interval.get() * 3 + s.timeout.get(),
+                    detail: String::new(),
+                }))
                 .collect(),
             pending: false,
             retry_at: None,
@@ -463,6 +493,25 @@ pub async fn run(
             Some(msg) = control.recv() => {
                 handle_control(msg, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
             }
+            Some(r) = slo_rx.recv() => {
+                let Some(g) = guarded.get_mut(r.playbook) else { continue };
+                let si = g.pb.spec.probes.len() + r.slo;
+                let Some(slot) = g.slots.get_mut(si) else { continue };
+                let name = g.pb.name().to_string();
+                if let Some(label) = r.eval.unknown_label {
+                    shared.metrics.signal_unknown.get_or_create(&labels([("playbook", &name), ("signal", &slot.name), ("reason", label)])).inc();
+                    let was_unknown = matches!(slot.window.last(), Some(Outcome::Unknown(_)));
+                    if !was_unknown {
+                        warn!(playbook = %name, signal = %slot.name, reason = label, "SLO signal unknown: {}", match &r.eval.outcome { Outcome::Unknown(m) => m.as_str(), _ => "" });
+                    }
+                    if label == "bad_data" {
+                        set_status(&shared, r.playbook, |s| s.error = Some(format!("SLO {}: {}", slot.name, match &r.eval.outcome { Outcome::Unknown(m) => m.as_str(), _ => "" })));
+                    }
+                }
+                slot.detail = r.eval.detail;
+                slot.window.record(r.eval.outcome, r.at);
+                step(r.playbook, g, &job_tx, &shared, &clock).await;
+            }
             Some(r) = res_rx.recv() => {
                 let Some(&(pi, si)) = owners.get(r.id) else { continue };
                 if !seen[r.id] {
@@ -501,6 +550,9 @@ pub async fn run(
     }
     info!("shutting down: stopping probes, draining the writer");
     probes.shutdown().await;
+    if let Some(t) = slo_task {
+        let _ = t.await;
+    }
     drop(job_tx);
     // A write in flight completes (and is audited) before the process exits.
     while let Some(done) = done_rx.recv().await {

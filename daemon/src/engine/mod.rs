@@ -74,6 +74,9 @@ pub struct Observation {
     pub at: Timestamp,
     /// A result older than this is stale and read as Unknown (the probe loop stalled).
     pub max_age: StdDuration,
+    /// The values behind the latest result (an SLO's ratios per window), for explanations.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// The engine's reading of one target, combining its signals.
@@ -444,6 +447,14 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
         (OnMissing::Failover, Target::Failover(_)) => OnMissing::Hold,
         (m, _) => m,
     };
+    // An SLO breach alone may need a failing probe on the same target to count.
+    let corroborate = pb.spec.trigger.require_probe_corroboration;
+    let probe_failing = obs.iter().any(|o| {
+        o.target == target
+            && o.kind == SignalKind::Probe
+            && matches!(o.health, Health::Unhealthy(_))
+            && elapsed(now, o.at) <= o.max_age
+    });
     let mut healthy_since: Option<Timestamp> = None;
     let mut suspect: Option<String> = None;
     let mut unknown: Option<String> = None;
@@ -475,10 +486,17 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
             Health::Unhealthy(r) => {
                 let lasted = elapsed(now, streak_since);
                 let count_ok = o.kind == SignalKind::Slo || streak >= threshold;
-                if count_ok && lasted >= for_ {
+                let corroborated = o.kind == SignalKind::Probe || !corroborate || probe_failing;
+                if count_ok && lasted >= for_ && corroborated {
                     return Verdict::Unhealthy {
                         reason: format!("{}: {r}", o.signal),
                     };
+                }
+                if count_ok && lasted >= for_ {
+                    suspect.get_or_insert_with(|| {
+                        format!("{}: {r} (not corroborated by a failing probe)", o.signal)
+                    });
+                    continue;
                 }
                 suspect.get_or_insert_with(|| match o.kind {
                     SignalKind::Probe => format!("{}: {r} ({streak}/{threshold})", o.signal),

@@ -71,6 +71,7 @@ impl World {
                 streak_since: now,
                 at: now,
                 max_age: StdDuration::from_secs(3),
+                detail: String::new(),
             });
         if o.streak == 0 || !o.health.same_class(&health) {
             o.streak = 1;
@@ -709,4 +710,33 @@ fn hold_overrules_freeze() {
             until: Some(at(100))
         }
     );
+}
+
+/// Ensures `requireProbeCorroboration`: an SLO breach alone is only Suspect; with a failing
+/// probe on the same target it is Unhealthy.
+#[test]
+fn slo_needs_probe_corroboration() {
+    let pb = playbook(&[(
+        "trigger: { failureThreshold: 3 }",
+        "trigger: { failureThreshold: 3, requireProbeCorroboration: true }",
+    )]);
+    let mut w = World::default();
+    let breach = Health::Unhealthy("error ratio 0.5 above 0.05".into());
+    w.probes(up(), up(), up(), at(0));
+    w.report(
+        "slo",
+        Target::Primary,
+        SignalKind::Slo,
+        breach.clone(),
+        at(0),
+    );
+    let v = verdict(&pb, &w.list(), Target::Primary, at(0));
+    assert!(
+        matches!(&v, Verdict::Suspect { reason } if reason.contains("not corroborated")),
+        "{v:?}"
+    );
+    w.report("p", Target::Primary, SignalKind::Probe, down(), at(1));
+    w.report("slo", Target::Primary, SignalKind::Slo, breach, at(1));
+    let v = verdict(&pb, &w.list(), Target::Primary, at(1));
+    assert!(matches!(v, Verdict::Unhealthy { .. }), "{v:?}");
 }

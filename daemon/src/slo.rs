@@ -1,0 +1,764 @@
+//! SLO signals from Prometheus: instant queries over the HTTP API, threshold and
+//! multiwindow burn-rate evaluation, and Unknown kept apart from healthy and unhealthy.
+//!
+//! Every SLO is evaluated on a grid aligned to its `evaluationInterval`, so SLOs with the
+//! same interval are due in the same tick, and an expression shared by many playbooks is
+//! queried once per tick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use failover_probes::Outcome;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::playbook::{Loaded, RatioSlo, SloSpec, WINDOW_PLACEHOLDER};
+
+/// Queries in flight at once: enough to finish a tick of a large fleet quickly, few enough
+/// not to look like an attack to a shared Prometheus.
+const MAX_CONCURRENT_QUERIES: usize = 16;
+
+/// Why a query gave no usable value. Each maps to a bounded metric label.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueryError {
+    /// Connection refused, DNS, reset.
+    Unreachable(String),
+    /// No answer within the query timeout.
+    Timeout,
+    /// HTTP error status without a Prometheus error body.
+    Http(u16),
+    /// Prometheus refused the expression (`bad_data`): a playbook error, not an outage.
+    BadData(String),
+    /// Another Prometheus error (`execution`, `timeout`, `unavailable`, ...).
+    Prometheus(String),
+    /// The result was an empty vector: no series matched.
+    Empty,
+    /// The vector had more than one series: the expression must aggregate to one value.
+    MultipleSeries(usize),
+    /// The value was NaN (e.g. 0/0).
+    NotANumber,
+    /// The response was not the Prometheus API format.
+    Malformed(String),
+}
+
+impl QueryError {
+    /// Bounded label for `failoverd_signal_unknown_total{reason}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            QueryError::Unreachable(_) => "unreachable",
+            QueryError::Timeout => "timeout",
+            QueryError::Http(_) => "http_error",
+            QueryError::BadData(_) => "bad_data",
+            QueryError::Prometheus(_) => "prometheus_error",
+            QueryError::Empty => "empty_result",
+            QueryError::MultipleSeries(_) => "multiple_series",
+            QueryError::NotANumber => "nan",
+            QueryError::Malformed(_) => "malformed",
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            QueryError::Unreachable(_) | QueryError::Timeout | QueryError::Http(500..=599)
+        )
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::Unreachable(e) => write!(f, "Prometheus unreachable: {e}"),
+            QueryError::Timeout => f.write_str("Prometheus query timed out"),
+            QueryError::Http(s) => write!(f, "Prometheus answered HTTP {s}"),
+            QueryError::BadData(e) => write!(f, "Prometheus rejected the query (bad_data): {e}"),
+            QueryError::Prometheus(e) => write!(f, "Prometheus error: {e}"),
+            QueryError::Empty => f.write_str("empty result (no series)"),
+            QueryError::MultipleSeries(n) => {
+                write!(f, "query returned {n} series; it must aggregate to one")
+            }
+            QueryError::NotANumber => f.write_str("value is NaN"),
+            QueryError::Malformed(e) => write!(f, "unexpected Prometheus response: {e}"),
+        }
+    }
+}
+
+/// One value with the warnings Prometheus attached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// The value (may be ±Inf; NaN is an error).
+    pub value: f64,
+    /// Prometheus warnings (partial data and the like).
+    pub warnings: Vec<String>,
+}
+
+/// A Prometheus HTTP API client for instant queries.
+#[derive(Clone, Debug)]
+pub struct PromClient {
+    http: reqwest::Client,
+}
+
+impl PromClient {
+    /// Wraps an HTTP client (one per process; the caller installs the TLS provider).
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+
+    /// Runs an instant query; `Ok` only for exactly one non-NaN value (scalar or one series).
+    /// An empty vector is [`QueryError::Empty`] unless `empty_is_zero`.
+    pub async fn query(
+        &self,
+        server: &str,
+        expr: &str,
+        timeout: Duration,
+        empty_is_zero: bool,
+    ) -> Result<Sample, QueryError> {
+        // Keep any path prefix (Prometheus behind `--web.route-prefix` or a proxy).
+        let base = format!("{}/api/v1/query", server.trim_end_matches('/'));
+        let mut url = reqwest::Url::parse(&base)
+            .map_err(|e| QueryError::Malformed(format!("bad server URL `{server}`: {e}")))?;
+        url.query_pairs_mut().append_pair("query", expr);
+        let resp = match tokio::time::timeout(timeout, self.http.get(url).send()).await {
+            Err(_) => return Err(QueryError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(QueryError::Timeout),
+            Ok(Err(e)) => return Err(QueryError::Unreachable(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let body: Value = match tokio::time::timeout(timeout, resp.json::<Value>()).await {
+            Err(_) => return Err(QueryError::Timeout),
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) if !status.is_success() => return Err(QueryError::Http(status.as_u16())),
+            Ok(Err(e)) => return Err(QueryError::Malformed(e.to_string())),
+        };
+        parse_response(&body, status.as_u16(), empty_is_zero)
+    }
+
+    /// Runs a query, retrying once after a transient failure if `budget` leaves room.
+    pub async fn query_with_retry(
+        &self,
+        server: &str,
+        expr: &str,
+        timeout: Duration,
+        budget: Duration,
+        empty_is_zero: bool,
+    ) -> Result<Sample, QueryError> {
+        let start = Instant::now();
+        match self.query(server, expr, timeout, empty_is_zero).await {
+            Err(e)
+                if e.retryable()
+                    && start.elapsed() + timeout + Duration::from_millis(100) < budget =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.query(server, expr, timeout, empty_is_zero).await
+            }
+            r => r,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn parse_value(v: &Value) -> Result<f64, QueryError> {
+    let s = v
+        .get(1)
+        .and_then(Value::as_str)
+        .ok_or_else(|| QueryError::Malformed("sample without a string value".into()))?;
+    let x: f64 = s
+        .parse()
+        .map_err(|_| QueryError::Malformed(format!("value `{s}` is not a number")))?;
+    if x.is_nan() {
+        return Err(QueryError::NotANumber);
+    }
+    Ok(x)
+}
+
+/// Reads an `/api/v1/query` response body.
+pub fn parse_response(
+    body: &Value,
+    http_status: u16,
+    empty_is_zero: bool,
+) -> Result<Sample, QueryError> {
+    let status = body.get("status").and_then(Value::as_str);
+    if status == Some("error") {
+        let kind = body.get("errorType").and_then(Value::as_str).unwrap_or("");
+        let msg = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        return Err(if kind == "bad_data" {
+            QueryError::BadData(msg)
+        } else {
+            QueryError::Prometheus(format!("{kind}: {msg}"))
+        });
+    }
+    if status != Some("success") {
+        return Err(if (200..300).contains(&http_status) {
+            QueryError::Malformed("no `status: success`".into())
+        } else {
+            QueryError::Http(http_status)
+        });
+    }
+    let warnings = body
+        .get("warnings")
+        .and_then(Value::as_array)
+        .map(|w| {
+            w.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let data = body
+        .get("data")
+        .ok_or_else(|| QueryError::Malformed("no data".into()))?;
+    let value = match data.get("resultType").and_then(Value::as_str) {
+        Some("scalar") => parse_value(data.get("result").unwrap_or(&Value::Null))?,
+        Some("vector") => {
+            let result = data
+                .get("result")
+                .and_then(Value::as_array)
+                .ok_or_else(|| QueryError::Malformed("vector without result".into()))?;
+            match result.as_slice() {
+                [] if empty_is_zero => 0.0,
+                [] => return Err(QueryError::Empty),
+                [one] => parse_value(one.get("value").unwrap_or(&Value::Null))?,
+                many => return Err(QueryError::MultipleSeries(many.len())),
+            }
+        }
+        other => {
+            return Err(QueryError::Malformed(format!(
+                "result type {} (expected scalar or vector)",
+                other.unwrap_or("none")
+            )));
+        }
+    };
+    Ok(Sample { value, warnings })
+}
+
+/// Formats a window the way PromQL writes durations (`30s`, `5m`, `1h30m`).
+pub fn promql_duration(d: Duration) -> String {
+    let mut secs = d.as_secs().max(1);
+    let mut out = String::new();
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= n {
+            out.push_str(&format!("{}{unit}", secs / n));
+            secs %= n;
+        }
+    }
+    out
+}
+
+/// The query for one window of a ratio SLO expression.
+pub fn windowed(expr: &str, window: Duration) -> String {
+    expr.replace(WINDOW_PLACEHOLDER, &promql_duration(window))
+}
+
+/// Every query an SLO needs: (expression, empty-is-zero).
+pub fn queries(slo: &SloSpec) -> Vec<(String, bool)> {
+    if let Some(p) = &slo.prometheus {
+        return vec![(p.query.value.clone(), false)];
+    }
+    let Some(r) = &slo.ratio else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for b in &r.burn_rates {
+        for w in [b.long.get(), b.short.get()] {
+            // No error series at all is zero errors; no *total* series is no data.
+            let e = (windowed(&r.errors.value, w), true);
+            let t = (windowed(&r.total.value, w), false);
+            for q in [e, t] {
+                if !out.contains(&q) {
+                    out.push(q);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The verdict of one evaluation, with the values that produced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Healthy, Unhealthy(explanation) or Unknown(reason).
+    pub outcome: Outcome,
+    /// The values seen, e.g. "error ratio 0.31 over 5m and 0.22 over 1h (limit 14.4 × 0.001)".
+    pub detail: String,
+    /// Bounded reason label when Unknown.
+    pub unknown_label: Option<&'static str>,
+}
+
+fn fmt_num(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 0.01 && x.abs() < 1e6 {
+        format!("{x:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+fn unknown(e: &QueryError, what: &str) -> Evaluation {
+    Evaluation {
+        outcome: Outcome::Unknown(format!("{what}: {e}")),
+        detail: String::new(),
+        unknown_label: Some(e.label()),
+    }
+}
+
+/// Judges an SLO from query results (pure).
+pub fn evaluate(
+    slo: &SloSpec,
+    results: &HashMap<String, Result<Sample, QueryError>>,
+) -> Evaluation {
+    let get = |q: &str| {
+        results
+            .get(q)
+            .cloned()
+            .unwrap_or(Err(QueryError::Malformed("not queried".into())))
+    };
+    if let Some(p) = &slo.prometheus {
+        return match get(&p.query.value) {
+            Err(e) => unknown(&e, "query"),
+            Ok(s) => {
+                let (breach, cmp, limit) = match (p.above, p.below) {
+                    (Some(a), _) => (s.value > a, "above", a),
+                    (_, Some(b)) => (s.value < b, "below", b),
+                    _ => (false, "?", f64::NAN),
+                };
+                let detail = format!(
+                    "value {} ({} {cmp} {})",
+                    fmt_num(s.value),
+                    if breach { "is" } else { "not" },
+                    fmt_num(limit)
+                );
+                Evaluation {
+                    outcome: if breach {
+                        Outcome::Unhealthy(detail.clone())
+                    } else {
+                        Outcome::Healthy
+                    },
+                    detail,
+                    unknown_label: None,
+                }
+            }
+        };
+    }
+    let Some(r) = &slo.ratio else {
+        return Evaluation {
+            outcome: Outcome::Unknown("no SLO form".into()),
+            detail: String::new(),
+            unknown_label: Some("malformed"),
+        };
+    };
+    evaluate_ratio(r, &get)
+}
+
+fn evaluate_ratio(r: &RatioSlo, get: &dyn Fn(&str) -> Result<Sample, QueryError>) -> Evaluation {
+    let budget = 1.0 - r.objective / 100.0;
+    let ratio = |w: Duration| -> Result<f64, QueryError> {
+        let errors = get(&windowed(&r.errors.value, w))?.value;
+        let total = get(&windowed(&r.total.value, w))?.value;
+        // No traffic in the window: nothing failed.
+        Ok(if total <= 0.0 { 0.0 } else { errors / total })
+    };
+    let mut parts = Vec::new();
+    let mut first_unknown: Option<Evaluation> = None;
+    let mut breach: Option<String> = None;
+    for b in &r.burn_rates {
+        let (long, short) = (ratio(b.long.get()), ratio(b.short.get()));
+        let limit = b.factor * budget;
+        match (long, short) {
+            (Ok(l), Ok(s)) => {
+                let text = format!(
+                    "error ratio {} over {} and {} over {} (limit {} × {})",
+                    fmt_num(s),
+                    promql_duration(b.short.get()),
+                    fmt_num(l),
+                    promql_duration(b.long.get()),
+                    fmt_num(b.factor),
+                    fmt_num(budget)
+                );
+                if l > limit && s > limit && breach.is_none() {
+                    breach = Some(format!("{text}: both windows above"));
+                }
+                parts.push(text);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                first_unknown.get_or_insert_with(|| {
+                    unknown(
+                        &e,
+                        &format!(
+                            "burn rate {}/{}",
+                            promql_duration(b.long.get()),
+                            promql_duration(b.short.get())
+                        ),
+                    )
+                });
+            }
+        }
+    }
+    let detail = parts.join("; ");
+    match (breach, first_unknown) {
+        (Some(b), _) => Evaluation {
+            outcome: Outcome::Unhealthy(b),
+            detail,
+            unknown_label: None,
+        },
+        (None, Some(mut u)) => {
+            u.detail = detail;
+            u
+        }
+        (None, None) => Evaluation {
+            outcome: Outcome::Healthy,
+            detail,
+            unknown_label: None,
+        },
+    }
+}
+
+/// One SLO evaluation result for the controller.
+#[derive(Clone, Debug)]
+pub struct SloResult {
+    /// Playbook index.
+    pub playbook: usize,
+    /// SLO index within the playbook.
+    pub slo: usize,
+    /// The evaluation.
+    pub eval: Evaluation,
+    /// When it finished.
+    pub at: Instant,
+}
+
+struct Entry {
+    playbook: usize,
+    slo: usize,
+    spec: SloSpec,
+    server: String,
+    interval: Duration,
+    next: Instant,
+}
+
+/// The Prometheus server each SLO uses (its own `server`, else the default).
+pub fn server_for(slo: &SloSpec, default: Option<&str>) -> Option<String> {
+    slo.server
+        .as_ref()
+        .map(|s| s.value.clone())
+        .or_else(|| default.map(String::from))
+}
+
+/// Spawns the SLO evaluator. Returns None when no playbook has SLOs.
+pub fn spawn(
+    playbooks: &[Loaded],
+    default_server: Option<&str>,
+    client: PromClient,
+    tx: mpsc::Sender<SloResult>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let start = Instant::now();
+    let mut entries: Vec<Entry> = Vec::new();
+    for (pi, l) in playbooks.iter().enumerate() {
+        for (si, s) in l.playbook.spec.slos.iter().enumerate() {
+            let Some(server) = server_for(s, default_server) else {
+                continue;
+            };
+            entries.push(Entry {
+                playbook: pi,
+                slo: si,
+                spec: s.clone(),
+                server,
+                interval: s.evaluation_interval.get(),
+                next: start,
+            });
+        }
+    }
+    if entries.is_empty() {
+        return None;
+    }
+    let sem = Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES));
+    Some(tokio::spawn(async move {
+        loop {
+            let Some(due_at) = entries.iter().map(|e| e.next).min() else {
+                return;
+            };
+            tokio::select! {
+                _ = shutdown.changed() => { if *shutdown.borrow() { return; } continue; }
+                _ = tokio::time::sleep_until(due_at) => {}
+            }
+            let now = Instant::now();
+            let due: Vec<usize> = (0..entries.len())
+                .filter(|i| entries[*i].next <= now)
+                .collect();
+            // Deduplicate: one query per (server, expression) per tick.
+            let mut wanted: HashMap<(String, String), (bool, Duration, Duration)> = HashMap::new();
+            for &i in &due {
+                let e = &entries[i];
+                for (q, zero) in queries(&e.spec) {
+                    let slot = wanted.entry((e.server.clone(), q)).or_insert((
+                        zero,
+                        e.spec.timeout.get(),
+                        e.interval,
+                    ));
+                    slot.1 = slot.1.max(e.spec.timeout.get());
+                }
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for ((server, q), (zero, timeout, budget)) in wanted {
+                let client = client.clone();
+                let sem = sem.clone();
+                set.spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let r = client
+                        .query_with_retry(&server, &q, timeout, budget, zero)
+                        .await;
+                    ((server, q), r)
+                });
+            }
+            let mut results: HashMap<(String, String), Result<Sample, QueryError>> = HashMap::new();
+            while let Some(r) = set.join_next().await {
+                if let Ok((k, v)) = r {
+                    results.insert(k, v);
+                }
+            }
+            for &i in &due {
+                let e = &mut entries[i];
+                let per: HashMap<String, Result<Sample, QueryError>> = queries(&e.spec)
+                    .into_iter()
+                    .filter_map(|(q, _)| {
+                        results
+                            .get(&(e.server.clone(), q.clone()))
+                            .map(|r| (q, r.clone()))
+                    })
+                    .collect();
+                let eval = evaluate(&e.spec, &per);
+                // Stay on the grid (start + k × interval) so equal intervals share ticks.
+                while e.next <= now {
+                    e.next += e.interval;
+                }
+                let r = SloResult {
+                    playbook: e.playbook,
+                    slo: e.slo,
+                    eval,
+                    at: Instant::now(),
+                };
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// Checks every query of every SLO against a live Prometheus (for `validate --prometheus`).
+/// Returns `(playbook, slo, problem)` for each query Prometheus rejects or cannot run.
+pub async fn check_live(
+    playbooks: &[Loaded],
+    default_server: Option<&str>,
+    client: &PromClient,
+) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for l in playbooks {
+        for s in &l.playbook.spec.slos {
+            let Some(server) = server_for(s, default_server) else {
+                out.push((
+                    l.playbook.name().to_string(),
+                    s.name.value.clone(),
+                    "no Prometheus server: set `server` or pass --prometheus".into(),
+                ));
+                continue;
+            };
+            for (q, zero) in queries(s) {
+                // Empty, NaN or many series are run-time conditions (no traffic yet, a
+                // label not present); only a refused or unrunnable query is a playbook problem.
+                let r = client
+                    .query(&server, &q, Duration::from_secs(5), zero)
+                    .await;
+                if let Err(
+                    e @ (QueryError::BadData(_)
+                    | QueryError::Unreachable(_)
+                    | QueryError::Timeout
+                    | QueryError::Http(_)
+                    | QueryError::Prometheus(_)
+                    | QueryError::Malformed(_)),
+                ) = r
+                {
+                    out.push((
+                        l.playbook.name().to_string(),
+                        s.name.value.clone(),
+                        format!("{e}; query: {q}"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    /// Ensures vector, scalar, empty, multi-series, NaN, ±Inf, warnings and error bodies are
+    /// each read correctly.
+    #[test]
+    fn parses_prometheus_responses() {
+        let vec1 = json!({"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.0,"0.25"]}]},"warnings":["partial"]});
+        assert_eq!(
+            parse_response(&vec1, 200, false),
+            Ok(Sample {
+                value: 0.25,
+                warnings: vec!["partial".into()]
+            })
+        );
+        let scalar =
+            json!({"status":"success","data":{"resultType":"scalar","result":[1.0,"+Inf"]}});
+        assert_eq!(
+            parse_response(&scalar, 200, false).unwrap().value,
+            f64::INFINITY
+        );
+        let empty = json!({"status":"success","data":{"resultType":"vector","result":[]}});
+        assert_eq!(parse_response(&empty, 200, false), Err(QueryError::Empty));
+        assert_eq!(parse_response(&empty, 200, true).unwrap().value, 0.0);
+        let nan = json!({"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.0,"NaN"]}]}});
+        assert_eq!(
+            parse_response(&nan, 200, false),
+            Err(QueryError::NotANumber)
+        );
+        let two = json!({"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}});
+        assert_eq!(
+            parse_response(&two, 200, false),
+            Err(QueryError::MultipleSeries(2))
+        );
+        let bad = json!({"status":"error","errorType":"bad_data","error":"parse error"});
+        assert!(matches!(
+            parse_response(&bad, 400, false),
+            Err(QueryError::BadData(_))
+        ));
+        assert_eq!(
+            parse_response(&json!(null), 502, false),
+            Err(QueryError::Http(502))
+        );
+        let matrix = json!({"status":"success","data":{"resultType":"matrix","result":[]}});
+        assert!(matches!(
+            parse_response(&matrix, 200, false),
+            Err(QueryError::Malformed(_))
+        ));
+    }
+
+    /// Ensures windows are written the way PromQL reads them.
+    #[test]
+    fn windows() {
+        assert_eq!(promql_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(promql_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(promql_duration(Duration::from_secs(6 * 3600)), "6h");
+        assert_eq!(
+            windowed("rate(x[{{window}}])", Duration::from_secs(30)),
+            "rate(x[30s])"
+        );
+    }
+
+    fn ratio_slo() -> SloSpec {
+        let y = r#"
+name: budget
+target: primary
+ratio:
+  objective: 99.9
+  errors: 'sum(rate(e[{{window}}]))'
+  total: 'sum(rate(t[{{window}}]))'
+  burnRates: [ { long: 1h, short: 5m, factor: 14.4 } ]
+"#;
+        serde_saphyr::from_str(y).unwrap()
+    }
+
+    fn results(
+        pairs: &[(&str, Result<f64, QueryError>)],
+    ) -> HashMap<String, Result<Sample, QueryError>> {
+        pairs
+            .iter()
+            .map(|(q, r)| {
+                (
+                    q.to_string(),
+                    r.clone().map(|value| Sample {
+                        value,
+                        warnings: vec![],
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Ensures the multiwindow rule: both windows above factor × budget is a breach; a short
+    /// spike alone is not; missing total data is Unknown, not healthy; no traffic is healthy.
+    #[test]
+    fn burn_rate_rule() {
+        let slo = ratio_slo();
+        let (e1h, t1h, e5m, t5m) = (
+            "sum(rate(e[1h]))",
+            "sum(rate(t[1h]))",
+            "sum(rate(e[5m]))",
+            "sum(rate(t[5m]))",
+        );
+        let both = evaluate(
+            &slo,
+            &results(&[
+                (e1h, Ok(31.0)),
+                (t1h, Ok(100.0)),
+                (e5m, Ok(22.0)),
+                (t5m, Ok(100.0)),
+            ]),
+        );
+        assert!(
+            matches!(&both.outcome, Outcome::Unhealthy(r) if r.contains("0.22 over 5m") && r.contains("0.31 over 1h")),
+            "{both:?}"
+        );
+        let spike = evaluate(
+            &slo,
+            &results(&[
+                (e1h, Ok(1.0)),
+                (t1h, Ok(100.0)),
+                (e5m, Ok(50.0)),
+                (t5m, Ok(100.0)),
+            ]),
+        );
+        assert_eq!(spike.outcome, Outcome::Healthy, "{spike:?}");
+        let down = evaluate(
+            &slo,
+            &results(&[
+                (e1h, Ok(1.0)),
+                (t1h, Err(QueryError::Unreachable("refused".into()))),
+                (e5m, Ok(1.0)),
+                (t5m, Ok(100.0)),
+            ]),
+        );
+        assert!(matches!(down.outcome, Outcome::Unknown(_)));
+        assert_eq!(down.unknown_label, Some("unreachable"));
+        let idle = evaluate(
+            &slo,
+            &results(&[
+                (e1h, Ok(0.0)),
+                (t1h, Ok(0.0)),
+                (e5m, Ok(0.0)),
+                (t5m, Ok(0.0)),
+            ]),
+        );
+        assert_eq!(idle.outcome, Outcome::Healthy);
+        assert_eq!(queries(&slo).len(), 4);
+    }
+}
