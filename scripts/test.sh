@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as real components (binary → package).
-declare -A NEED=()
+declare -A NEED=(
+  [prometheus]=prometheus   # real Prometheus for the SLO tests (chaos-tests/tests/slo.rs)
+)
 missing=()
 for bin in "${!NEED[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("${NEED[$bin]}")
