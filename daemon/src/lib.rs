@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod metrics;
+pub mod notify;
 pub mod overrides;
 pub mod playbook;
 pub mod routing;

@@ -28,6 +28,7 @@ use crate::engine::{
     Routing, SignalKind, State, Verdict,
 };
 use crate::metrics::{Metrics, labels};
+use crate::notify::{Condition, Event, EventKind, Notifier};
 use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, new_id};
 use crate::playbook::{Loaded, Playbook, Target};
 use crate::routing::{RoutingStore, StoreError};
@@ -133,6 +134,8 @@ pub struct Shared {
     pub playbooks: Vec<Arc<Playbook>>,
     /// Active overrides (a copy of the persisted set).
     pub overrides: RwLock<Vec<OverrideRecord>>,
+    /// Where events for on-call go (never blocks).
+    pub notifier: Notifier,
 }
 
 impl Shared {
@@ -160,7 +163,37 @@ impl Shared {
                 .map(|l| Arc::new(l.playbook.clone()))
                 .collect(),
             overrides: RwLock::new(Vec::new()),
+            notifier: Notifier::none(),
         }
+    }
+
+    /// Sends an event about playbook `idx` to on-call (never blocks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn event(
+        &self,
+        idx: usize,
+        kind: EventKind,
+        from: Option<Routing>,
+        to: Option<Routing>,
+        reason: &str,
+        signals: Value,
+        actor: &str,
+    ) {
+        let Some(pb) = self.playbooks.get(idx) else {
+            return;
+        };
+        self.notifier.notify(Event {
+            kind,
+            time: Timestamp::now(),
+            playbook: pb.name().to_string(),
+            service: pb.spec.virtual_service.to_string(),
+            namespace: pb.spec.virtual_service.namespace.clone(),
+            from: from.map(|r| r.to_string()),
+            to: to.map(|r| r.to_string()),
+            reason: reason.to_string(),
+            signals,
+            actor: actor.to_string(),
+        });
     }
 
     /// A copy of the status table.
@@ -502,6 +535,8 @@ pub async fn run(
                     shared.metrics.signal_unknown.get_or_create(&labels([("playbook", &name), ("signal", &slot.name), ("reason", label)])).inc();
                     let was_unknown = matches!(slot.window.last(), Some(Outcome::Unknown(_)));
                     if !was_unknown {
+                        let msg = match &r.eval.outcome { Outcome::Unknown(m) => m.clone(), _ => String::new() };
+                        shared.event(r.playbook, EventKind::SignalUnknown, None, None, &format!("{}: {msg}", slot.name), Value::Null, "failoverd");
                         warn!(playbook = %name, signal = %slot.name, reason = label, "SLO signal unknown: {}", match &r.eval.outcome { Outcome::Unknown(m) => m.as_str(), _ => "" });
                     }
                     if label == "bad_data" {
@@ -694,6 +729,15 @@ async fn step(
             }
             Action::Stuck { reason } => {
                 error!(playbook = %name, "{reason}");
+                shared.event(
+                    i,
+                    EventKind::Stuck,
+                    Some(state.routing),
+                    None,
+                    reason,
+                    inputs.clone(),
+                    "engine",
+                );
                 let _ = jobs
                     .send(Job::Audit(Box::new(Entry {
                         actor: "engine".into(),
@@ -708,6 +752,15 @@ async fn step(
             }
             Action::Refused { reason } => {
                 outcome.refused = Some(reason.clone());
+                shared.event(
+                    i,
+                    EventKind::Refused,
+                    Some(state.routing),
+                    None,
+                    reason,
+                    inputs.clone(),
+                    "engine",
+                );
                 warn!(playbook = %name, "operator command refused: {reason}");
                 let _ = jobs
                     .send(Job::Audit(Box::new(Entry {
@@ -731,6 +784,15 @@ async fn step(
             s.phase = Some(d.state.phase.clone());
         }
     });
+    shared.notifier.condition(
+        &name,
+        &g.pb.spec.virtual_service.to_string(),
+        &g.pb.spec.virtual_service.namespace,
+        Condition {
+            failed_over: d.state.routing != Routing::Primary,
+            stuck,
+        },
+    );
     shared
         .metrics
         .stuck
@@ -778,6 +840,38 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
         .route_write_seconds
         .get_or_create(&labels([("result", done.label)]))
         .observe(done.elapsed.as_secs_f64());
+    let actor = job
+        .actor
+        .as_ref()
+        .map_or("engine".to_string(), |a| a.identity.clone());
+    let kind = match (&done.result, job.kind) {
+        (Err(_), _) => Some(EventKind::WriteFailed),
+        (
+            Ok(()),
+            MoveKind::Failover
+            | MoveKind::Switch
+            | MoveKind::OperatorFailover
+            | MoveKind::FailbackAborted,
+        ) => Some(EventKind::Failover),
+        (Ok(()), MoveKind::Failback | MoveKind::OperatorFailback | MoveKind::FailbackStep) => {
+            Some(EventKind::Failback)
+        }
+    };
+    if let Some(kind) = kind {
+        let reason = match &done.result {
+            Err(e) => format!("{} — write failed, retrying: {e}", job.reason),
+            Ok(()) => job.reason.clone(),
+        };
+        shared.event(
+            job.idx,
+            kind,
+            Some(job.from),
+            Some(job.to),
+            &reason,
+            job.inputs.clone(),
+            &actor,
+        );
+    }
     match done.result {
         Ok(()) => {
             let old = g.state.as_ref().map(|s| s.phase.name()).unwrap_or("normal");
@@ -1008,6 +1102,21 @@ async fn expire_overrides(
     }
     for r in expired {
         info!(playbook = %r.playbook, id = %r.id, kind = ?r.kind, "override expired; automation takes over");
+        if let Some(idx) = shared.index(&r.playbook) {
+            let msg = format!(
+                "{:?} override {} by {} ended; automation takes over",
+                r.kind, r.id, r.actor
+            );
+            shared.event(
+                idx,
+                EventKind::OverrideExpired,
+                None,
+                None,
+                &msg,
+                Value::Null,
+                "failoverd",
+            );
+        }
         let entry = Entry {
             actor: "failoverd".into(),
             action: "override-expired".into(),
@@ -1179,6 +1288,15 @@ async fn handle_control(
                 shared.metrics.audit_errors.inc();
                 error!(error = %err, "audit append failed");
             }
+            shared.event(
+                idx,
+                EventKind::Refused,
+                Some(state.routing),
+                None,
+                &format!("{action} by {} refused: {}", actor.identity, e.error),
+                Value::Null,
+                &actor.identity,
+            );
             let _ = reply.send(Err(e));
             return;
         }
@@ -1214,6 +1332,20 @@ async fn handle_control(
     }
     publish_overrides(store, shared);
     info!(playbook = %name, actor = %actor.identity, action, "{message}: {}", actor.reason);
+    let kind = if matches!(kind, ControlKind::Freeze { .. }) {
+        EventKind::Freeze
+    } else {
+        EventKind::Override
+    };
+    shared.event(
+        idx,
+        kind,
+        Some(state.routing),
+        None,
+        &format!("{message} (by {}: {})", actor.identity, actor.reason),
+        Value::Null,
+        &actor.identity,
+    );
     g.overrides = store.for_playbook(&name, now);
     g.overrides.command = command;
     if g.pending {
