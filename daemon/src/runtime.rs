@@ -702,7 +702,12 @@ async fn step(
     if changed_explain {
         info!(playbook = %name, phase = d.state.phase.name(), "{}", d.explain);
     }
-    let inputs = json!({ "observations": obs, "primary": d.primary });
+    // Serialised only when something is recorded: most rounds decide to do nothing.
+    let inputs = if d.actions.is_empty() {
+        Value::Null
+    } else {
+        json!({ "observations": obs, "primary": d.primary })
+    };
     let mut route = None;
     for a in &d.actions {
         match a {
@@ -1349,7 +1354,7 @@ async fn handle_control(
     g.overrides = store.for_playbook(&name, now);
     g.overrides.command = command;
     if g.pending {
-        g.overrides.command = None;
+        // The command stays queued and is decided right after the write in flight.
         let _ = reply.send(Ok(ControlReply {
             message: format!(
                 "{message}; a routing write is in flight, the change applies right after it"
