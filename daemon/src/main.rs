@@ -10,11 +10,12 @@ async fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, before any client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    // The demo prints its own timeline; its log shows only the moves and problems.
-    let default = if matches!(cli.command, Command::Demo) {
-        "warn"
-    } else {
+    // The daemon logs its decisions; one-shot commands (and the demo, which prints its own
+    // timeline) log only warnings and errors.
+    let default = if matches!(cli.command, Command::Run(_)) {
         "info"
+    } else {
+        "warn"
     };
     cli::init_tracing(cli.log_format, cli.log.as_deref(), default);
     cli::main(cli).await

@@ -839,6 +839,22 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
         return;
     };
     g.pending = false;
+    // Operator calls that caused this write get their answer now.
+    for (tx, message, override_id) in g.waiters.drain(..) {
+        let reply = match &done.result {
+            Ok(()) => Ok(ControlReply {
+                message: format!("{message}; routing written: {}", job.to),
+                override_id,
+                routing: Some(job.to),
+                written: true,
+            }),
+            Err(e) => Err(refuse(
+                500,
+                format!("{message}, but the routing write failed (failoverd keeps retrying): {e}"),
+            )),
+        };
+        let _ = tx.send(reply);
+    }
     let name = job.pb.name().to_string();
     shared
         .metrics
