@@ -711,28 +711,32 @@ fn reason_of(body: &Result<Bytes, BytesRejection>) -> String {
 )]
 async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
-    let overrides = state
+    // Count overrides per playbook once, and read the status table in place: copying every
+    // playbook's signals and history per request would dominate the cost with a large fleet.
+    let mut per_playbook: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    if let Ok(o) = state.shared.overrides.read() {
+        for r in o.iter() {
+            *per_playbook.entry(r.playbook.clone()).or_default() += 1;
+        }
+    }
+    let playbooks: Vec<PlaybookSummary> = state
         .shared
-        .overrides
+        .status
         .read()
-        .map(|o| o.clone())
-        .unwrap_or_default();
-    let playbooks = state
-        .shared
-        .snapshot()
-        .into_iter()
-        .map(|s| {
-            let n = overrides.iter().filter(|o| o.playbook == s.name).count();
-            PlaybookSummary {
-                phase: s.phase.as_ref().map(|p| p.name()),
-                routing: s.routing,
-                explain: s.explain,
-                error: s.error,
-                overrides: n,
-                name: s.name,
-            }
+        .map(|table| {
+            table
+                .iter()
+                .map(|s| PlaybookSummary {
+                    phase: s.phase.as_ref().map(|p| p.name()),
+                    routing: s.routing,
+                    explain: s.explain.clone(),
+                    error: s.error.clone(),
+                    overrides: per_playbook.get(&s.name).copied().unwrap_or(0),
+                    name: s.name.clone(),
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     Ok(axum::Json(PlaybookList { playbooks }).into_response())
 }
 
