@@ -661,6 +661,13 @@ async fn audit_refusal(
     mut inputs: Value,
     err: &ApiError,
 ) {
+    // Rate-limited calls are not audited one by one: the limit exists to bound the work a
+    // runaway client causes, and an fsynced record per rejected call would defeat it. They
+    // are logged instead.
+    if err.status == StatusCode::TOO_MANY_REQUESTS {
+        tracing::warn!(identity = %caller.identity, action, playbook, "rate limit exceeded");
+        return;
+    }
     let log = state.audit.clone();
     inputs["status"] = json!(err.status.as_u16());
     let entry = Entry {

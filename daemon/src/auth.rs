@@ -192,8 +192,11 @@ impl Tokens {
         if self.path.is_none() {
             return Err(AuthError::NotConfigured);
         }
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t)
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;

@@ -1195,8 +1195,8 @@ async fn overrides_survive_restart() {
     d.shutdown().await;
 }
 
-/// Ensures more than 20 rapid mutating calls by one identity get 429 JSON errors, and other
-/// identities are not affected.
+/// Ensures more than 20 rapid mutating calls by one identity get 429 JSON errors (not
+/// audited, so a loop cannot grow the audit log), and other identities are not affected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_mutations_are_rate_limited() {
     let f = Fixture::new().await;
@@ -1234,7 +1234,10 @@ async fn rapid_mutations_are_rate_limited() {
         .iter()
         .filter(|r| r["inputs"]["status"] == 429)
         .count();
-    assert_eq!(refused_429, limited, "every 429 is audited");
+    assert_eq!(
+        refused_429, 0,
+        "429s are logged, not audited: a runaway client must not grow the audit log"
+    );
     d.shutdown().await;
 }
 
