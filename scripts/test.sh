@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive as real components (binary → package).
 declare -A NEED=(
   [prometheus]=prometheus   # real Prometheus for the SLO tests (chaos-tests/tests/slo.rs)
+  [prometheus-alertmanager]=prometheus-alertmanager   # real Alertmanager (daemon/tests/notify.rs)
 )
 missing=()
 for bin in "${!NEED[@]}"; do

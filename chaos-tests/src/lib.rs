@@ -28,6 +28,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use failoverd::standin::StandIn;
 
+pub mod prometheus;
+pub use prometheus::Prometheus;
+
 /// The demo playbook (`playbooks/examples/demo.yaml`), with its stand-in URLs on
 /// `127.0.0.1:18081` (primary) and `127.0.0.1:18082` (DR).
 pub const DEMO_PLAYBOOK: &str = failoverd::demo::PLAYBOOK;
@@ -233,6 +236,15 @@ impl Daemon {
     /// Starts `failoverd run --playbooks DIR --store file:DIR --listen 127.0.0.1:PORT --audit FILE
     /// --log-format json` on a free port; `name` names the log files.
     pub fn spawn(paths: &DaemonPaths, name: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(paths, name, &[] as &[&str])
+    }
+
+    /// [`Daemon::spawn`] with more `failoverd run` arguments, e.g. `["--prometheus", URL]`.
+    pub fn spawn_with<S: AsRef<std::ffi::OsStr>>(
+        paths: &DaemonPaths,
+        name: &str,
+        extra: &[S],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&paths.logs)?;
         let addr = free_addr()?;
         let stdout = paths.logs.join(format!("{name}.stdout"));
@@ -248,6 +260,7 @@ impl Daemon {
             .arg("--audit")
             .arg(&paths.audit)
             .args(["--log-format", "json"])
+            .args(extra)
             .env_remove("FAILOVERD_LOG")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout)?)
@@ -487,6 +500,11 @@ impl Scenario {
     /// Starts `failoverd run` on this scenario; `name` names its log files.
     pub fn spawn(&self, name: &str) -> anyhow::Result<Daemon> {
         Daemon::spawn(&self.paths, name)
+    }
+
+    /// Starts `failoverd run --prometheus URL` on this scenario; `name` names its log files.
+    pub fn spawn_with_prometheus(&self, name: &str, url: &str) -> anyhow::Result<Daemon> {
+        Daemon::spawn_with(&self.paths, name, &["--prometheus", url])
     }
 
     /// The VirtualService as it started (parsed).

@@ -235,6 +235,25 @@ impl RunArgs {
             .clone()
             .or(file.state)
             .unwrap_or_else(|| audit.with_file_name("overrides.json"));
+        // Notification sinks are checked now (URLs, durations, templates, secret files), so
+        // a bad sink refuses the start with the field named instead of failing at 3 a.m.
+        if let Some(n) = &file.notify {
+            n.resolve()
+                .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
+        }
+        let external_url = match file.external_url {
+            Some(u) => {
+                let parsed = reqwest::Url::parse(&u)
+                    .map_err(|e| anyhow::anyhow!("externalUrl: invalid URL `{u}`: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    anyhow::bail!(
+                        "externalUrl: invalid URL `{u}`: the scheme must be http or https"
+                    );
+                }
+                u.trim_end_matches('/').to_string()
+            }
+            None => format!("http://{listen}"),
+        };
         Ok(Settings {
             playbooks: vec![playbooks],
             store,
@@ -243,6 +262,8 @@ impl RunArgs {
             tokens: self.tokens.clone().or(file.tokens),
             state,
             prometheus: self.prometheus.clone().or(file.prometheus),
+            notify: file.notify,
+            external_url,
         })
     }
 }
@@ -516,9 +537,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         overrides,
         prometheus: settings.prometheus.clone(),
     };
+    let mut shared = Shared::new(&loaded);
+    if let Some(n) = &settings.notify {
+        shared.notifier =
+            crate::notify::Notifier::start(n, &settings.external_url, Some(&shared.metrics))
+                .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
+        info!(notifier = ?shared.notifier, "notifications enabled");
+    }
     serve(
         rt,
-        Arc::new(Shared::new(&loaded)),
+        Arc::new(shared),
         Arc::new(tokens),
         settings.audit.clone(),
         listener,

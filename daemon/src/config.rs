@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::notify::NotifyConfig;
 use crate::playbook::{Problem, yaml_problem};
 use crate::routing::{FileStore, RoutingStore};
 
@@ -27,6 +28,11 @@ pub struct FileConfig {
     pub state: Option<PathBuf>,
     /// Default Prometheus server for SLOs.
     pub prometheus: Option<String>,
+    /// Where on-call hears about moves and refusals (Alertmanager, signed webhooks).
+    pub notify: Option<NotifyConfig>,
+    /// The URL people reach this daemon at (links in notifications); default `http://<listen>`.
+    #[serde(rename = "externalUrl")]
+    pub external_url: Option<String>,
 }
 
 impl FileConfig {
@@ -101,4 +107,8 @@ pub struct Settings {
     pub state: PathBuf,
     /// Default Prometheus server for SLOs.
     pub prometheus: Option<String>,
+    /// Notification sinks (checked at load: URLs, durations, templates, secret files).
+    pub notify: Option<NotifyConfig>,
+    /// Base of the links in notifications (`<externalUrl>/v1/playbooks/<name>`).
+    pub external_url: String,
 }

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -33,6 +34,13 @@ pub struct Metrics {
     pub audit_errors: Counter,
     /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
     pub signal_unknown: Family<Labels, Counter>,
+    /// Notification deliveries by sink, event and result
+    /// (sent, retried, dead-letter, dropped).
+    pub notifications: Family<Labels, Counter>,
+    /// Notifications waiting or in flight, per sink.
+    pub notification_queue_depth: Family<Labels, Gauge>,
+    /// Age of the oldest notification waiting or in flight, per sink (0 when empty).
+    pub notification_oldest_pending_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 fn write_buckets() -> impl Iterator<Item = f64> {
@@ -109,8 +117,30 @@ impl Metrics {
             "Signal evaluations without a usable value (never read as healthy or failing)",
             signal_unknown.clone(),
         );
+        let notifications = Family::<Labels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification deliveries by sink, event and result",
+            notifications.clone(),
+        );
+        let notification_queue_depth = Family::<Labels, Gauge>::default();
+        registry.register(
+            "notification_queue_depth",
+            "Notifications waiting or in flight, per sink",
+            notification_queue_depth.clone(),
+        );
+        let notification_oldest_pending_seconds =
+            Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "notification_oldest_pending_seconds",
+            "Age of the oldest notification waiting or in flight, per sink",
+            notification_oldest_pending_seconds.clone(),
+        );
         Self {
             registry,
+            notifications,
+            notification_queue_depth,
+            notification_oldest_pending_seconds,
             signal_unknown,
             failovers,
             failbacks,

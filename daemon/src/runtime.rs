@@ -794,7 +794,13 @@ async fn step(
         &g.pb.spec.virtual_service.to_string(),
         &g.pb.spec.virtual_service.namespace,
         Condition {
-            failed_over: d.state.routing != Routing::Primary,
+            // The routing the store holds: a move still being written is not yet a condition
+            // (the write's own event raises it once it lands).
+            failed_over: if route.is_some() {
+                state.routing != Routing::Primary
+            } else {
+                d.state.routing != Routing::Primary
+            },
             stuck,
         },
     );
