@@ -720,7 +720,8 @@ async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> Ap
     authenticate(&state, &headers, Role::Viewer)?;
     // Count overrides per playbook once, and read the status table in place: copying every
     // playbook's signals and history per request would dominate the cost with a large fleet.
-    let mut per_playbook: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut per_playbook: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
     if let Ok(o) = state.shared.overrides.read() {
         for r in o.iter() {
             *per_playbook.entry(r.playbook.clone()).or_default() += 1;
