@@ -262,6 +262,12 @@ impl RunArgs {
             tokens: self.tokens.clone().or(file.tokens),
             state,
             prometheus: self.prometheus.clone().or(file.prometheus),
+            prometheus_client: file
+                .prometheus_client
+                .as_ref()
+                .map(|c| c.build())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
             notify: file.notify,
             external_url,
         })
@@ -536,6 +542,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         audit: Arc::new(Mutex::new(audit)),
         overrides,
         prometheus: settings.prometheus.clone(),
+        prometheus_client: settings.prometheus_client.clone(),
     };
     let mut shared = Shared::new(&loaded);
     if let Some(n) = &settings.notify {

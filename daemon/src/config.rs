@@ -28,6 +28,9 @@ pub struct FileConfig {
     pub state: Option<PathBuf>,
     /// Default Prometheus server for SLOs.
     pub prometheus: Option<String>,
+    /// Credentials and CAs for Prometheus.
+    #[serde(rename = "prometheusClient")]
+    pub prometheus_client: Option<crate::slo::ClientConfig>,
     /// Where on-call hears about moves and refusals (Alertmanager, signed webhooks).
     pub notify: Option<NotifyConfig>,
     /// The URL people reach this daemon at (links in notifications); default `http://<listen>`.
@@ -107,6 +110,8 @@ pub struct Settings {
     pub state: PathBuf,
     /// Default Prometheus server for SLOs.
     pub prometheus: Option<String>,
+    /// The Prometheus client built from `prometheusClient` (None: a plain client).
+    pub prometheus_client: Option<crate::slo::PromClient>,
     /// Notification sinks (checked at load: URLs, durations, templates, secret files).
     pub notify: Option<NotifyConfig>,
     /// Base of the links in notifications (`<externalUrl>/v1/playbooks/<name>`).

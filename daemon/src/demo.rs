@@ -104,6 +104,7 @@ pub async fn run() -> anyhow::Result<()> {
         audit: Arc::new(Mutex::new(AuditLog::open(&audit_path)?)),
         overrides: OverrideStore::open(&dir.path().join("overrides.json"))?,
         prometheus: None,
+        prometheus_client: None,
     };
     // The demo drives no operator calls, so the API runs without tokens (refusing all).
     let daemon = tokio::spawn(crate::cli::serve(

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub probe_results: Family<Labels, Counter>,
     /// Time spent in one `decide` call.
     pub decision_seconds: Histogram,
+    /// How late each probe attempt started against its schedule.
+    pub probe_lateness_seconds: Histogram,
     /// Time of one routing write including read-back, by result.
     pub route_write_seconds: Family<Labels, Histogram>,
     /// Failed routing writes by playbook and reason.
@@ -71,6 +73,14 @@ impl Metrics {
             "probe_results",
             "Probe results by result",
             probe_results.clone(),
+        );
+        // Lateness of a healthy scheduler is well under a millisecond.
+        let probe_lateness_seconds =
+            Histogram::new([1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0]);
+        registry.register(
+            "probe_lateness_seconds",
+            "How late each probe attempt started against its schedule",
+            probe_lateness_seconds.clone(),
         );
         // Decisions take microseconds; the buckets start low so a regression is visible.
         let decision_seconds =
@@ -146,6 +156,7 @@ impl Metrics {
             failbacks,
             probe_results,
             decision_seconds,
+            probe_lateness_seconds,
             route_write_seconds,
             route_write_errors,
             phase,

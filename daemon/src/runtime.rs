@@ -304,6 +304,8 @@ struct Slot {
     max_age: Duration,
     /// The values behind the latest result (SLOs).
     detail: String,
+    /// True once on-call was told this signal has been unknown for a while.
+    unknown_alerted: bool,
 }
 
 struct Guarded {
@@ -350,13 +352,8 @@ fn probe_specs(playbooks: &[Loaded]) -> (Vec<ProbeSpec>, Vec<(usize, usize)>) {
     for (pi, l) in playbooks.iter().enumerate() {
         for (si, p) in l.playbook.spec.probes.iter().enumerate() {
             let kind = match (&p.http, &p.tcp) {
-                (Some(h), _) => ProbeKind::Http {
-                    url: h.url.value.clone(),
-                    expect_status: h.expect_status.clone(),
-                },
-                (None, Some(t)) => ProbeKind::Tcp {
-                    address: t.address.value.clone(),
-                },
+                (Some(h), _) => ProbeKind::Http(h.to_probe()),
+                (None, Some(t)) => ProbeKind::Tcp(t.to_probe()),
                 (None, None) => continue,
             };
             owners.push((pi, si));
@@ -365,6 +362,7 @@ fn probe_specs(playbooks: &[Loaded]) -> (Vec<ProbeSpec>, Vec<(usize, usize)>) {
                 kind,
                 interval: p.interval.get(),
                 timeout: p.timeout.value.get(),
+                vantage: failover_probes::Vantage::local(),
             });
         }
     }
@@ -414,6 +412,8 @@ pub struct Runtime {
     pub overrides: OverrideStore,
     /// Default Prometheus server for SLOs without their own `server`.
     pub prometheus: Option<String>,
+    /// The Prometheus client (credentials, CAs); None: a plain client.
+    pub prometheus_client: Option<PromClient>,
 }
 
 /// Runs probes, controller and writer until `shutdown` turns true. Returns once the writer
@@ -432,13 +432,18 @@ pub async fn run(
     let probes = failover_probes::spawn_probes(specs.clone(), client, res_tx, shutdown.clone());
     // SLO queries share one pooled client: Prometheus is one server, reuse is right here.
     let (slo_tx, mut slo_rx) = mpsc::channel::<SloResult>(RESULT_QUEUE);
-    let prom_http = reqwest::Client::builder()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the Prometheus client: {e}"))?;
+    let prom = match rt.prometheus_client.clone() {
+        Some(c) => c,
+        None => PromClient::new(
+            reqwest::Client::builder()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot build the Prometheus client: {e}"))?,
+        ),
+    };
     let slo_task = slo::spawn(
         &rt.playbooks,
         rt.prometheus.as_deref(),
-        PromClient::new(prom_http),
+        prom,
         slo_tx,
         shutdown.clone(),
     );
@@ -462,6 +467,7 @@ pub async fn run(
                     // Three missed intervals (plus the timeout) and the signal is unknown.
                     max_age: p.interval.get() * 3 + p.timeout.value.get(),
                     detail: String::new(),
+                    unknown_alerted: false,
                 })
                 // SLO slots follow the probe slots, in playbook order.
                 .chain(l.playbook.spec.slos.iter().map(|s| Slot {
@@ -471,6 +477,7 @@ pub async fn run(
                     window: ProbeWindow::new(WINDOW),
                     max_age: s.evaluation_interval.get() * 3 + s.timeout.get(),
                     detail: String::new(),
+                    unknown_alerted: false,
                 }))
                 .collect(),
             pending: false,
@@ -528,24 +535,9 @@ pub async fn run(
             }
             Some(r) = slo_rx.recv() => {
                 let Some(g) = guarded.get_mut(r.playbook) else { continue };
-                let si = g.pb.spec.probes.len() + r.slo;
-                let Some(slot) = g.slots.get_mut(si) else { continue };
-                let name = g.pb.name().to_string();
-                if let Some(label) = r.eval.unknown_label {
-                    shared.metrics.signal_unknown.get_or_create(&labels([("playbook", &name), ("signal", &slot.name), ("reason", label)])).inc();
-                    let was_unknown = matches!(slot.window.last(), Some(Outcome::Unknown(_)));
-                    if !was_unknown {
-                        let msg = match &r.eval.outcome { Outcome::Unknown(m) => m.clone(), _ => String::new() };
-                        shared.event(r.playbook, EventKind::SignalUnknown, None, None, &format!("{}: {msg}", slot.name), Value::Null, "failoverd");
-                        warn!(playbook = %name, signal = %slot.name, reason = label, "SLO signal unknown: {}", match &r.eval.outcome { Outcome::Unknown(m) => m.as_str(), _ => "" });
-                    }
-                    if label == "bad_data" {
-                        set_status(&shared, r.playbook, |s| s.error = Some(format!("SLO {}: {}", slot.name, match &r.eval.outcome { Outcome::Unknown(m) => m.as_str(), _ => "" })));
-                    }
-                }
-                slot.detail = r.eval.detail;
-                slot.window.record(r.eval.outcome, r.at);
-                step(r.playbook, g, &job_tx, &shared, &clock).await;
+                let pi = r.playbook;
+                record_slo(g, r, &shared);
+                step(pi, g, &job_tx, &shared, &clock).await;
             }
             Some(r) = res_rx.recv() => {
                 let Some(&(pi, si)) = owners.get(r.id) else { continue };
@@ -561,6 +553,7 @@ pub async fn run(
                 let slot = &mut g.slots[si];
                 let result = match &r.outcome { Outcome::Healthy => "healthy", Outcome::Unhealthy(_) => "unhealthy", Outcome::Unknown(_) => "unknown" };
                 shared.metrics.probe_results.get_or_create(&labels([("playbook", g.pb.name()), ("probe", &slot.name), ("result", result)])).inc();
+                shared.metrics.probe_lateness_seconds.observe(r.lateness.as_secs_f64());
                 slot.window.record(r.outcome, r.started + r.latency);
                 step(pi, g, &job_tx, &shared, &clock).await;
             }
@@ -595,6 +588,71 @@ pub async fn run(
     }
     writer.await?;
     Ok(())
+}
+
+/// How long a signal may stay unknown before on-call hears about it: long enough to ride out
+/// a Prometheus restart, short enough that an outage of the signal itself is noticed.
+const UNKNOWN_ALERT_AFTER: Duration = Duration::from_secs(60);
+
+/// Records one SLO evaluation in its slot: metrics, logs and the "unknown for a while" event.
+fn record_slo(g: &mut Guarded, r: SloResult, shared: &Shared) {
+    let si = g.pb.spec.probes.len() + r.slo;
+    let name = g.pb.name().to_string();
+    let Some(slot) = g.slots.get_mut(si) else {
+        return;
+    };
+    let message = match &r.eval.outcome {
+        Outcome::Unknown(m) => m.clone(),
+        _ => String::new(),
+    };
+    if let Some(label) = r.eval.unknown_label {
+        shared
+            .metrics
+            .signal_unknown
+            .get_or_create(&labels([
+                ("playbook", &name),
+                ("signal", &slot.name),
+                ("reason", label),
+            ]))
+            .inc();
+        if !matches!(slot.window.last(), Some(Outcome::Unknown(_))) {
+            warn!(playbook = %name, signal = %slot.name, reason = label, "SLO signal unknown: {message}");
+        }
+        if label == "bad_data" {
+            set_status(shared, r.playbook, |s| {
+                s.error = Some(format!("SLO {}: {message}", slot.name))
+            });
+        }
+    }
+    slot.detail = r.eval.detail;
+    let unknown = matches!(r.eval.outcome, Outcome::Unknown(_));
+    slot.window.record(r.eval.outcome, r.at);
+    if !unknown {
+        slot.unknown_alerted = false;
+        return;
+    }
+    let unknown_for = slot
+        .window
+        .streak_since()
+        .map(|t| r.at.saturating_duration_since(t))
+        .unwrap_or_default();
+    if !slot.unknown_alerted && unknown_for >= UNKNOWN_ALERT_AFTER {
+        slot.unknown_alerted = true;
+        let reason = format!(
+            "{} unknown for {}s: {message}",
+            slot.name,
+            unknown_for.as_secs()
+        );
+        shared.event(
+            r.playbook,
+            EventKind::SignalUnknown,
+            None,
+            None,
+            &reason,
+            Value::Null,
+            "failoverd",
+        );
+    }
 }
 
 async fn read_state(

@@ -98,12 +98,102 @@ pub struct Sample {
 #[derive(Clone, Debug)]
 pub struct PromClient {
     http: reqwest::Client,
+    auth: Option<Auth>,
+}
+
+/// Credentials sent with every query.
+#[derive(Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// HTTP basic authentication.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret, not even in a debug log.
+        match self {
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+        }
+    }
+}
+
+/// How failoverd talks to Prometheus (config key `prometheusClient`).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientConfig {
+    /// File holding a bearer token (re-read at start).
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// HTTP basic authentication.
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// PEM bundle of CAs to trust for an `https://` Prometheus (in addition to the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Basic-auth settings.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicAuthConfig {
+    /// User name.
+    pub username: String,
+    /// File holding the password.
+    pub password_file: std::path::PathBuf,
+}
+
+impl ClientConfig {
+    /// Builds the client; every error names the config field.
+    pub fn build(&self) -> Result<PromClient, String> {
+        let read = |field: &str, p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("prometheusClient.{field}: cannot read {}: {e}", p.display()))
+        };
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &self.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                format!("prometheusClient.caFile: cannot read {}: {e}", ca.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("prometheusClient.caFile: {}: {e}", ca.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "prometheusClient.caFile: {} holds no PEM certificate",
+                    ca.display()
+                ));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let auth = match (&self.bearer_token_file, &self.basic_auth) {
+            (Some(_), Some(_)) => {
+                return Err("prometheusClient: give bearerTokenFile or basicAuth, not both".into());
+            }
+            (Some(p), None) => Some(Auth::Bearer(read("bearerTokenFile", p)?)),
+            (None, Some(b)) => Some(Auth::Basic {
+                username: b.username.clone(),
+                password: read("basicAuth.passwordFile", &b.password_file)?,
+            }),
+            (None, None) => None,
+        };
+        let http = builder
+            .build()
+            .map_err(|e| format!("prometheusClient: cannot build the HTTP client: {e}"))?;
+        Ok(PromClient { http, auth })
+    }
 }
 
 impl PromClient {
     /// Wraps an HTTP client (one per process; the caller installs the TLS provider).
     pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+        Self { http, auth: None }
     }
 
     /// Runs an instant query; `Ok` only for exactly one non-NaN value (scalar or one series).
@@ -120,7 +210,13 @@ impl PromClient {
         let mut url = reqwest::Url::parse(&base)
             .map_err(|e| QueryError::Malformed(format!("bad server URL `{server}`: {e}")))?;
         url.query_pairs_mut().append_pair("query", expr);
-        let resp = match tokio::time::timeout(timeout, self.http.get(url).send()).await {
+        let mut req = self.http.get(url);
+        req = match &self.auth {
+            Some(Auth::Bearer(t)) => req.bearer_auth(t),
+            Some(Auth::Basic { username, password }) => req.basic_auth(username, Some(password)),
+            None => req,
+        };
+        let resp = match tokio::time::timeout(timeout, req.send()).await {
             Err(_) => return Err(QueryError::Timeout),
             Ok(Err(e)) if e.is_timeout() => return Err(QueryError::Timeout),
             Ok(Err(e)) => return Err(QueryError::Unreachable(error_chain(&e))),
@@ -760,5 +856,99 @@ ratio:
         );
         assert_eq!(idle.outcome, Outcome::Healthy);
         assert_eq!(queries(&slo).len(), 4);
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// Ensures configured credentials reach Prometheus: a bearer token from its file, or basic
+    /// auth; and that both at once, or an unreadable file, are refused naming the field.
+    #[tokio::test]
+    async fn sends_credentials() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s2 = seen.clone();
+        let app = Router::new().route(
+            "/api/v1/query",
+            get(move |h: HeaderMap| {
+                let s2 = s2.clone();
+                async move {
+                    let auth = h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    s2.lock().unwrap().push(auth);
+                    axum::Json(serde_json::json!({"status":"success","data":{"resultType":"scalar","result":[1.0,"1"]}}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let bearer = ClientConfig {
+            bearer_token_file: Some(token.clone()),
+            ..ClientConfig::default()
+        };
+        let basic = ClientConfig {
+            basic_auth: Some(BasicAuthConfig {
+                username: "prom".into(),
+                password_file: token.clone(),
+            }),
+            ..ClientConfig::default()
+        };
+        for c in [bearer, basic] {
+            let v = c
+                .build()
+                .unwrap()
+                .query(&url, "1", Duration::from_secs(2), false)
+                .await
+                .unwrap();
+            assert_eq!(v.value, 1.0);
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                "Bearer s3cret".to_string(),
+                "Basic cHJvbTpzM2NyZXQ=".to_string()
+            ]
+        );
+        let both = ClientConfig {
+            bearer_token_file: Some(token.clone()),
+            basic_auth: Some(BasicAuthConfig {
+                username: "x".into(),
+                password_file: token,
+            }),
+            ..ClientConfig::default()
+        };
+        assert!(both.build().unwrap_err().contains("not both"));
+        let missing = ClientConfig {
+            bearer_token_file: Some(dir.path().join("nope")),
+            ..ClientConfig::default()
+        };
+        assert!(
+            missing
+                .build()
+                .unwrap_err()
+                .contains("prometheusClient.bearerTokenFile")
+        );
+        let bad_ca = ClientConfig {
+            ca_file: Some(dir.path().join("nope.pem")),
+            ..ClientConfig::default()
+        };
+        assert!(
+            bad_ca
+                .build()
+                .unwrap_err()
+                .contains("prometheusClient.caFile")
+        );
     }
 }

@@ -142,6 +142,7 @@ impl Fixture {
             audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
             overrides: OverrideStore::open(&self.dir.path().join("overrides.json")).unwrap(),
             prometheus: None,
+            prometheus_client: None,
         };
         let tokens = if with_tokens {
             Tokens::load(&self.dir.path().join("tokens.yaml")).unwrap()

@@ -2,12 +2,18 @@
 
 use std::error::Error;
 use std::io;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::{Outcome, ProbeError, ProbeKind, ProbeResult, ProbeSpec};
+use crate::{HttpProbe, Outcome, ProbeError, ProbeKind, ProbeResult, ProbeSpec, TcpProbe};
+
+/// Redirects followed at most when `follow_redirects` is set.
+const MAX_REDIRECTS: usize = 5;
 
 /// Client-wide connect timeout. Only a backstop: every attempt is already bounded by
 /// its own `ProbeSpec::timeout`, which is normally far shorter.
@@ -17,13 +23,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// downloading whatever a misconfigured URL serves (the status is already known).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Builds the shared HTTP client used by HTTP probes.
+/// Builds the shared HTTP client used by HTTP probes that need no options of their
+/// own (see [`HttpProbe::needs_own_client`]).
 ///
 /// - No connection pooling (`pool_max_idle_per_host(0)`): a pooled connection can hide
 ///   a listener that stopped accepting, so every attempt opens a fresh connection.
 /// - No redirects followed: a redirect is an answer from the probed server; following
 ///   it would probe some other server. List 3xx in `expect_status` to accept it.
 /// - No proxy (`no_proxy()`): an ambient `HTTP_PROXY` would make us probe the proxy.
+/// - HTTP/1.1 only (no h2 by ALPN), so what is probed does not depend on the server's
+///   ALPN list; probes opt into HTTP/2 with `http2`.
 /// - A connect timeout as a backstop behind each attempt's own timeout.
 ///
 /// The workspace builds reqwest with `rustls-no-provider`, and reqwest *panics* when it
@@ -32,6 +41,17 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// `rustls::crypto::ring::default_provider().install_default()`. If none is installed
 /// this returns [`ProbeError::ClientBuild`] instead of letting reqwest panic.
 pub fn http_client() -> Result<reqwest::Client, ProbeError> {
+    check_provider()?;
+    base_builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .http1_only()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| ProbeError::ClientBuild(describe(&e)))
+}
+
+fn check_provider() -> Result<(), ProbeError> {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         return Err(ProbeError::ClientBuild(
             "no process-wide rustls CryptoProvider installed; install one \
@@ -39,66 +59,285 @@ pub fn http_client() -> Result<reqwest::Client, ProbeError> {
                 .to_owned(),
         ));
     }
+    Ok(())
+}
+
+fn base_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .connect_timeout(CONNECT_TIMEOUT)
         // Lets the probed service tell probe traffic apart in its access logs.
         .user_agent(concat!("failoverd-probe/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Builds a client for one HTTP probe with its own TLS, redirect, pooling, protocol
+/// and connect-timeout settings. The scheduler builds one per probe that
+/// [needs it](HttpProbe::needs_own_client) and keeps it (and so, with
+/// `fresh_connection: false`, its pooled connection) for the probe's lifetime.
+pub fn http_client_for(http: &HttpProbe) -> Result<reqwest::Client, ProbeError> {
+    check_provider()?;
+    let url = reqwest::Url::parse(&http.url).map_err(|e| ProbeError::InvalidUrl {
+        url: http.url.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut builder = base_builder()
+        .redirect(if http.follow_redirects {
+            reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+        } else {
+            reqwest::redirect::Policy::none()
+        })
+        .connect_timeout(http.connect_timeout.unwrap_or(CONNECT_TIMEOUT));
+    if http.fresh_connection {
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    builder = match (http.http2, url.scheme()) {
+        (false, _) => builder.http1_only(),
+        (true, "http") => builder.http2_prior_knowledge(),
+        // https: ALPN offers h2 and http/1.1; the attempt checks h2 was chosen.
+        (true, _) => builder,
+    };
+    if let Some(path) = &http.ca_file {
+        let certs = load_ca(path).map_err(|reason| ProbeError::InvalidHttpOption {
+            url: http.url.clone(),
+            field: "caFile",
+            reason,
+        })?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if http.insecure_skip_verify {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(name) = &http.server_name {
+        // host_str brackets IPv6 literals; lookup_host wants them bare.
+        let real = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        builder = builder.dns_resolver(Arc::new(SniResolver {
+            server_name: name.to_ascii_lowercase(),
+            real_host: real,
+        }));
+    }
+    builder
         .build()
         .map_err(|e| ProbeError::ClientBuild(describe(&e)))
 }
 
-/// Run one attempt now (used by the scheduler, and by `failoverd` for one-off checks).
+/// Reads a PEM bundle of CA certificates (at least one).
+pub(crate) fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), describe_io(&e)))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in file", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A TLS server name must be a DNS name (it replaces the URL's host for SNI).
+pub(crate) fn check_server_name(name: &str) -> Result<(), String> {
+    match rustls::pki_types::ServerName::try_from(name) {
+        Ok(rustls::pki_types::ServerName::DnsName(_)) => Ok(()),
+        Ok(_) => Err(format!("{name:?} is an IP address, not a DNS name")),
+        Err(_) => Err(format!("{name:?} is not a valid DNS name")),
+    }
+}
+
+/// With `serverName`, the request URL carries the server name (so rustls sends it as
+/// SNI and verifies the certificate against it), and this resolver sends that name to
+/// the URL's real host — curl's `--connect-to`.
+struct SniResolver {
+    server_name: String,
+    real_host: String,
+}
+
+impl reqwest::dns::Resolve for SniResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = if name.as_str().eq_ignore_ascii_case(&self.server_name) {
+            self.real_host.clone()
+        } else {
+            name.as_str().to_owned()
+        };
+        Box::pin(async move {
+            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.collect::<Vec<_>>().into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// A probe made ready to run: client chosen, regex compiled, URL and headers built.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    Http(Box<PreparedHttp>),
+    Tcp,
+}
+
+#[derive(Debug)]
+pub(crate) struct PreparedHttp {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    body_re: Option<regex::Regex>,
+    connect_timeout: Duration,
+    want_h2: bool,
+}
+
+/// Prepares `spec` once; an error (e.g. a CA file that vanished since validation) makes
+/// every attempt `Unknown` until a later prepare succeeds.
+pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prepared, String> {
+    let http = match &spec.kind {
+        ProbeKind::Tcp(_) => return Ok(Prepared::Tcp),
+        ProbeKind::Http(http) => http,
+    };
+    let client = if http.needs_own_client() {
+        http_client_for(http).map_err(|e| e.to_string())?
+    } else {
+        shared.clone()
+    };
+    let mut url = reqwest::Url::parse(&http.url).map_err(|e| format!("url: {e}"))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(name) = &http.server_name {
+        let authority = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => String::new(),
+        };
+        url.set_host(Some(name))
+            .map_err(|e| format!("serverName: {e}"))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(&authority).map_err(|e| format!("host: {e}"))?;
+        headers.insert(reqwest::header::HOST, value);
+    }
+    for (name, value) in &http.headers {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("header {name:?}: {e}"))?;
+        let value = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|e| format!("header {name:?}: {e}"))?;
+        // A user-given Host replaces the one implied by serverName.
+        if name == reqwest::header::HOST {
+            headers.insert(name, value);
+        } else {
+            headers.append(name, value);
+        }
+    }
+    let method =
+        reqwest::Method::from_bytes(http.method.as_bytes()).map_err(|e| format!("method: {e}"))?;
+    let body_re = match &http.body_matches {
+        Some(re) => Some(regex::Regex::new(re).map_err(|e| format!("bodyMatches: {e}"))?),
+        None => None,
+    };
+    Ok(Prepared::Http(Box::new(PreparedHttp {
+        client,
+        method,
+        url,
+        headers,
+        body_re,
+        connect_timeout: http.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
+        want_h2: http.http2,
+    })))
+}
+
+/// Run one attempt now (for one-off checks; the scheduler prepares each probe once).
 ///
 /// Never panics and never takes (much) longer than `spec.timeout`: the whole attempt
-/// — connect, request and reading the body — runs under that timeout.
+/// — connect, request and reading the body — runs under that timeout. A probe whose
+/// options need its own client (see [`HttpProbe::needs_own_client`]) gets one built
+/// for this attempt; `client` serves the others.
 pub async fn probe_once(client: &reqwest::Client, spec: &ProbeSpec) -> ProbeResult {
     let started = Instant::now();
-    let outcome = match &spec.kind {
-        ProbeKind::Http { url, expect_status } => {
-            http_attempt(client, url, expect_status, spec.timeout).await
+    let prepared = prepare(client, spec);
+    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO).await
+}
+
+/// One attempt of a prepared probe that started (was due) at `started`.
+pub(crate) async fn run_prepared(
+    prepared: Result<&Prepared, &String>,
+    spec: &ProbeSpec,
+    started: Instant,
+    lateness: Duration,
+) -> ProbeResult {
+    let outcome = match (prepared, &spec.kind) {
+        (Err(reason), _) => Outcome::Unknown(format!("prepare: {reason}")),
+        (Ok(Prepared::Http(http)), ProbeKind::Http(def)) => {
+            http_attempt(http, def, spec.timeout).await
         }
-        ProbeKind::Tcp { address } => tcp_attempt(address, spec.timeout).await,
+        (Ok(_), ProbeKind::Tcp(tcp)) => tcp_attempt(tcp, spec.timeout).await,
+        (Ok(Prepared::Tcp), ProbeKind::Http(_)) => {
+            Outcome::Unknown("prepare: probe kind changed".to_owned())
+        }
     };
     ProbeResult {
         id: spec.id,
         outcome,
         started,
         latency: started.elapsed(),
+        lateness,
+        vantage: spec.vantage.clone(),
     }
 }
 
-async fn http_attempt(
-    client: &reqwest::Client,
-    url: &str,
-    expect_status: &[u16],
-    timeout: Duration,
-) -> Outcome {
+async fn http_attempt(prepared: &PreparedHttp, def: &HttpProbe, timeout: Duration) -> Outcome {
+    let want_body = def.body_contains.is_some() || prepared.body_re.is_some();
     let request = async {
-        let mut response = client.get(url).send().await?;
+        let mut response = prepared
+            .client
+            .request(prepared.method.clone(), prepared.url.clone())
+            .headers(prepared.headers.clone())
+            .send()
+            .await?;
         let status = response.status().as_u16();
+        let version = response.version();
         // Read the body too, so a server that sends headers and then stalls is caught
         // by the timeout rather than reported healthy.
+        let mut body = Vec::new();
         let mut read = 0;
         while read < MAX_BODY_BYTES {
             match response.chunk().await? {
-                Some(chunk) => read += chunk.len(),
+                Some(chunk) => {
+                    read += chunk.len();
+                    if want_body {
+                        body.extend_from_slice(&chunk);
+                    }
+                }
                 None => break,
             }
         }
-        Ok::<_, reqwest::Error>(status)
+        body.truncate(MAX_BODY_BYTES);
+        Ok::<_, reqwest::Error>((status, version, body))
     };
     match tokio::time::timeout(timeout, request).await {
         Err(_) => timed_out(timeout),
-        Ok(Ok(status)) if expect_status.contains(&status) => Outcome::Healthy,
-        Ok(Ok(status)) => Outcome::Unhealthy(format!("status {status} not in {expect_status:?}")),
-        Ok(Err(e)) => classify_http_error(&e),
+        Ok(Err(e)) => classify_http_error(&e, prepared.connect_timeout),
+        Ok(Ok((status, _, _))) if !def.expect_status.contains(&status) => {
+            Outcome::Unhealthy(format!("status {status} not in {:?}", def.expect_status))
+        }
+        Ok(Ok((_, version, _))) if prepared.want_h2 && version != reqwest::Version::HTTP_2 => {
+            Outcome::Unhealthy(format!("protocol: expected HTTP/2, got {version:?}"))
+        }
+        Ok(Ok((_, _, body))) => judge_body(def, prepared.body_re.as_ref(), &body),
     }
 }
 
-fn classify_http_error(e: &reqwest::Error) -> Outcome {
+fn judge_body(def: &HttpProbe, re: Option<&regex::Regex>, body: &[u8]) -> Outcome {
+    let text = String::from_utf8_lossy(body);
+    if let Some(needle) = &def.body_contains
+        && !text.contains(needle.as_str())
+    {
+        return Outcome::Unhealthy(format!("body does not contain {needle:?}"));
+    }
+    if let Some(re) = re
+        && !re.is_match(&text)
+    {
+        return Outcome::Unhealthy(format!("body does not match /{}/", re.as_str()));
+    }
+    Outcome::Healthy
+}
+
+fn classify_http_error(e: &reqwest::Error, connect_timeout: Duration) -> Outcome {
     if let Some(io) = io_cause(e)
         && is_local_exhaustion(io)
     {
@@ -109,33 +348,66 @@ fn classify_http_error(e: &reqwest::Error) -> Outcome {
         // that says nothing about the target.
         Outcome::Unknown(format!("request: {}", describe(e)))
     } else if e.is_timeout() {
-        // Only the client-wide connect backstop can fire inside reqwest.
+        // Only the client-wide connect timeout can fire inside reqwest.
         Outcome::Unhealthy(format!(
             "connect: timeout after {}ms",
-            CONNECT_TIMEOUT.as_millis()
+            connect_timeout.as_millis()
         ))
     } else if e.is_connect() {
         Outcome::Unhealthy(format!("connect: {}", describe(e)))
+    } else if e.is_redirect() {
+        Outcome::Unhealthy(format!("redirect: {}", describe(e)))
     } else {
         Outcome::Unhealthy(format!("request: {}", describe(e)))
     }
 }
 
-async fn tcp_attempt(address: &str, timeout: Duration) -> Outcome {
-    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+async fn tcp_attempt(tcp: &TcpProbe, timeout: Duration) -> Outcome {
+    let exchange = async {
+        let mut stream = TcpStream::connect(&tcp.address)
+            .await
+            .map_err(|e| ("connect", e))?;
+        if let Some(send) = &tcp.send {
+            stream.write_all(send).await.map_err(|e| ("send", e))?;
+        }
+        let Some(expect) = &tcp.expect else {
+            return Ok(None);
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < MAX_BODY_BYTES {
+            let n = stream.read(&mut buf).await.map_err(|e| ("read", e))?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if contains(&got, expect) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(got.len()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
         Err(_) => timed_out(timeout),
-        // Connect succeeded; dropping the stream closes it straight away.
-        Ok(Ok(_stream)) => Outcome::Healthy,
-        Ok(Err(e)) if is_local_exhaustion(&e) => {
+        Ok(Ok(None)) => Outcome::Healthy,
+        Ok(Ok(Some(n))) => Outcome::Unhealthy(format!(
+            "expect: {n} bytes received without {:?}",
+            String::from_utf8_lossy(tcp.expect.as_deref().unwrap_or_default())
+        )),
+        Ok(Err((_, e))) if is_local_exhaustion(&e) => {
             Outcome::Unknown(format!("local: {}", describe_io(&e)))
         }
         // An unparseable address (one that skipped check_kind) is our problem, not the
         // target's.
-        Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidInput => {
+        Ok(Err(("connect", e))) if e.kind() == io::ErrorKind::InvalidInput => {
             Outcome::Unknown(format!("address: {}", describe_io(&e)))
         }
-        Ok(Err(e)) => Outcome::Unhealthy(format!("connect: {}", describe_io(&e))),
+        Ok(Err((step, e))) => Outcome::Unhealthy(format!("{step}: {}", describe_io(&e))),
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn timed_out(timeout: Duration) -> Outcome {

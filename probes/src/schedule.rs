@@ -7,7 +7,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{ProbeResult, ProbeSpec, probe_once};
+use crate::attempt::{Prepared, prepare, run_prepared};
+use crate::{ProbeResult, ProbeSpec};
 
 /// `tokio::time::interval_at` panics on a zero period; the daemon validates
 /// `timeout < interval` (so the interval is positive), this only keeps a bad spec from
@@ -96,17 +97,30 @@ async fn run_probe(
     // target), and Delay would shift this probe's phase for good, slowly undoing the
     // start-time spread. Skip drops the missed ticks and stays on start + k * interval.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // Prepared once (own client, compiled regex) and kept, so a pooled connection
+    // survives between attempts when the probe asks for reuse.
+    let mut prepared: Option<Result<Prepared, String>> = None;
     loop {
         // `biased`: once shutdown is signalled, never start another attempt.
-        tokio::select! {
+        let due = tokio::select! {
             biased;
             () = signalled(&mut shutdown) => break,
-            _ = ticker.tick() => {}
+            due = ticker.tick() => due,
+        };
+        let started = Instant::now();
+        let lateness = started.saturating_duration_since(due);
+        // A failed preparation (e.g. a CA file gone since validation) is retried at
+        // every attempt; until it succeeds, attempts are Unknown.
+        if !matches!(prepared, Some(Ok(_))) {
+            prepared = Some(prepare(&client, &spec));
         }
+        let Some(ready) = prepared.as_ref() else {
+            break;
+        };
         let result = tokio::select! {
             biased;
             () = signalled(&mut shutdown) => break,
-            result = probe_once(&client, &spec) => result,
+            result = run_prepared(ready.as_ref(), &spec, started, lateness) => result,
         };
         tokio::select! {
             biased;

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::response::Redirect;
 use axum::routing::get;
 use failover_probes::{
-    Outcome, ProbeKind, ProbeSpec, ProbeWindow, check_kind, http_client, probe_once, spawn_probes,
+    HttpProbe, Outcome, ProbeKind, ProbeSpec, ProbeWindow, TcpProbe, Vantage, check_kind,
+    http_client, probe_once, spawn_probes,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -42,18 +43,20 @@ fn closed_port() -> u16 {
 fn http_spec(url: String, expect_status: Vec<u16>, timeout: Duration) -> ProbeSpec {
     ProbeSpec {
         id: 7,
-        kind: ProbeKind::Http { url, expect_status },
+        kind: ProbeKind::Http(HttpProbe::new(url, expect_status)),
         interval: Duration::from_secs(10),
         timeout,
+        vantage: Vantage::local(),
     }
 }
 
 fn tcp_spec(address: String) -> ProbeSpec {
     ProbeSpec {
         id: 3,
-        kind: ProbeKind::Tcp { address },
+        kind: ProbeKind::Tcp(TcpProbe::new(address)),
         interval: Duration::from_secs(10),
         timeout: Duration::from_secs(2),
+        vantage: Vantage::local(),
     }
 }
 
@@ -182,16 +185,11 @@ async fn tcp_unusable_address_is_unknown() {
 }
 
 fn http(url: &str) -> ProbeKind {
-    ProbeKind::Http {
-        url: url.to_owned(),
-        expect_status: vec![200],
-    }
+    ProbeKind::Http(HttpProbe::new(url.to_owned(), vec![200]))
 }
 
 fn tcp(address: &str) -> ProbeKind {
-    ProbeKind::Tcp {
-        address: address.to_owned(),
-    }
+    ProbeKind::Tcp(TcpProbe::new(address.to_owned()))
 }
 
 /// check_kind accepts well-formed http(s) URLs and host:port / IP:port addresses.
@@ -230,14 +228,8 @@ fn check_kind_rejects_invalid_kinds() {
         tcp("::1:80"),
         tcp("host:http"),
         tcp("[not-ipv6]:80"),
-        ProbeKind::Http {
-            url: "http://x/".to_owned(),
-            expect_status: vec![],
-        },
-        ProbeKind::Http {
-            url: "http://x/".to_owned(),
-            expect_status: vec![200, 999],
-        },
+        ProbeKind::Http(HttpProbe::new("http://x/".to_owned(), vec![])),
+        ProbeKind::Http(HttpProbe::new("http://x/", vec![200, 999])),
     ] {
         assert!(check_kind(&kind).is_err(), "{kind:?} was accepted");
     }
@@ -322,20 +314,19 @@ async fn spawn_probes_reports_and_shuts_down() {
     let specs = vec![
         ProbeSpec {
             id: 0,
-            kind: ProbeKind::Http {
-                url: format!("http://{addr}/ok"),
-                expect_status: vec![200],
-            },
+            kind: ProbeKind::Http(HttpProbe::new(format!("http://{addr}/ok"), vec![200])),
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(80),
+            vantage: Vantage::local(),
         },
         ProbeSpec {
             id: 1,
-            kind: ProbeKind::Tcp {
-                address: tcp_listener.local_addr().unwrap().to_string(),
-            },
+            kind: ProbeKind::Tcp(TcpProbe::new(
+                tcp_listener.local_addr().unwrap().to_string(),
+            )),
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(80),
+            vantage: Vantage::local(),
         },
     ];
     let (tx, mut rx) = mpsc::channel(16);
@@ -382,11 +373,10 @@ async fn spawn_probes_stops_when_receiver_dropped() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let spec = ProbeSpec {
         id: 0,
-        kind: ProbeKind::Tcp {
-            address: listener.local_addr().unwrap().to_string(),
-        },
+        kind: ProbeKind::Tcp(TcpProbe::new(listener.local_addr().unwrap().to_string())),
         interval: Duration::from_millis(20),
         timeout: Duration::from_millis(15),
+        vantage: Vantage::local(),
     };
     let (tx, rx) = mpsc::channel(1);
     let (_stop_tx, stop_rx) = watch::channel(false);

@@ -113,8 +113,9 @@ impl Verdict {
 }
 
 /// Where traffic goes, in the playbook's terms. The routing store turns this into Istio
-/// destinations; `Primary` means "the original route exactly".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// destinations; `Primary` means "the original route exactly". Stored in the state
+/// annotation, so its serialised form is a compatibility contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "to", rename_all = "camelCase")]
 pub enum Routing {
     /// The original route (what the VirtualService had before failover).

@@ -292,20 +292,86 @@ fn default_timeout() -> Spanned<Duration> {
     )
 }
 
-/// HTTP GET probe.
+/// HTTP(S) probe.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpCheck {
-    /// `http://` or `https://` URL to GET.
+    /// `http://` or `https://` URL to request.
     #[schemars(with = "String")]
     pub url: Spanned<String>,
+    /// Request method (default `GET`).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     /// Status codes that count as healthy (default `[200]`).
     #[serde(default = "default_expect_status")]
     pub expect_status: Vec<u16>,
+    /// Healthy only if the body (first 64 KiB) contains this text.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// Healthy only if the body (first 64 KiB) matches this regular expression (Rust `regex` syntax).
+    #[serde(default)]
+    pub body_matches: Option<String>,
+    /// Follow up to 5 redirects (default false: a 3xx is judged against `expectStatus`).
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// PEM file of CA certificates; when set, only these CAs are trusted (https only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name (SNI and certificate name) to use instead of the URL's host (https only).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any server certificate. Must be written out explicitly; default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Time allowed to connect (TCP + TLS); at most `timeout`. Default: only `timeout` applies.
+    #[serde(default)]
+    pub connect_timeout: Option<Duration>,
+    /// Open a new connection for every attempt (default true); false reuses a pooled one.
+    #[serde(default = "default_true")]
+    pub fresh_connection: bool,
+    /// Speak HTTP/2: prior knowledge (h2c) for http://, ALPN h2 for https:// (default false: HTTP/1.1).
+    #[serde(default)]
+    pub http2: bool,
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_expect_status() -> Vec<u16> {
     vec![200]
+}
+
+impl HttpCheck {
+    /// The probe library's description of this check.
+    pub fn to_probe(&self) -> failover_probes::HttpProbe {
+        failover_probes::HttpProbe {
+            url: self.url.value.clone(),
+            method: self.method.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            expect_status: self.expect_status.clone(),
+            body_contains: self.body_contains.clone(),
+            body_matches: self.body_matches.clone(),
+            follow_redirects: self.follow_redirects,
+            ca_file: self.ca_file.clone(),
+            server_name: self.server_name.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            connect_timeout: self.connect_timeout.map(|d| d.get()),
+            fresh_connection: self.fresh_connection,
+            http2: self.http2,
+        }
+    }
 }
 
 /// TCP connect probe.
@@ -315,6 +381,23 @@ pub struct TcpCheck {
     /// `host:port` to connect to.
     #[schemars(with = "String")]
     pub address: Spanned<String>,
+    /// Text written right after connecting.
+    #[serde(default)]
+    pub send: Option<String>,
+    /// Text that must appear in what the peer sends back (first 64 KiB).
+    #[serde(default)]
+    pub expect: Option<String>,
+}
+
+impl TcpCheck {
+    /// The probe library's description of this check.
+    pub fn to_probe(&self) -> failover_probes::TcpProbe {
+        failover_probes::TcpProbe {
+            address: self.address.value.clone(),
+            send: self.send.as_ref().map(|s| s.as_bytes().to_vec()),
+            expect: self.expect.as_ref().map(|s| s.as_bytes().to_vec()),
+        }
+    }
 }
 
 /// An SLO signal evaluated from Prometheus.
@@ -666,31 +749,36 @@ impl Playbook {
                 .unwrap_or_else(|e| push(p.target.referenced, &format!("{field}.target"), e));
             match (&p.http, &p.tcp) {
                 (Some(h), None) => {
-                    let kind = failover_probes::ProbeKind::Http {
-                        url: h.url.value.clone(),
-                        expect_status: h.expect_status.clone(),
-                    };
+                    let kind = failover_probes::ProbeKind::Http(h.to_probe());
                     if let Err(e) = failover_probes::check_kind(&kind) {
+                        let sub = match &e {
+                            failover_probes::ProbeError::InvalidHttpOption { field, .. } => field,
+                            failover_probes::ProbeError::InvalidExpectStatus { .. } => {
+                                "expectStatus"
+                            }
+                            _ => "url",
+                        };
                         push(
                             h.url.referenced,
-                            &format!("{field}.http.url"),
+                            &format!("{field}.http.{sub}"),
                             e.to_string(),
                         );
                     }
-                    if h.expect_status.is_empty()
-                        || h.expect_status.iter().any(|s| !(100..=599).contains(s))
+                    if let Some(c) = h.connect_timeout
+                        && (c.get().is_zero() || c > p.timeout.value)
                     {
                         push(
                             h.url.referenced,
-                            &format!("{field}.http.expectStatus"),
-                            "must list HTTP status codes in 100..=599".into(),
+                            &format!("{field}.http.connectTimeout"),
+                            format!(
+                                "connectTimeout {c} must be greater than 0s and at most timeout {}",
+                                p.timeout.value
+                            ),
                         );
                     }
                 }
                 (None, Some(t)) => {
-                    let kind = failover_probes::ProbeKind::Tcp {
-                        address: t.address.value.clone(),
-                    };
+                    let kind = failover_probes::ProbeKind::Tcp(t.to_probe());
                     if let Err(e) = failover_probes::check_kind(&kind) {
                         push(
                             t.address.referenced,
@@ -1166,4 +1254,109 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Problems> {
 pub fn json_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(Playbook);
     serde_json::to_value(schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod probe_validation_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Problem, parse};
+
+    fn playbook(probe: &str) -> String {
+        format!(
+            "apiVersion: failoverd.dev/v1alpha1\nkind: Playbook\nmetadata: {{ name: pb }}\nspec:\n  \
+             virtualService: {{ namespace: ns, name: web }}\n  \
+             primary: {{ host: web.ns.svc.cluster.local }}\n  \
+             failover:\n    - {{ host: web.dr.svc.cluster.local }}\n  \
+             probes:\n    - name: p\n      target: primary\n{probe}    \
+             - {{ name: dr, target: \"failover[0]\", tcp: {{ address: \"web.dr:80\" }} }}\n"
+        )
+    }
+
+    fn problems(probe: &str) -> Vec<Problem> {
+        parse("pb.yaml", &playbook(probe))
+            .map_err(|p| p.to_string())
+            .unwrap()
+            .validate("pb.yaml")
+    }
+
+    /// Every HTTP option is accepted when valid, including an explicit insecureSkipVerify.
+    #[test]
+    fn full_http_check_is_valid() {
+        let probe = "      http:\n        url: https://web.ns:8443/healthz\n        method: HEAD\n        \
+                     headers: { X-Probe: failoverd }\n        expectStatus: [200, 204]\n        \
+                     bodyContains: ok\n        bodyMatches: '^ok$'\n        followRedirects: true\n        \
+                     serverName: web.ns.svc\n        insecureSkipVerify: true\n        connectTimeout: 200ms\n        \
+                     freshConnection: false\n        http2: true\n      interval: 1s\n      timeout: 500ms\n";
+        assert_eq!(problems(probe), vec![]);
+        let tcp =
+            "      tcp: { address: 'redis.ns:6379', send: \"PING\\r\\n\", expect: '+PONG' }\n";
+        assert_eq!(problems(tcp), vec![]);
+    }
+
+    /// Bad URL, unknown scheme, bad regex, unreadable CA file and bad timing each name the playbook file and field.
+    #[test]
+    fn bad_probe_options_name_the_field() {
+        for (probe, field, text) in [
+            (
+                "      http: { url: 'not a url' }\n",
+                "spec.probes[0].http.url",
+                "invalid probe URL",
+            ),
+            (
+                "      http: { url: 'ftp://x/' }\n",
+                "spec.probes[0].http.url",
+                "scheme",
+            ),
+            (
+                "      http: { url: 'http://x/', bodyMatches: '(' }\n",
+                "spec.probes[0].http.bodyMatches",
+                "regex",
+            ),
+            (
+                "      http: { url: 'https://x/', caFile: /nonexistent/ca.pem }\n",
+                "spec.probes[0].http.caFile",
+                "/nonexistent/ca.pem",
+            ),
+            (
+                "      http: { url: 'http://x/', method: 'GE T' }\n",
+                "spec.probes[0].http.method",
+                "method",
+            ),
+            (
+                "      http: { url: 'http://x/', expectStatus: [] }\n",
+                "spec.probes[0].http.expectStatus",
+                "empty",
+            ),
+            (
+                "      http: { url: 'http://x/' }\n      interval: 1s\n      timeout: 1s\n",
+                "spec.probes[0].timeout",
+                "shorter than interval",
+            ),
+            (
+                "      http: { url: 'http://x/', connectTimeout: 2s }\n      timeout: 500ms\n",
+                "spec.probes[0].http.connectTimeout",
+                "at most timeout",
+            ),
+        ] {
+            let found = problems(probe);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.field == field && p.file == "pb.yaml" && p.message.contains(text)),
+                "{probe}: {found:?}"
+            );
+        }
+    }
+
+    /// An unknown field inside `http` is refused at parse time.
+    #[test]
+    fn unknown_http_field_is_refused() {
+        let err = parse(
+            "pb.yaml",
+            &playbook("      http: { url: 'http://x/', insecure: true }\n"),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("insecure"), "{err}");
+    }
 }

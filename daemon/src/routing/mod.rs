@@ -204,35 +204,6 @@ impl StateAnnotation {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Routing {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(tag = "to", rename_all = "camelCase")]
-        enum R {
-            Primary,
-            Failover {
-                target: usize,
-            },
-            #[serde(rename_all = "camelCase")]
-            Split {
-                target: usize,
-                primary_percent: u8,
-            },
-        }
-        Ok(match R::deserialize(d)? {
-            R::Primary => Routing::Primary,
-            R::Failover { target } => Routing::Failover { target },
-            R::Split {
-                target,
-                primary_percent,
-            } => Routing::Split {
-                target,
-                primary_percent,
-            },
-        })
-    }
-}
-
 fn check_kind(vs: &Value, pb: &Playbook) -> Result<(), StoreError> {
     let object = object_name(pb);
     let kind = vs.get("kind").and_then(Value::as_str);

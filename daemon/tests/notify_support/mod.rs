@@ -313,6 +313,7 @@ impl Daemon {
             audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
             overrides: OverrideStore::open(&dir.path().join("overrides.json")).unwrap(),
             prometheus: None,
+            prometheus_client: None,
         };
         let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
         let (stop, stop_rx) = watch::channel(false);
