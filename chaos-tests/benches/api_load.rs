@@ -1,6 +1,6 @@
 //! Override API under load, with the real binary and 1,000 playbooks probed every second:
 //!
-//! 1. `GET /v1/playbooks` at about 1,000 requests/s from a second process (wrk: 10
+//! 1. `GET /v1/playbooks` at about 1,000 requests/s from a second process (wrk: 12
 //!    connections, each waiting 10 ms between requests), p50/p99 as wrk reports them;
 //! 2. time from an operator call to the routing store written (the API answers after the
 //!    write is read back), p50/p99 over alternating failover/failback calls;
@@ -163,14 +163,14 @@ async fn main() {
     )
     .unwrap();
     let out = Command::new("wrk")
-        .args(["-t", "2", "-c", "10", "-d", "15s", "--latency", "-s"])
+        .args(["-t", "2", "-c", "12", "-d", "15s", "--latency", "-s"])
         .arg(&script)
         .arg(format!("http://{addr}/v1/playbooks"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     println!(
-        "GET /v1/playbooks with {PLAYBOOKS} playbooks, wrk -t2 -c10 -d15s, 10 ms delay per connection:"
+        "GET /v1/playbooks with {PLAYBOOKS} playbooks, wrk -t2 -c12 -d15s, 10 ms delay per connection:"
     );
     for l in text.lines().filter(|l| {
         l.contains('%')

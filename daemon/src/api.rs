@@ -62,6 +62,8 @@ pub struct ApiState {
     pub audit_path: PathBuf,
     /// Per-identity limit on mutating calls.
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// `GET /v1/playbooks` body and the `Shared::list_version` it was built at.
+    pub list_cache: Arc<Mutex<Option<(u64, axum::body::Bytes)>>>,
 }
 
 impl ApiState {
@@ -85,6 +87,7 @@ impl ApiState {
             audit,
             audit_path,
             limiter: Arc::new(RateLimiter::keyed(quota)),
+            list_cache: Arc::default(),
         }
     }
 }
@@ -718,6 +721,18 @@ fn reason_of(body: &Result<Bytes, BytesRejection>) -> String {
 )]
 async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
+    // Serve the cached body while nothing the list shows has changed: with a large fleet the
+    // list is ~100 KB of JSON, and dashboards poll it far more often than it changes.
+    let version = state
+        .shared
+        .list_version
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Ok(cache) = state.list_cache.lock()
+        && let Some((v, body)) = cache.as_ref()
+        && *v == version
+    {
+        return Ok(json_bytes(body.clone()));
+    }
     // Count overrides per playbook once, and read the status table in place: copying every
     // playbook's signals and history per request would dominate the cost with a large fleet.
     let mut per_playbook: std::collections::HashMap<String, usize> =
@@ -745,7 +760,18 @@ async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> Ap
                 .collect()
         })
         .unwrap_or_default();
-    Ok(axum::Json(PlaybookList { playbooks }).into_response())
+    let body = axum::body::Bytes::from(
+        serde_json::to_vec(&PlaybookList { playbooks })
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
+    if let Ok(mut cache) = state.list_cache.lock() {
+        *cache = Some((version, body.clone()));
+    }
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Show one playbook

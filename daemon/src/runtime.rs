@@ -136,6 +136,9 @@ pub struct Shared {
     pub overrides: RwLock<Vec<OverrideRecord>>,
     /// Where events for on-call go (never blocks).
     pub notifier: Notifier,
+    /// Bumped whenever something `GET /v1/playbooks` shows changes (phase, routing,
+    /// explanation, error, overrides), so the API can serve a cached body in between.
+    pub list_version: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -164,6 +167,7 @@ impl Shared {
                 .collect(),
             overrides: RwLock::new(Vec::new()),
             notifier: Notifier::none(),
+            list_version: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -429,7 +433,7 @@ pub async fn run(
     let n_probes = specs.len();
     let client = failover_probes::http_client()?;
     let (res_tx, mut res_rx) = mpsc::channel::<ProbeResult>(RESULT_QUEUE);
-    let probes = failover_probes::spawn_probes(specs.clone(), client, res_tx, shutdown.clone());
+    let probes = failover_probes::spawn_probes(specs, client, res_tx, shutdown.clone());
     // SLO queries share one pooled client: Prometheus is one server, reuse is right here.
     let (slo_tx, mut slo_rx) = mpsc::channel::<SloResult>(RESULT_QUEUE);
     let prom = match rt.prometheus_client.clone() {
@@ -716,7 +720,20 @@ fn set_status(shared: &Shared, i: usize, f: impl FnOnce(&mut PlaybookStatus)) {
     if let Ok(mut s) = shared.status.write()
         && let Some(s) = s.get_mut(i)
     {
+        // Only what the list shows counts as a change (signals change on every result).
+        let listed = |s: &PlaybookStatus| {
+            (
+                s.phase.clone(),
+                s.routing,
+                s.explain.clone(),
+                s.error.clone(),
+            )
+        };
+        let before = listed(s);
         f(s);
+        if listed(s) != before {
+            shared.list_version.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -1166,6 +1183,7 @@ fn publish_overrides(store: &OverrideStore, shared: &Shared) {
     if let Ok(mut o) = shared.overrides.write() {
         *o = store.all().to_vec();
     }
+    shared.list_version.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Drops overrides whose time is up, auditing each; true when any expired.
