@@ -27,4 +27,14 @@ fi
 
 # Build the daemon binary first: the end-to-end tests drive the real `failoverd`.
 cargo build -p failoverd
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary, the last of
+# which is usually an empty doc-test run).
+awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i - 1); if ($i ~ /^failed;?$/) f += $(i - 1) } }
+     END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
