@@ -286,7 +286,9 @@ async fn a_hung_receiver_delays_nobody_else() {
         let t = Instant::now();
         n.notify(event(EventKind::Failover, &format!("pb{i}")));
         let call = t.elapsed();
-        assert!(call < Duration::from_millis(5), "notify() took {call:?}");
+        // A blocking call would take the receiver's 60 s hang; 50 ms leaves room for a busy
+        // CI machine's scheduling.
+        assert!(call < Duration::from_millis(50), "notify() took {call:?}");
         let pb = format!("pb{i}");
         let hit = fast
             .wait_for(Duration::from_secs(2), |h| {

@@ -230,7 +230,8 @@ async fn http_slow_answer_times_out() {
     let http = HttpProbe::new(format!("http://{addr}/slow"), vec![200]);
     let result = probe_once(&client(), &spec(http, 200)).await;
     assert_eq!(reason(&result.outcome), "timeout after 200ms");
-    assert!(begun.elapsed() < Duration::from_millis(600));
+    // Well under the server's 2 s: the attempt was cut at its timeout (slack for a busy CI).
+    assert!(begun.elapsed() < Duration::from_millis(1500));
 }
 
 /// freshConnection opens one connection per attempt; false reuses one pooled connection.
@@ -345,7 +346,8 @@ async fn https_handshake_hang_hits_connect_timeout() {
     let begun = Instant::now();
     let r = probe_once(&client(), &spec(http, 1500)).await;
     assert_eq!(reason(&r.outcome), "connect: timeout after 150ms");
-    assert!(begun.elapsed() < Duration::from_millis(1000));
+    // Under the 1.5 s total timeout: the connect timeout fired first.
+    assert!(begun.elapsed() < Duration::from_millis(1400));
 }
 
 /// A CA file removed after validation makes attempts Unknown, never a panic.
@@ -423,7 +425,9 @@ async fn scheduler_reports_lateness() {
             .await
             .unwrap()
             .unwrap();
-        assert!(r.lateness < Duration::from_millis(15), "{:?}", r.lateness);
+        // Measured against each tick, so it stays small; 80 ms leaves room for a busy 2-core
+        // CI machine, while a measure counted from the spawn would grow with every attempt.
+        assert!(r.lateness < Duration::from_millis(80), "{:?}", r.lateness);
         assert_eq!(r.vantage, Vantage::new("eu-west"));
     }
     stop_tx.send(true).unwrap();
