@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos_tests::{failoverd_bin, free_addr, http_get, percentile, run_cli};
@@ -107,7 +107,7 @@ async fn main() {
     )
     .unwrap();
     let addr = free_addr().unwrap();
-    let mut child = Command::new(failoverd_bin())
+    let child = Command::new(failoverd_bin())
         .args(["run", "--playbooks"])
         .arg(&pbs)
         .arg("--store")
@@ -122,7 +122,10 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id();
+    // Killed on every exit path, a failed assertion included: a bench must not leave a
+    // daemon probing in the background.
+    let child = KillOnDrop(child);
+    let pid = child.0.id();
     let start = Instant::now();
     loop {
         if let Ok((200, _)) = http_get(addr, "/readyz", Duration::from_secs(2)).await {
@@ -218,6 +221,15 @@ async fn main() {
         percentile(&times, 0.99).unwrap().as_millis(),
         times.last().unwrap().as_millis()
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+}
+
+/// Kills and reaps the daemon when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
