@@ -64,6 +64,8 @@ pub struct ApiState {
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// `GET /v1/playbooks` body and the `Shared::list_version` it was built at.
     pub list_cache: Arc<Mutex<Option<(u64, axum::body::Bytes)>>>,
+    /// The drill service (None: no drills loaded).
+    pub drills: Option<Arc<crate::drill::Drills>>,
 }
 
 impl ApiState {
@@ -88,6 +90,7 @@ impl ApiState {
             audit_path,
             limiter: Arc::new(RateLimiter::keyed(quota)),
             list_cache: Arc::default(),
+            drills: None,
         }
     }
 }
@@ -537,6 +540,10 @@ pub mod schema {
         list_overrides,
         delete_override,
         get_audit,
+        list_drills,
+        list_drill_runs,
+        get_drill_run,
+        run_drill,
         openapi_document
     ),
     components(schemas(ErrorBody)),
@@ -545,6 +552,7 @@ pub mod schema {
         (name = "playbooks", description = "Playbook state and operator actions"),
         (name = "overrides", description = "Active freezes and failover holds"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "drills", description = "Chaos drills: scheduled and on-demand failover exercises with reports"),
         (name = "meta", description = "This document")
     )
 )]
@@ -607,6 +615,14 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
             delete(delete_override),
         ),
         (Method::GET, "/v1/audit", get(get_audit)),
+        (Method::GET, "/v1/drills", get(list_drills)),
+        (Method::GET, "/v1/drills/{name}/runs", get(list_drill_runs)),
+        (
+            Method::GET,
+            "/v1/drills/{name}/runs/{id}",
+            get(get_drill_run),
+        ),
+        (Method::POST, "/v1/drills/{name}/run", post(run_drill)),
         (Method::GET, "/v1/openapi.json", get(openapi_document)),
     ]
 }
@@ -1452,4 +1468,305 @@ async fn get_audit(
 )]
 async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+// ---- Drills -------------------------------------------------------------------------
+
+/// `GET /v1/drills`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrillList {
+    /// Every loaded drill, with its next scheduled time and last result.
+    pub drills: Vec<crate::drill::DrillSummary>,
+}
+
+/// `GET /v1/drills/{name}/runs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrillRuns {
+    /// The drill.
+    pub drill: String,
+    /// Its kept runs, newest first.
+    pub runs: Vec<crate::drill::report::Run>,
+}
+
+/// `POST /v1/drills/{name}/run` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStarted {
+    /// The run id.
+    pub run_id: String,
+    /// The drill.
+    pub drill: String,
+    /// `plan` or `live`.
+    pub mode: String,
+    /// Where the report is (JSON; add `?format=md` for Markdown).
+    pub report: String,
+}
+
+/// Body of `POST /v1/drills/{name}/run` (optional: an empty body is a plain run).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = DrillRunRequest, example = json!({ "reason": "quarterly DR exercise CHG-881", "force": false }))]
+struct DrillBody {
+    /// Why (goes into the audit log and the report); default `on demand`.
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    reason: Option<String>,
+    /// Run on a blocked date or outside the allowed windows. Safety rules (a playbook
+    /// failed over, frozen, held or already in a drill) are never forced.
+    #[serde(default)]
+    force: bool,
+}
+
+fn drills_of(state: &ApiState) -> Option<&Arc<crate::drill::Drills>> {
+    state.drills.as_ref()
+}
+
+fn no_drill(name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no drill named `{name}`"))
+}
+
+/// List drills
+///
+/// Every loaded drill with its schedule, next scheduled run, whether a run now would be
+/// skipped, and the newest run's verdict.
+#[utoipa::path(
+    get,
+    path = "/v1/drills",
+    tag = "drills",
+    operation_id = "listDrills",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The drills", body = DrillList),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+    )
+)]
+async fn list_drills(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    authenticate(&state, &headers, Role::Viewer)?;
+    let drills = drills_of(&state).map(|d| d.list()).unwrap_or_default();
+    Ok(axum::Json(DrillList { drills }).into_response())
+}
+
+/// List a drill's runs
+///
+/// The kept runs of one drill (the last 20), newest first, with verdicts, timelines and
+/// measured durations.
+#[utoipa::path(
+    get,
+    path = "/v1/drills/{name}/runs",
+    tag = "drills",
+    operation_id = "listDrillRuns",
+    params(("name" = String, Path, description = "Drill name (`metadata.name`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The runs", body = DrillRuns),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 404, description = "No drill with that name", body = ErrorBody),
+    )
+)]
+async fn list_drill_runs(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    authenticate(&state, &headers, Role::Viewer)?;
+    let d = drills_of(&state)
+        .filter(|d| d.exists(&name))
+        .ok_or_else(|| no_drill(&name))?;
+    Ok(axum::Json(DrillRuns {
+        runs: d.runs(&name),
+        drill: name,
+    })
+    .into_response())
+}
+
+/// Format of `GET /v1/drills/{name}/runs/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RunQuery {
+    /// `json` (default) or `md` for a readable Markdown page.
+    format: Option<String>,
+}
+
+/// Show a drill run
+///
+/// One run's report: verdict and reasons, timeline (started, written, verified, held,
+/// restored) and measured durations. `?format=md` gives the same as a Markdown page.
+#[utoipa::path(
+    get,
+    path = "/v1/drills/{name}/runs/{id}",
+    tag = "drills",
+    operation_id = "getDrillRun",
+    params(
+        ("name" = String, Path, description = "Drill name (`metadata.name`)"),
+        ("id" = String, Path, description = "Run id"),
+        RunQuery
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The report (JSON, or Markdown with `format=md`)",
+            content((crate::drill::report::Run = "application/json"), (String = "text/markdown"))),
+        (status = 400, description = "Unknown query parameter or format", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 404, description = "No drill or run with that name and id", body = ErrorBody),
+    )
+)]
+async fn get_drill_run(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+    query: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    authenticate(&state, &headers, Role::Viewer)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(json!(e.body_text()))
+    })?;
+    let md = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("md" | "markdown") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format `{other}`"),
+            )
+            .detail(json!("json or md")));
+        }
+    };
+    let d = drills_of(&state)
+        .filter(|d| d.exists(&name))
+        .ok_or_else(|| no_drill(&name))?;
+    let run = d.run(&name, &id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("drill `{name}` has no run `{id}`"),
+        )
+    })?;
+    if md {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            run.markdown(),
+        )
+            .into_response());
+    }
+    Ok(axum::Json(run).into_response())
+}
+
+/// Run a drill now
+///
+/// Starts a run in the background and answers at once with its id (202); follow it at
+/// `GET /v1/drills/{name}/runs/{id}`. Refused (409) when a rule forbids it: a playbook in
+/// scope is failed over, failing over, frozen, held, already in a drill, or its primary is
+/// not known healthy (live); or today is a blocked date or outside the allowed windows
+/// (unless `force`).
+#[utoipa::path(
+    post,
+    path = "/v1/drills/{name}/run",
+    tag = "drills",
+    operation_id = "runDrill",
+    params(("name" = String, Path, description = "Drill name (`metadata.name`)")),
+    request_body(content = DrillBody, description = "Optional: `reason`, `force`", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Started", body = DrillStarted),
+        (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        (status = 404, description = "No drill with that name", body = ErrorBody),
+        (status = 409, description = "Refused by a rule (playbook failed over, frozen, held, in another drill, primary not healthy; blocked date or outside windows without force)", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 422, description = "Body does not fit: unknown field, reason too long", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+    )
+)]
+async fn run_drill(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let result = async {
+        if caller.role < Role::Operator {
+            return Err(forbidden(&caller, Role::Operator));
+        }
+        rate_limit(&state, &caller)?;
+        let d = drills_of(&state)
+            .filter(|d| d.exists(&name))
+            .ok_or_else(|| no_drill(&name))?;
+        let bytes = read_body(&body)?;
+        if bytes.len() > MAX_BODY {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {MAX_BODY} bytes"),
+            ));
+        }
+        let b: DrillBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+            DrillBody::default()
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| {
+                let status = match e.classify() {
+                    serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(status, "invalid request body").detail(json!(e.to_string()))
+            })?
+        };
+        let reason = b
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .unwrap_or("on demand")
+            .to_string();
+        if reason.chars().count() > MAX_REASON {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reason longer than {MAX_REASON} characters"),
+            ));
+        }
+        d.request(
+            &name,
+            crate::drill::Trigger::Manual {
+                identity: caller.identity.clone(),
+                reason,
+                force: b.force,
+            },
+        )
+        .map_err(|r| {
+            ApiError::new(
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::CONFLICT),
+                r.error,
+            )
+        })
+    }
+    .await;
+    match result {
+        Ok(run) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(DrillStarted {
+                report: format!("/v1/drills/{}/runs/{}", run.drill, run.id),
+                run_id: run.id,
+                drill: run.drill,
+                mode: run.mode,
+            }),
+        )
+            .into_response()),
+        Err(e) => {
+            audit_refusal(
+                &state,
+                &caller,
+                "drill-run",
+                &name,
+                &reason_of(&body),
+                json!({ "drill": name }),
+                &e,
+            )
+            .await;
+            Err(e)
+        }
+    }
 }

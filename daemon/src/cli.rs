@@ -154,6 +154,12 @@ pub enum Command {
         name: String,
         /// Why.
         #[arg(long)]
+    /// Chaos drills (client of the override API).
+    Drill {
+        /// Drill subcommand.
+        #[command(subcommand)]
+        command: DrillCommand,
+    },
         reason: String,
         /// Connection.
         #[command(flatten)]
@@ -167,6 +173,30 @@ pub enum AuditCommand {
     /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
     Verify {
         /// The audit log.
+/// `drill` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Start a drill now (operator role); with --wait, follow it and print its report.
+    Run {
+        /// The drill (`metadata.name`).
+        name: String,
+        /// Why (goes into the audit log and the report).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Run on a blocked date or outside the allowed windows (never past a safety rule).
+        #[arg(long)]
+        force: bool,
+        /// Wait for the verdict and print the report; exit 0 only when it passed.
+        #[arg(long)]
+        wait: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the drill JSON Schema.
+    Schema,
+}
+
         file: PathBuf,
     },
 }
@@ -381,6 +411,26 @@ async fn validate(paths: &[PathBuf], prometheus: Option<&str>) -> ExitCode {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("cannot build an HTTP client: {e}");
+        Command::Drill {
+            command:
+                DrillCommand::Run {
+                    name,
+                    reason,
+                    force,
+                    wait,
+                    conn,
+                },
+        } => return client::drill_run(&conn, &name, reason.as_deref(), force, wait).await,
+        Command::Drill {
+            command: DrillCommand::Schema,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::drill::spec::json_schema())
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
                 return ExitCode::FAILURE;
             }
         };
@@ -419,6 +469,18 @@ fn verify(file: &std::path::Path) -> ExitCode {
 
 fn plan(
     path: &std::path::Path,
+    match crate::drill::spec::load_paths(paths, &loaded) {
+        Ok(drills) => {
+            for d in &drills {
+                println!("{}: ok (drill {})", d.file.display(), d.name());
+            }
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{} problem(s)", problems.0.len());
+            return ExitCode::FAILURE;
+        }
+    }
     store: &StoreSpec,
     failback: bool,
     target: Option<usize>,
@@ -528,6 +590,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
+    let drills = crate::drill::spec::load_paths(&settings.playbooks, &loaded)
+        .map_err(|p| anyhow::anyhow!("refusing to start: the drill set is invalid\n{p}"))?;
         shutdown_signal().await;
         info!("shutdown signal received");
         let _ = tx.send(true);
@@ -551,7 +615,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
         info!(notifier = ?shared.notifier, "notifications enabled");
     }
-    serve(
+    // Drill reports and in-flight records live beside the override state.
+    let drill_dir = settings
+        .state
+        .parent()
+        .map_or_else(|| PathBuf::from("drills"), |p| p.join("drills"));
+    serve_with_drills(
         rt,
         Arc::new(shared),
         Arc::new(tokens),
@@ -573,7 +642,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Operator calls are rare and each waits for its answer; a small queue is plenty.
     let (control_tx, control_rx) = mpsc::channel(64);
-    let api = ApiState::new(
+    let mut api = ApiState::new(
         shared.clone(),
         tokens,
         control_tx,
@@ -611,6 +680,7 @@ async fn shutdown_signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+        Some((drills, drill_dir)),
     }
     #[cfg(not(unix))]
     {
@@ -623,6 +693,19 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+) -> anyhow::Result<()> {
+    serve_with_drills(rt, shared, tokens, audit_path, listener, shutdown, None).await
+}
+
+/// [`serve`] with drills: their definitions and the directory for their reports.
+pub async fn serve_with_drills(
+    rt: Runtime,
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    audit_path: PathBuf,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+    drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -631,3 +714,16 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
+    if let Some((defs, dir)) = drills {
+        let d = crate::drill::Drills::new(
+            defs,
+            &dir,
+            shared.clone(),
+            api.control.clone(),
+            rt.store.clone(),
+            rt.audit.clone(),
+            shutdown.clone(),
+        );
+        d.start();
+        api.drills = Some(d);
+    }

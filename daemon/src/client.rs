@@ -289,3 +289,78 @@ pub fn body(reason: &str, ttl: Option<&str>, target: Option<&str>, force: bool) 
     }
     b
 }
+
+/// Exit code: the drill ran but did not pass (failed, aborted or skipped).
+pub const EXIT_DRILL_NOT_PASSED: u8 = 2;
+
+/// Longest `drill run --wait`: the longest hold (1h) plus generous failover and failback.
+const DRILL_WAIT: Duration = Duration::from_secs(2 * 3600);
+
+/// `failoverd drill run NAME [--wait]`: starts a drill; with `wait`, polls its report until
+/// the verdict and prints it (Markdown, or the JSON with `-o json`). Exit 0 when started
+/// (or, with `wait`, passed), 2 when it did not pass.
+pub async fn drill_run(
+    conn: &Conn,
+    name: &str,
+    reason: Option<&str>,
+    force: bool,
+    wait: bool,
+) -> ExitCode {
+    let mut b = json!({});
+    if let Some(r) = reason {
+        b["reason"] = json!(r);
+    }
+    if force {
+        b["force"] = json!(true);
+    }
+    let started = call(
+        conn,
+        reqwest::Method::POST,
+        &format!("/v1/drills/{name}/run"),
+        Some(b),
+    )
+    .await;
+    let id = match &started {
+        Ok(v) => s(&v["runId"]).to_string(),
+        Err(_) => String::new(),
+    };
+    if !wait || started.is_err() {
+        return finish(conn, started, |v| {
+            println!(
+                "drill {name}: {} run {} started; report at {}",
+                s(&v["mode"]),
+                s(&v["runId"]),
+                s(&v["report"])
+            );
+        });
+    }
+    let path = format!("/v1/drills/{name}/runs/{id}");
+    let deadline = std::time::Instant::now() + DRILL_WAIT;
+    let report = loop {
+        match call(conn, reqwest::Method::GET, &path, None).await {
+            Ok(v) if v["result"] != "running" => break Ok(v),
+            Ok(_) => {}
+            Err(f) => break Err(f),
+        }
+        if std::time::Instant::now() >= deadline {
+            break Err(Failure {
+                code: EXIT_UNAVAILABLE,
+                message: format!("drill {name} run {id} still running after {DRILL_WAIT:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let passed = report
+        .as_ref()
+        .is_ok_and(|v| v["result"].as_str() == Some("passed"));
+    let code = finish(conn, report, |v| {
+        match serde_json::from_value::<crate::drill::Run>(v.clone()) {
+            Ok(run) => print!("{}", run.markdown()),
+            Err(_) => println!("{v}"),
+        }
+    });
+    if code == ExitCode::SUCCESS && !passed {
+        return ExitCode::from(EXIT_DRILL_NOT_PASSED);
+    }
+    code
+}

@@ -46,6 +46,10 @@ pub struct Metrics {
 }
 
 fn write_buckets() -> impl Iterator<Item = f64> {
+    /// Drill runs by drill and result (passed, failed, aborted, skipped).
+    pub drill_runs: Family<Labels, Counter>,
+    /// Time of a drill's failover (operator-style call to route read back), per drill.
+    pub drill_failover_seconds: Family<Labels, Histogram>,
     [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ]
@@ -155,8 +159,23 @@ impl Metrics {
             failovers,
             failbacks,
             probe_results,
+        let drill_runs = Family::<Labels, Counter>::default();
+        registry.register(
+            "drill_runs",
+            "Drill runs by drill and result",
+            drill_runs.clone(),
+        );
+        let drill_failover_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(write_buckets()));
+        registry.register(
+            "drill_failover_seconds",
+            "Time of a drill's failover, from the call to the route read back",
+            drill_failover_seconds.clone(),
+        );
             decision_seconds,
             probe_lateness_seconds,
+            drill_runs,
+            drill_failover_seconds,
             route_write_seconds,
             route_write_errors,
             phase,

@@ -1106,7 +1106,7 @@ fn foreign_document(path: &Path) -> Option<String> {
             "not a failoverd document ({api} {})",
             kind.unwrap_or("?")
         )),
-        (_, Some("Drill")) => Some("a Drill (drills are not run by this build)".into()),
+        (_, Some("Drill")) => Some("a Drill (loaded by the drill loader)".into()),
         _ => None,
     }
 }
@@ -1139,7 +1139,7 @@ fn is_yaml(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
+pub(crate) fn collect_files(path: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
     if path.is_dir() {
         let entries = match std::fs::read_dir(path) {
             Ok(e) => e,
@@ -1194,9 +1194,12 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Problems> {
     }
     let mut loaded = Vec::new();
     for f in &files {
-        // A directory may hold other manifests (an example VirtualService, a Drill this build
-        // does not run): only files that say `apiVersion: failoverd.dev/...` are ours. A file
-        // named explicitly is always checked.
+        // A directory may hold other manifests (an example VirtualService): only files that
+        // say `apiVersion: failoverd.dev/...` are ours. A file named explicitly is always
+        // checked. Drills, named or not, are `crate::drill::spec::load_paths`'s.
+        if crate::drill::spec::is_drill_file(f) {
+            continue;
+        }
         let explicit = paths.iter().any(|p| p == f);
         if !explicit && let Some(other) = foreign_document(f) {
             tracing::info!(file = %f.display(), "skipped: {other}");
