@@ -468,61 +468,109 @@ fn selects(selector: &Value, labels: &Value) -> bool {
     !want.is_empty() && want.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The Pod Security "restricted" essentials and failoverd's own rules for one pod spec:
+/// non-root as 65532, RuntimeDefault seccomp, no host namespaces or paths, and per container
+/// a read-only root, no privilege escalation, every capability dropped, requests and limits.
+fn check_pod_security(who: &str, pod: &Value) {
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], json!(true), "{who}: runAsNonRoot");
+    assert_eq!(psc["runAsUser"], json!(65532), "{who}: runAsUser");
+    assert_eq!(
+        psc["seccompProfile"]["type"],
+        json!("RuntimeDefault"),
+        "{who}: seccomp"
+    );
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(pod[host], json!(true), "{who}: {host}");
+    }
+    for v in arr(pod.get("volumes")) {
+        assert!(v.get("hostPath").is_none(), "{who}: hostPath volume");
+    }
+    let containers = arr(pod.get("containers"));
+    assert!(!containers.is_empty(), "{who}: containers");
+    for c in containers.iter().chain(arr(pod.get("initContainers"))) {
+        let sc = &c["securityContext"];
+        let cw = format!("{who}: container {}", s(c, "/name"));
+        assert_ne!(sc["runAsNonRoot"], json!(false), "{cw}: runAsNonRoot");
+        assert_ne!(sc["privileged"], json!(true), "{cw}: privileged");
+        assert_eq!(
+            sc["readOnlyRootFilesystem"],
+            json!(true),
+            "{cw}: readOnlyRootFilesystem"
+        );
+        assert_eq!(
+            sc["allowPrivilegeEscalation"],
+            json!(false),
+            "{cw}: allowPrivilegeEscalation"
+        );
+        assert_eq!(
+            strs(sc.pointer("/capabilities/drop")),
+            vec!["ALL"],
+            "{cw}: drop ALL"
+        );
+        assert!(
+            sc.pointer("/capabilities/add").is_none(),
+            "{cw}: adds capabilities"
+        );
+        for q in [
+            "/resources/requests/cpu",
+            "/resources/requests/memory",
+            "/resources/limits/cpu",
+            "/resources/limits/memory",
+        ] {
+            assert!(c.pointer(q).is_some(), "{cw}: {q}");
+        }
+    }
+}
+
+/// deploy/tools/*.yaml (applied by hand, e.g. the audit reader): schema and pod security.
+#[test]
+fn tools_fit_their_schemas_and_run_locked_down() {
+    let dir = root().join("deploy/tools");
+    let mut cache = HashMap::new();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/tools") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for o in docs.iter().filter(|o| !o.is_null()) {
+            seen += 1;
+            let who = format!("{}: {}", path.display(), id(o));
+            let errors = schema_errors(&mut cache, o).unwrap_or_else(|e| panic!("{who}: {e}"));
+            assert!(errors.is_empty(), "{who}:\n{}", errors.join("\n"));
+            let mut problems = Vec::new();
+            api_server_rules(o, &mut problems);
+            assert!(problems.is_empty(), "{}", problems.join("\n"));
+            if kind(o) == "Pod" {
+                check_pod_security(&who, &o["spec"]);
+                for m in o["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| arr(c.get("volumeMounts")))
+                {
+                    assert_eq!(m["readOnly"], json!(true), "{who}: tools only read");
+                }
+            }
+        }
+    }
+    assert!(seen >= 1, "no manifests in deploy/tools");
+}
+
 #[test]
 fn pods_run_locked_down_and_highly_available() {
     let Some(renders) = renders() else { return };
     for r in renders {
         let (w, tpl) = workload(r);
         let pod = &tpl["spec"];
-        let psc = &pod["securityContext"];
         let who = format!("{}: {}", r.name, id(w));
-        assert_eq!(psc["runAsNonRoot"], json!(true), "{who}: runAsNonRoot");
-        assert_eq!(psc["runAsUser"], json!(65532), "{who}: runAsUser");
-        assert_eq!(
-            psc["seccompProfile"]["type"],
-            json!("RuntimeDefault"),
-            "{who}: seccomp"
-        );
-        for host in ["hostNetwork", "hostPID", "hostIPC"] {
-            assert_ne!(pod[host], json!(true), "{who}: {host}");
-        }
-        for v in arr(pod.get("volumes")) {
-            assert!(v.get("hostPath").is_none(), "{who}: hostPath volume");
-        }
-        let containers = arr(pod.get("containers"));
-        assert!(!containers.is_empty(), "{who}: containers");
-        for c in containers.iter().chain(arr(pod.get("initContainers"))) {
-            let sc = &c["securityContext"];
+        check_pod_security(&who, pod);
+        for c in arr(pod.get("containers")) {
             let cw = format!("{who}: container {}", s(c, "/name"));
-            assert_ne!(sc["runAsNonRoot"], json!(false), "{cw}: runAsNonRoot");
-            assert_ne!(sc["privileged"], json!(true), "{cw}: privileged");
-            assert_eq!(
-                sc["readOnlyRootFilesystem"],
-                json!(true),
-                "{cw}: readOnlyRootFilesystem"
-            );
-            assert_eq!(
-                sc["allowPrivilegeEscalation"],
-                json!(false),
-                "{cw}: allowPrivilegeEscalation"
-            );
-            assert_eq!(
-                strs(sc.pointer("/capabilities/drop")),
-                vec!["ALL"],
-                "{cw}: drop ALL"
-            );
-            assert!(
-                sc.pointer("/capabilities/add").is_none(),
-                "{cw}: adds capabilities"
-            );
-            for q in [
-                "/resources/requests/cpu",
-                "/resources/requests/memory",
-                "/resources/limits/cpu",
-                "/resources/limits/memory",
-            ] {
-                assert!(c.pointer(q).is_some(), "{cw}: {q}");
-            }
             // Probes on the named port serving the API.
             let port = arr(c.get("ports"))
                 .iter()

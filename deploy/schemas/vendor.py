@@ -19,6 +19,7 @@ from pathlib import Path
 # that with `/` replaced by `_` (`/` would need escaping in a JSON pointer): apps_v1_StatefulSet
 KINDS = {
     "namespace-v1": "v1/Namespace",
+    "pod-v1": "v1/Pod",
     "serviceaccount-v1": "v1/ServiceAccount",
     "configmap-v1": "v1/ConfigMap",
     "secret-v1": "v1/Secret",
