@@ -1006,16 +1006,16 @@ fn known_metrics() -> BTreeSet<String> {
         let declared = &src[prev..call];
         let declared = declared.rfind("let ").map_or(declared, |i| &declared[i..]);
         let rest = &src[call + ".register(".len()..];
-        let name = rest
-            .split('"')
-            .nth(1)
-            .filter(|_| rest.trim_start().starts_with('"'))
-            .unwrap_or_else(|| {
-                panic!(
-                    "metrics.rs: register( without a literal name: {}",
-                    &rest[..rest.len().min(60)]
-                )
-            });
+        prev = call + ".register(".len();
+        // A name that is not a literal cannot be checked here; a rule using it then fails
+        // as an unknown metric, naming it.
+        let Some(name) = rest
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
         let n = format!("failoverd_{name}");
         let suffixes: &[&str] = if declared.contains("Histogram") {
             &["_bucket", "_sum", "_count"]
@@ -1027,7 +1027,6 @@ fn known_metrics() -> BTreeSet<String> {
         for suffix in suffixes {
             out.insert(format!("{n}{suffix}"));
         }
-        prev = call + ".register(".len();
     }
     out
 }
