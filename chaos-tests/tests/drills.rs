@@ -244,7 +244,14 @@ async fn live_drill_passes_and_restores_the_exact_route() {
     assert_eq!(
         events(run),
         [
-            "started", "written", "verified", "held", "restored", "finished"
+            "started",
+            "requested",
+            "written",
+            "verified",
+            "held",
+            "failback-requested",
+            "restored",
+            "finished"
         ],
         "{run:#}"
     );
@@ -365,6 +372,15 @@ async fn drill_aborts_when_the_target_fails_during_the_hold() {
         "{report:#}"
     );
     let ev = events(&report);
+    let at = |name: &str| {
+        ev.iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
+    };
+    assert!(
+        at("verified") < at("aborted") && at("aborted") < at("restored"),
+        "{ev:?}"
+    );
     assert!(
         ev.iter().position(|e| e == "aborted") < ev.iter().position(|e| e == "restored"),
         "{ev:?}"

@@ -1483,3 +1483,11 @@ fn add(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
 }
+    // A drill's failover is re-checked here, in the one controller, so an incident cannot
+    // slip in between the drill's own check and its move.
+    if let Some(why) =
+        crate::drill::refuse_drill_failover(&actor, &kind, &name, &state, store.all())
+    {
+        let _ = reply.send(Err(refuse(409, why)));
+        return;
+    }

@@ -149,6 +149,41 @@ impl From<&Run> for RunSummary {
     }
 }
 
+/// Identity prefix of a drill's operator calls (`drill:<name>`).
+pub const ACTOR_PREFIX: &str = "drill:";
+
+/// The controller's hook: why a drill's failover must be refused now (None: go ahead). A
+/// drill moves only a playbook in normal operation, on its original route, without a freeze
+/// or an operator's hold.
+pub fn refuse_drill_failover(
+    actor: &Actor,
+    kind: &ControlKind,
+    playbook: &str,
+    state: &engine::State,
+    overrides: &[OverrideRecord],
+) -> Option<String> {
+    let drill = actor.identity.strip_prefix(ACTOR_PREFIX)?;
+    if !matches!(kind, ControlKind::Failover { .. }) {
+        return None;
+    }
+    if !matches!(state.phase, Phase::Normal) || state.routing != Routing::Primary {
+        return Some(format!(
+            "drill {drill}: the playbook is {} on {}: drills never run on a playbook that is failed over, failing over or frozen",
+            state.phase.name(),
+            state.routing
+        ));
+    }
+    overrides
+        .iter()
+        .find(|r| r.playbook == playbook && r.actor != actor.identity)
+        .map(|r| {
+            format!(
+                "drill {drill}: the playbook has a {:?} override by {} ({})",
+                r.kind, r.actor, r.reason
+            )
+        })
+}
+
 /// The drill service: definitions, runs, the scheduler and the runner.
 #[derive(Debug)]
 pub struct Drills {
@@ -714,6 +749,14 @@ impl Drills {
             // Persisted before the move: a crash from here on is rolled back at start.
             run.playbooks[i].moved = true;
             self.persist_in_flight(run);
+            run.step(
+                Some(&name),
+                "requested",
+                format!(
+                    "operator failover as drill:{} (first healthy target)",
+                    run.drill
+                ),
+            );
             let started = Instant::now();
             let res = self
                 .call(
@@ -877,6 +920,11 @@ impl Drills {
                 continue;
             }
             let name = run.playbooks[i].playbook.clone();
+            run.step(
+                Some(&name),
+                "failback-requested",
+                format!("operator failback as drill:{}", run.drill),
+            );
             let started = Instant::now();
             match self.restore(run, i).await {
                 Ok(detail) => {

@@ -347,3 +347,76 @@ fn committed_drill_schema_is_current() {
         path.display()
     );
 }
+
+/// The controller's hook refuses a drill's failover unless the playbook is in normal
+/// operation without someone else's override; other callers and calls pass through.
+#[test]
+fn controller_hook_refuses_drill_failover_outside_normal_operation() {
+    use crate::engine::{Actor, Routing, State};
+    use crate::overrides::{OverrideKind, OverrideRecord};
+    use crate::runtime::ControlKind;
+    let now = ts("2026-11-28T00:00:00Z");
+    let drill = Actor {
+        identity: "drill:weekly".into(),
+        reason: "test".into(),
+    };
+    let alice = Actor {
+        identity: "alice@oncall".into(),
+        reason: "INC-1".into(),
+    };
+    let failover = ControlKind::Failover {
+        target: None,
+        force: false,
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let normal = State::resume(Routing::Primary, now);
+    let failed_over = State::resume(Routing::Failover { target: 0 }, now);
+    let freeze = |playbook: &str, actor: &str| OverrideRecord {
+        id: "ov-1".into(),
+        playbook: playbook.into(),
+        kind: OverrideKind::Freeze,
+        actor: actor.into(),
+        reason: "change freeze".into(),
+        created: now,
+        until: now,
+        target: None,
+        force: false,
+    };
+    let hook = super::refuse_drill_failover;
+    assert_eq!(hook(&drill, &failover, "demo", &normal, &[]), None);
+    assert!(hook(&drill, &failover, "demo", &failed_over, &[]).is_some());
+    assert!(hook(&drill, &failover, "demo", &normal, &[freeze("demo", "bob")]).is_some());
+    // Another playbook's freeze, or the drill's own hold, do not count.
+    assert_eq!(
+        hook(
+            &drill,
+            &failover,
+            "demo",
+            &normal,
+            &[freeze("other", "bob")]
+        ),
+        None
+    );
+    assert_eq!(
+        hook(
+            &drill,
+            &failover,
+            "demo",
+            &normal,
+            &[freeze("demo", "drill:weekly")]
+        ),
+        None
+    );
+    // Operators and a drill's failback are not the hook's business.
+    assert_eq!(hook(&alice, &failover, "demo", &failed_over, &[]), None);
+    assert_eq!(
+        hook(
+            &drill,
+            &ControlKind::Failback { force: false },
+            "demo",
+            &failed_over,
+            &[]
+        ),
+        None
+    );
+}
