@@ -5,6 +5,7 @@
 //! [`ORIGINAL_ROUTE`] so failback restores it exactly, and keeps every other field.
 
 mod file;
+pub mod istio;
 
 use std::future::Future;
 use std::pin::Pin;
