@@ -771,7 +771,15 @@ impl Drills {
                 .await;
             match res {
                 Ok(reply) => {
-                    let to = reply.routing.unwrap_or(Routing::Primary);
+                    // The answer comes when the write completes; a write already in flight
+                    // defers the hold to right after it, so wait for the route to move.
+                    let to = match reply.routing {
+                        Some(r @ Routing::Failover { .. }) if reply.written => r,
+                        _ => {
+                            self.wait_routing(&name, true, spec.success.failover_within.value.get())
+                                .await
+                        }
+                    };
                     run.playbooks[i].override_id = reply.override_id.clone();
                     if let Routing::Failover { target } = to {
                         run.playbooks[i].target = Some(Target::Failover(target).to_string());
@@ -790,10 +798,13 @@ impl Drills {
                         ),
                     );
                     self.persist_in_flight(run);
-                    match self
-                        .verify(&name, to, &run.playbooks[i].original_route)
-                        .await
-                    {
+                    let verified = if to == Routing::Primary {
+                        Err("the failover was accepted but the route never moved".to_string())
+                    } else {
+                        self.verify(&name, to, &run.playbooks[i].original_route)
+                            .await
+                    };
+                    match verified {
                         Ok(route) => {
                             let secs = started.elapsed().as_secs_f64();
                             run.playbooks[i].failover_route = route;
@@ -883,6 +894,27 @@ impl Drills {
             && let Err(e) = r.write_in_flight(run)
         {
             error!(run = %run.id, error = %e, "cannot persist the in-flight drill record; a crash now would leave the drill's hold to its TTL");
+        }
+    }
+
+    /// Waits (up to `budget`, at least 5 s) until the store's routing is away from the primary
+    /// (`away`) or on it (`!away`); returns the routing last read.
+    async fn wait_routing(&self, name: &str, away: bool, budget: Duration) -> Routing {
+        let Some((_, pb)) = self.playbook(name) else {
+            return Routing::Primary;
+        };
+        let deadline = Instant::now() + budget.max(Duration::from_secs(5));
+        loop {
+            let r = self
+                .store
+                .read(&pb)
+                .await
+                .map(|v| v.routing)
+                .unwrap_or(Routing::Primary);
+            if (r != Routing::Primary) == away || Instant::now() >= deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -1004,6 +1036,10 @@ impl Drills {
                 .await
             {
                 Ok(reply) => {
+                    if !reply.written {
+                        // Applied right after a write already in flight.
+                        self.wait_routing(name, false, FAILBACK_RETRY).await;
+                    }
                     return self
                         .verify(name, Routing::Primary, &leg.original_route)
                         .await
