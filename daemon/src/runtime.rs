@@ -355,10 +355,11 @@ fn probe_specs(playbooks: &[Loaded]) -> (Vec<ProbeSpec>, Vec<(usize, usize)>) {
     let mut owners = Vec::new();
     for (pi, l) in playbooks.iter().enumerate() {
         for (si, p) in l.playbook.spec.probes.iter().enumerate() {
-            let kind = match (&p.http, &p.tcp) {
-                (Some(h), _) => ProbeKind::Http(h.to_probe()),
-                (None, Some(t)) => ProbeKind::Tcp(t.to_probe()),
-                (None, None) => continue,
+            let kind = match (&p.http, &p.tcp, &p.grpc) {
+                (Some(h), _, _) => ProbeKind::Http(h.to_probe()),
+                (None, Some(t), _) => ProbeKind::Tcp(t.to_probe()),
+                (None, None, Some(g)) => ProbeKind::Grpc(g.to_probe()),
+                (None, None, None) => continue,
             };
             owners.push((pi, si));
             specs.push(ProbeSpec {

@@ -173,6 +173,7 @@ impl reqwest::dns::Resolve for SniResolver {
 pub(crate) enum Prepared {
     Http(Box<PreparedHttp>),
     Tcp,
+    Grpc(Box<tonic::transport::Endpoint>),
 }
 
 #[derive(Debug)]
@@ -191,6 +192,9 @@ pub(crate) struct PreparedHttp {
 pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prepared, String> {
     let http = match &spec.kind {
         ProbeKind::Tcp(_) => return Ok(Prepared::Tcp),
+        ProbeKind::Grpc(grpc) => {
+            return crate::grpc::endpoint(grpc).map(|e| Prepared::Grpc(Box::new(e)));
+        }
         ProbeKind::Http(http) => http,
     };
     let client = if http.needs_own_client() {
@@ -266,7 +270,10 @@ pub(crate) async fn run_prepared(
             http_attempt(http, def, spec.timeout).await
         }
         (Ok(_), ProbeKind::Tcp(tcp)) => tcp_attempt(tcp, spec.timeout).await,
-        (Ok(Prepared::Tcp), ProbeKind::Http(_)) => {
+        (Ok(Prepared::Grpc(endpoint)), ProbeKind::Grpc(grpc)) => {
+            crate::grpc::attempt(endpoint, &grpc.service, spec.timeout).await
+        }
+        (Ok(_), ProbeKind::Http(_) | ProbeKind::Grpc(_)) => {
             Outcome::Unknown("prepare: probe kind changed".to_owned())
         }
     };
@@ -417,7 +424,7 @@ fn timed_out(timeout: Duration) -> Outcome {
 /// Errors that mean this host ran out of something (file descriptors, buffers, memory,
 /// ephemeral ports): the attempt did not really happen, so the target must not be
 /// blamed for it.
-fn is_local_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_local_exhaustion(e: &io::Error) -> bool {
     if matches!(
         e.kind(),
         io::ErrorKind::OutOfMemory | io::ErrorKind::AddrNotAvailable
@@ -440,7 +447,7 @@ fn is_local_exhaustion(e: &io::Error) -> bool {
 }
 
 /// The first `io::Error` in an error's source chain, if any.
-fn io_cause<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
+pub(crate) fn io_cause<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
     let mut current = Some(e);
     while let Some(err) = current {
         if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -453,7 +460,7 @@ fn io_cause<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
 
 /// A short reason for a reqwest error. Its own `Display` is "error sending request for
 /// url (...)", which hides the cause, so use the I/O cause or the innermost source.
-fn describe(e: &(dyn Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn Error + 'static)) -> String {
     if let Some(io) = io_cause(e) {
         return describe_io(io);
     }
@@ -465,7 +472,7 @@ fn describe(e: &(dyn Error + 'static)) -> String {
 }
 
 /// "Connection refused (os error 111)" → "connection refused".
-fn describe_io(e: &io::Error) -> String {
+pub(crate) fn describe_io(e: &io::Error) -> String {
     let text = e.to_string();
     match (e.raw_os_error(), text.rfind(" (os error ")) {
         (Some(_), Some(at)) => text[..at].to_lowercase(),

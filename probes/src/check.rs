@@ -13,6 +13,7 @@ use crate::{HttpProbe, ProbeError, ProbeKind, ProbeSpec};
 /// compiles, `ca_file` is readable and holds at least one PEM certificate,
 /// `server_name` is a DNS name, and the TLS options are only used with `https://`.
 /// TCP: the address is `host:port` with a port in `1..=65535`.
+/// gRPC: the address as for TCP, the authority parses, the TLS options only with `tls`.
 /// Used by playbook validation so a bad URL is a load-time error, never a run-time
 /// panic.
 pub fn check_kind(kind: &ProbeKind) -> Result<(), ProbeError> {
@@ -23,6 +24,7 @@ pub fn check_kind(kind: &ProbeKind) -> Result<(), ProbeError> {
             check_http_options(http)
         }
         ProbeKind::Tcp(tcp) => check_address(&tcp.address),
+        ProbeKind::Grpc(grpc) => crate::grpc::check(grpc),
     }
 }
 
@@ -36,8 +38,12 @@ pub fn check_spec(spec: &ProbeSpec) -> Result<(), ProbeError> {
             spec.timeout, spec.interval
         )));
     }
-    if let ProbeKind::Http(http) = &spec.kind
-        && let Some(connect) = http.connect_timeout
+    let connect_timeout = match &spec.kind {
+        ProbeKind::Http(http) => http.connect_timeout,
+        ProbeKind::Grpc(grpc) => grpc.connect_timeout,
+        ProbeKind::Tcp(_) => None,
+    };
+    if let Some(connect) = connect_timeout
         && (connect.is_zero() || connect > spec.timeout)
     {
         return Err(ProbeError::InvalidTiming(format!(
@@ -129,7 +135,7 @@ fn check_statuses(url: &str, expect_status: &[u16]) -> Result<(), ProbeError> {
     }
 }
 
-fn check_address(address: &str) -> Result<(), ProbeError> {
+pub(crate) fn check_address(address: &str) -> Result<(), ProbeError> {
     let invalid = |reason: &str| ProbeError::InvalidAddress {
         address: address.to_owned(),
         reason: reason.to_owned(),

@@ -1,4 +1,4 @@
-//! Active health probes for failoverd.
+//! Active health probes for failoverd: HTTP(S), TCP and gRPC health checks.
 //!
 //! The daemon declares what to check ([`ProbeSpec`]), validates it at load time
 //! ([`check_kind`]), runs the checks on a spread-out schedule ([`spawn_probes`]) and
@@ -13,6 +13,7 @@
 mod attempt;
 mod check;
 pub mod exposition;
+mod grpc;
 mod schedule;
 pub mod scrape;
 mod window;
@@ -33,6 +34,8 @@ pub enum ProbeKind {
     Http(HttpProbe),
     /// A TCP connect, optionally followed by a send/expect exchange.
     Tcp(TcpProbe),
+    /// A `grpc.health.v1.Health/Check` call.
+    Grpc(GrpcProbe),
 }
 
 /// An HTTP(S) probe. Build with [`HttpProbe::new`] and adjust the public fields.
@@ -123,6 +126,46 @@ impl TcpProbe {
             address: address.into(),
             send: None,
             expect: None,
+        }
+    }
+}
+
+/// A gRPC health probe: `grpc.health.v1.Health/Check` for `service`, healthy only on
+/// `SERVING`. `NOT_SERVING`, `UNKNOWN`, an unknown service (`NOT_FOUND`), a server
+/// without the health service and transport errors are unhealthy, with the status in
+/// the reason. Every attempt opens a fresh HTTP/2 connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcProbe {
+    /// `host:port` to connect to; IPv6 literals are bracketed (`[::1]:50051`).
+    pub address: String,
+    /// Service name sent in the request; empty asks about the server as a whole.
+    pub service: String,
+    /// `:authority` to send instead of `address` (e.g. the name a mesh routes on).
+    pub authority: Option<String>,
+    /// Speak TLS (ALPN h2); without it, plaintext HTTP/2 (h2c).
+    pub tls: bool,
+    /// PEM file of CA certificates; when set, only these CAs are trusted (`tls` only).
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name (SNI and certificate name) instead of the address's host.
+    pub server_name: Option<String>,
+    /// Accept any server certificate (explicit opt-in; `tls` only).
+    pub insecure_skip_verify: bool,
+    /// Time allowed to connect (TCP + TLS); `None`: only the total timeout applies.
+    pub connect_timeout: Option<Duration>,
+}
+
+impl GrpcProbe {
+    /// A plaintext check of `service` at `address`, every option at its default.
+    pub fn new(address: impl Into<String>, service: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            service: service.into(),
+            authority: None,
+            tls: false,
+            ca_file: None,
+            server_name: None,
+            insecure_skip_verify: false,
+            connect_timeout: None,
         }
     }
 }
@@ -251,6 +294,16 @@ pub enum ProbeError {
     /// The probe's timing is unusable (timeout not shorter than the interval, zero).
     #[error("invalid timing: {0}")]
     InvalidTiming(String),
+    /// A gRPC probe option (authority, caFile, serverName, ...) is unusable.
+    #[error("invalid {field} for gRPC probe of {address:?}: {reason}")]
+    InvalidGrpcOption {
+        /// The probe's address, to locate the probe.
+        address: String,
+        /// The option, named as in the playbook.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A TCP probe address is unusable.
     #[error("invalid probe address {address:?}: {reason}")]
     InvalidAddress {

@@ -265,12 +265,15 @@ pub struct ProbeSpec {
     /// The destination this probe speaks for.
     #[schemars(with = "Target")]
     pub target: Spanned<Target>,
-    /// HTTP GET check (exactly one of `http`, `tcp`).
+    /// HTTP GET check (exactly one of `http`, `tcp`, `grpc`).
     #[serde(default)]
     pub http: Option<HttpCheck>,
-    /// TCP connect check (exactly one of `http`, `tcp`).
+    /// TCP connect check (exactly one of `http`, `tcp`, `grpc`).
     #[serde(default)]
     pub tcp: Option<TcpCheck>,
+    /// gRPC health check, `grpc.health.v1.Health/Check` (exactly one of `http`, `tcp`, `grpc`).
+    #[serde(default)]
+    pub grpc: Option<GrpcCheck>,
     /// Time between attempts. Detection takes about `interval × trigger.failureThreshold`.
     #[serde(default = "default_interval")]
     pub interval: Duration,
@@ -396,6 +399,53 @@ impl TcpCheck {
             address: self.address.value.clone(),
             send: self.send.as_ref().map(|s| s.as_bytes().to_vec()),
             expect: self.expect.as_ref().map(|s| s.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// gRPC health probe: healthy only while `grpc.health.v1.Health/Check` answers `SERVING`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcCheck {
+    /// `host:port` to connect to (IPv6 literals in brackets).
+    #[schemars(with = "String")]
+    pub address: Spanned<String>,
+    /// Service name asked about, e.g. `case-management`; empty (the default) asks about the
+    /// server as a whole. An unknown service is unhealthy (`SERVICE_UNKNOWN`).
+    #[serde(default)]
+    pub service: String,
+    /// `:authority` to send instead of `address` (e.g. the host name a mesh routes on).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Connect with TLS (default false: plaintext HTTP/2).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of CA certificates; when set, only these CAs are trusted (`tls` only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name (SNI and certificate name) instead of the address's host (`tls` only).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any server certificate (`tls` only). Must be written out explicitly; default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Time allowed to connect (TCP + TLS); at most `timeout`. Default: only `timeout` applies.
+    #[serde(default)]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl GrpcCheck {
+    /// The probe library's description of this check.
+    pub fn to_probe(&self) -> failover_probes::GrpcProbe {
+        failover_probes::GrpcProbe {
+            address: self.address.value.clone(),
+            service: self.service.clone(),
+            authority: self.authority.clone(),
+            tls: self.tls,
+            ca_file: self.ca_file.clone(),
+            server_name: self.server_name.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            connect_timeout: self.connect_timeout.map(|d| d.get()),
         }
     }
 }
@@ -747,8 +797,8 @@ impl Playbook {
             check_target(p.target.value, n_failover)
                 .map(|t| watched.push(t))
                 .unwrap_or_else(|e| push(p.target.referenced, &format!("{field}.target"), e));
-            match (&p.http, &p.tcp) {
-                (Some(h), None) => {
+            match (&p.http, &p.tcp, &p.grpc) {
+                (Some(h), None, None) => {
                     let kind = failover_probes::ProbeKind::Http(h.to_probe());
                     if let Err(e) = failover_probes::check_kind(&kind) {
                         let sub = match &e {
@@ -777,7 +827,33 @@ impl Playbook {
                         );
                     }
                 }
-                (None, Some(t)) => {
+                (None, None, Some(g)) => {
+                    let kind = failover_probes::ProbeKind::Grpc(g.to_probe());
+                    if let Err(e) = failover_probes::check_kind(&kind) {
+                        let sub = match &e {
+                            failover_probes::ProbeError::InvalidGrpcOption { field, .. } => field,
+                            _ => "address",
+                        };
+                        push(
+                            g.address.referenced,
+                            &format!("{field}.grpc.{sub}"),
+                            e.to_string(),
+                        );
+                    }
+                    if let Some(c) = g.connect_timeout
+                        && (c.get().is_zero() || c > p.timeout.value)
+                    {
+                        push(
+                            g.address.referenced,
+                            &format!("{field}.grpc.connectTimeout"),
+                            format!(
+                                "connectTimeout {c} must be greater than 0s and at most timeout {}",
+                                p.timeout.value
+                            ),
+                        );
+                    }
+                }
+                (None, Some(t), None) => {
                     let kind = failover_probes::ProbeKind::Tcp(t.to_probe());
                     if let Err(e) = failover_probes::check_kind(&kind) {
                         push(
@@ -790,7 +866,7 @@ impl Playbook {
                 _ => push(
                     p.name.referenced,
                     &field,
-                    "needs exactly one of `http`, `tcp`".into(),
+                    "needs exactly one of `http`, `tcp`, `grpc`".into(),
                 ),
             }
             if p.interval.get().is_zero() {
@@ -1347,6 +1423,56 @@ mod probe_validation_tests {
                 found
                     .iter()
                     .any(|p| p.field == field && p.file == "pb.yaml" && p.message.contains(text)),
+                "{probe}: {found:?}"
+            );
+        }
+    }
+
+    /// A gRPC check is valid with every option; a bad address, TLS options without `tls`,
+    /// a bad authority and two kinds at once each name the field.
+    #[test]
+    fn grpc_checks() {
+        let full = "      grpc:\n        address: 'case-management.ns:50051'\n        service: case-management\n        \
+                    authority: case-management.ns.svc\n        tls: true\n        serverName: case-management.ns.svc\n        \
+                    insecureSkipVerify: true\n        connectTimeout: 200ms\n      interval: 1s\n      timeout: 500ms\n";
+        assert_eq!(problems(full), vec![]);
+        for (probe, field, text) in [
+            (
+                "      grpc: { address: 'case-management' }\n",
+                "spec.probes[0].grpc.address",
+                "host:port",
+            ),
+            (
+                "      grpc: { address: 'x:50051', serverName: x.ns }\n",
+                "spec.probes[0].grpc.serverName",
+                "tls: true",
+            ),
+            (
+                "      grpc: { address: 'x:50051', authority: 'a b' }\n",
+                "spec.probes[0].grpc.authority",
+                "a b",
+            ),
+            (
+                "      grpc: { address: 'x:50051', connectTimeout: 1s }\n      timeout: 500ms\n",
+                "spec.probes[0].grpc.connectTimeout",
+                "at most timeout",
+            ),
+            (
+                "      grpc: { address: 'x:50051' }\n      interval: 1s\n      timeout: 2s\n",
+                "spec.probes[0].timeout",
+                "shorter than interval",
+            ),
+            (
+                "      grpc: { address: 'x:50051' }\n      tcp: { address: 'x:50051' }\n",
+                "spec.probes[0]",
+                "exactly one of `http`, `tcp`, `grpc`",
+            ),
+        ] {
+            let found = problems(probe);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(text) && p.line > 0),
                 "{probe}: {found:?}"
             );
         }
