@@ -228,6 +228,10 @@ pub struct RunArgs {
     /// Default Prometheus server for SLOs (a playbook SLO may name its own `server`).
     #[arg(long)]
     pub prometheus: Option<String>,
+    /// Hold every automatic failover when more than this many playbooks are breaching or
+    /// failed over at once (blast radius; 0, the default, turns the rule off).
+    #[arg(long)]
+    pub max_concurrent_failovers: Option<usize>,
 }
 
 impl RunArgs {
@@ -300,6 +304,10 @@ impl RunArgs {
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
             notify: file.notify,
             external_url,
+            max_concurrent_failovers: self
+                .max_concurrent_failovers
+                .or(file.max_concurrent_failovers)
+                .unwrap_or(0),
         })
     }
 }
@@ -609,6 +617,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         prometheus_client: settings.prometheus_client.clone(),
     };
     let mut shared = Shared::new(&loaded);
+    shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
+        loaded.len(),
+        settings.max_concurrent_failovers,
+    ));
     if let Some(n) = &settings.notify {
         shared.notifier =
             crate::notify::Notifier::start(n, &settings.external_url, Some(&shared.metrics))

@@ -36,6 +36,11 @@ pub struct FileConfig {
     /// The URL people reach this daemon at (links in notifications); default `http://<listen>`.
     #[serde(rename = "externalUrl")]
     pub external_url: Option<String>,
+    /// Fleet blast radius: when more than this many playbooks are breaching or failed over at
+    /// once, hold every automatic failover and raise one `blast-radius` event (it looks like
+    /// failoverd's own network failing, not that many outages). 0 (the default) turns it off.
+    #[serde(rename = "maxConcurrentFailovers")]
+    pub max_concurrent_failovers: Option<usize>,
 }
 
 impl FileConfig {
@@ -116,4 +121,6 @@ pub struct Settings {
     pub notify: Option<NotifyConfig>,
     /// Base of the links in notifications (`<externalUrl>/v1/playbooks/<name>`).
     pub external_url: String,
+    /// `maxConcurrentFailovers` (0: the blast-radius rule is off).
+    pub max_concurrent_failovers: usize,
 }

@@ -68,11 +68,13 @@ pub enum EventKind {
     SignalUnknown,
     /// An operator call was refused by a rule.
     Refused,
+    /// Too many playbooks breached at once (`maxConcurrentFailovers`): automatic failovers held.
+    BlastRadius,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Failover,
         EventKind::Failback,
         EventKind::WriteFailed,
@@ -82,6 +84,7 @@ impl EventKind {
         EventKind::OverrideExpired,
         EventKind::SignalUnknown,
         EventKind::Refused,
+        EventKind::BlastRadius,
     ];
 
     /// Stable name, as used in webhook `events:` filters and metric labels.
@@ -96,6 +99,7 @@ impl EventKind {
             EventKind::OverrideExpired => "override-expired",
             EventKind::SignalUnknown => "signal-unknown",
             EventKind::Refused => "refused",
+            EventKind::BlastRadius => "blast-radius",
         }
     }
 
@@ -107,7 +111,7 @@ impl EventKind {
     /// `critical`, `warning` or `info`.
     pub fn severity(&self) -> &'static str {
         match self {
-            EventKind::Stuck | EventKind::WriteFailed => "critical",
+            EventKind::Stuck | EventKind::WriteFailed | EventKind::BlastRadius => "critical",
             EventKind::Failover | EventKind::Refused | EventKind::SignalUnknown => "warning",
             EventKind::Failback
             | EventKind::Override
@@ -128,6 +132,7 @@ impl EventKind {
             EventKind::OverrideExpired => "FailoverdOverrideExpired",
             EventKind::SignalUnknown => "FailoverdSignalUnknown",
             EventKind::Refused => "FailoverdRefused",
+            EventKind::BlastRadius => "FailoverdBlastRadius",
         }
     }
 
@@ -164,6 +169,9 @@ impl EventKind {
             }
             EventKind::Refused => {
                 "[{severity}] failoverd {playbook}: REFUSED: {reason}. Routing stays {from}. {link}"
+            }
+            EventKind::BlastRadius => {
+                "[{severity}] failoverd {playbook}: BLAST RADIUS: automatic failovers held. {reason}. {link}"
             }
         }
     }

@@ -139,6 +139,8 @@ pub struct Shared {
     /// Bumped whenever something `GET /v1/playbooks` shows changes (phase, routing,
     /// explanation, error, overrides), so the API can serve a cached body in between.
     pub list_version: std::sync::atomic::AtomicU64,
+    /// The fleet blast-radius rule's bookkeeping (`maxConcurrentFailovers`; off by default).
+    pub fleet: Mutex<crate::engine::fleet::FleetGuard>,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ impl Shared {
             overrides: RwLock::new(Vec::new()),
             notifier: Notifier::none(),
             list_version: std::sync::atomic::AtomicU64::new(1),
+            fleet: Mutex::new(crate::engine::fleet::FleetGuard::new(playbooks.len(), 0)),
         }
     }
 
@@ -768,6 +771,7 @@ async fn step(
         .decision_seconds
         .observe(started.elapsed().as_secs_f64());
     g.overrides.command = None;
+    let d = blast_radius(i, g.pb.name(), &state, d, now, jobs, shared).await;
     let name = g.pb.name().to_string();
     let changed_explain = shared
         .status
@@ -900,6 +904,94 @@ async fn step(
         }
     }
     outcome
+}
+
+/// The fleet blast-radius rule (see [`crate::engine::fleet`]): records where this playbook
+/// stands and, when too many playbooks are in trouble at once, turns an automatic failover into
+/// a hold (raising one `blast-radius` event per episode, audited). Operator moves pass untouched.
+async fn blast_radius(
+    i: usize,
+    name: &str,
+    state: &State,
+    mut d: Decision,
+    now: Timestamp,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+) -> Decision {
+    use crate::engine::fleet::{Gate, Seat};
+    let wants = d.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Route {
+                kind: MoveKind::Failover,
+                from: Routing::Primary,
+                ..
+            }
+        )
+    });
+    let gate = {
+        let Ok(mut fleet) = shared.fleet.lock() else {
+            return d;
+        };
+        if !wants {
+            let seat = if d.state.routing != Routing::Primary {
+                Seat::FailedOver
+            } else if matches!(
+                d.primary,
+                Verdict::Unhealthy { .. } | Verdict::Suspect { .. }
+            ) {
+                Seat::Breaching
+            } else {
+                Seat::Fine
+            };
+            fleet.seat(i, seat);
+            return d;
+        }
+        fleet.check(i)
+    };
+    let Gate::Hold { judgement, raise } = gate else {
+        return d;
+    };
+    let reason = judgement.reason();
+    d.actions.retain(|a| {
+        !matches!(
+            a,
+            Action::Route {
+                kind: MoveKind::Failover,
+                ..
+            }
+        )
+    });
+    d.state = state.clone();
+    if !matches!(d.state.phase, Phase::Suspect { .. }) {
+        d.state.phase = Phase::Suspect { since: now };
+    }
+    d.explain = format!("{}; held: {reason}", d.explain);
+    if raise {
+        error!(playbook = %name, "blast radius: {reason}");
+        let inputs = json!({ "primary": d.primary, "fleet": judgement });
+        shared.event(
+            i,
+            EventKind::BlastRadius,
+            Some(state.routing),
+            None,
+            &reason,
+            inputs.clone(),
+            "engine",
+        );
+        let _ = jobs
+            .send(Job::Audit(Box::new(Entry {
+                actor: "engine".into(),
+                action: "blast-radius".into(),
+                playbook: name.to_string(),
+                reason,
+                inputs,
+                outcome: "held".into(),
+                ..Entry::default()
+            })))
+            .await;
+    }
+    d
 }
 
 fn set_phase_metric(shared: &Shared, playbook: &str, old: &str, new: &str) {

@@ -6,6 +6,7 @@
 //! The engine never routes to a destination it does not positively know to be healthy,
 //! unless an operator forces it, and never moves twice within `minDwell` on its own.
 
+pub mod fleet;
 #[cfg(test)]
 mod tests;
 
