@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use failoverd::standin::StandIn;
 
+pub mod kube_emulator;
 pub mod prometheus;
 pub use prometheus::Prometheus;
 
