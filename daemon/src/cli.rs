@@ -557,7 +557,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .spec
                 .slos
                 .iter()
-                .filter(|s| crate::slo::server_for(s, settings.prometheus.as_deref()).is_none())
+                .filter(|s| {
+                    crate::slo::needs_server(s)
+                        && crate::slo::server_for(s, settings.prometheus.as_deref()).is_none()
+                })
                 .map(move |s| {
                     format!(
                         "{}: playbook {} SLO {}",

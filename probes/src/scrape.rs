@@ -51,6 +51,21 @@ impl Matcher {
         })
     }
 
+    /// Reads the playbook form of a matcher: `value` matches exactly, `=~re` is an
+    /// anchored regex, `!=value` and `!~re` negate. A bad regex is an error naming the
+    /// label.
+    pub fn parse(label: &str, spec: &str) -> Result<Self, ProbeError> {
+        if let Some(re) = spec.strip_prefix("=~") {
+            Self::regex(label, re, false)
+        } else if let Some(re) = spec.strip_prefix("!~") {
+            Self::regex(label, re, true)
+        } else if let Some(value) = spec.strip_prefix("!=") {
+            Ok(Self::equal(label, value, true))
+        } else {
+            Ok(Self::equal(label, spec, false))
+        }
+    }
+
     /// `label="value"` or, negated, `label!="value"`.
     pub fn equal(label: &str, value: &str, negate: bool) -> Self {
         Self {
@@ -162,6 +177,7 @@ pub struct ErrorRatio {
     total: CounterTracker,
     window: VecDeque<(f64, f64)>,
     capacity: usize,
+    min_intervals: usize,
     max_ratio: f64,
 }
 
@@ -173,8 +189,16 @@ impl ErrorRatio {
             total: CounterTracker::new(total),
             window: VecDeque::new(),
             capacity: window.max(1),
+            min_intervals: 1,
             max_ratio,
         }
+    }
+
+    /// Stays Unknown until the window holds at least `n` intervals (capped at the window
+    /// size): a ratio over one short interval is noise, not a verdict.
+    pub fn with_min_intervals(mut self, n: usize) -> Self {
+        self.min_intervals = n.clamp(1, self.capacity);
+        self
     }
 
     /// Feeds one scrape and judges: Unknown on the first scrape, when a series
@@ -200,6 +224,16 @@ impl ErrorRatio {
             self.window.pop_front();
         }
         self.window.push_back((errors, total));
+        if self.window.len() < self.min_intervals {
+            return (
+                Outcome::Unknown(format!(
+                    "too few samples: {} of {} scrape intervals",
+                    self.window.len(),
+                    self.min_intervals
+                )),
+                None,
+            );
+        }
         let (e, t) = self
             .window
             .iter()

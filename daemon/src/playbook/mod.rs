@@ -460,13 +460,20 @@ pub struct SloSpec {
     /// The destination this SLO speaks for.
     #[schemars(with = "Target")]
     pub target: Spanned<Target>,
-    /// A PromQL threshold (exactly one of `prometheus`, `ratio`).
+    /// A PromQL threshold (exactly one of `prometheus`, `ratio`, `scrape`).
     #[serde(default)]
     pub prometheus: Option<PromThreshold>,
-    /// A ratio SLO judged by multiwindow burn rates (exactly one of `prometheus`, `ratio`).
+    /// A ratio SLO judged by multiwindow burn rates (exactly one of `prometheus`, `ratio`,
+    /// `scrape`).
     #[serde(default)]
     pub ratio: Option<RatioSlo>,
-    /// Prometheus base URL for this SLO (default: the daemon's `--prometheus`).
+    /// An error ratio read straight from a `/metrics` page, without Prometheus (exactly one
+    /// of `prometheus`, `ratio`, `scrape`). The page is scraped every `evaluationInterval`,
+    /// each scrape bounded by `timeout`.
+    #[serde(default)]
+    pub scrape: Option<ScrapeSlo>,
+    /// Prometheus base URL for this SLO (default: the daemon's `--prometheus`; not used by
+    /// `scrape`).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub server: Option<Spanned<String>>,
@@ -522,6 +529,35 @@ pub struct RatioSlo {
     /// 6h/30m × 6).
     #[serde(default = "default_burn_rates")]
     pub burn_rates: Vec<BurnRate>,
+}
+
+/// An error ratio from direct scrapes of a metrics page (an Envoy sidecar's
+/// `/stats/prometheus`, an application's `/metrics`): counter increases between scrapes,
+/// summed over a sliding `window`. Unknown, never healthy, when the page cannot be read, a
+/// counted series vanished, nothing matches, the window saw no requests or holds fewer
+/// than two scrape intervals.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScrapeSlo {
+    /// `http://` or `https://` URL of the page, in the Prometheus text or OpenMetrics format.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// Counter sample name, as exposed, e.g. `istio_requests_total`.
+    #[schemars(with = "String")]
+    pub metric: Spanned<String>,
+    /// Label matchers picking the series that count as requests (all must hold). A value
+    /// matches exactly; `=~regex` is an anchored regular expression; `!=value` and `!~regex`
+    /// negate. An absent label reads as empty, as in PromQL.
+    #[serde(default)]
+    pub matchers: BTreeMap<String, String>,
+    /// Further matchers (same syntax) picking the failed requests among those, e.g.
+    /// `response_code: "=~5.."`. Must not be empty.
+    #[serde(default)]
+    pub error_when: BTreeMap<String, String>,
+    /// Sliding window the ratio is computed over; at least 2 × `evaluationInterval`.
+    pub window: Duration,
+    /// Unhealthy while failed / all requests over the window is above this ratio (0 ≤ above < 1).
+    pub above: f64,
 }
 
 /// One multiwindow burn-rate rule.
@@ -910,8 +946,11 @@ impl Playbook {
             check_target(s.target.value, n_failover)
                 .map(|t| watched.push(t))
                 .unwrap_or_else(|e| push(s.target.referenced, &format!("{field}.target"), e));
-            match (&s.prometheus, &s.ratio) {
-                (Some(q), None) => {
+            match (&s.prometheus, &s.ratio, &s.scrape) {
+                (None, None, Some(sc)) => {
+                    check_scrape(sc, s, &field, &mut push);
+                }
+                (Some(q), None, None) => {
                     if q.query.value.trim().is_empty() {
                         push(
                             q.query.referenced,
@@ -973,7 +1012,7 @@ impl Playbook {
                 _ => push(
                     s.name.referenced,
                     &field,
-                    "needs exactly one of `prometheus`, `ratio`".into(),
+                    "needs exactly one of `prometheus`, `ratio`, `scrape`".into(),
                 ),
             }
             if let Some(u) = &s.server
@@ -1045,6 +1084,90 @@ impl Playbook {
             );
         }
         out
+    }
+}
+
+/// Checks a `scrape` SLO: URL, metric name, matchers, window and threshold.
+fn check_scrape(
+    sc: &ScrapeSlo,
+    s: &SloSpec,
+    field: &str,
+    push: &mut dyn FnMut(serde_saphyr::Location, &str, String),
+) {
+    let at = sc.url.referenced;
+    match reqwest::Url::parse(&sc.url.value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        Ok(u) => push(
+            at,
+            &format!("{field}.scrape.url"),
+            format!(
+                "`{}` must be an http:// or https:// URL with a host (got scheme {:?})",
+                sc.url.value,
+                u.scheme()
+            ),
+        ),
+        Err(e) => push(
+            at,
+            &format!("{field}.scrape.url"),
+            format!("`{}` is not a URL: {e}", sc.url.value),
+        ),
+    }
+    let name = &sc.metric.value;
+    let name_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if !name_ok {
+        push(
+            sc.metric.referenced,
+            &format!("{field}.scrape.metric"),
+            format!("`{name}` is not a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"),
+        );
+    }
+    for (what, map) in [("matchers", &sc.matchers), ("errorWhen", &sc.error_when)] {
+        for (label, value) in map {
+            if let Err(e) = failover_probes::scrape::Matcher::parse(label, value) {
+                push(
+                    sc.metric.referenced,
+                    &format!("{field}.scrape.{what}.{label}"),
+                    e.to_string(),
+                );
+            }
+        }
+    }
+    if sc.error_when.is_empty() {
+        push(
+            sc.metric.referenced,
+            &format!("{field}.scrape.errorWhen"),
+            "must name at least one label (e.g. `response_code: \"=~5..\"`): without it every request counts as failed".into(),
+        );
+    }
+    if sc.window.get() < s.evaluation_interval.get() * 2 {
+        push(
+            sc.metric.referenced,
+            &format!("{field}.scrape.window"),
+            format!(
+                "window {} must be at least 2 × evaluationInterval ({}): a ratio needs two counter increases",
+                sc.window, s.evaluation_interval
+            ),
+        );
+    }
+    if !(sc.above.is_finite() && (0.0..1.0).contains(&sc.above)) {
+        push(
+            sc.metric.referenced,
+            &format!("{field}.scrape.above"),
+            format!("must be a ratio with 0 ≤ above < 1, got {}", sc.above),
+        );
+    }
+    if let Some(u) = &s.server {
+        push(
+            u.referenced,
+            &format!("{field}.server"),
+            "does not apply to `scrape` (the page is read directly, not through Prometheus)".into(),
+        );
     }
 }
 
