@@ -170,6 +170,21 @@ async fn verdict(addr: SocketAddr, drill: &str, id: &str) -> Value {
     panic!("drill {drill} run {id} never finished: {last:#}");
 }
 
+/// Waits until the run's report (as the API shows it while it runs) says the failover was
+/// verified: the drill is in its hold.
+async fn wait_verified(addr: SocketAddr, drill: &str, id: &str) {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        last = run_report(addr, drill, id).await;
+        if events(&last).iter().any(|e| e == "verified") {
+            assert_eq!(last["result"], "running", "{last:#}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("drill {drill} run {id} never verified its failover: {last:#}");
+}
+
 fn events(report: &Value) -> Vec<String> {
     report["timeline"]
         .as_array()
@@ -438,12 +453,7 @@ async fn sigkill_during_the_hold_is_rolled_back_on_restart() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     // Into the hold: the report says the failover was verified.
-    for _ in 0..100 {
-        if events(&run_report(d.addr, "killed", &id).await).contains(&"verified".to_string()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_verified(d.addr, "killed", &id).await;
     d.kill().unwrap();
     assert_ne!(setup.vs(), original, "killed while failed over");
     let d2 = setup.spawn("killed-2").await;
@@ -474,4 +484,35 @@ async fn sigkill_during_the_hold_is_rolled_back_on_restart() {
             .exists(),
         "in-flight record left behind"
     );
+}
+
+/// A real incident during the hold (the primary fails): the drill aborts, does not fail
+/// back onto the failing primary, and hands the playbook to the engine (its hold released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_incident_during_the_hold_hands_over_to_the_engine() {
+    let setup = Setup::new(&[("incident", "  mode: live\n  hold: 20s\n")]).await;
+    let d = setup.spawn("incident").await;
+    let out = setup.cli(&d, &["incident"]);
+    let id = setup.started(&out, &d);
+    wait_verified(d.addr, "incident", &id).await;
+    setup.s.primary.set_health_status(503);
+    let report = verdict(d.addr, "incident", &id).await;
+    assert_eq!(report["result"], "aborted", "{report:#}\n{}", d.logs());
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("real incident"),
+        "{report:#}"
+    );
+    assert_eq!(report["playbooks"][0]["restored"], false, "{report:#}");
+    // Traffic stays on the failover target, now the engine's call, with no drill hold left.
+    let (routing, _) = setup
+        .s
+        .wait_routing(|r| r != Routing::Primary, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(routing, Routing::Failover { target: 0 });
+    let (_, body) = get(d.addr, "/v1/overrides").await;
+    assert!(!body.contains("drill:incident"), "{body}");
 }

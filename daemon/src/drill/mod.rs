@@ -835,6 +835,7 @@ impl Drills {
                     ));
                 }
             }
+            self.persist_in_flight(run);
             if !run.reasons.is_empty() {
                 break;
             }
@@ -876,6 +877,7 @@ impl Drills {
                     format!("held {held:.3} s on the failover targets"),
                 ),
             }
+            self.persist_in_flight(run);
         }
         self.restore_all(def, run, abort.is_some()).await;
         let result = if let Some(why) = abort {
@@ -889,9 +891,11 @@ impl Drills {
         self.finish_audited(run, result).await;
     }
 
+    /// Persists a live run's progress: the in-flight record (for a restart) and the copy the
+    /// API shows.
     fn persist_in_flight(&self, run: &Run) {
-        if let Ok(r) = self.runs.lock()
-            && let Err(e) = r.write_in_flight(run)
+        if let Ok(mut r) = self.runs.lock()
+            && let Err(e) = r.progress(run)
         {
             error!(run = %run.id, error = %e, "cannot persist the in-flight drill record; a crash now would leave the drill's hold to its TTL");
         }
@@ -1184,7 +1188,7 @@ impl Drills {
                                 info!(drill = %name, run = %run.id, result = run.result.as_str(), "scheduled drill")
                             }
                             Err(e) => {
-                                warn!(drill = %name, error = %e.error, "scheduled drill not started")
+                                info!(drill = %name, error = %e.error, "scheduled drill not started")
                             }
                         }
                     }

@@ -329,6 +329,19 @@ impl RunStore {
         atomic_write(&dir.join(format!("{}.json", run.id)), &bytes)
     }
 
+    /// Records a live run's progress: the in-flight file and the in-memory copy (the run's
+    /// own report file is written when it ends).
+    pub fn progress(&mut self, run: &Run) -> std::io::Result<()> {
+        if let Some(r) = self
+            .runs
+            .get_mut(&run.drill)
+            .and_then(|l| l.iter_mut().find(|r| r.id == run.id))
+        {
+            *r = run.clone();
+        }
+        self.write_in_flight(run)
+    }
+
     /// Runs of a drill, newest first.
     pub fn list(&self, drill: &str) -> Vec<Run> {
         self.runs
