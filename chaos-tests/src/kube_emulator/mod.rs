@@ -434,14 +434,15 @@ impl Emulator {
     /// Answers the next `n` API requests (discovery included) with `status_code` and a proper
     /// Status body (500 InternalError, 503 ServiceUnavailable, 429 TooManyRequests, 504
     /// Timeout, ...) without touching the store.
+    /// `n = 0` cancels what is left of an earlier call.
     pub fn fail_next(&self, n: u32, status_code: u16) {
-        self.shared.faults().fail = Some((n, status_code, false));
+        self.shared.faults().fail = (n > 0).then_some((n, status_code, false));
     }
 
     /// Like [`Emulator::fail_next`] but only for writes (POST, PUT, PATCH, DELETE): reads and
     /// watches go through.
     pub fn fail_next_writes(&self, n: u32, status_code: u16) {
-        self.shared.faults().fail = Some((n, status_code, true));
+        self.shared.faults().fail = (n > 0).then_some((n, status_code, true));
     }
 
     /// Closes the connection without answering for the next `n` requests (a load balancer
