@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [prometheus]=prometheus   # real Prometheus for the SLO tests (chaos-tests/tests/slo.rs)
   [prometheus-alertmanager]=prometheus-alertmanager   # real Alertmanager (daemon/tests/notify.rs)
+  [kubectl]=kubernetes-client   # real kubectl against the API server emulator (chaos-tests/tests/kube_emulator.rs)
 )
 missing=()
 for bin in "${!NEED[@]}"; do
