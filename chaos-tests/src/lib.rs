@@ -29,7 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use failoverd::standin::StandIn;
 
 pub mod kube_emulator;
+pub mod load;
 pub mod prometheus;
+pub mod proxy;
+pub mod rig;
 pub use prometheus::Prometheus;
 
 /// The demo playbook (`playbooks/examples/demo.yaml`), with its stand-in URLs on
