@@ -278,3 +278,42 @@ fn parse(buf: &[u8]) -> (Outcome, Option<String>) {
     });
     (Outcome::Status(code), served_by)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn error_window_spans_first_failure_to_last_failure_end() {
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let s = |at: u64, lat: u64, code: u16, by: &str| Sample {
+            start: t0 + ms(at),
+            latency: ms(lat),
+            outcome: Outcome::Status(code),
+            served_by: Some(by.into()),
+        };
+        let r = Report {
+            samples: vec![
+                s(0, 5, 200, "primary"),
+                s(100, 5, 503, "-"),
+                s(200, 1000, 504, "-"),
+                s(300, 5, 200, "dr"),
+                s(600, 5, 200, "dr"),
+            ],
+            started: t0,
+        };
+        assert_eq!(r.failed_after(t0), 2);
+        assert_eq!(r.error_window(t0), ms(1100));
+        assert_eq!(r.error_window(t0 + ms(250)), Duration::ZERO);
+        assert_eq!(
+            r.share_over_time("dr", ms(500)),
+            vec![Some(0.25), Some(1.0)]
+        );
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nX-Served-By: dr\r\n\r\nhello"),
+            (Outcome::Status(200), Some("dr".into()))
+        );
+    }
+}

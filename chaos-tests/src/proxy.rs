@@ -357,3 +357,52 @@ fn plain(code: u16, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn d(host: &str, weight: u32) -> Destination {
+        Destination {
+            host: host.into(),
+            subset: None,
+            weight,
+        }
+    }
+
+    #[test]
+    fn pick_follows_weights() {
+        let dests = [d("a", 10), d("b", 90)];
+        let mut counts = [0u32; 2];
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..10_000 {
+            x = xorshift(x);
+            let p = pick(&dests, x).unwrap();
+            counts[usize::from(p.host == "b")] += 1;
+        }
+        assert!((800..1200).contains(&counts[0]), "{counts:?}");
+        assert_eq!(pick(&[d("a", 0)], 7), None, "no weight: no destination");
+        assert_eq!(pick(&[], 7), None);
+    }
+
+    #[test]
+    fn reads_the_named_route_of_the_demo_virtual_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        std::fs::write(&path, crate::DEMO_VIRTUAL_SERVICE).unwrap();
+        let primary = read_route(&path, Some("primary")).unwrap();
+        assert_eq!(
+            primary,
+            vec![Destination {
+                host: "web.demo.svc.cluster.local".into(),
+                subset: Some("v1".into()),
+                weight: 100
+            }]
+        );
+        let first = read_route(&path, None).unwrap();
+        assert_eq!(first[0].subset.as_deref(), Some("v2"), "the canary route");
+        let err = read_route(&path, Some("nope")).unwrap_err().to_string();
+        assert!(err.contains("no http route"), "{err}");
+    }
+}

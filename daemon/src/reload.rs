@@ -1,0 +1,272 @@
+//! Playbook reload: the daemon watches its playbook files and directories (every 2 s, by
+//! content hash, and at once on SIGHUP) and reloads when they change.
+//!
+//! A changed set is loaded and validated *whole* before anything happens. An invalid set is
+//! refused: every problem is logged with file:line:col, counted in
+//! `failoverd_playbook_reload_total{result="invalid"}`, flagged by
+//! `failoverd_playbook_reload_failed` and shown in the `/readyz` body, and the running set
+//! keeps running untouched. A valid set is applied by a graceful restart in place: the
+//! controller drains (a write in flight completes and is audited), then the process
+//! re-executes itself with the same arguments and PID. Routing, minDwell, failback progress
+//! and overrides live in the store and the state file, so they carry over exactly as after
+//! any restart; a removed playbook's route is left as it is; probes start afresh.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Label set of the reload counter (as `crate::metrics`).
+type Labels = Vec<(&'static str, String)>;
+
+/// How often the files are compared: cheap (a few small files), and quick enough that an
+/// operator sees the result of an edit at once.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Environment variable carrying the count of applied reloads across the re-exec, so the
+/// counter stays monotonic for the process's whole life.
+const APPLIED_ENV: &str = "FAILOVERD_RELOADS_APPLIED";
+
+/// Set when a valid changed set was found and the daemon is draining to restart with it.
+static RESTART: AtomicBool = AtomicBool::new(false);
+
+/// Reload outcome visible to `/readyz` and metrics.
+#[derive(Debug)]
+pub struct ReloadStatus {
+    /// The problems of the last refused set (one per line), None when the last check passed.
+    pub last_error: RwLock<Option<String>>,
+    /// `failoverd_playbook_reload_total{result}`: applied, invalid.
+    pub total: Family<Labels, Counter>,
+    /// `failoverd_playbook_reload_failed`: 1 while the files on disk are an invalid set.
+    pub failed: Gauge,
+}
+
+impl ReloadStatus {
+    /// Uses the registered metrics and seeds the applied count carried over a re-exec.
+    pub fn new(metrics: &crate::metrics::Metrics) -> Arc<Self> {
+        let s = Arc::new(Self {
+            last_error: RwLock::new(None),
+            total: metrics.playbook_reload.clone(),
+            failed: metrics.playbook_reload_failed.clone(),
+        });
+        let applied: u64 = std::env::var(APPLIED_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        s.total
+            .get_or_create(&result_label("applied"))
+            .inc_by(applied);
+        // Present from the start, so a dashboard sees 0 rather than no series.
+        let _ = s.total.get_or_create(&result_label("invalid"));
+        s
+    }
+
+    /// The refused set's problems, if the last check refused one.
+    pub fn error(&self) -> Option<String> {
+        self.last_error.read().ok().and_then(|e| e.clone())
+    }
+}
+
+fn result_label(result: &str) -> Labels {
+    crate::metrics::labels([("result", result)])
+}
+
+/// Every playbook file under `paths`, sorted, the way the loader collects them.
+fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+        if depth > 16 {
+            return;
+        }
+        if p.is_dir() {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return;
+            };
+            let mut ps: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            ps.sort();
+            for q in ps {
+                let hidden = q
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'));
+                let yaml = matches!(q.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+                if !hidden && (q.is_dir() || yaml) {
+                    walk(&q, out, depth + 1);
+                }
+            }
+        } else {
+            out.push(p.to_path_buf());
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out, 0);
+    }
+    out
+}
+
+/// A hash of the names and contents of every playbook file: changes whenever a file is
+/// added, removed, renamed or edited (mtimes alone miss same-second edits and ConfigMap
+/// symlink swaps).
+pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in files(paths) {
+        f.hash(&mut h);
+        match std::fs::read(&f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().to_string().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// Whether a valid new set was accepted and the daemon should re-execute once drained.
+pub fn restart_requested() -> bool {
+    RESTART.load(Ordering::SeqCst)
+}
+
+/// Checks the files every [`POLL`] (and on SIGHUP) until shutdown. A refused set is
+/// reported and the running set kept; a valid changed set sets [`restart_requested`] and
+/// signals `stop`, so the daemon drains and re-executes with it.
+pub fn spawn_watcher(
+    paths: Vec<PathBuf>,
+    status: Arc<ReloadStatus>,
+    stop: watch::Sender<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let running = fingerprint(&paths);
+        // The last refused fingerprint: a broken file is reported once, not every 2 s.
+        let mut refused: Option<u64> = None;
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut shutdown = stop.subscribe();
+        loop {
+            let forced = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(POLL) => false,
+                Some(()) = async {
+                    #[cfg(unix)]
+                    if let Some(h) = hup.as_mut() { return h.recv().await; }
+                    std::future::pending::<Option<()>>().await
+                } => true,
+            };
+            let now = fingerprint(&paths);
+            if now == running && !forced {
+                if refused.is_some() {
+                    // Put back as it was: the running set is the files' set again.
+                    refused = None;
+                    clear(&status);
+                }
+                continue;
+            }
+            if now == running && forced {
+                info!("SIGHUP: playbook files unchanged; nothing to reload");
+                continue;
+            }
+            if refused == Some(now) && !forced {
+                continue;
+            }
+            let checked = {
+                let paths = paths.clone();
+                tokio::task::spawn_blocking(move || crate::playbook::load_paths(&paths)).await
+            };
+            match checked {
+                Ok(Ok(set)) if !set.is_empty() => {
+                    info!(
+                        playbooks = set.len(),
+                        "playbook set changed and is valid: draining to restart with it"
+                    );
+                    clear(&status);
+                    status.total.get_or_create(&result_label("applied")).inc();
+                    let applied = status.total.get_or_create(&result_label("applied")).get();
+                    APPLIED.store(applied, Ordering::SeqCst);
+                    RESTART.store(true, Ordering::SeqCst);
+                    let _ = stop.send(true);
+                    return;
+                }
+                Ok(Ok(_)) => refuse(&status, "the new set holds no playbooks".into()),
+                Ok(Err(problems)) => {
+                    for p in &problems.0 {
+                        error!(file = %p.file, line = p.line, column = p.column, field = %p.field, "playbook reload refused: {p}");
+                    }
+                    refuse(&status, problems.to_string());
+                }
+                Err(e) => refuse(&status, format!("reload check failed: {e}")),
+            }
+            refused = Some(now);
+        }
+    })
+}
+
+fn clear(status: &ReloadStatus) {
+    status.failed.set(0);
+    if let Ok(mut e) = status.last_error.write() {
+        *e = None;
+    }
+}
+
+fn refuse(status: &ReloadStatus, why: String) {
+    warn!("playbook reload refused; the running set stays in force:\n{why}");
+    status.total.get_or_create(&result_label("invalid")).inc();
+    status.failed.set(1);
+    if let Ok(mut e) = status.last_error.write() {
+        *e = Some(why);
+    }
+}
+
+/// Applied reloads so far, handed to the re-executed process in [`APPLIED_ENV`].
+static APPLIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Replaces this process with a fresh copy of itself (same arguments, same PID), carrying
+/// the applied-reload count. Returns only on failure.
+#[cfg(unix)]
+pub fn reexec() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(APPLIED_ENV, APPLIED.load(Ordering::SeqCst).to_string())
+        .exec()
+}
+
+/// Re-execution needs Unix `exec`; elsewhere the daemon exits and its supervisor restarts it.
+#[cfg(not(unix))]
+pub fn reexec() -> std::io::Error {
+    std::io::Error::other("re-exec is only supported on Unix")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Ensures the fingerprint changes with an edit, an added file and a removal, and not
+    /// with hidden files or other extensions.
+    #[test]
+    fn fingerprint_follows_playbook_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = vec![dir.path().to_path_buf()];
+        std::fs::write(dir.path().join("a.yaml"), "a: 1\n").unwrap();
+        let first = fingerprint(&paths);
+        std::fs::write(dir.path().join(".hidden.yaml"), "x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        assert_eq!(fingerprint(&paths), first);
+        std::fs::write(dir.path().join("a.yaml"), "a: 2\n").unwrap();
+        let edited = fingerprint(&paths);
+        assert_ne!(edited, first);
+        std::fs::write(dir.path().join("b.yml"), "b: 1\n").unwrap();
+        assert_ne!(fingerprint(&paths), edited);
+        std::fs::remove_file(dir.path().join("b.yml")).unwrap();
+        assert_eq!(fingerprint(&paths), edited);
+    }
+}
