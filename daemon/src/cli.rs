@@ -600,6 +600,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "failoverd starting"
     );
     let (tx, rx) = watch::channel(false);
+    let reload_stop = tx.clone();
     tokio::spawn(async move {
     let drills = crate::drill::spec::load_paths(&settings.playbooks, &loaded)
         .map_err(|p| anyhow::anyhow!("refusing to start: the drill set is invalid\n{p}"))?;
@@ -620,6 +621,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         prometheus_client: settings.prometheus_client.clone(),
     };
     let mut shared = Shared::new(&loaded);
+    crate::reload::spawn_watcher(
+        settings.playbooks.clone(),
+        shared.reload.clone(),
+        reload_stop,
+    );
     shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
         loaded.len(),
         settings.max_concurrent_failovers,
@@ -635,7 +641,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .state
         .parent()
         .map_or_else(|| PathBuf::from("drills"), |p| p.join("drills"));
-    serve_with_drills(
+    let result = serve_with_drills(
         rt,
         Arc::new(shared),
         Arc::new(tokens),
@@ -643,7 +649,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listener,
         rx,
     )
-    .await
+    .await;
+    // A valid changed playbook set: drained above, now start over with it (same PID).
+    if result.is_ok() && crate::reload::restart_requested() {
+        info!("restarting with the new playbook set");
+        let e = crate::reload::reexec();
+        anyhow::bail!("cannot restart with the new playbook set: {e}");
+    }
+    result
 }
 
 /// Runs the daemon with an HTTP listener until `shutdown` turns true.

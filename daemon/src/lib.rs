@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod overrides;
 pub mod playbook;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -46,6 +46,10 @@ pub struct Metrics {
 }
 
 fn write_buckets() -> impl Iterator<Item = f64> {
+    /// Playbook set reloads by result (applied, invalid).
+    pub playbook_reload: Family<Labels, Counter>,
+    /// 1 while the playbook files on disk are an invalid set.
+    pub playbook_reload_failed: Gauge,
     /// Drill runs by drill and result (passed, failed, aborted, skipped).
     pub drill_runs: Family<Labels, Counter>,
     /// Time of a drill's failover (operator-style call to route read back), per drill.
@@ -152,6 +156,8 @@ impl Metrics {
         );
         Self {
             registry,
+            playbook_reload,
+            playbook_reload_failed,
             notifications,
             notification_queue_depth,
             notification_oldest_pending_seconds,
@@ -159,6 +165,18 @@ impl Metrics {
             failovers,
             failbacks,
             probe_results,
+        let playbook_reload = Family::<Labels, Counter>::default();
+        registry.register(
+            "playbook_reload",
+            "Playbook set reloads by result (applied, invalid)",
+            playbook_reload.clone(),
+        );
+        let playbook_reload_failed = Gauge::default();
+        registry.register(
+            "playbook_reload_failed",
+            "1 while the playbook files on disk are an invalid set (the running set is kept)",
+            playbook_reload_failed.clone(),
+        );
         let drill_runs = Family::<Labels, Counter>::default();
         registry.register(
             "drill_runs",

@@ -136,6 +136,8 @@ pub struct Shared {
     pub overrides: RwLock<Vec<OverrideRecord>>,
     /// Where events for on-call go (never blocks).
     pub notifier: Notifier,
+    /// Playbook reload outcome (the refused set's problems, for `/readyz`).
+    pub reload: Arc<crate::reload::ReloadStatus>,
     /// Bumped whenever something `GET /v1/playbooks` shows changes (phase, routing,
     /// explanation, error, overrides), so the API can serve a cached body in between.
     pub list_version: std::sync::atomic::AtomicU64,
@@ -146,8 +148,11 @@ pub struct Shared {
 impl Shared {
     /// Status for a set of playbooks, not ready yet.
     pub fn new(playbooks: &[Loaded]) -> Self {
+        let metrics = Metrics::new();
+        let reload = crate::reload::ReloadStatus::new(&metrics);
         Self {
-            metrics: Metrics::new(),
+            metrics,
+            reload,
             ready: AtomicBool::new(false),
             status: RwLock::new(
                 playbooks

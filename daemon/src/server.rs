@@ -53,6 +53,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         "ready": ready,
         "reason": if ready { "first probe round complete" } else { "waiting for the first probe round" },
         "playbookErrors": errors,
+        // A refused playbook reload: the running set stays in force until the files are fixed.
+        "playbookReloadError": shared.reload.error(),
     });
     (code, axum::Json(body)).into_response()
 }
