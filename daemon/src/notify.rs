@@ -70,11 +70,13 @@ pub enum EventKind {
     Refused,
     /// Too many playbooks breached at once (`maxConcurrentFailovers`): automatic failovers held.
     BlastRadius,
+    /// A drill run ended (passed, failed, aborted or skipped); one event per drilled playbook.
+    Drill,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Failover,
         EventKind::Failback,
         EventKind::WriteFailed,
@@ -85,6 +87,7 @@ impl EventKind {
         EventKind::SignalUnknown,
         EventKind::Refused,
         EventKind::BlastRadius,
+        EventKind::Drill,
     ];
 
     /// Stable name, as used in webhook `events:` filters and metric labels.
@@ -100,6 +103,7 @@ impl EventKind {
             EventKind::SignalUnknown => "signal-unknown",
             EventKind::Refused => "refused",
             EventKind::BlastRadius => "blast-radius",
+            EventKind::Drill => "drill",
         }
     }
 
@@ -116,7 +120,8 @@ impl EventKind {
             EventKind::Failback
             | EventKind::Override
             | EventKind::Freeze
-            | EventKind::OverrideExpired => "info",
+            | EventKind::OverrideExpired
+            | EventKind::Drill => "info",
         }
     }
 
@@ -133,6 +138,7 @@ impl EventKind {
             EventKind::SignalUnknown => "FailoverdSignalUnknown",
             EventKind::Refused => "FailoverdRefused",
             EventKind::BlastRadius => "FailoverdBlastRadius",
+            EventKind::Drill => "FailoverdDrill",
         }
     }
 
@@ -172,6 +178,9 @@ impl EventKind {
             }
             EventKind::BlastRadius => {
                 "[{severity}] failoverd {playbook}: BLAST RADIUS: automatic failovers held. {reason}. {link}"
+            }
+            EventKind::Drill => {
+                "[{severity}] failoverd {playbook}: DRILL {reason}. By {actor}. {link}"
             }
         }
     }

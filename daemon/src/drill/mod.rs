@@ -532,6 +532,29 @@ impl Drills {
                 warn!(drill = %run.drill, run = %run.id, result = result.as_str(), reasons = %run.reasons.join("; "), "drill did not pass")
             }
         }
+        for leg in &run.playbooks {
+            if let Some(idx) = self.shared.index(&leg.playbook) {
+                self.shared.event(
+                    idx,
+                    crate::notify::EventKind::Drill,
+                    None,
+                    None,
+                    &format!(
+                        "{} run {} {}{}",
+                        run.drill,
+                        run.id,
+                        result.as_str().to_uppercase(),
+                        if run.reasons.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", run.reasons.join("; "))
+                        }
+                    ),
+                    Value::Null,
+                    &format!("{ACTOR_PREFIX}{}", run.drill),
+                );
+            }
+        }
         if result == Verdict::Skipped {
             let svc = self.clone();
             let run = run.clone();
