@@ -201,6 +201,16 @@ async fn json_patch_with_test_op_and_merge_patch() {
     );
     assert_eq!(err.code, 422);
     assert_eq!(err.reason, "Invalid");
+    // Fields the CRD schema does not know are pruned, as on a real server.
+    let unknown = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"colour": "red"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert!(unknown.data["spec"].get("colour").is_none());
     // A merge patch keeps every field it does not name.
     let merged = api
         .patch(
@@ -236,7 +246,7 @@ async fn json_patch_with_test_op_and_merge_patch() {
         .map(|w| w.content_type.clone())
         .collect();
     assert_eq!(ct[0].as_deref(), Some("application/json-patch+json"));
-    assert_eq!(ct[2].as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(ct[3].as_deref(), Some("application/merge-patch+json"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -783,6 +783,10 @@ fn create(shared: &Arc<Shared>, t: &Target, ns: &str, body: &str) -> Result<(u16
         ));
     }
     obj["metadata"]["namespace"] = json!(ns);
+    if t.res.custom {
+        // Unknown fields are dropped (structural schema pruning), as on a real server.
+        istio::prune(&mut obj);
+    }
     validate(t, &obj, &name)?;
     let key = key_of(t, ns, &name);
     if st.objects.contains_key(&key) {
@@ -821,6 +825,9 @@ fn store_update(
                 }
             }
         }
+    }
+    if t.res.custom {
+        istio::prune(&mut new);
     }
     validate(t, &new, &name)?;
     let mut a = new.clone();

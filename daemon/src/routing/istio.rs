@@ -235,6 +235,114 @@ fn check_schema(obj: &Value, kind: &str, out: &mut Vec<Violation>) {
     }
 }
 
+/// The raw openAPIV3Schema per (kind, version), for pruning.
+static RAW: LazyLock<BTreeMap<(String, String), Value>> = LazyLock::new(|| {
+    let mut out = BTreeMap::new();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(CRDS_YAML).unwrap_or_default();
+    for crd in docs {
+        let kind = crd
+            .pointer("/spec/names/kind")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        for v in crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(name), Some(schema)) = (
+                v.get("name").and_then(Value::as_str),
+                v.pointer("/schema/openAPIV3Schema"),
+            ) {
+                out.insert((kind.to_string(), name.to_string()), schema.clone());
+            }
+        }
+    }
+    out
+});
+
+/// Drops the fields the CRD's structural schema does not know, as the API server does on
+/// every write (unless `x-kubernetes-preserve-unknown-fields` keeps them), and returns their
+/// paths. `apiVersion`, `kind` and `metadata` are left alone. Unknown kinds or versions are
+/// not touched.
+pub fn prune(obj: &mut Value) -> Vec<String> {
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .and_then(|a| a.strip_prefix("networking.istio.io/"))
+        .unwrap_or("")
+        .to_string();
+    let mut pruned = Vec::new();
+    let Some(schema) = RAW.get(&(kind, version)) else {
+        return pruned;
+    };
+    if let Some(map) = obj.as_object_mut() {
+        let props = schema.get("properties");
+        let keys: Vec<String> = map.keys().cloned().collect();
+        for k in keys {
+            if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                continue;
+            }
+            match props.and_then(|p| p.get(&k)) {
+                Some(sub) => {
+                    if let Some(v) = map.get_mut(&k) {
+                        prune_value(v, sub, &k, &mut pruned);
+                    }
+                }
+                None => {
+                    map.remove(&k);
+                    pruned.push(k);
+                }
+            }
+        }
+    }
+    pruned
+}
+
+fn prune_value(v: &mut Value, schema: &Value, path: &str, pruned: &mut Vec<String>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            if props.is_none() && additional.is_none() {
+                return;
+            }
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for k in keys {
+                let sub = props.and_then(|p| p.get(&k)).or(additional);
+                let child = format!("{path}.{k}");
+                match sub {
+                    Some(sub) => {
+                        if let Some(cv) = map.get_mut(&k) {
+                            prune_value(cv, sub, &child, pruned);
+                        }
+                    }
+                    None => {
+                        map.remove(&k);
+                        pruned.push(child);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_value(item, sub, &format!("{path}[{i}]"), pruned);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Every violation of a VirtualService, schema ones first. Empty means valid.
 pub fn check_virtual_service(obj: &Value) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -798,6 +906,29 @@ spec:
         assert_eq!(check_virtual_service(&vs)[0].source, Source::Webhook);
         vs["spec"]["http"][1]["route"][0]["weight"] = json!("x");
         assert_eq!(check_virtual_service(&vs)[0].source, Source::Schema);
+    }
+
+    #[test]
+    fn prune_drops_unknown_fields_only() {
+        let mut vs = demo();
+        vs["spec"]["http"][1]["x-unknown-field"] = json!("dropped");
+        vs["spec"]["http"][1]["route"][0]["destination"]["colour"] = json!("red");
+        vs["extra"] = json!(1);
+        let before = demo();
+        let mut pruned = prune(&mut vs);
+        pruned.sort();
+        assert_eq!(
+            pruned,
+            vec![
+                "extra",
+                "spec.http[1].route[0].destination.colour",
+                "spec.http[1].x-unknown-field"
+            ]
+        );
+        assert_eq!(
+            vs, before,
+            "known fields (headers map values included) are kept"
+        );
     }
 
     #[test]
