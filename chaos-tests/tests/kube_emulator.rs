@@ -652,3 +652,62 @@ async fn real_kubectl_apply_get_patch() {
         && w.content_type.as_deref() == Some("application/json-patch+json")
         && w.status == 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_seeds_prints_its_url_and_writes_a_kubeconfig() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    let seed = dir.path().join("seed.yaml");
+    let mut dr = demo_vs();
+    dr["metadata"]["name"] = json!("second");
+    std::fs::write(
+        &seed,
+        format!(
+            "{VS_YAML}\n---\n{}",
+            serde_json::to_string(&dr).expect("json")
+        ),
+    )
+    .expect("seed file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-emulator"))
+        .args(["--listen", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--seed")
+        .arg(&seed)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line)
+        .await
+        .expect("URL printed within 20 s")
+        .expect("join")
+        .expect("read");
+    assert!(line.starts_with("http://127.0.0.1:"), "{line}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&kc).expect("kubeconfig written"),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    let client = Client::try_from(config).expect("client");
+    let api = Api::<DynamicObject>::namespaced_with(client, "demo", &vs_resource());
+    let names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|o| o.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(names, ["second", "web"]);
+}
