@@ -457,6 +457,16 @@ async fn faults_failures_drops_and_a_restart() {
             }
         }
     }
+    // Up but not ready: 503s for a while; kube-rs' own retries ride it out.
+    emu.unready_for(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    api.get("web")
+        .await
+        .expect("read after the not-ready window");
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "answered inside the window"
+    );
     // Latency is applied to every answer.
     emu.set_latency(Duration::from_millis(200));
     let t = std::time::Instant::now();

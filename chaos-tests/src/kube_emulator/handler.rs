@@ -209,6 +209,13 @@ async fn serve(
                 None
             };
         }
+        if fail.is_none()
+            && !drop
+            && f.unready_until
+                .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            fail = Some(503);
+        }
         (f.latency, drop, fail)
     };
     if !latency.is_zero() {
@@ -218,7 +225,15 @@ async fn serve(
         return Err(Dropped);
     }
     if let Some(code) = fail {
-        return Ok(respond(code, &Status::injected(code).body()));
+        let mut r = respond(code, &Status::injected(code).body());
+        if matches!(code, 429 | 503) {
+            // What the real server sends with these (priority and fairness, not-ready).
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+        }
+        return Ok(r);
     }
     Ok(match route(&shared, req).await {
         Ok(r) => r,

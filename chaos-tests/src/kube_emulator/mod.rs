@@ -113,6 +113,8 @@ pub(crate) struct Faults {
     /// (remaining answers, status code, only for writes)
     pub fail: Option<(u32, u16, bool)>,
     pub drop: u32,
+    /// Every request until then is answered 503 (an API server that is up but not ready).
+    pub unready_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -449,6 +451,13 @@ impl Emulator {
     /// reset or an API server crash mid-request). The store is not touched.
     pub fn drop_next(&self, n: u32) {
         self.shared.faults().drop = n;
+    }
+
+    /// An API server that accepts connections but is not serving (etcd unreachable, still
+    /// starting): every request is answered 503 ServiceUnavailable for `d`. kube-rs retries
+    /// 503 by itself, so a short window is absorbed by the client.
+    pub fn unready_for(&self, d: Duration) {
+        self.shared.faults().unready_until = Some(Instant::now() + d);
     }
 
     /// An API server restart: closes every connection (watches included) and the listening
