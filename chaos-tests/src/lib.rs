@@ -249,6 +249,18 @@ impl Daemon {
         name: &str,
         extra: &[S],
     ) -> anyhow::Result<Self> {
+        let store = format!("file:{}", paths.store.display());
+        Self::spawn_store(paths, name, &store, extra)
+    }
+
+    /// [`Daemon::spawn_with`] on another store, e.g. `kubernetes` (with `--kubeconfig` in
+    /// `extra`); [`DaemonPaths::store`] is then unused.
+    pub fn spawn_store<S: AsRef<std::ffi::OsStr>>(
+        paths: &DaemonPaths,
+        name: &str,
+        store: &str,
+        extra: &[S],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&paths.logs)?;
         let addr = free_addr()?;
         let stdout = paths.logs.join(format!("{name}.stdout"));
@@ -258,7 +270,7 @@ impl Daemon {
             .arg("--playbooks")
             .arg(&paths.playbooks)
             .arg("--store")
-            .arg(format!("file:{}", paths.store.display()))
+            .arg(store)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--audit")

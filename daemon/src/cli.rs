@@ -63,9 +63,15 @@ pub enum Command {
     Plan {
         /// The playbook file.
         playbook: PathBuf,
-        /// Where the VirtualService lives: `file:DIR`.
+        /// Where the VirtualService lives: `file:DIR` or `kubernetes`.
         #[arg(long)]
         store: StoreSpec,
+        /// Kubeconfig for `--store kubernetes`.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context for `--store kubernetes`.
+        #[arg(long)]
+        context: Option<String>,
         /// Plan the failback instead of the failover.
         #[arg(long)]
         failback: bool,
@@ -148,18 +154,18 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Release freezes and holds: automation back in control (operator role).
-    Resume {
-        /// The playbook.
-        name: String,
-        /// Why.
-        #[arg(long)]
     /// Chaos drills (client of the override API).
     Drill {
         /// Drill subcommand.
         #[command(subcommand)]
         command: DrillCommand,
     },
+    /// Release freezes and holds: automation back in control (operator role).
+    Resume {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
         reason: String,
         /// Connection.
         #[command(flatten)]
@@ -167,12 +173,6 @@ pub enum Command {
     },
 }
 
-/// `audit` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
-    Verify {
-        /// The audit log.
 /// `drill` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DrillCommand {
@@ -197,6 +197,12 @@ pub enum DrillCommand {
     Schema,
 }
 
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
+    Verify {
+        /// The audit log.
         file: PathBuf,
     },
 }
@@ -210,9 +216,21 @@ pub struct RunArgs {
     /// Playbook directory (or file).
     #[arg(long)]
     pub playbooks: Option<PathBuf>,
-    /// Route store: `file:DIR`.
+    /// Route store: `file:DIR` or `kubernetes`.
     #[arg(long)]
     pub store: Option<String>,
+    /// Kubeconfig for `--store kubernetes` (default: in-cluster, else $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for `--store kubernetes` (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Kubernetes API requests per second, shared by all playbooks (default 50).
+    #[arg(long)]
+    pub kube_qps: Option<u32>,
+    /// Kubernetes API requests allowed in a burst above --kube-qps (default 100).
+    #[arg(long)]
+    pub kube_burst: Option<u32>,
     /// HTTP listen address (health, readiness, metrics).
     #[arg(long)]
     pub listen: Option<String>,
@@ -232,6 +250,10 @@ pub struct RunArgs {
     /// failed over at once (blast radius; 0, the default, turns the rule off).
     #[arg(long)]
     pub max_concurrent_failovers: Option<usize>,
+    /// Elect a leader among replicas on a Lease (needs `--store kubernetes`); identity from
+    /// `POD_NAME`. Timing from `leaderElection:` in the config file.
+    #[arg(long)]
+    pub leader_elect: bool,
 }
 
 impl RunArgs {
@@ -248,9 +270,17 @@ impl RunArgs {
             .store
             .clone()
             .or(file.store)
-            .ok_or_else(|| anyhow::anyhow!("no store: pass --store file:DIR"))?
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("no store: pass --store file:DIR or --store kubernetes")
+            })?
+            .parse::<StoreSpec>()
+            .map_err(|e: String| anyhow::anyhow!(e))?
+            .with_kube(
+                self.kubeconfig.clone().or(file.kubeconfig),
+                self.context.clone().or(file.kube_context),
+                self.kube_qps.or(file.kube_qps),
+                self.kube_burst.or(file.kube_burst),
+            );
         let listen = self
             .listen
             .clone()
@@ -274,6 +304,17 @@ impl RunArgs {
         if let Some(n) = &file.notify {
             n.resolve()
                 .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
+        }
+        let leader_election = file
+            .leader_election
+            .clone()
+            .unwrap_or_default()
+            .resolve(self.leader_elect)
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        if leader_election.is_some() && !matches!(store, StoreSpec::Kubernetes(_)) {
+            anyhow::bail!(
+                "refusing to start: leader election needs `--store kubernetes` (the Lease lives in the cluster)"
+            );
         }
         let external_url = match file.external_url {
             Some(u) => {
@@ -308,6 +349,7 @@ impl RunArgs {
                 .max_concurrent_failovers
                 .or(file.max_concurrent_failovers)
                 .unwrap_or(0),
+            leader_election,
         })
     }
 }
@@ -322,9 +364,19 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Plan {
             playbook,
             store,
+            kubeconfig,
+            context,
             failback,
             target,
-        } => plan(&playbook, &store, failback, target),
+        } => {
+            plan(
+                &playbook,
+                &store.with_kube(kubeconfig, context, None, None),
+                failback,
+                target,
+            )
+            .await
+        }
         Command::Demo => crate::demo::run().await,
         Command::Audit {
             command: AuditCommand::Verify { file },
@@ -375,6 +427,26 @@ pub async fn main(cli: Cli) -> ExitCode {
             )
             .await;
         }
+        Command::Drill {
+            command:
+                DrillCommand::Run {
+                    name,
+                    reason,
+                    force,
+                    wait,
+                    conn,
+                },
+        } => return client::drill_run(&conn, &name, reason.as_deref(), force, wait).await,
+        Command::Drill {
+            command: DrillCommand::Schema,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::drill::spec::json_schema())
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
         Command::Resume { name, reason, conn } => {
             return client::act(
                 &conn,
@@ -413,32 +485,24 @@ async fn validate(paths: &[PathBuf], prometheus: Option<&str>) -> ExitCode {
     for l in &loaded {
         println!("{}: ok ({})", l.file.display(), l.playbook.name());
     }
+    match crate::drill::spec::load_paths(paths, &loaded) {
+        Ok(drills) => {
+            for d in &drills {
+                println!("{}: ok (drill {})", d.file.display(), d.name());
+            }
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{} problem(s)", problems.0.len());
+            return ExitCode::FAILURE;
+        }
+    }
     let has_slos = loaded.iter().any(|l| !l.playbook.spec.slos.is_empty());
     if prometheus.is_some() && has_slos {
         let http = match reqwest::Client::builder().build() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("cannot build an HTTP client: {e}");
-        Command::Drill {
-            command:
-                DrillCommand::Run {
-                    name,
-                    reason,
-                    force,
-                    wait,
-                    conn,
-                },
-        } => return client::drill_run(&conn, &name, reason.as_deref(), force, wait).await,
-        Command::Drill {
-            command: DrillCommand::Schema,
-        } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::drill::spec::json_schema())
-                    .unwrap_or_default()
-            );
-            Ok(())
-        }
                 return ExitCode::FAILURE;
             }
         };
@@ -475,37 +539,31 @@ fn verify(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn plan(
+async fn plan(
     path: &std::path::Path,
-    match crate::drill::spec::load_paths(paths, &loaded) {
-        Ok(drills) => {
-            for d in &drills {
-                println!("{}: ok (drill {})", d.file.display(), d.name());
-            }
-        }
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!("{} problem(s)", problems.0.len());
-            return ExitCode::FAILURE;
-        }
-    }
     store: &StoreSpec,
     failback: bool,
     target: Option<usize>,
 ) -> anyhow::Result<()> {
     let loaded = playbook::load_file(path).map_err(|p| anyhow::anyhow!("{}", Problems(p)))?;
     let pb = &loaded.playbook;
-    let StoreSpec::File(dir) = store;
-    let fs = FileStore::new(dir);
-    let file = fs.path(pb);
-    let text =
-        std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let mut vs: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}",
-            playbook::yaml_problem(&file.display().to_string(), &e)
-        )
-    })?;
+    let (name, mut vs) = match store {
+        StoreSpec::File(dir) => {
+            let file = FileStore::new(dir).path(pb);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let name = file.display().to_string();
+            let vs: serde_json::Value = serde_saphyr::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}", playbook::yaml_problem(&name, &e)))?;
+            (name, vs)
+        }
+        StoreSpec::Kubernetes(options) => {
+            let store = crate::routing::kube::KubeStore::connect(options.clone()).await?;
+            let vs = store.object(pb).await?;
+            (format!("kubernetes:{}", pb.spec.virtual_service), vs)
+        }
+    };
+    let text = serde_saphyr::to_string(&vs)?;
     let current = routing::view(&vs, pb)?;
     let to = if failback {
         Routing::Primary
@@ -530,7 +588,6 @@ fn plan(
         println!("# no change: the store already holds this routing");
         return Ok(());
     }
-    let name = file.display().to_string();
     let diff = similar::TextDiff::from_lines(&before, &after);
     print!(
         "{}",
@@ -549,6 +606,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             settings.playbooks[0].display()
         );
     }
+    let drills = crate::drill::spec::load_paths(&settings.playbooks, &loaded)
+        .map_err(|p| anyhow::anyhow!("refusing to start: the drill set is invalid\n{p}"))?;
     // Every SLO needs a Prometheus server: its own `server`, or --prometheus.
     let homeless: Vec<String> = loaded
         .iter()
@@ -577,7 +636,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             homeless.join("\n")
         );
     }
-    let store = settings.store.open()?;
+    // With election, the Lease is held through the same client as the routing writes, and
+    // the store checks the lease before every write it sends.
+    let leadership = Arc::new(if settings.leader_election.is_some() {
+        crate::leader::Leadership::elected()
+    } else {
+        crate::leader::Leadership::always()
+    });
+    let (store, kube_client): (Arc<dyn crate::routing::RoutingStore>, Option<kube::Client>) =
+        match &settings.store {
+            StoreSpec::Kubernetes(options) => {
+                let mut s = crate::routing::kube::KubeStore::connect(options.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("store kubernetes: {e}"))?;
+                if settings.leader_election.is_some() {
+                    s.set_fence(leadership.clone());
+                }
+                let client = s.client().clone();
+                (Arc::new(s), Some(client))
+            }
+            other => (other.open().await?, None),
+        };
     let tokens = match &settings.tokens {
         Some(p) => Tokens::load(p).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?,
         None => {
@@ -602,8 +681,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let reload_stop = tx.clone();
     tokio::spawn(async move {
-    let drills = crate::drill::spec::load_paths(&settings.playbooks, &loaded)
-        .map_err(|p| anyhow::anyhow!("refusing to start: the drill set is invalid\n{p}"))?;
         shutdown_signal().await;
         info!("shutdown signal received");
         let _ = tx.send(true);
@@ -626,6 +703,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shared.reload.clone(),
         reload_stop,
     );
+    shared.leader = leadership.clone();
+    {
+        // failoverd_leader follows the lease (the fence itself is checked at each write).
+        let gauge = shared.metrics.leader.clone();
+        let mut changes = leadership.subscribe();
+        gauge.set(i64::from(*changes.borrow_and_update()));
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                gauge.set(i64::from(*changes.borrow_and_update()));
+            }
+        });
+    }
+    if let (Some(election), Some(client)) = (&settings.leader_election, kube_client) {
+        info!(identity = %election.identity, lease = %format!("{}/{}", election.namespace, election.name), "leader election on: standby until the lease is won");
+        let election = election.clone();
+        let stop = rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::leader::run(client, election, leadership, stop).await {
+                // Lost the lease: stop at once and restart clean; the new leader rebuilds
+                // state from the cluster. Never write on a stale belief.
+                error!("leadership lost: {e}; exiting so the replica restarts as a standby");
+                std::process::exit(3);
+            }
+        });
+    }
     shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
         loaded.len(),
         settings.max_concurrent_failovers,
@@ -648,6 +750,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings.audit.clone(),
         listener,
         rx,
+        Some((drills, drill_dir)),
     )
     .await;
     // A valid changed playbook set: drained above, now start over with it (same PID).
@@ -668,6 +771,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    serve_with_drills(rt, shared, tokens, audit_path, listener, shutdown, None).await
+}
+
+/// [`serve`] with drills: their definitions and the directory for their reports.
+pub async fn serve_with_drills(
+    rt: Runtime,
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    audit_path: PathBuf,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+    drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
+) -> anyhow::Result<()> {
     // Operator calls are rare and each waits for its answer; a small queue is plenty.
     let (control_tx, control_rx) = mpsc::channel(64);
     let mut api = ApiState::new(
@@ -678,6 +794,19 @@ pub async fn serve(
         rt.audit.clone(),
         audit_path,
     );
+    if let Some((defs, dir)) = drills {
+        let d = crate::drill::Drills::new(
+            defs,
+            &dir,
+            shared.clone(),
+            api.control.clone(),
+            rt.store.clone(),
+            rt.audit.clone(),
+            shutdown.clone(),
+        );
+        d.start();
+        api.drills = Some(d);
+    }
     let app = crate::server::router(shared.clone(), api);
     let mut http_stop = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -708,7 +837,6 @@ async fn shutdown_signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Some((drills, drill_dir)),
     }
     #[cfg(not(unix))]
     {
@@ -721,19 +849,6 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-) -> anyhow::Result<()> {
-    serve_with_drills(rt, shared, tokens, audit_path, listener, shutdown, None).await
-}
-
-/// [`serve`] with drills: their definitions and the directory for their reports.
-pub async fn serve_with_drills(
-    rt: Runtime,
-    shared: Arc<Shared>,
-    tokens: Arc<Tokens>,
-    audit_path: PathBuf,
-    listener: tokio::net::TcpListener,
-    shutdown: watch::Receiver<bool>,
-    drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -742,16 +857,3 @@ pub async fn serve_with_drills(
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
-    if let Some((defs, dir)) = drills {
-        let d = crate::drill::Drills::new(
-            defs,
-            &dir,
-            shared.clone(),
-            api.control.clone(),
-            rt.store.clone(),
-            rt.audit.clone(),
-            shutdown.clone(),
-        );
-        d.start();
-        api.drills = Some(d);
-    }

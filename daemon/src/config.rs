@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::leader::ElectionConfig;
 use crate::notify::NotifyConfig;
 use crate::playbook::{Problem, yaml_problem};
+use crate::routing::kube::{KubeOptions, KubeStore};
 use crate::routing::{FileStore, RoutingStore};
 
 /// The config file. Every key can also be given as a flag, which wins.
@@ -16,8 +18,20 @@ use crate::routing::{FileStore, RoutingStore};
 pub struct FileConfig {
     /// Directory (or file) of playbooks.
     pub playbooks: Option<PathBuf>,
-    /// `file:DIR` (or `kubernetes`, not available in this build).
+    /// `file:DIR` or `kubernetes`.
     pub store: Option<String>,
+    /// Kubeconfig for the `kubernetes` store (default: in-cluster config, else
+    /// `$KUBECONFIG` / `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for the `kubernetes` store (default: the current context).
+    #[serde(rename = "kubeContext")]
+    pub kube_context: Option<String>,
+    /// Sustained Kubernetes API requests per second, shared by all playbooks (default 50).
+    #[serde(rename = "kubeQps")]
+    pub kube_qps: Option<u32>,
+    /// Kubernetes API requests allowed in a burst above `kubeQps` (default 100).
+    #[serde(rename = "kubeBurst")]
+    pub kube_burst: Option<u32>,
     /// Address for the HTTP endpoints.
     pub listen: Option<String>,
     /// Audit log path.
@@ -41,6 +55,58 @@ pub struct FileConfig {
     /// failoverd's own network failing, not that many outages). 0 (the default) turns it off.
     #[serde(rename = "maxConcurrentFailovers")]
     pub max_concurrent_failovers: Option<usize>,
+    /// Leader election among replicas (needs `store: kubernetes`): only the Lease holder
+    /// writes routing; the others probe, evaluate and serve reads as hot standbys.
+    #[serde(rename = "leaderElection")]
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+/// `leaderElection:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeaderElectionConfig {
+    /// Turn election on (also `--leader-elect`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespace of the Lease (default `failoverd`; in a pod, its own namespace).
+    pub namespace: Option<String>,
+    /// Name of the Lease (default `failoverd-leader`).
+    pub name: Option<String>,
+    /// Others take over after the holder has not renewed for this long (default 8s).
+    pub lease_duration: Option<crate::playbook::Duration>,
+    /// The holder stops writing when it has not renewed for this long (default 5s).
+    pub renew_deadline: Option<crate::playbook::Duration>,
+    /// How often to renew or check (default 1s).
+    pub retry_period: Option<crate::playbook::Duration>,
+}
+
+impl LeaderElectionConfig {
+    /// The election settings, checked; `None` when election is off.
+    pub fn resolve(&self, flag: bool) -> Result<Option<ElectionConfig>, String> {
+        if !(self.enabled || flag) {
+            return Ok(None);
+        }
+        let d = ElectionConfig::default();
+        let namespace = self
+            .namespace
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or(d.namespace);
+        let c = ElectionConfig {
+            namespace,
+            name: self.name.clone().unwrap_or(d.name),
+            identity: d.identity,
+            lease_duration: self.lease_duration.map_or(d.lease_duration, |x| x.get()),
+            renew_deadline: self.renew_deadline.map_or(d.renew_deadline, |x| x.get()),
+            retry_period: self.retry_period.map_or(d.retry_period, |x| x.get()),
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
 }
 
 impl FileConfig {
@@ -59,10 +125,12 @@ impl FileConfig {
 }
 
 /// Where routes are stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StoreSpec {
     /// VirtualService manifests under a directory.
     File(PathBuf),
+    /// VirtualServices in a Kubernetes cluster, through its API server.
+    Kubernetes(KubeOptions),
 }
 
 impl std::str::FromStr for StoreSpec {
@@ -78,15 +146,17 @@ impl std::str::FromStr for StoreSpec {
             return Ok(StoreSpec::File(PathBuf::from(dir)));
         }
         if s == "kubernetes" {
-            return Err("store `kubernetes` is not available in this build; use `file:DIR`".into());
+            return Ok(StoreSpec::Kubernetes(KubeOptions::default()));
         }
-        Err(format!("invalid store `{s}`: expected `file:DIR`"))
+        Err(format!(
+            "invalid store `{s}`: expected `file:DIR` or `kubernetes`"
+        ))
     }
 }
 
 impl StoreSpec {
-    /// Opens the store.
-    pub fn open(&self) -> anyhow::Result<Arc<dyn RoutingStore>> {
+    /// Opens the store (for `kubernetes`: loads the kubeconfig or in-cluster config).
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn RoutingStore>> {
         match self {
             StoreSpec::File(dir) => {
                 if !dir.is_dir() {
@@ -94,7 +164,29 @@ impl StoreSpec {
                 }
                 Ok(Arc::new(FileStore::new(dir)))
             }
+            StoreSpec::Kubernetes(options) => Ok(Arc::new(
+                KubeStore::connect(options.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("store kubernetes: {e}"))?,
+            )),
         }
+    }
+
+    /// Applies the `kubernetes` store's connection settings (no-op for `file:`).
+    pub fn with_kube(
+        mut self,
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
+        qps: Option<u32>,
+        burst: Option<u32>,
+    ) -> Self {
+        if let StoreSpec::Kubernetes(o) = &mut self {
+            o.kubeconfig = kubeconfig.or(o.kubeconfig.take());
+            o.context = context.or(o.context.take());
+            o.qps = qps.unwrap_or(o.qps);
+            o.burst = burst.unwrap_or(o.burst);
+        }
+        self
     }
 }
 
@@ -123,4 +215,6 @@ pub struct Settings {
     pub external_url: String,
     /// `maxConcurrentFailovers` (0: the blast-radius rule is off).
     pub max_concurrent_failovers: usize,
+    /// Leader election (None: this replica is the only writer).
+    pub leader_election: Option<ElectionConfig>,
 }

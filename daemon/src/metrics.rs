@@ -28,6 +28,11 @@ pub struct Metrics {
     pub route_write_seconds: Family<Labels, Histogram>,
     /// Failed routing writes by playbook and reason.
     pub route_write_errors: Family<Labels, Counter>,
+    /// Routes found changed by someone else while failed over, by playbook and what
+    /// failoverd did (`reassert`, `respect`, `frozen`).
+    pub drift: Family<Labels, Counter>,
+    /// 1 while this replica may write routing (the lease holder, or no election at all).
+    pub leader: Gauge,
     /// 1 while the playbook is in the labelled phase.
     pub phase: Family<Labels, Gauge>,
     /// 1 while the playbook has no healthy destination to go to.
@@ -43,9 +48,6 @@ pub struct Metrics {
     pub notification_queue_depth: Family<Labels, Gauge>,
     /// Age of the oldest notification waiting or in flight, per sink (0 when empty).
     pub notification_oldest_pending_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
-}
-
-fn write_buckets() -> impl Iterator<Item = f64> {
     /// Playbook set reloads by result (applied, invalid).
     pub playbook_reload: Family<Labels, Counter>,
     /// 1 while the playbook files on disk are an invalid set.
@@ -54,6 +56,9 @@ fn write_buckets() -> impl Iterator<Item = f64> {
     pub drill_runs: Family<Labels, Counter>,
     /// Time of a drill's failover (operator-style call to route read back), per drill.
     pub drill_failover_seconds: Family<Labels, Histogram>,
+}
+
+fn write_buckets() -> impl Iterator<Item = f64> {
     [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ]
@@ -111,6 +116,18 @@ impl Metrics {
             "Failed routing writes",
             route_write_errors.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica may write routing (holds the lease, or runs without election)",
+            leader.clone(),
+        );
+        let drift = Family::<Labels, Counter>::default();
+        registry.register(
+            "route_drift",
+            "Routes found changed by someone else while failed over",
+            drift.clone(),
+        );
         let phase = Family::<Labels, Gauge>::default();
         registry.register(
             "playbook_phase",
@@ -154,17 +171,6 @@ impl Metrics {
             "Age of the oldest notification waiting or in flight, per sink",
             notification_oldest_pending_seconds.clone(),
         );
-        Self {
-            registry,
-            playbook_reload,
-            playbook_reload_failed,
-            notifications,
-            notification_queue_depth,
-            notification_oldest_pending_seconds,
-            signal_unknown,
-            failovers,
-            failbacks,
-            probe_results,
         let playbook_reload = Family::<Labels, Counter>::default();
         registry.register(
             "playbook_reload",
@@ -190,12 +196,25 @@ impl Metrics {
             "Time of a drill's failover, from the call to the route read back",
             drill_failover_seconds.clone(),
         );
-            decision_seconds,
-            probe_lateness_seconds,
+        Self {
+            registry,
+            playbook_reload,
+            playbook_reload_failed,
             drill_runs,
             drill_failover_seconds,
+            notifications,
+            notification_queue_depth,
+            notification_oldest_pending_seconds,
+            signal_unknown,
+            failovers,
+            failbacks,
+            probe_results,
+            decision_seconds,
+            probe_lateness_seconds,
             route_write_seconds,
             route_write_errors,
+            drift,
+            leader,
             phase,
             stuck,
             audit_errors,

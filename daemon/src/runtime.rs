@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::audit::{AuditLog, Entry};
 use crate::engine::{
@@ -143,6 +143,8 @@ pub struct Shared {
     pub list_version: std::sync::atomic::AtomicU64,
     /// The fleet blast-radius rule's bookkeeping (`maxConcurrentFailovers`; off by default).
     pub fleet: Mutex<crate::engine::fleet::FleetGuard>,
+    /// Whether this replica may write routing (always, without leader election).
+    pub leader: Arc<crate::leader::Leadership>,
 }
 
 impl Shared {
@@ -176,6 +178,7 @@ impl Shared {
             notifier: Notifier::none(),
             list_version: std::sync::atomic::AtomicU64::new(1),
             fleet: Mutex::new(crate::engine::fleet::FleetGuard::new(playbooks.len(), 0)),
+            leader: Arc::new(crate::leader::Leadership::always()),
         }
     }
 
@@ -522,6 +525,12 @@ pub async fn run(
         g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
     }
 
+    let mut leader_rx = shared.leader.subscribe();
+    leader_rx.mark_unchanged();
+    let (drift_tx, mut drift_rx) = mpsc::channel::<crate::drift::Found>(64);
+    let drift_task =
+        crate::drift::spawn(rt.store.clone(), shared.clone(), drift_tx, shutdown.clone());
+
     // First read of every playbook's route.
     for (i, g) in guarded.iter_mut().enumerate() {
         read_state(i, g, rt.store.as_ref(), &job_tx, &shared, &clock).await;
@@ -542,6 +551,20 @@ pub async fn run(
             }
             Some(done) = done_rx.recv() => {
                 finish_write(&mut guarded, done, &shared, &clock);
+            }
+            Ok(()) = leader_rx.changed() => {
+                if *leader_rx.borrow_and_update() {
+                    // Taking over: what this standby believed may be stale; the cluster is
+                    // the truth. Every route is read again before anything is decided.
+                    info!("became the leader: re-reading every route from the store");
+                    for g in guarded.iter_mut().filter(|g| !g.pending) {
+                        g.state = None;
+                        g.retry_at = None;
+                    }
+                }
+            }
+            Some(found) = drift_rx.recv() => {
+                handle_drift(found, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
             }
             Some(msg) = control.recv() => {
                 handle_control(msg, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
@@ -590,6 +613,7 @@ pub async fn run(
         }
     }
     info!("shutting down: stopping probes, draining the writer");
+    drift_task.abort();
     probes.shutdown().await;
     if let Some(t) = slo_task {
         let _ = t.await;
@@ -602,6 +626,120 @@ pub async fn run(
     writer.await?;
     Ok(())
 }
+
+/// Acts on a route changed by someone else while failed over: audit and count it, then
+/// `onDrift: reassert` writes failoverd's routing again and `respect` freezes the playbook.
+async fn handle_drift(
+    found: crate::drift::Found,
+    guarded: &mut [Guarded],
+    ov_store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let Some(g) = guarded.get_mut(found.idx) else {
+        return;
+    };
+    let Some(state) = g.state.clone() else {
+        return;
+    };
+    // A write in flight, or a move since the check started, explains the difference. A
+    // standby leaves drift to the leader.
+    if g.pending || state.routing != found.believed || !shared.leader.is_leader() {
+        return;
+    }
+    let name = g.pb.name().to_string();
+    if g.overrides.freeze.is_some() {
+        // Frozen: an operator is in charge; leave their route alone, say so quietly.
+        debug!(playbook = %name, "route changed outside failoverd while frozen: {}", found.detail);
+        return;
+    }
+    let on_drift = g.pb.spec.on_drift;
+    let action = match on_drift {
+        crate::playbook::OnDrift::Reassert => "reassert",
+        crate::playbook::OnDrift::Respect => "respect",
+    };
+    shared
+        .metrics
+        .drift
+        .get_or_create(&labels([("playbook", &name), ("action", action)]))
+        .inc();
+    warn!(playbook = %name, action, "route changed outside failoverd: {}", found.detail);
+    let reason = format!("route changed outside failoverd: {}", found.detail);
+    let _ = jobs
+        .send(Job::Audit(Box::new(Entry {
+            actor: "failoverd".into(),
+            action: "drift".into(),
+            playbook: name.clone(),
+            reason: reason.clone(),
+            after: found.route.clone(),
+            outcome: format!("onDrift: {action}"),
+            ..Entry::default()
+        })))
+        .await;
+    match on_drift {
+        crate::playbook::OnDrift::Reassert => {
+            let job = WriteJob {
+                idx: found.idx,
+                pb: g.pb.clone(),
+                from: state.routing,
+                to: state.routing,
+                kind: MoveKind::Reassert,
+                reason: format!(
+                    "{reason}; writing {} again (onDrift: reassert)",
+                    state.routing
+                ),
+                forced: false,
+                actor: None,
+                inputs: json!({ "drift": found.detail, "found": found.route }),
+                next: state,
+            };
+            g.pending = true;
+            if jobs.send(Job::Write(Box::new(job))).await.is_err() {
+                g.pending = false;
+            }
+        }
+        crate::playbook::OnDrift::Respect => {
+            // A freeze through the operator path: persisted, audited and announced like one.
+            let (reply, _) = oneshot::channel();
+            let msg = Control {
+                playbook: Some(name),
+                kind: ControlKind::Freeze {
+                    ttl: RESPECT_FREEZE,
+                },
+                actor: Actor {
+                    identity: "failoverd".into(),
+                    reason: format!("{reason}; respecting it (onDrift: respect)"),
+                },
+                reply,
+            };
+            Box::pin(handle_control(
+                msg, guarded, ov_store, log, jobs, shared, clock,
+            ))
+            .await;
+        }
+    }
+}
+
+/// How long `onDrift: respect` freezes a playbook: long enough for whoever changed the
+/// route to finish; an operator resumes it earlier with `failoverd resume`.
+const RESPECT_FREEZE: Duration = Duration::from_secs(24 * 3600);
+
+/// When to try a failed store operation again. Errors a retry cannot fix (the API server or
+/// istiod rejected the object, a missing RBAC rule, an object failoverd refuses to write)
+/// are not retried in the backoff loop: the same request would fail the same way and only
+/// add load. They are tried again after [`RECHECK_REJECTED`], in case someone fixed the
+/// object or the Role meanwhile.
+fn retry_delay(label: &str, backoff: Duration) -> Duration {
+    match label {
+        "rejected" | "forbidden" | "invalid" => RECHECK_REJECTED,
+        _ => backoff,
+    }
+}
+
+/// See [`retry_delay`].
+const RECHECK_REJECTED: Duration = Duration::from_secs(60);
 
 /// How long a signal may stay unknown before on-call hears about it: long enough to ride out
 /// a Prometheus restart, short enough that an outage of the signal itself is noticed.
@@ -719,7 +857,7 @@ async fn read_state(
                 ]))
                 .inc();
             set_status(shared, i, |s| s.error = Some(e.to_string()));
-            g.retry_at = Some(Instant::now() + g.backoff);
+            g.retry_at = Some(Instant::now() + retry_delay(e.metric_label(), g.backoff));
             g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -895,6 +1033,9 @@ async fn step(
         .get_or_create(&labels([("playbook", &name)]))
         .set(i64::from(stuck));
     match route {
+        // A standby evaluates and shows what it would do; only the leader writes (and adopts
+        // the move once written). It re-reads every route when it takes over.
+        Some(_) if !shared.leader.is_leader() => {}
         Some(job) => {
             g.pending = true;
             if jobs.send(Job::Write(Box::new(job))).await.is_err() {
@@ -1056,6 +1197,8 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
         (Ok(()), MoveKind::Failback | MoveKind::OperatorFailback | MoveKind::FailbackStep) => {
             Some(EventKind::Failback)
         }
+        // Drift was audited when found; writing the same routing again is no news for on-call.
+        (Ok(()), MoveKind::Reassert) => None,
     };
     if let Some(kind) = kind {
         let reason = match &done.result {
@@ -1124,7 +1267,7 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
                 .get_or_create(&labels([("playbook", &name), ("reason", done.label)]))
                 .inc();
             set_status(shared, job.idx, |s| s.error = Some(e.clone()));
-            g.retry_at = Some(Instant::now() + g.backoff);
+            g.retry_at = Some(Instant::now() + retry_delay(done.label, g.backoff));
             g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -1184,6 +1327,18 @@ async fn writer(
             after,
             outcome,
         };
+        // A standby (or a leader whose lease lapsed) attempts nothing, so records nothing.
+        if !shared.leader.is_leader() {
+            let _ = done
+                .send(Done {
+                    job,
+                    result: Err(StoreError::Fenced.to_string()),
+                    label: "fenced",
+                    elapsed: started.elapsed(),
+                })
+                .await;
+            continue;
+        }
         // An action that cannot be audited is not performed.
         if let Err(e) = audit(&log, entry("intent".into(), Value::Null, Value::Null)).await {
             shared.metrics.audit_errors.inc();
@@ -1354,6 +1509,17 @@ async fn handle_control(
         actor,
         reply,
     } = msg;
+    if !shared.leader.is_leader() {
+        let leader = shared
+            .leader
+            .holder()
+            .unwrap_or_else(|| "not known yet".into());
+        let _ = reply.send(Err(refuse(
+            503,
+            format!("this replica is a standby and does not write; the leader is `{leader}`"),
+        )));
+        return;
+    }
     let now = clock.now();
     let action = kind.action();
     let audit_entry = |playbook: &str, outcome: String, inputs: Value| Entry {
@@ -1393,6 +1559,14 @@ async fn handle_control(
         )));
         return;
     };
+    // A drill's failover is re-checked here, in the one controller, so an incident cannot
+    // slip in between the drill's own check and its move.
+    if let Some(why) =
+        crate::drill::refuse_drill_failover(&actor, &kind, &name, &state, store.all())
+    {
+        let _ = reply.send(Err(refuse(409, why)));
+        return;
+    }
     let obs = g.observations(clock);
     let mut records: Vec<OverrideRecord> = store.all().to_vec();
     let mut created = None;
@@ -1581,11 +1755,3 @@ fn add(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
 }
-    // A drill's failover is re-checked here, in the one controller, so an incident cannot
-    // slip in between the drill's own check and its move.
-    if let Some(why) =
-        crate::drill::refuse_drill_failover(&actor, &kind, &name, &state, store.all())
-    {
-        let _ = reply.send(Err(refuse(409, why)));
-        return;
-    }

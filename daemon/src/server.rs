@@ -51,6 +51,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     };
     let body = json!({
         "ready": ready,
+        // Degraded: some playbook cannot act (a missing VirtualService, a missing RBAC rule);
+        // still ready, so the API and the other playbooks stay reachable.
+        "status": if errors.is_empty() { "ok" } else { "degraded" },
         "reason": if ready { "first probe round complete" } else { "waiting for the first probe round" },
         "playbookErrors": errors,
         // A refused playbook reload: the running set stays in force until the files are fixed.

@@ -353,6 +353,9 @@ pub enum MoveKind {
     OperatorFailover,
     /// An operator's failback.
     OperatorFailback,
+    /// The same routing written again after someone else changed the route (`onDrift:
+    /// reassert`). Not a new move: the engine never emits it; the runtime does.
+    Reassert,
 }
 
 impl MoveKind {
@@ -366,6 +369,7 @@ impl MoveKind {
             MoveKind::FailbackAborted => "failback-aborted",
             MoveKind::OperatorFailover => "operator-failover",
             MoveKind::OperatorFailback => "operator-failback",
+            MoveKind::Reassert => "reassert",
         }
     }
 
@@ -381,7 +385,7 @@ impl MoveKind {
             | MoveKind::OperatorFailover
             | MoveKind::OperatorFailback => true,
             MoveKind::Failback | MoveKind::FailbackStep => !matches!(from, Routing::Split { .. }),
-            MoveKind::FailbackAborted => false,
+            MoveKind::FailbackAborted | MoveKind::Reassert => false,
         }
     }
 }

@@ -124,6 +124,10 @@ pub struct PlaybookSpec {
     /// What a signal without data (probe could not run, Prometheus down) means.
     #[serde(default)]
     pub on_missing: OnMissing,
+    /// What failoverd does when the route it wrote is changed by someone else while it is
+    /// failed over (a person with kubectl, a GitOps sync putting the original back).
+    #[serde(default)]
+    pub on_drift: OnDrift,
 }
 
 fn default_min_dwell() -> Duration {
@@ -693,6 +697,20 @@ pub enum OnMissing {
     Ignore,
 }
 
+/// What to do when the route failoverd wrote was changed by someone else.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OnDrift {
+    /// Write failoverd's routing again (the default): while the primary is known bad, a sync
+    /// that restores the original route would send users back to a dead service. To change
+    /// the route by hand, freeze the playbook first; a frozen playbook is never reasserted.
+    #[default]
+    Reassert,
+    /// Leave the change in place and freeze the playbook (audited, on-call alerted): a person
+    /// took over; failoverd moves nothing until an operator resumes it.
+    Respect,
+}
+
 impl Playbook {
     /// The playbook's name.
     pub fn name(&self) -> &str {
@@ -967,7 +985,7 @@ impl Playbook {
                         ),
                     }
                 }
-                (None, Some(r)) => {
+                (None, Some(r), None) => {
                     if !(r.objective > 0.0 && r.objective < 100.0) {
                         push(
                             r.errors.referenced,

@@ -6,6 +6,7 @@
 
 mod file;
 pub mod istio;
+pub mod kube;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +62,36 @@ pub enum StoreError {
         /// Which object.
         object: String,
     },
+    /// The API server refused the caller: a missing RBAC rule (403) or bad credentials (401).
+    /// Not retried: it will not fix itself; `/readyz` reports the playbook degraded.
+    #[error("{object}: {message}")]
+    Forbidden {
+        /// Which object.
+        object: String,
+        /// What is missing: the verb, resource and namespace, and the server's message.
+        message: String,
+    },
+    /// The API server (or istiod's webhook) rejected the object as invalid (422/400). Never
+    /// retried: the same request would be rejected again.
+    #[error("API server rejected VirtualService {object}: {message}")]
+    Rejected {
+        /// Which object.
+        object: String,
+        /// The server's Status message.
+        message: String,
+    },
+    /// The API server could not answer (5xx, 429, connection refused, request timeout).
+    /// Retried with backoff inside the failover budget.
+    #[error("API server unavailable for VirtualService {object}: {message}")]
+    Unavailable {
+        /// Which object.
+        object: String,
+        /// What happened.
+        message: String,
+    },
+    /// This replica does not hold the leader lease (with margin): it must not write.
+    #[error("not written: this replica is not the leader (fenced)")]
+    Fenced,
     /// I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -81,13 +112,20 @@ impl StoreError {
             StoreError::Conflict(_) => "conflict",
             StoreError::Invalid { .. } => "invalid",
             StoreError::Verify { .. } => "verify",
+            StoreError::Forbidden { .. } => "forbidden",
+            StoreError::Rejected { .. } => "rejected",
+            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::Fenced => "fenced",
             StoreError::Io { .. } => "io",
         }
     }
 
     /// True when retrying the same write may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Conflict(_) | StoreError::Io { .. })
+        matches!(
+            self,
+            StoreError::Conflict(_) | StoreError::Io { .. } | StoreError::Unavailable { .. }
+        )
     }
 }
 
@@ -100,6 +138,10 @@ pub struct RouteView {
     pub route: Value,
     /// When failoverd last started a move on this route (from the state annotation).
     pub last_move: Option<jiff::Timestamp>,
+    /// Set when the route is not what failoverd wrote for `routing`: someone (a person, a
+    /// GitOps sync) changed it since. Says what differs. Always `None` on the primary, where
+    /// the route is not failoverd's.
+    pub drift: Option<String>,
 }
 
 /// What a write changed.
@@ -130,6 +172,16 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, WriteOutcome>;
     /// A short description for logs (`file:/var/lib/failoverd/routes`).
     fn describe(&self) -> String;
+    /// Change notices for these `(namespace, name)` objects, for stores that can watch
+    /// (`kubernetes`): drift is then found within a second instead of at the next periodic
+    /// check. The default (`file`) has none.
+    fn watch(
+        &self,
+        objects: Vec<(String, String)>,
+    ) -> Option<tokio::sync::mpsc::Receiver<(String, String)>> {
+        let _ = objects;
+        None
+    }
 }
 
 fn object_name(pb: &Playbook) -> String {
@@ -180,10 +232,31 @@ pub fn view(vs: &Value, pb: &Playbook) -> Result<RouteView, StoreError> {
         .and_then(Value::as_str)
         .and_then(|s| serde_json::from_str::<StateAnnotation>(s).ok())
         .filter(|s| s.route_matches(pb));
+    let routing = state.as_ref().map_or(Routing::Primary, |s| s.routing);
+    let drift = if routing == Routing::Primary {
+        None
+    } else {
+        // What failoverd would have written for this routing, from the recorded original.
+        let original = annotations(vs)
+            .and_then(|a| a.get(ORIGINAL_ROUTE))
+            .and_then(Value::as_str)
+            .and_then(|s| serde_json::from_str::<Value>(s).ok());
+        match original {
+            None => Some(format!(
+                "annotation {ORIGINAL_ROUTE} is missing or not JSON"
+            )),
+            Some(o) => {
+                let wrote = route_for(pb, routing, &o);
+                (wrote != route)
+                    .then(|| format!("route is {route}, failoverd wrote {wrote} for {routing}"))
+            }
+        }
+    };
     Ok(RouteView {
-        routing: state.as_ref().map_or(Routing::Primary, |s| s.routing),
+        routing,
         last_move: state.and_then(|s| s.last_move),
         route,
+        drift,
     })
 }
 

@@ -261,3 +261,184 @@ fn last_move_round_trips() {
     apply(&mut v, &pb, Routing::Primary, Some(t)).unwrap();
     assert_eq!(view(&v, &pb).unwrap().last_move, None);
 }
+
+mod istio_property {
+    //! No object failoverd writes is one the Istio schema or istiod's webhook would reject,
+    //! whatever the VirtualService looked like and whatever sequence of moves is applied.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HOSTS: [&str; 4] = [
+        "svc-a.ns.svc.cluster.local",
+        "svc-b.ns-dr.svc.cluster.local",
+        "svc-c",
+        "svc-d.other.svc.cluster.local",
+    ];
+
+    fn dest() -> impl Strategy<Value = (usize, Option<&'static str>, Option<u32>)> {
+        (
+            0..HOSTS.len(),
+            proptest::option::of(prop_oneof![Just("v1"), Just("v2"), Just("blue-green")]),
+            proptest::option::of(1u32..9000),
+        )
+    }
+
+    fn destination(host: usize, subset: Option<&str>, port: Option<u32>) -> Value {
+        let mut d = json!({ "host": HOSTS[host] });
+        if let Some(s) = subset {
+            d["subset"] = json!(s);
+        }
+        if let Some(p) = port {
+            d["port"] = json!({ "number": p });
+        }
+        d
+    }
+
+    prop_compose! {
+        /// A valid VirtualService: 1-3 http routes, the playbook's one named `main`, with
+        /// 1-4 weighted destinations (weights relative, not all zero), plus other fields.
+        fn virtual_service()(
+            before in 0usize..2,
+            after in 0usize..2,
+            dests in proptest::collection::vec((dest(), 0u32..200), 1..5),
+            timeout in proptest::option::of(1u32..60),
+            retries in proptest::option::of(0u32..5),
+            hosts in proptest::collection::vec(0..HOSTS.len(), 1..3),
+        ) -> Value {
+            let mut route: Vec<Value> = dests
+                .iter()
+                .map(|((h, s, p), w)| json!({ "destination": destination(*h, *s, *p), "weight": w }))
+                .collect();
+            if route.iter().all(|d| d["weight"] == json!(0)) {
+                route[0]["weight"] = json!(1);
+            }
+            if route.len() == 1 && dests[0].1 % 2 == 0 {
+                // A lone destination may omit its weight (Istio reads it as 100 %).
+                route[0].as_object_mut().unwrap().remove("weight");
+            }
+            let mut main = json!({ "name": "main", "route": route });
+            if let Some(t) = timeout {
+                main["timeout"] = json!(format!("{t}s"));
+            }
+            if let Some(a) = retries {
+                main["retries"] = json!({ "attempts": a, "perTryTimeout": "2s" });
+            }
+            let other = |n: usize| json!({
+                "name": format!("other-{n}"),
+                "match": [{ "uri": { "prefix": format!("/p{n}") } }],
+                "route": [{ "destination": { "host": HOSTS[n % HOSTS.len()] } }],
+            });
+            let mut http: Vec<Value> = (0..before).map(other).collect();
+            http.push(main);
+            http.extend((0..after).map(|n| other(n + 10)));
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": { "name": "web", "namespace": "demo", "labels": { "app": "web" } },
+                "spec": {
+                    "hosts": hosts.iter().map(|h| HOSTS[*h]).collect::<Vec<_>>(),
+                    "http": http,
+                },
+            })
+        }
+    }
+
+    fn playbook(targets: usize) -> Playbook {
+        let failover: String = (0..targets)
+            .map(|i| {
+                format!(
+                    "    - {{ host: {}, subset: dr{i} }}\n",
+                    HOSTS[(i + 1) % HOSTS.len()]
+                )
+            })
+            .collect();
+        let probes: String = (0..targets)
+            .map(|i| {
+                format!(
+                    "    - {{ name: f{i}, target: \"failover[{i}]\", tcp: {{ address: \"127.0.0.1:9\" }} }}\n"
+                )
+            })
+            .collect();
+        let text = format!(
+            "apiVersion: failoverd.dev/v1alpha1\nkind: Playbook\nmetadata: {{ name: web }}\nspec:\n  \
+             virtualService: {{ namespace: demo, name: web }}\n  route: main\n  \
+             primary: {{ host: {} }}\n  failover:\n{failover}  probes:\n    \
+             - {{ name: p, target: primary, tcp: {{ address: \"127.0.0.1:9\" }} }}\n{probes}",
+            HOSTS[0]
+        );
+        playbook::parse("prop.yaml", &text).unwrap()
+    }
+
+    fn routing(targets: usize) -> impl Strategy<Value = Routing> {
+        prop_oneof![
+            Just(Routing::Primary),
+            (0..targets).prop_map(|target| Routing::Failover { target }),
+            (0..targets, 1u8..100).prop_map(|(target, p)| Routing::Split {
+                target,
+                primary_percent: p,
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_written_object_passes_istio_validation(
+            (targets, moves) in (1usize..4).prop_flat_map(|t| (Just(t), proptest::collection::vec(routing(t), 1..8))),
+            original in virtual_service(),
+        ) {
+            prop_assert!(
+                istio::validate_virtual_service(&original).is_ok(),
+                "generator made an invalid object: {:?}",
+                istio::validate_virtual_service(&original)
+            );
+            let pb = playbook(targets);
+            let mut vs = original.clone();
+            for to in moves {
+                apply(&mut vs, &pb, to, None).unwrap();
+                let checked = istio::validate_virtual_service(&vs);
+                prop_assert!(checked.is_ok(), "after {to:?}: {checked:?}\n{vs:#}");
+                let route = vs.pointer(&format!("/spec/http/{}/route", route_index(&vs, &pb).unwrap())).unwrap();
+                if to != Routing::Primary {
+                    let sum: u64 = route.as_array().unwrap().iter().map(|d| d["weight"].as_u64().unwrap()).sum();
+                    prop_assert_eq!(sum, 100);
+                }
+            }
+            // However it moved, failing back restores the original object exactly.
+            apply(&mut vs, &pb, Routing::Primary, None).unwrap();
+            prop_assert_eq!(vs, original);
+        }
+    }
+}
+
+/// Ensures a route changed behind failoverd's back while failed over is seen as drift, and
+/// that failoverd's own writes never are.
+#[test]
+fn drift_is_detected_only_for_changes_made_by_others() {
+    let pb = pb();
+    let mut v = vs();
+    assert_eq!(view(&v, &pb).unwrap().drift, None, "primary is never drift");
+    for to in [
+        Routing::Failover { target: 0 },
+        Routing::Split {
+            target: 0,
+            primary_percent: 10,
+        },
+    ] {
+        apply(&mut v, &pb, to, None).unwrap();
+        assert_eq!(view(&v, &pb).unwrap().drift, None, "{to:?}");
+    }
+    let i = route_index(&v, &pb).unwrap();
+    // A GitOps sync puts the original route back but leaves the annotations.
+    let original = vs()
+        .pointer(&format!("/spec/http/{i}/route"))
+        .unwrap()
+        .clone();
+    *v.pointer_mut(&format!("/spec/http/{i}/route")).unwrap() = original;
+    let drift = view(&v, &pb).unwrap().drift.expect("drift");
+    assert!(drift.contains("failoverd wrote"), "{drift}");
+    // Writing the routing again (reassert) clears it.
+    let routing = view(&v, &pb).unwrap().routing;
+    apply(&mut v, &pb, routing, None).unwrap();
+    assert_eq!(view(&v, &pb).unwrap().drift, None);
+}

@@ -1,0 +1,115 @@
+//! Drift: the route failoverd wrote, changed by someone else while it is failed over.
+//!
+//! A checker task re-reads every playbook that is off its primary route, every
+//! [`CHECK_EVERY`] and at once when the store reports a change (the `kubernetes` store
+//! watches its VirtualServices). It only *finds* drift; the controller decides what to do
+//! (the playbook's `onDrift`), so the single writer stays the only task that writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::engine::Routing;
+use crate::routing::{RouteView, RoutingStore};
+use crate::runtime::Shared;
+
+/// How often failed-over routes are re-read when no change notice arrives.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// A route that is not what failoverd wrote.
+#[derive(Debug)]
+pub struct Found {
+    /// Playbook index.
+    pub idx: usize,
+    /// The routing failoverd held when the check started (the controller ignores the
+    /// finding if it has moved on since).
+    pub believed: Routing,
+    /// What differs.
+    pub detail: String,
+    /// The route as found.
+    pub route: Value,
+}
+
+/// What differs between the store and what failoverd holds, if anything.
+pub fn drift_of(view: &RouteView, believed: Routing) -> Option<String> {
+    if view.routing != believed {
+        return Some(format!(
+            "the store's state annotation says {}, failoverd holds {believed}",
+            view.routing
+        ));
+    }
+    view.drift.clone()
+}
+
+/// Starts the checker. It stops when `shutdown` turns true or the controller goes away.
+pub fn spawn(
+    store: Arc<dyn RoutingStore>,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Found>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let objects: Vec<(String, String)> = shared
+        .playbooks
+        .iter()
+        .map(|pb| {
+            let vs = &pb.spec.virtual_service;
+            (vs.namespace.clone(), vs.name.clone())
+        })
+        .collect();
+    let mut changes = store.watch(objects.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // `None`: every off-primary playbook; `Some(object)`: the ones on that object.
+            let only: Option<(String, String)> = tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                    continue;
+                }
+                _ = tick.tick() => None,
+                Some(o) = async {
+                    match changes.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(o),
+            };
+            let held: Vec<(usize, Routing)> = match shared.status.read() {
+                Ok(s) => s
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, st)| st.routing.map(|r| (i, r)))
+                    .filter(|(_, r)| *r != Routing::Primary)
+                    .filter(|(i, _)| only.as_ref().is_none_or(|o| objects.get(*i) == Some(o)))
+                    .collect(),
+                Err(_) => return,
+            };
+            for (idx, believed) in held {
+                let Some(pb) = shared.playbooks.get(idx) else {
+                    continue;
+                };
+                match store.read(pb).await {
+                    Ok(view) => {
+                        if let Some(detail) = drift_of(&view, believed) {
+                            let found = Found {
+                                idx,
+                                believed,
+                                detail,
+                                route: view.route,
+                            };
+                            if tx.send(found).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Read errors surface through the controller's own reads and writes.
+                    Err(e) => debug!(playbook = pb.name(), error = %e, "drift check: cannot read"),
+                }
+            }
+        }
+    })
+}

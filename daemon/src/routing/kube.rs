@@ -1,0 +1,500 @@
+//! The `kubernetes` store: VirtualServices read and written through the API server (kube-rs).
+//!
+//! Every write is a read-modify-write guarded by `resourceVersion` (an update that carries the
+//! version it read), so a concurrent edit — a human, a GitOps sync, another controller — is
+//! never overwritten blindly: on 409 Conflict the object is read again, the change recomputed
+//! on what is there now, and sent again, with backoff, inside the write budget. Before any
+//! request leaves, the whole new object is checked against the official Istio CRD schema and
+//! istiod's webhook rules ([`super::istio`]), so failoverd never sends a VirtualService the
+//! mesh would reject. After the write the object is read back and compared.
+//!
+//! The object is handled as JSON (`DynamicObject`), never as a typed struct: a typed
+//! VirtualService would silently drop every field it does not model on the way back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use super::{RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, apply, view};
+use crate::engine::Routing;
+use crate::playbook::Playbook;
+
+/// The Istio API group failoverd writes.
+pub const GROUP: &str = "networking.istio.io";
+/// Field manager recorded on every write (shows in `managedFields`).
+pub const FIELD_MANAGER: &str = "failoverd";
+
+/// How the `kubernetes` store connects and paces itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeOptions {
+    /// Kubeconfig file; `None`: in-cluster config, else `$KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; `None`: the current context.
+    pub context: Option<String>,
+    /// Sustained API requests per second (client-side rate limit, shared by all playbooks).
+    pub qps: u32,
+    /// Requests allowed in a burst above `qps`.
+    pub burst: u32,
+    /// Timeout of one API request (connect + answer).
+    pub request_timeout: Duration,
+    /// Time one write may spend on conflicts and retries before it reports failure (the
+    /// daemon's writer then retries on its own backoff). Kept below the writer's timeout.
+    pub budget: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            // client-go's defaults are 5/10, tuned for controllers that list a lot. failoverd
+            // sends ~3 requests per move; 50/s lets 100 playbooks fail over in a few seconds
+            // without one burst of 300 requests at an API server that may itself be struggling.
+            qps: 50,
+            burst: 100,
+            request_timeout: Duration::from_secs(3),
+            budget: Duration::from_secs(8),
+        }
+    }
+}
+
+/// VirtualServices in a Kubernetes cluster.
+pub struct KubeStore {
+    client: kube::Client,
+    /// `networking.istio.io/v1`, or `v1beta1` on clusters whose Istio serves no v1 yet.
+    resource: OnceCell<ApiResource>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    recorder: Recorder,
+    options: KubeOptions,
+    server: String,
+    /// With leader election: checked immediately before every update is sent.
+    fence: Option<Arc<crate::leader::Leadership>>,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("server", &self.server)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeStore {
+    /// Connects with in-cluster config or a kubeconfig (`options.kubeconfig`, `options.context`).
+    pub async fn connect(options: KubeOptions) -> anyhow::Result<Self> {
+        let config = match (&options.kubeconfig, &options.context) {
+            (None, None) => kube::Config::infer().await?,
+            (path, context) => {
+                let kcfg = match path {
+                    Some(p) => kube::config::Kubeconfig::read_from(p).map_err(|e| {
+                        anyhow::anyhow!("cannot read kubeconfig {}: {e}", p.display())
+                    })?,
+                    None => kube::config::Kubeconfig::read()?,
+                };
+                let opts = kube::config::KubeConfigOptions {
+                    context: context.clone(),
+                    ..Default::default()
+                };
+                kube::Config::from_custom_kubeconfig(kcfg, &opts).await?
+            }
+        };
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)?;
+        Ok(Self::from_client(client, server, options))
+    }
+
+    /// A store on an existing client (tests, or a client shared with leader election).
+    pub fn from_client(client: kube::Client, server: String, options: KubeOptions) -> Self {
+        let quota = Quota::per_second(std::num::NonZeroU32::new(options.qps.max(1)).unwrap_or(
+            // Unreachable: max(1) is never zero.
+            std::num::NonZeroU32::MIN,
+        ))
+        .allow_burst(
+            std::num::NonZeroU32::new(options.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        let reporter = Reporter {
+            controller: "failoverd".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            resource: OnceCell::new(),
+            limiter: Arc::new(RateLimiter::direct(quota)),
+            options,
+            server,
+            fence: None,
+        }
+    }
+
+    /// Checks `leadership` immediately before every write request: a replica whose lease
+    /// has lapsed sends nothing, even in the middle of a retry loop.
+    pub fn set_fence(&mut self, leadership: Arc<crate::leader::Leadership>) {
+        self.fence = Some(leadership);
+    }
+
+    /// The client, for other parts that talk to the same cluster (leader election).
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// Finds which VirtualService version the cluster serves (v1, else v1beta1), once.
+    async fn resource(&self, object: &str) -> Result<&ApiResource, StoreError> {
+        self.resource
+            .get_or_try_init(|| async {
+                self.limiter.until_ready().await;
+                discover(&self.client, self.options.request_timeout, object).await
+            })
+            .await
+    }
+
+    async fn api(&self, pb: &Playbook) -> Result<Api<DynamicObject>, StoreError> {
+        let ar = self.resource(&object_name(pb)).await?;
+        Ok(Api::namespaced_with(
+            self.client.clone(),
+            &pb.spec.virtual_service.namespace,
+            ar,
+        ))
+    }
+
+    async fn get(&self, api: &Api<DynamicObject>, pb: &Playbook) -> Result<Value, StoreError> {
+        let object = object_name(pb);
+        self.limiter.until_ready().await;
+        let obj = timed(
+            self.options.request_timeout,
+            api.get(&pb.spec.virtual_service.name),
+        )
+        .await
+        .map_err(|e| map_err(e, &object, "get", &pb.spec.virtual_service.namespace))?;
+        serde_json::to_value(&obj).map_err(|e| StoreError::Malformed {
+            object,
+            message: format!("cannot represent as JSON: {e}"),
+        })
+    }
+
+    /// The playbook's VirtualService as the API server holds it now (for `plan`).
+    pub async fn object(&self, pb: &Playbook) -> Result<Value, StoreError> {
+        let api = self.api(pb).await?;
+        self.get(&api, pb).await
+    }
+
+    /// One read-modify-write attempt.
+    async fn try_write(
+        &self,
+        pb: &Playbook,
+        to: Routing,
+        last_move: Option<jiff::Timestamp>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let object = object_name(pb);
+        let ns = &pb.spec.virtual_service.namespace;
+        let api = self.api(pb).await?;
+        let mut vs = self.get(&api, pb).await?;
+        let current = view(&vs, pb)?;
+        let i = super::route_index(&vs, pb)?;
+        let pointer = format!("/spec/http/{i}/route");
+        let before = apply(&mut vs, pb, to, last_move)?;
+        let after = vs.pointer(&pointer).cloned().unwrap_or(Value::Null);
+        if current.routing == to && before == after {
+            return Ok(WriteOutcome {
+                before,
+                after,
+                changed: false,
+            });
+        }
+        // Never send what the API server or istiod would refuse (or, worse, accept and
+        // break the listener with).
+        super::istio::validate_virtual_service(&vs).map_err(|problems| StoreError::Invalid {
+            object: object.clone(),
+            message: problems.join("; "),
+        })?;
+        let obj: DynamicObject = serde_json::from_value(vs).map_err(|e| StoreError::Malformed {
+            object: object.clone(),
+            message: format!("cannot build the update: {e}"),
+        })?;
+        // `metadata.resourceVersion` is the one read above: the API server answers 409 if
+        // anybody wrote the object since.
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        self.limiter.until_ready().await;
+        if self.fence.as_ref().is_some_and(|f| !f.is_leader()) {
+            return Err(StoreError::Fenced);
+        }
+        timed(
+            self.options.request_timeout,
+            api.replace(&pb.spec.virtual_service.name, &params, &obj),
+        )
+        .await
+        .map_err(|e| map_err(e, &object, "update", ns))?;
+        let read_back = self.get(&api, pb).await?;
+        let got = read_back.pointer(&pointer).cloned().unwrap_or(Value::Null);
+        let read_routing = view(&read_back, pb)?.routing;
+        if got != after || read_routing != to {
+            warn!(object, wrote = %after, read = %got, routing = %read_routing, "read back differs from the update");
+            return Err(StoreError::Verify { object });
+        }
+        Ok(WriteOutcome {
+            before,
+            after: got,
+            changed: true,
+        })
+    }
+
+    async fn write_with_budget(
+        &self,
+        pb: &Playbook,
+        to: Routing,
+        last_move: Option<jiff::Timestamp>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let deadline = Instant::now() + self.options.budget;
+        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 1u32;
+        loop {
+            match self.try_write(pb, to, last_move).await {
+                Ok(out) => return Ok(out),
+                Err(e) if e.is_retryable() => {
+                    // Jitter so many playbooks retrying after one API blip do not return in step.
+                    let wait = backoff + backoff.mul_f64(rand::random::<f64>() * 0.5);
+                    if Instant::now() + wait >= deadline {
+                        return Err(e);
+                    }
+                    warn!(playbook = pb.name(), attempt, error = %e, wait_ms = wait.as_millis() as u64, "VirtualService write did not land; retrying");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes a Kubernetes Event on the VirtualService, in the background: an Event is
+    /// for people running `kubectl describe`, and must never delay or fail a move.
+    fn publish_event(&self, pb: &Playbook, to: Routing, result: &Result<WriteOutcome, StoreError>) {
+        let Some(ar) = self.resource.get() else {
+            return;
+        };
+        let (type_, reason, note) = match result {
+            Ok(out) if !out.changed => return,
+            Ok(_) => (
+                EventType::Normal,
+                "RouteChanged",
+                format!("playbook {}: route now {to}", pb.name()),
+            ),
+            Err(e) => (
+                EventType::Warning,
+                "RouteWriteFailed",
+                format!("playbook {}: could not route to {to}: {e}", pb.name()),
+            ),
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            // The API server caps a note at 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: if to == Routing::Primary {
+                "Failback".into()
+            } else {
+                "Failover".into()
+            },
+            secondary: None,
+        };
+        let reference = ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some("VirtualService".into()),
+            name: Some(pb.spec.virtual_service.name.clone()),
+            namespace: Some(pb.spec.virtual_service.namespace.clone()),
+            ..Default::default()
+        };
+        let recorder = self.recorder.clone();
+        let limiter = self.limiter.clone();
+        let timeout = self.options.request_timeout;
+        let object = object_name(pb);
+        tokio::spawn(async move {
+            limiter.until_ready().await;
+            match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(object, error = %e, "cannot publish the Kubernetes Event"),
+                Err(_) => warn!(object, "publishing the Kubernetes Event timed out"),
+            }
+        });
+    }
+}
+
+impl RoutingStore for KubeStore {
+    fn read<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, RouteView> {
+        Box::pin(async move {
+            let api = self.api(pb).await?;
+            let vs = self.get(&api, pb).await?;
+            view(&vs, pb)
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        pb: &'a Playbook,
+        to: Routing,
+        last_move: Option<jiff::Timestamp>,
+    ) -> StoreFuture<'a, WriteOutcome> {
+        Box::pin(async move {
+            let result = self.write_with_budget(pb, to, last_move).await;
+            self.publish_event(pb, to, &result);
+            result
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("kubernetes:{}", self.server)
+    }
+
+    fn watch(
+        &self,
+        objects: Vec<(String, String)>,
+    ) -> Option<tokio::sync::mpsc::Receiver<(String, String)>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut namespaces: Vec<String> = objects.iter().map(|(ns, _)| ns.clone()).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        let wanted: Arc<std::collections::HashSet<(String, String)>> =
+            Arc::new(objects.into_iter().collect());
+        let client = self.client.clone();
+        let timeout = self.options.request_timeout;
+        tokio::spawn(async move {
+            // Discovery again here: this task outlives no borrow of the store.
+            let ar = loop {
+                match discover(&client, timeout, "(watch)").await {
+                    Ok(ar) => break ar,
+                    Err(e) => {
+                        debug!(error = %e, "watch: discovery failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            };
+            for ns in namespaces {
+                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+                let (tx, wanted) = (tx.clone(), wanted.clone());
+                tokio::spawn(async move {
+                    use futures::StreamExt;
+                    use kube::runtime::WatchStreamExt;
+                    // One watch per namespace; relists and backs off on errors by itself.
+                    let mut stream = std::pin::pin!(
+                        kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
+                            .default_backoff()
+                            .touched_objects()
+                    );
+                    while let Some(item) = stream.next().await {
+                        let Ok(obj) = item else { continue };
+                        let key = (ns.clone(), obj.metadata.name.clone().unwrap_or_default());
+                        if wanted.contains(&key) && tx.send(key).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Some(rx)
+    }
+}
+
+/// The served VirtualService version: `v1`, else `v1beta1` (older Istio).
+async fn discover(
+    client: &kube::Client,
+    timeout: Duration,
+    object: &str,
+) -> Result<ApiResource, StoreError> {
+    let group = timed(timeout, kube::discovery::group(client, GROUP))
+        .await
+        .map_err(|e| map_err(e, object, "discover", "(cluster)"))?;
+    let served: Vec<&str> = group.versions().collect();
+    let version = ["v1", "v1beta1"]
+        .into_iter()
+        .find(|v| served.contains(v))
+        .ok_or_else(|| StoreError::Malformed {
+            object: object.to_string(),
+            message: format!(
+                "the cluster serves {GROUP} versions {served:?}; failoverd needs v1 or v1beta1"
+            ),
+        })?;
+    debug!(version, "VirtualService API version discovered");
+    Ok(ApiResource::from_gvk(&GroupVersionKind::gvk(
+        GROUP,
+        version,
+        "VirtualService",
+    )))
+}
+
+fn object_name(pb: &Playbook) -> String {
+    pb.spec.virtual_service.to_string()
+}
+
+async fn timed<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, TimedError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(TimedError::Kube),
+        Err(_) => Err(TimedError::Timeout(limit)),
+    }
+}
+
+/// A kube error, or our own per-request timeout.
+#[derive(Debug)]
+enum TimedError {
+    Kube(kube::Error),
+    Timeout(Duration),
+}
+
+/// Maps an API error to what the daemon does about it: 404 → playbook error, 409 → re-read
+/// and retry, 422/400 → never retried, 403/401 → degraded with the missing rule named,
+/// 5xx/429/transport → retried inside the budget.
+fn map_err(e: TimedError, object: &str, verb: &str, namespace: &str) -> StoreError {
+    let object = object.to_string();
+    let status = match e {
+        TimedError::Timeout(d) => {
+            return StoreError::Unavailable {
+                object,
+                message: format!("{verb} timed out after {d:?}"),
+            };
+        }
+        TimedError::Kube(kube::Error::Api(status)) => status,
+        TimedError::Kube(other) => {
+            return StoreError::Unavailable {
+                object,
+                message: format!("{verb}: {other}"),
+            };
+        }
+    };
+    match status.code {
+        404 => StoreError::NotFound(format!("{object} ({})", status.message)),
+        409 => StoreError::Conflict(object),
+        400 | 422 => StoreError::Rejected {
+            object,
+            message: status.message,
+        },
+        401 => StoreError::Forbidden {
+            object,
+            message: format!("credentials refused (401): {}", status.message),
+        },
+        403 => StoreError::Forbidden {
+            message: format!(
+                "missing RBAC rule: verb `{verb}` on resource `virtualservices` (group {GROUP}) in namespace `{namespace}`: {}",
+                status.message
+            ),
+            object,
+        },
+        code => StoreError::Unavailable {
+            object,
+            message: format!("{verb}: {code} {}: {}", status.reason, status.message),
+        },
+    }
+}
