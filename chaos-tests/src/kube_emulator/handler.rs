@@ -114,6 +114,15 @@ impl Status {
                 "the server could not find the requested resource",
             ),
             409 => ("Conflict", "the server reported a conflict"),
+            410 => ("Expired", "the resource version is too old"),
+            415 => (
+                "UnsupportedMediaType",
+                "the server does not support the request's media type",
+            ),
+            422 => (
+                "Invalid",
+                "the server rejected our request due to an error in our request",
+            ),
             429 => (
                 "TooManyRequests",
                 "the server has received too many requests and has asked us to try again later",
@@ -222,9 +231,15 @@ async fn serve(
         tokio::time::sleep(latency).await;
     }
     if drop {
+        if write {
+            record_fault(&shared, req, 0).await;
+        }
         return Err(Dropped);
     }
     if let Some(code) = fail {
+        if write {
+            record_fault(&shared, req, code).await;
+        }
         let mut r = respond(code, &Status::injected(code).body());
         if matches!(code, 429 | 503) {
             // What the real server sends with these (priority and fairness, not-ready).
@@ -239,6 +254,71 @@ async fn serve(
         Ok(r) => r,
         Err(s) => respond(s.code, &s.body()),
     })
+}
+
+/// Records a write answered by fault injection (`status` 0: dropped without an answer).
+async fn record_fault(shared: &Shared, req: Request<hyper::body::Incoming>, status: u16) {
+    let token = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let target = parse_target(&segs);
+    let verb = match (
+        req.method().as_str(),
+        target.as_ref().is_some_and(|t| t.name.is_some()),
+    ) {
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    };
+    let body = axum::body::to_bytes(Body::new(req.into_body()), MAX_BODY)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let name = target
+        .as_ref()
+        .and_then(|t| t.name.clone())
+        .unwrap_or_else(|| {
+            serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        });
+    let mut st = shared.lock();
+    let identity = match token {
+        Some(t) => st.tokens.get(&t).map(|i| i.user.clone()),
+        None => st.anonymous.as_ref().map(|i| i.user.clone()),
+    }
+    .unwrap_or_else(|| "system:anonymous".to_string());
+    st.writes.push(WriteRecord {
+        time: SystemTime::now(),
+        identity,
+        verb: verb.to_string(),
+        content_type,
+        kind: target
+            .as_ref()
+            .map(|t| t.res.kind.to_string())
+            .unwrap_or_default(),
+        namespace: target
+            .as_ref()
+            .and_then(|t| t.ns.clone())
+            .unwrap_or_default(),
+        name,
+        resource_version: None,
+        status,
+        body,
+    });
 }
 
 fn query_pairs(req: &Request<hyper::body::Incoming>) -> Vec<(String, String)> {

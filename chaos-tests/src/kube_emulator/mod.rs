@@ -61,7 +61,8 @@ pub struct WriteRecord {
     pub name: String,
     /// The object's resourceVersion after the request (None if it failed or deleted nothing).
     pub resource_version: Option<String>,
-    /// HTTP status code answered.
+    /// HTTP status code answered (injected faults included); 0 when the connection was
+    /// closed without an answer ([`Emulator::drop_next`]).
     pub status: u16,
     /// The request body as sent.
     pub body: String,
@@ -392,7 +393,8 @@ impl Emulator {
         });
     }
 
-    /// Every mutating request so far (and every out-of-band write), oldest first.
+    /// Every mutating request so far (and every out-of-band write), oldest first. Requests
+    /// answered by fault injection are included with the injected status.
     pub fn writes(&self) -> Vec<WriteRecord> {
         self.shared.lock().writes.clone()
     }
