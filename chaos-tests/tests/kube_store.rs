@@ -390,3 +390,102 @@ async fn drift_while_failed_over_is_reasserted() {
     );
     d.terminate(Duration::from_secs(10)).unwrap();
 }
+
+/// Ensures `onDrift: respect` leaves a changed route alone and freezes the playbook.
+#[tokio::test]
+async fn drift_is_respected_when_the_playbook_says_so() {
+    let (emu, _dir, kubeconfig) = cluster(ADMIN_TOKEN).await;
+    let mut sc = Scenario::new(&[("onMissing: hold", "onMissing: hold\n  onDrift: respect")])
+        .await
+        .unwrap();
+    let mut d = kube_daemon(&sc, &kubeconfig, "respect").await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    sc.primary.stop();
+    wait_for("the failover audited", Duration::from_secs(30), || {
+        audit::read_all(&sc.paths.audit)
+            .ok()?
+            .into_iter()
+            .find(|r| r.action == "failover" && r.outcome == "written")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    // Someone sends 20 % back to the primary by hand.
+    emu.mutate("VirtualService", "demo", "web", |o| {
+        o["spec"]["http"][1]["route"] = json!([
+            { "destination": { "host": "web.demo.svc.cluster.local", "subset": "v1" }, "weight": 20 },
+            { "destination": { "host": "web.demo-dr.svc.cluster.local" }, "weight": 80 },
+        ]);
+    })
+    .unwrap();
+    let hand = primary_route(&vs(&emu));
+    wait_for("the playbook frozen", Duration::from_secs(15), || {
+        audit::read_all(&sc.paths.audit)
+            .ok()?
+            .into_iter()
+            .find(|r| r.action == "override-freeze" && r.actor == "failoverd")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    // Left alone: give the checker and the controller time to (not) act.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(primary_route(&vs(&emu)), hand);
+    let records = audit::read_all(&sc.paths.audit).unwrap();
+    assert!(records.iter().any(|r| r.action == "drift"));
+    assert!(!records.iter().any(|r| r.action == "reassert"));
+    d.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// Ensures a missing RBAC rule shows in `/readyz` as a degraded playbook naming the verb,
+/// while the daemon stays ready.
+#[tokio::test]
+async fn missing_update_permission_degrades_the_playbook_in_readyz() {
+    let (emu, _dir, kubeconfig) = cluster("read-only").await;
+    emu.add_token(
+        "read-only",
+        "system:serviceaccount:failoverd:failoverd",
+        vec![
+            Rule::new(
+                &["get", "list", "watch"],
+                &["networking.istio.io"],
+                &["virtualservices"],
+                &["*"],
+            ),
+            Rule::new(
+                &["create", "patch"],
+                &["events.k8s.io", ""],
+                &["events"],
+                &["*"],
+            ),
+        ],
+    );
+    let mut sc = Scenario::new(&[]).await.unwrap();
+    let mut d = kube_daemon(&sc, &kubeconfig, "forbidden").await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    sc.primary.stop();
+    let body = {
+        let mut last = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, body) = d.get("/readyz").await.unwrap();
+            assert_eq!(code, 200, "degraded, still ready: {body}");
+            if body.contains("\"degraded\"") {
+                break body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never degraded: {last}\n{}",
+                d.logs()
+            );
+            last = body;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    for needle in ["update", "virtualservices", "demo"] {
+        assert!(
+            body.contains(needle),
+            "`{needle}` missing from /readyz: {body}"
+        );
+    }
+    assert_eq!(primary_route(&vs(&emu)), primary_route(&original()));
+    d.terminate(Duration::from_secs(10)).unwrap();
+}
