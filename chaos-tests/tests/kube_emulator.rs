@@ -432,6 +432,12 @@ async fn faults_failures_drops_and_a_restart() {
             .expect_err("500"),
     );
     assert_eq!(err.code, 500);
+    let last = emu.writes().pop().expect("the failed write is recorded");
+    assert_eq!(
+        (last.verb.as_str(), last.status, last.name.as_str()),
+        ("patch", 500, "web")
+    );
+    assert_eq!(last.resource_version, None);
     emu.drop_next(1);
     let e = api.get("web").await.expect_err("connection dropped");
     assert!(!matches!(e, kube::Error::Api(_)), "no HTTP answer: {e:?}");
