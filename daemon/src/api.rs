@@ -1680,6 +1680,7 @@ async fn get_drill_run(
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, reason too long", body = ErrorBody),
         (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 503, description = "This replica is a standby: drills run on the leader", body = ErrorBody),
     )
 )]
 async fn run_drill(

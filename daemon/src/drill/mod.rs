@@ -347,6 +347,21 @@ impl Drills {
             .def(name)
             .ok_or_else(|| refusal(404, format!("no drill named `{name}`")))?
             .clone();
+        // Only the leader moves traffic: a standby neither runs nor records drills (the
+        // leader runs the scheduled ones).
+        if !self.shared.leader.is_leader() {
+            return Err(refusal(
+                503,
+                format!(
+                    "this replica is a standby; drills run on the leader{}",
+                    self.shared
+                        .leader
+                        .holder()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
         let (kind, requested_by, reason, force) = match &trigger {
             Trigger::Schedule => (
                 "schedule",
@@ -1112,6 +1127,14 @@ impl Drills {
                 for leg in &run.playbooks {
                     busy.insert(leg.playbook.clone(), run.id.clone());
                 }
+            }
+        }
+        // Only the leader moves traffic: a standby keeps the record until it leads.
+        let mut stop = self.shutdown.clone();
+        while !self.shared.leader.is_leader() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|v| *v) => return,
             }
         }
         // The controller answers only once it has read the routes, and a failback needs
