@@ -52,9 +52,9 @@ fn show(label: &str, mut d: Vec<Duration>) {
     println!(
         "{label}: n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         d.len(),
-        ms(0.50),
-        ms(0.99),
-        ms(1.0)
+        ms(50.0),
+        ms(99.0),
+        ms(100.0)
     );
 }
 

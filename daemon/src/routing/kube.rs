@@ -72,6 +72,8 @@ pub struct KubeStore {
     /// `networking.istio.io/v1`, or `v1beta1` on clusters whose Istio serves no v1 yet.
     resource: OnceCell<ApiResource>,
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// Events have their own, smaller bucket: they must never take a token a write needs.
+    event_limiter: Arc<DefaultDirectRateLimiter>,
     recorder: Recorder,
     options: KubeOptions,
     server: String,
@@ -114,13 +116,6 @@ impl KubeStore {
 
     /// A store on an existing client (tests, or a client shared with leader election).
     pub fn from_client(client: kube::Client, server: String, options: KubeOptions) -> Self {
-        let quota = Quota::per_second(std::num::NonZeroU32::new(options.qps.max(1)).unwrap_or(
-            // Unreachable: max(1) is never zero.
-            std::num::NonZeroU32::MIN,
-        ))
-        .allow_burst(
-            std::num::NonZeroU32::new(options.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
-        );
         let reporter = Reporter {
             controller: "failoverd".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -129,7 +124,8 @@ impl KubeStore {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             resource: OnceCell::new(),
-            limiter: Arc::new(RateLimiter::direct(quota)),
+            limiter: bucket(options.qps, options.burst),
+            event_limiter: bucket(10, 20),
             options,
             server,
             fence: None,
@@ -317,7 +313,7 @@ impl KubeStore {
             ..Default::default()
         };
         let recorder = self.recorder.clone();
-        let limiter = self.limiter.clone();
+        let limiter = self.event_limiter.clone();
         let timeout = self.options.request_timeout;
         let object = object_name(pb);
         tokio::spawn(async move {
@@ -431,6 +427,14 @@ async fn discover(
         version,
         "VirtualService",
     )))
+}
+
+/// A token bucket of `per_second` with `burst` (each at least 1).
+fn bucket(per_second: u32, burst: u32) -> Arc<DefaultDirectRateLimiter> {
+    let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    Arc::new(RateLimiter::direct(
+        Quota::per_second(nz(per_second)).allow_burst(nz(burst)),
+    ))
 }
 
 fn object_name(pb: &Playbook) -> String {
