@@ -299,6 +299,19 @@ async fn invalid_virtual_services_are_rejected_like_a_cluster_with_istiod() {
     assert_eq!(err.code, 400);
     assert!(err.message.contains("invalid destination host *"));
     assert!(api.get_opt("web2").await.expect("get").is_none());
+    // Deleting answers a Success Status (no ReturnDeletedObject for custom resources).
+    let gone = api
+        .delete("web", &Default::default())
+        .await
+        .expect("delete");
+    let status = gone.right().expect("a Status, not the object");
+    assert_eq!(status.details.expect("details").name, "web");
+    let err = api_err(
+        api.delete("web", &Default::default())
+            .await
+            .expect_err("404"),
+    );
+    assert_eq!(err.code, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

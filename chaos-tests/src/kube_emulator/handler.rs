@@ -1114,7 +1114,14 @@ fn delete(shared: &Arc<Shared>, t: &Target, ns: &str) -> Result<(u16, Value), St
         return Err(Status::not_found(t.res, &name));
     }
     let gone = shared.commit(&mut st, key, None);
-    Ok((200, served(t.res, &t.version, gone)))
+    // Custom resources, leases and events are stored without ReturnDeletedObject: an
+    // immediate delete answers a Success Status naming the object.
+    Ok((
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": name, "group": t.res.group, "kind": t.res.plural,
+                        "uid": gone["metadata"]["uid"]}}),
+    ))
 }
 
 /// A response body fed from a channel (one chunk per watch event).

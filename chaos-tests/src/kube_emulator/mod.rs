@@ -59,7 +59,7 @@ pub struct WriteRecord {
     pub namespace: String,
     /// Object name (empty if the request named none).
     pub name: String,
-    /// The object's resourceVersion after the request (None if it failed or deleted nothing).
+    /// The object's resourceVersion after the request (None if it failed, and for deletes).
     pub resource_version: Option<String>,
     /// HTTP status code answered (injected faults included); 0 when the connection was
     /// closed without an answer ([`Emulator::drop_next`]).
