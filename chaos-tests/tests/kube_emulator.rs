@@ -740,3 +740,45 @@ async fn the_binary_seeds_prints_its_url_and_writes_a_kubeconfig() {
     let _ = child.wait();
     assert_eq!(names, ["second", "web"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_streaming_list_watcher() {
+    let (emu, _dir, _client, api) = setup().await;
+    let config = kube::runtime::watcher::Config::default().streaming_lists();
+    let mut w = kube::runtime::watcher(api, config).boxed();
+    let mut initial = Vec::new();
+    let mut done = false;
+    // sendInitialEvents: the current objects, then the initial-events-end bookmark.
+    for _ in 0..10 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+            .await
+            .expect("event within 10 s")
+            .expect("ok")
+            .expect("not ended");
+        match ev {
+            kube::runtime::watcher::Event::InitApply(o) => initial.extend(o.metadata.name),
+            kube::runtime::watcher::Event::InitDone => {
+                done = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(done, "initial events ended");
+    assert_eq!(initial, ["web"]);
+    emu.mutate("VirtualService", "demo", "web", |o| {
+        o["metadata"]["labels"]["seen"] = json!("yes");
+    })
+    .expect("write");
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+        .await
+        .expect("event within 10 s")
+        .expect("ok")
+        .expect("not ended");
+    match ev {
+        kube::runtime::watcher::Event::Apply(o) => {
+            assert_eq!(o.metadata.labels.expect("labels")["seen"], "yes");
+        }
+        other => panic!("expected Apply, got {other:?}"),
+    }
+}
