@@ -636,20 +636,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             homeless.join("\n")
         );
     }
-    // With election, the Lease is held through the same client as the routing writes, and
-    // the store checks the lease before every write it sends.
-    let leadership = Arc::new(if settings.leader_election.is_some() {
-        crate::leader::Leadership::elected()
-    } else {
-        crate::leader::Leadership::always()
-    });
+    // With election, the Lease is held through the same client as the routing writes, the
+    // store checks the lease before every write it sends, and operator overrides are kept in
+    // the cluster for the next leader.
+    let mut leadership = Arc::new(crate::leader::Leadership::always());
     let (store, kube_client): (Arc<dyn crate::routing::RoutingStore>, Option<kube::Client>) =
         match &settings.store {
             StoreSpec::Kubernetes(options) => {
                 let mut s = crate::routing::kube::KubeStore::connect(options.clone())
                     .await
                     .map_err(|e| anyhow::anyhow!("store kubernetes: {e}"))?;
-                if settings.leader_election.is_some() {
+                if let Some(election) = &settings.leader_election {
+                    leadership = Arc::new(crate::leader::Leadership::elected(Some(
+                        crate::leader::ClusterState::new(s.client().clone(), election),
+                    )));
                     s.set_fence(leadership.clone());
                 }
                 let client = s.client().clone();
@@ -704,6 +704,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reload_stop,
     );
     shared.leader = leadership.clone();
+    leadership.spawn_mirror(rx.clone());
     {
         // failoverd_leader follows the lease (the fence itself is checked at each write).
         let gauge = shared.metrics.leader.clone();

@@ -555,7 +555,12 @@ pub async fn run(
             Ok(()) = leader_rx.changed() => {
                 if *leader_rx.borrow_and_update() {
                     // Taking over: what this standby believed may be stale; the cluster is
-                    // the truth. Every route is read again before anything is decided.
+                    // the truth. The last leader's overrides first, then every route is read
+                    // again before anything is decided.
+                    adopt_cluster_overrides(&mut ov_store, &log, &shared, &clock).await;
+                    for g in guarded.iter_mut() {
+                        g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
+                    }
                     info!("became the leader: re-reading every route from the store");
                     for g in guarded.iter_mut().filter(|g| !g.pending) {
                         g.state = None;
@@ -1432,10 +1437,64 @@ pub fn verdict_word(v: &Verdict) -> &'static str {
     }
 }
 
+/// On takeover: replaces this replica's overrides with the set the last leader kept in the
+/// cluster (a freeze set through the old leader must hold on the new one), and audits it.
+async fn adopt_cluster_overrides(
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let outcome = match shared.leader.load_overrides().await {
+        Ok(None) => return,
+        Ok(Some(json)) => match serde_json::from_str::<Vec<OverrideRecord>>(&json) {
+            Ok(records) => {
+                let now = clock.now();
+                let live: Vec<OverrideRecord> =
+                    records.into_iter().filter(|r| r.until > now).collect();
+                let n = live.len();
+                match store.replace(live) {
+                    Ok(()) => {
+                        publish_overrides(store, shared);
+                        format!("adopted {n} override(s) kept in the cluster by the last leader")
+                    }
+                    Err(e) => format!("failed: cannot persist the cluster's overrides: {e}"),
+                }
+            }
+            Err(e) => format!("failed: the cluster's overrides are not valid JSON: {e}"),
+        },
+        Err(e) => format!("failed: cannot read the cluster's overrides: {e}"),
+    };
+    if outcome.starts_with("failed") {
+        error!("{outcome}; keeping this replica's own overrides");
+    } else {
+        info!("{outcome}");
+    }
+    if let Err(e) = audit(
+        log,
+        Entry {
+            actor: "failoverd".into(),
+            action: "takeover".into(),
+            reason: "became the leader".into(),
+            outcome,
+            ..Entry::default()
+        },
+    )
+    .await
+    {
+        shared.metrics.audit_errors.inc();
+        error!(error = %e, "audit append failed");
+    }
+}
+
 fn publish_overrides(store: &OverrideStore, shared: &Shared) {
     if let Ok(mut o) = shared.overrides.write() {
         *o = store.all().to_vec();
     }
+    // With leader election the set is also kept in the cluster, for the next leader.
+    shared
+        .leader
+        .mirror_overrides(|| serde_json::to_string(store.all()).unwrap_or_default());
     shared.list_version.fetch_add(1, Ordering::Relaxed);
 }
 
