@@ -1,0 +1,461 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, with fencing, end to end: two real
+//! `failoverd` replicas (`POD_NAME` replica-a / replica-b, each with its own token, kubeconfig,
+//! listener, audit log and state file) on the Kubernetes API server emulator, probing the same
+//! stand-in services on loopback. Short timings (lease 3 s, renew deadline 2 s, retry 500 ms)
+//! keep the file under a minute; the takeover time at the default timings is measured by the
+//! `takeover` bench.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use chaos_tests::kube_emulator::{Emulator, Rule, WriteRecord};
+use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, failoverd_bin, free_addr, wait_for};
+use failoverd::audit;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SEC: Duration = Duration::from_secs(1);
+const LEASE: Duration = Duration::from_secs(3);
+const RENEW_DEADLINE: Duration = Duration::from_secs(2);
+const OPERATOR_TOKEN: &str = "leader-test-operator-token";
+const LEASE_NS: &str = "failoverd";
+const LEASE_NAME: &str = "failoverd-leader";
+
+/// One `failoverd run` replica with its own identity and files; SIGKILLed when dropped.
+struct Replica {
+    name: &'static str,
+    child: Child,
+    status: Option<ExitStatus>,
+    addr: SocketAddr,
+    audit: PathBuf,
+    stderr: PathBuf,
+    /// The bearer token its kubeconfig carries (the emulator records writes under `name`).
+    kube_token: String,
+}
+
+impl Replica {
+    fn spawn(sc: &Scenario, emu: &Emulator, name: &'static str) -> Replica {
+        let dir = sc.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let kube_token = format!("{name}-kube-token");
+        emu.add_token(&kube_token, name, vec![Rule::all()]);
+        let kubeconfig = dir.join("kubeconfig");
+        emu.write_kubeconfig(&kubeconfig, &kube_token).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            "leaderElection:\n  enabled: true\n  namespace: failoverd\n  leaseDuration: 3s\n  \
+             renewDeadline: 2s\n  retryPeriod: 500ms\n",
+        )
+        .unwrap();
+        let tokens = dir.join("tokens.yaml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "- {{ identity: \"oncall@test\", role: operator, sha256: \"{}\" }}\n",
+                failoverd::auth::hash_token(OPERATOR_TOKEN)
+            ),
+        )
+        .unwrap();
+        let addr = free_addr().unwrap();
+        let audit = dir.join("audit.jsonl");
+        let stderr = dir.join("stderr.log");
+        let child = Command::new(failoverd_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--playbooks")
+            .arg(&sc.paths.playbooks)
+            .args(["--store", "kubernetes", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--audit")
+            .arg(&audit)
+            .arg("--state")
+            .arg(dir.join("overrides.json"))
+            .arg("--tokens")
+            .arg(&tokens)
+            .args(["--log-format", "json"])
+            .env("POD_NAME", name)
+            .env_remove("FAILOVERD_LOG")
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout.log")).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning failoverd run");
+        Replica {
+            name,
+            child,
+            status: None,
+            addr,
+            audit,
+            stderr,
+            kube_token,
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- {} stderr ---\n{}",
+            self.name,
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status
+    }
+
+    fn kill(&mut self) {
+        if self.try_status().is_none() {
+            self.child.kill().unwrap();
+            self.status = Some(self.child.wait().unwrap());
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                panic!("{} exited ({s}) before ready\n{}", self.name, self.logs());
+            }
+            if let Ok((200, _)) = request(self.addr, "GET", "/readyz", None).await {
+                return;
+            }
+            assert!(
+                start.elapsed() < 30 * SEC,
+                "{} not ready in 30 s\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `failoverd_leader` on `/metrics` (None when the page cannot be read).
+    async fn leader_gauge(&self) -> Option<i64> {
+        let (code, body) = request(self.addr, "GET", "/metrics", None).await.ok()?;
+        if code != 200 {
+            return None;
+        }
+        body.lines()
+            .find_map(|l| l.strip_prefix("failoverd_leader "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    async fn wait_leader(&self, want: i64, timeout: Duration) {
+        let start = Instant::now();
+        while self.leader_gauge().await != Some(want) {
+            assert!(
+                start.elapsed() < timeout,
+                "{}: failoverd_leader never became {want} in {timeout:?}\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.0 request (bounded to 5 s): status and body. `post` carries an operator token
+/// and a JSON body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = match body {
+            Some(b) => format!(
+                "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer \
+                 {OPERATOR_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ),
+            None => format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+        };
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(5 * SEC, exchange).await??;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+async fn cluster() -> Emulator {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let emu = Emulator::start().await.unwrap();
+    emu.seed(serde_saphyr::from_str::<Value>(DEMO_VIRTUAL_SERVICE).unwrap())
+        .unwrap();
+    emu
+}
+
+fn lease_holder(emu: &Emulator) -> Option<String> {
+    emu.get("coordination.k8s.io/v1", "Lease", LEASE_NS, LEASE_NAME)?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn failed_over(emu: &Emulator) -> bool {
+    emu.get("networking.istio.io/v1", "VirtualService", "demo", "web")
+        .is_some_and(|v| v["spec"]["http"][1]["route"][0]["destination"]["host"] == DR_HOST)
+}
+
+/// Successful updates of the VirtualService, oldest first.
+fn vs_writes(emu: &Emulator) -> Vec<WriteRecord> {
+    emu.writes()
+        .into_iter()
+        .filter(|w| w.kind == "VirtualService" && w.verb != "create" && w.status < 300)
+        .collect()
+}
+
+fn since(t: SystemTime, earlier: SystemTime) -> Duration {
+    t.duration_since(earlier).unwrap_or_default()
+}
+
+/// No two identities wrote the VirtualService within one lease period of each other.
+fn assert_single_writer(writes: &[WriteRecord]) {
+    for pair in writes.windows(2) {
+        if pair[0].identity != pair[1].identity {
+            assert!(
+                since(pair[1].time, pair[0].time) >= LEASE,
+                "two writers within one lease period: {:?} then {:?}",
+                (&pair[0].identity, pair[0].time),
+                (&pair[1].identity, pair[1].time)
+            );
+        }
+    }
+}
+
+/// Starts replica-a, waits until it holds the lease, then starts replica-b as its standby.
+async fn pair(sc: &Scenario, emu: &Emulator) -> (Replica, Replica) {
+    let mut a = Replica::spawn(sc, emu, "replica-a");
+    a.wait_ready().await;
+    a.wait_leader(1, 20 * SEC).await;
+    let mut b = Replica::spawn(sc, emu, "replica-b");
+    b.wait_ready().await;
+    (a, b)
+}
+
+/// Ensures two replicas started together elect exactly one leader (the Lease holder, the only
+/// one with `failoverd_leader 1`), and a mutating API call to the standby is refused with 503
+/// naming the leader while the leader accepts it.
+#[tokio::test]
+async fn exactly_one_leader_and_the_standby_refuses_writes() {
+    let emu = cluster().await;
+    let sc = Scenario::new(&[]).await.unwrap();
+    let mut a = Replica::spawn(&sc, &emu, "replica-a");
+    let mut b = Replica::spawn(&sc, &emu, "replica-b");
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let holder = wait_for("a lease holder", 20 * SEC, || lease_holder(&emu))
+        .await
+        .unwrap();
+    let (leader, standby) = if holder == a.name { (&a, &b) } else { (&b, &a) };
+    leader.wait_leader(1, 20 * SEC).await;
+    // Over several renewals (and lease periods), never two leaders and never a change.
+    for _ in 0..16 {
+        let (l, s) = (leader.leader_gauge().await, standby.leader_gauge().await);
+        assert_eq!(
+            (l, s),
+            (Some(1), Some(0)),
+            "leader {} / standby {}\n{}\n{}",
+            leader.name,
+            standby.name,
+            leader.logs(),
+            standby.logs()
+        );
+        assert_eq!(lease_holder(&emu).as_deref(), Some(leader.name));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Renewals are not takeovers: the leader re-read its routes at most once (when it won the
+    // lease after its runtime started), not at every renewal.
+    let takeovers = std::fs::read_to_string(&leader.stderr)
+        .unwrap()
+        .matches("became the leader: re-reading every route")
+        .count();
+    assert!(takeovers <= 1, "{takeovers} re-reads\n{}", leader.logs());
+    let body = r#"{"reason":"leader election test: force a failover"}"#;
+    let (code, text) = request(
+        standby.addr,
+        "POST",
+        "/v1/playbooks/demo/failover",
+        Some(body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", standby.logs()));
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains(leader.name), "names the leader: {text}");
+    assert!(vs_writes(&emu).is_empty(), "the standby wrote nothing");
+    let (code, text) = request(
+        leader.addr,
+        "POST",
+        "/v1/playbooks/demo/failover",
+        Some(body),
+    )
+    .await
+    .unwrap();
+    assert!(
+        (200..300).contains(&code),
+        "{code} {text}\n{}",
+        leader.logs()
+    );
+    wait_for("the forced failover", 15 * SEC, || {
+        failed_over(&emu).then_some(())
+    })
+    .await
+    .unwrap();
+    let writes = vs_writes(&emu);
+    assert!(
+        writes.iter().all(|w| w.identity == leader.name),
+        "only the leader writes: {writes:?}"
+    );
+}
+
+/// Ensures a leader SIGKILLed right after the primary fails (before it wrote) is replaced by
+/// the standby, which writes the failover exactly once, within lease duration + detection
+/// (with generous slack), and no two replicas ever write within one lease period.
+#[tokio::test]
+async fn leader_killed_mid_failover_standby_writes_once() {
+    let emu = cluster().await;
+    let mut sc = Scenario::new(&[]).await.unwrap();
+    let (mut a, mut b) = pair(&sc, &emu).await;
+    b.wait_leader(0, 10 * SEC).await;
+    sc.primary.stop();
+    a.kill();
+    let killed = Instant::now();
+    let killed_at = SystemTime::now();
+    b.wait_leader(1, 20 * SEC).await;
+    let took_over = killed.elapsed();
+    wait_for("the failover written", 30 * SEC, || {
+        failed_over(&emu).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    let written = killed.elapsed();
+    // lease 3 s + one retry + detection (3 failures at 1 s) ≈ 7 s; a loaded 2-core box gets 3×.
+    assert!(
+        written < 25 * SEC,
+        "written {written:?} after the kill (lease held {took_over:?})"
+    );
+    assert!(
+        took_over >= LEASE - Duration::from_millis(500),
+        "took over {took_over:?} after the kill, before the lease could expire"
+    );
+    assert_eq!(lease_holder(&emu).as_deref(), Some("replica-b"));
+    // Let anything in flight land before counting.
+    tokio::time::sleep(2 * SEC).await;
+    let writes = vs_writes(&emu);
+    assert_eq!(writes.len(), 1, "written exactly once: {writes:?}");
+    assert_eq!(writes[0].identity, "replica-b");
+    assert!(writes[0].time > killed_at);
+    assert_single_writer(&writes);
+    let records = audit::read_all(&b.audit).unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.action == "failover" && r.outcome == "written")
+            .count(),
+        1,
+        "{records:#?}"
+    );
+    assert!(audit::verify(&b.audit).is_ok());
+    assert!(b.try_status().is_none(), "the new leader keeps running");
+}
+
+/// Ensures fencing: the leader loses the right to touch the Lease (403) while it may still
+/// write VirtualServices, and the primary fails at the same moment. The cut-off leader writes
+/// nothing after its renew deadline, exits with status 3, and the standby takes over and
+/// writes the failover; writers never overlap.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_writing_and_exits_3() {
+    let emu = cluster().await;
+    let mut sc = Scenario::new(&[]).await.unwrap();
+    let (mut a, mut b) = pair(&sc, &emu).await;
+    // replica-a keeps full rights on VirtualServices and Events, none on Leases: only the
+    // fence stands between it and a write after its lease lapsed.
+    emu.add_token(
+        &a.kube_token,
+        a.name,
+        vec![
+            Rule::new(&["*"], &["networking.istio.io"], &["*"], &["*"]),
+            Rule::new(&["*"], &["events.k8s.io", ""], &["events"], &["*"]),
+        ],
+    );
+    let cut = SystemTime::now();
+    sc.primary.stop();
+    let exited = wait_for("replica-a to exit", 20 * SEC, || a.try_status())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    assert_eq!(exited.code(), Some(3), "{exited}\n{}", a.logs());
+    assert!(
+        a.logs()
+            .contains("could not renew the lease within renewDeadline"),
+        "{}",
+        a.logs()
+    );
+    b.wait_leader(1, 20 * SEC).await;
+    wait_for("the failover written", 30 * SEC, || {
+        failed_over(&emu).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.logs(), b.logs()));
+    tokio::time::sleep(2 * SEC).await;
+    let all = emu.writes();
+    let takeover = all
+        .iter()
+        .find(|w| w.kind == "Lease" && w.identity == "replica-b" && w.status < 300)
+        .map(|w| w.time)
+        .expect("replica-b wrote the lease");
+    let writes = vs_writes(&emu);
+    for w in writes.iter().filter(|w| w.identity == "replica-a") {
+        // The fence is checked before sending; one second covers the request in flight.
+        assert!(
+            since(w.time, cut) < RENEW_DEADLINE + SEC,
+            "replica-a wrote {:?} after the cut, past its renew deadline: {w:?}",
+            since(w.time, cut)
+        );
+        assert!(w.time < takeover, "replica-a wrote after the takeover");
+    }
+    // Any VirtualService request replica-a sent at all (even refused) was before its deadline.
+    for w in all
+        .iter()
+        .filter(|w| w.kind == "VirtualService" && w.identity == "replica-a")
+    {
+        assert!(since(w.time, cut) < RENEW_DEADLINE + SEC, "{w:?}");
+    }
+    assert_eq!(
+        writes.iter().filter(|w| w.identity == "replica-b").count(),
+        usize::from(!writes.iter().any(|w| w.identity == "replica-a")),
+        "replica-b writes the failover unless replica-a did within its lease: {writes:?}"
+    );
+    assert_single_writer(&writes);
+    assert!(failed_over(&emu));
+    b.kill();
+}
