@@ -316,14 +316,14 @@ async fn api_server_down_for_10s_during_a_failover() {
         primary_route(&v)[0]["destination"]["host"],
         "web.demo-dr.svc.cluster.local"
     );
-    let records = wait_for("a `written` record", Duration::from_secs(10), || {
-        let r = audit::read_all(&sc.paths.audit).ok()?;
-        r.iter()
-            .any(|r| r.action == "failover" && r.outcome == "written")
-            .then_some(r)
-    })
+    sc.wait_audit(
+        "a `written` record",
+        |r| r.action == "failover" && r.outcome == "written",
+        Duration::from_secs(10),
+    )
     .await
     .unwrap();
+    let records = sc.audit();
     let failed = records
         .iter()
         .filter(|r| r.action == "failover" && r.outcome.starts_with("failed"))
@@ -352,12 +352,11 @@ async fn drift_while_failed_over_is_reasserted() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     // The move is complete (written, read back, audited) before anyone else touches it.
-    wait_for("the failover audited", Duration::from_secs(15), || {
-        audit::read_all(&sc.paths.audit)
-            .ok()?
-            .into_iter()
-            .find(|r| r.action == "failover" && r.outcome == "written")
-    })
+    sc.wait_audit(
+        "the failover audited",
+        |r| r.action == "failover" && r.outcome == "written",
+        Duration::from_secs(15),
+    )
     .await
     .unwrap();
     // A sync puts the original route back but leaves failoverd's annotations.
@@ -366,12 +365,11 @@ async fn drift_while_failed_over_is_reasserted() {
         o["spec"]["http"][1]["route"] = original_route;
     })
     .unwrap();
-    wait_for("the drift audited", Duration::from_secs(15), || {
-        audit::read_all(&sc.paths.audit)
-            .ok()?
-            .into_iter()
-            .find(|r| r.action == "drift")
-    })
+    sc.wait_audit(
+        "the drift audited",
+        |r| r.action == "drift",
+        Duration::from_secs(15),
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     wait_for("the route reasserted", Duration::from_secs(15), || {
@@ -382,12 +380,11 @@ async fn drift_while_failed_over_is_reasserted() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     // The route is back before the writer's `written` record follows it.
-    wait_for("the reassert audited", Duration::from_secs(15), || {
-        audit::read_all(&sc.paths.audit)
-            .ok()?
-            .into_iter()
-            .find(|r| r.action == "reassert" && r.outcome == "written")
-    })
+    sc.wait_audit(
+        "the reassert audited",
+        |r| r.action == "reassert" && r.outcome == "written",
+        Duration::from_secs(15),
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     d.terminate(Duration::from_secs(10)).unwrap();
@@ -403,12 +400,11 @@ async fn drift_is_respected_when_the_playbook_says_so() {
     let mut d = kube_daemon(&sc, &kubeconfig, "respect").await.unwrap();
     d.wait_ready(Duration::from_secs(30)).await.unwrap();
     sc.primary.stop();
-    wait_for("the failover audited", Duration::from_secs(30), || {
-        audit::read_all(&sc.paths.audit)
-            .ok()?
-            .into_iter()
-            .find(|r| r.action == "failover" && r.outcome == "written")
-    })
+    sc.wait_audit(
+        "the failover audited",
+        |r| r.action == "failover" && r.outcome == "written",
+        Duration::from_secs(30),
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     // Someone sends 20 % back to the primary by hand.
@@ -420,18 +416,17 @@ async fn drift_is_respected_when_the_playbook_says_so() {
     })
     .unwrap();
     let hand = primary_route(&vs(&emu));
-    wait_for("the playbook frozen", Duration::from_secs(15), || {
-        audit::read_all(&sc.paths.audit)
-            .ok()?
-            .into_iter()
-            .find(|r| r.action == "override-freeze" && r.actor == "failoverd")
-    })
+    sc.wait_audit(
+        "the playbook frozen",
+        |r| r.action == "override-freeze" && r.actor == "failoverd",
+        Duration::from_secs(15),
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
     // Left alone: give the checker and the controller time to (not) act.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(primary_route(&vs(&emu)), hand);
-    let records = audit::read_all(&sc.paths.audit).unwrap();
+    let records = sc.audit();
     assert!(records.iter().any(|r| r.action == "drift"));
     assert!(!records.iter().any(|r| r.action == "reassert"));
     d.terminate(Duration::from_secs(10)).unwrap();
