@@ -908,6 +908,22 @@ fn config_and_playbooks_load_in_failoverd() {
         let cfg = failoverd::config::FileConfig::load(&tmp.path().join(key))
             .unwrap_or_else(|e| panic!("{who}: config does not load: {e}"));
         assert_eq!(cfg.store.as_deref(), Some("kubernetes"), "{who}: store");
+        // More than one replica must elect a leader: two writers would race on every route.
+        let replicas = w
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let election = cfg
+            .leader_election
+            .as_ref()
+            .map(|l| l.resolve(false))
+            .transpose()
+            .unwrap_or_else(|e| panic!("{who}: leaderElection: {e}"))
+            .flatten();
+        assert!(
+            replicas <= 1 || election.is_some(),
+            "{who}: {replicas} replicas without leaderElection.enabled"
+        );
         assert_eq!(
             cfg.listen.as_deref(),
             Some("0.0.0.0:8080"),
