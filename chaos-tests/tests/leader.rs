@@ -459,3 +459,55 @@ async fn a_leader_that_cannot_renew_stops_writing_and_exits_3() {
     assert!(failed_over(&emu));
     b.kill();
 }
+
+/// Ensures an operator freeze made through the old leader holds on the new one: the leader
+/// keeps overrides in the cluster, the standby adopts them on takeover (audited), so a primary
+/// failing right after the takeover is not failed over behind the operator's back.
+#[tokio::test]
+async fn a_freeze_made_on_the_old_leader_holds_on_the_new_one() {
+    let emu = cluster().await;
+    let mut sc = Scenario::new(&[]).await.unwrap();
+    let (mut a, mut b) = pair(&sc, &emu).await;
+    b.wait_leader(0, 10 * SEC).await;
+    let (code, text) = request(
+        a.addr,
+        "POST",
+        "/v1/playbooks/demo/freeze",
+        Some(r#"{"reason":"maintenance on the DR site","ttl":"1h"}"#),
+    )
+    .await
+    .unwrap();
+    assert!((200..300).contains(&code), "{code} {text}\n{}", a.logs());
+    wait_for("the freeze kept in the cluster", 10 * SEC, || {
+        emu.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            LEASE_NS,
+            &format!("{LEASE_NAME}-state"),
+        )?["metadata"]["annotations"]["failoverd.dev/overrides"]
+            .as_str()
+            .filter(|s| s.contains("maintenance on the DR site"))
+            .map(str::to_string)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    a.kill();
+    b.wait_leader(1, 20 * SEC).await;
+    let takeover = wait_for("the takeover audited", 10 * SEC, || {
+        audit::read_all(&b.audit)
+            .ok()?
+            .into_iter()
+            .find(|r| r.action == "takeover")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    assert!(
+        takeover.outcome.starts_with("adopted 1 override"),
+        "{takeover:?}"
+    );
+    // The primary fails after the takeover: frozen, so nothing moves.
+    sc.primary.stop();
+    tokio::time::sleep(6 * SEC).await;
+    assert!(!failed_over(&emu), "moved while frozen\n{}", b.logs());
+    assert!(vs_writes(&emu).is_empty());
+}

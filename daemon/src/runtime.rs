@@ -1446,7 +1446,15 @@ async fn adopt_cluster_overrides(
     clock: &Clock,
 ) {
     let outcome = match shared.leader.load_overrides().await {
-        Ok(None) => return,
+        Ok(None) => {
+            // Nothing kept yet (the first leader, or no cluster state): this replica's own
+            // set stands, and goes to the cluster for the next leader.
+            publish_overrides(store, shared);
+            format!(
+                "no overrides kept in the cluster; this replica's own {} stand",
+                store.all().len()
+            )
+        }
         Ok(Some(json)) => match serde_json::from_str::<Vec<OverrideRecord>>(&json) {
             Ok(records) => {
                 let now = clock.now();
