@@ -467,7 +467,7 @@ async fn a_leader_that_cannot_renew_stops_writing_and_exits_3() {
 async fn a_freeze_made_on_the_old_leader_holds_on_the_new_one() {
     let emu = cluster().await;
     let mut sc = Scenario::new(&[]).await.unwrap();
-    let (mut a, mut b) = pair(&sc, &emu).await;
+    let (mut a, b) = pair(&sc, &emu).await;
     b.wait_leader(0, 10 * SEC).await;
     let (code, text) = request(
         a.addr,
