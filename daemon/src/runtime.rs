@@ -1261,7 +1261,15 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
                     s.transitions.pop_front();
                 }
             });
-            g.state = Some(job.next);
+            let mut next = job.next;
+            // minDwell limits how often the *route* changes, so the dwell counts from when the
+            // write landed, not from the decision: a write slowed by a busy disk or API server
+            // must not shorten the time the new route holds.
+            let prior = g.state.as_ref().and_then(|s| s.last_move);
+            if let Some(decided) = next.last_move.filter(|t| Some(*t) != prior) {
+                next.last_move = Some(decided.max(clock.now()));
+            }
+            g.state = Some(next);
             g.retry_at = None;
             g.backoff = MIN_BACKOFF;
         }
