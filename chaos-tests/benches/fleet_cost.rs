@@ -6,6 +6,11 @@
 //!
 //! `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench fleet_cost`
 //! (`WINDOW_SECS` changes the 60 s window). Bounded: 20 s warm-up + the window.
+//!
+//! To see where the cost goes, each part can be taken away: `PROBES=1` (one probe per
+//! playbook, on the primary), `STORE=file` (the file store instead of the emulator),
+//! `LEADER=0` (no leader election). The child inherits the environment, so allocator
+//! settings such as `MALLOC_ARENA_MAX` reach it too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -20,7 +25,14 @@ use serde_json::json;
 const PLAYBOOKS: usize = 1000;
 const WARM_UP: Duration = Duration::from_secs(20);
 
-fn playbook(i: usize, primary: SocketAddr, dr: SocketAddr) -> String {
+fn playbook(i: usize, primary: SocketAddr, dr: SocketAddr, probes: usize) -> String {
+    let dr_probe = if probes > 1 {
+        format!(
+            "    - {{ name: dr-health, target: \"failover[0]\", http: {{ url: \"http://{dr}/healthz\" }}, interval: 1s, timeout: 500ms }}\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "apiVersion: failoverd.dev/v1alpha1
 kind: Playbook
@@ -33,9 +45,12 @@ spec:
     - {{ host: web-{i:04}.bench-dr.svc.cluster.local }}
   probes:
     - {{ name: primary-health, target: primary, http: {{ url: \"http://{primary}/healthz\" }}, interval: 1s, timeout: 500ms }}
-    - {{ name: dr-health, target: \"failover[0]\", http: {{ url: \"http://{dr}/healthz\" }}, interval: 1s, timeout: 500ms }}
-"
+{dr_probe}"
     )
+}
+
+fn knob(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
 fn virtual_service(i: usize) -> serde_json::Value {
@@ -91,6 +106,10 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
     );
+    let probes: usize = knob("PROBES", "2").parse().expect("PROBES: 1 or 2");
+    assert!((1..=2).contains(&probes), "PROBES: 1 or 2");
+    let kube = knob("STORE", "kubernetes") == "kubernetes";
+    let elect = knob("LEADER", "1") != "0";
     let _ = rustls::crypto::ring::default_provider().install_default();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut standins = Vec::new();
@@ -105,27 +124,47 @@ async fn main() {
         let (p, d) = (&standins[i % 2], &standins[2 + i % 2]);
         std::fs::write(
             pbs.join(format!("pb-{i:04}.yaml")),
-            playbook(i, p.addr(), d.addr()),
+            playbook(i, p.addr(), d.addr(), probes),
         )
         .unwrap();
-        emu.seed(virtual_service(i)).unwrap();
+        let vs = virtual_service(i);
+        if kube {
+            emu.seed(vs).unwrap();
+        } else {
+            let path = dir.path().join(format!("store/bench/web-{i:04}.yaml"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, serde_saphyr::to_string(&vs).unwrap()).unwrap();
+        }
     }
     let kubeconfig = dir.path().join("kubeconfig");
     emu.write_kubeconfig(&kubeconfig, ADMIN_TOKEN).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
-        "leaderElection: { enabled: true, namespace: failoverd }\n",
+        if kube && elect {
+            "leaderElection: { enabled: true, namespace: failoverd }\n"
+        } else {
+            "{}\n"
+        },
     )
     .unwrap();
+    let mut store_args: Vec<std::ffi::OsString> = vec!["--store".into()];
+    if kube {
+        store_args.extend([
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+        ]);
+    } else {
+        store_args.push(format!("file:{}", dir.path().join("store").display()).into());
+    }
     let addr = free_addr().unwrap();
     let child = Command::new(failoverd_bin())
         .args(["run", "--config"])
         .arg(&config)
         .arg("--playbooks")
         .arg(&pbs)
-        .args(["--store", "kubernetes", "--kubeconfig"])
-        .arg(&kubeconfig)
+        .args(&store_args)
         .args(["--listen", &addr.to_string(), "--audit"])
         .arg(dir.path().join("audit.jsonl"))
         .args(["--log", "warn"])
@@ -157,9 +196,19 @@ async fn main() {
         .unwrap_or("failoverd_leader ?")
         .to_string();
     println!(
-        "fleet_cost: {PLAYBOOKS} playbooks, {} HTTP probes at 1 s, kubernetes store on the \
-         emulator, leader election on; ready after {ready:.1?}; {leader}",
-        2 * PLAYBOOKS
+        "fleet_cost: {PLAYBOOKS} playbooks, {} HTTP probes at 1 s, {} store{}; ready after \
+         {ready:.1?}; {leader}",
+        probes * PLAYBOOKS,
+        if kube {
+            "kubernetes (emulator)"
+        } else {
+            "file"
+        },
+        if kube && elect {
+            ", leader election on"
+        } else {
+            ""
+        },
     );
     tokio::time::sleep(WARM_UP).await;
     let writes_before = emu.writes().len();

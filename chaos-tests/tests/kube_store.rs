@@ -236,6 +236,40 @@ async fn a_missing_virtual_service_is_not_found() {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
+/// Ensures a bulk read (start, takeover) answers a namespace's playbooks from one LIST, and
+/// falls back to single reads for the rest: with a token that may list VirtualServices but
+/// not get them, the existing object is read and the missing one reports the forbidden GET;
+/// with a token that may get but not list, every object is still read one by one.
+#[tokio::test]
+async fn read_all_lists_each_namespace_once() {
+    let (emu, _dir, kubeconfig) = cluster("lister").await;
+    let sa = "system:serviceaccount:failoverd:failoverd";
+    let only = |verb: &str| {
+        vec![Rule::new(
+            &[verb],
+            &["networking.istio.io"],
+            &["virtualservices"],
+            &["*"],
+        )]
+    };
+    emu.add_token("lister", sa, only("list"));
+    let mut absent = playbook();
+    absent.spec.virtual_service.name = "absent".into();
+    let pbs = vec![std::sync::Arc::new(playbook()), std::sync::Arc::new(absent)];
+    let got = store(&kubeconfig).await.read_all(&pbs).await;
+    assert_eq!(got[0].as_ref().unwrap().routing, Routing::Primary);
+    assert!(
+        matches!(&got[1], Err(StoreError::Forbidden { .. })),
+        "the missing object is read on its own (and its GET is forbidden): {:?}",
+        got[1]
+    );
+    let getter = _dir.path().join("getter");
+    emu.write_kubeconfig(&getter, "getter").unwrap();
+    emu.add_token("getter", sa, only("get"));
+    let got = store(&getter).await.read_all(&pbs[..1]).await;
+    assert_eq!(got[0].as_ref().unwrap().routing, Routing::Primary);
+}
+
 /// Ensures every move publishes a Kubernetes Event on the VirtualService.
 #[tokio::test]
 async fn each_move_publishes_an_event() {

@@ -531,10 +531,17 @@ pub async fn run(
     let drift_task =
         crate::drift::spawn(rt.store.clone(), shared.clone(), drift_tx, shutdown.clone());
 
-    // First read of every playbook's route.
-    for (i, g) in guarded.iter_mut().enumerate() {
-        read_state(i, g, rt.store.as_ref(), &job_tx, &shared, &clock).await;
-    }
+    // First read of every playbook's route (one bulk read where the store has one).
+    let all: Vec<usize> = (0..guarded.len()).collect();
+    read_states(
+        &all,
+        &mut guarded,
+        rt.store.as_ref(),
+        &job_tx,
+        &shared,
+        &clock,
+    )
+    .await;
 
     let mut seen = vec![false; n_probes];
     let mut unseen = n_probes;
@@ -605,14 +612,19 @@ pub async fn run(
                         g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
                     }
                 }
+                // Routes not read yet (a failed read due again, or all of them after a
+                // takeover) are read together, then every playbook with a route is stepped.
+                let due: Vec<usize> = guarded
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.state.is_none() && g.retry_at.is_none_or(|t| Instant::now() >= t))
+                    .map(|(i, _)| i)
+                    .collect();
+                read_states(&due, &mut guarded, rt.store.as_ref(), &job_tx, &shared, &clock).await;
                 for (i, g) in guarded.iter_mut().enumerate() {
-                    if g.state.is_none() {
-                        if g.retry_at.is_none_or(|t| Instant::now() >= t) {
-                            read_state(i, g, rt.store.as_ref(), &job_tx, &shared, &clock).await;
-                        }
-                        continue;
+                    if g.state.is_some() {
+                        step(i, g, &job_tx, &shared, &clock).await;
                     }
-                    step(i, g, &job_tx, &shared, &clock).await;
                 }
             }
         }
@@ -811,15 +823,35 @@ fn record_slo(g: &mut Guarded, r: SloResult, shared: &Shared) {
     }
 }
 
-async fn read_state(
-    i: usize,
-    g: &mut Guarded,
+/// Reads the routes of the playbooks at `idxs` in one bulk read and settles each.
+async fn read_states(
+    idxs: &[usize],
+    guarded: &mut [Guarded],
     store: &dyn RoutingStore,
     jobs: &mpsc::Sender<Job>,
     shared: &Shared,
     clock: &Clock,
 ) {
-    match store.read(&g.pb).await {
+    if idxs.is_empty() {
+        return;
+    }
+    let pbs: Vec<Arc<Playbook>> = idxs.iter().map(|&i| guarded[i].pb.clone()).collect();
+    let results = store.read_all(&pbs).await;
+    for (&i, result) in idxs.iter().zip(results) {
+        settle_read(i, &mut guarded[i], result, jobs, shared, clock).await;
+    }
+}
+
+/// Takes a route read from the store as the playbook's state, or schedules another read.
+async fn settle_read(
+    i: usize,
+    g: &mut Guarded,
+    result: Result<crate::routing::RouteView, StoreError>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    match result {
         Ok(view) => {
             let mut st = State::resume(view.routing, clock.now());
             // minDwell survives a restart (a crash loop must not turn into a flapping route).

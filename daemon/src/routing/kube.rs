@@ -177,6 +177,36 @@ impl KubeStore {
         })
     }
 
+    /// Every VirtualService in `ns` as JSON, by name (`pb` names the object for errors).
+    async fn list_namespace(
+        &self,
+        pb: &Playbook,
+        ns: &str,
+    ) -> Result<std::collections::HashMap<String, Value>, StoreError> {
+        let object = object_name(pb);
+        let ar = self.resource(&object).await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
+        self.limiter.until_ready().await;
+        let list = timed(
+            self.options.request_timeout,
+            api.list(&kube::api::ListParams::default()),
+        )
+        .await
+        .map_err(|e| map_err(e, &object, "list", ns))?;
+        let mut objects = std::collections::HashMap::with_capacity(list.items.len());
+        for obj in list.items {
+            let Some(name) = obj.metadata.name.clone() else {
+                continue;
+            };
+            let json = serde_json::to_value(&obj).map_err(|e| StoreError::Malformed {
+                object: format!("{ns}/{name}"),
+                message: format!("cannot represent as JSON: {e}"),
+            })?;
+            objects.insert(name, json);
+        }
+        Ok(objects)
+    }
+
     /// The playbook's VirtualService as the API server holds it now (for `plan`).
     pub async fn object(&self, pb: &Playbook) -> Result<Value, StoreError> {
         let api = self.api(pb).await?;
@@ -346,6 +376,46 @@ impl RoutingStore for KubeStore {
             let result = self.write_with_budget(pb, to, last_move).await;
             self.publish_event(pb, to, &result);
             result
+        })
+    }
+
+    fn read_all<'a>(&'a self, pbs: &'a [Arc<Playbook>]) -> super::ReadAllFuture<'a> {
+        Box::pin(async move {
+            let mut out: Vec<Option<Result<RouteView, StoreError>>> =
+                pbs.iter().map(|_| None).collect();
+            let mut by_ns: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+            for (i, pb) in pbs.iter().enumerate() {
+                by_ns
+                    .entry(pb.spec.virtual_service.namespace.as_str())
+                    .or_default()
+                    .push(i);
+            }
+            for (ns, idxs) in by_ns {
+                // One LIST per namespace instead of one GET per playbook: at 1,000 playbooks
+                // that is one request instead of twenty seconds of the rate limit.
+                match self.list_namespace(&pbs[idxs[0]], ns).await {
+                    Ok(objects) => {
+                        for i in idxs {
+                            if let Some(vs) = objects.get(&pbs[i].spec.virtual_service.name) {
+                                out[i] = Some(view(vs, &pbs[i]));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        debug!(namespace = ns, error = %e, "cannot list VirtualServices; reading them one by one");
+                    }
+                }
+            }
+            // Whatever the lists did not answer (a missing object, a failed list) is read on
+            // its own, so its error is exactly what a single read reports.
+            let mut results = Vec::with_capacity(pbs.len());
+            for (pb, got) in pbs.iter().zip(out) {
+                results.push(match got {
+                    Some(r) => r,
+                    None => self.read(pb).await,
+                });
+            }
+            results
         })
     }
 

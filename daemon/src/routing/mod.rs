@@ -10,6 +10,7 @@ pub mod kube;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -158,6 +159,10 @@ pub struct WriteOutcome {
 /// A boxed future, so stores can be chosen at run time.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// What [`RoutingStore::read_all`] returns: one read result per playbook, in order.
+pub type ReadAllFuture<'a> =
+    Pin<Box<dyn Future<Output = Vec<Result<RouteView, StoreError>>> + Send + 'a>>;
+
 /// Where VirtualServices live. Implementations must never overwrite a concurrent change
 /// blindly and must read back what they wrote.
 pub trait RoutingStore: Send + Sync + std::fmt::Debug {
@@ -170,6 +175,19 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
         to: Routing,
         last_move: Option<jiff::Timestamp>,
     ) -> StoreFuture<'a, WriteOutcome>;
+    /// Reads several playbooks' routes: one result per playbook, in order. The default
+    /// reads them one by one; a store with a cheaper bulk read (the `kubernetes` store lists
+    /// a namespace in one request instead of one GET per playbook) overrides it, so a start
+    /// or a takeover with a thousand playbooks does not wait on a thousand requests.
+    fn read_all<'a>(&'a self, pbs: &'a [Arc<Playbook>]) -> ReadAllFuture<'a> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(pbs.len());
+            for pb in pbs {
+                out.push(self.read(pb).await);
+            }
+            out
+        })
+    }
     /// A short description for logs (`file:/var/lib/failoverd/routes`).
     fn describe(&self) -> String;
     /// Change notices for these `(namespace, name)` objects, for stores that can watch
