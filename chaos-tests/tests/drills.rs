@@ -2,14 +2,16 @@
 //! a live drill passes and restores the exact route; a drill aborts (and restores) when the
 //! failover target dies during the hold; a drill is refused on a playbook failed over for
 //! real; plan mode writes nothing and a blocked date skips a scheduled run; SIGKILL during
-//! the hold is rolled back when failoverd starts again.
+//! the hold is rolled back when failoverd starts again; an error-budget floor read from a
+//! real Prometheus aborts a drill in its hold and refuses the next one.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chaos_tests::{Daemon, Scenario, run_cli, wait_for};
+use chaos_tests::prometheus::ratio_expr;
+use chaos_tests::{Daemon, Prometheus, Scenario, run_cli, wait_for};
 use failoverd::auth::hash_token;
 use failoverd::engine::Routing;
 use serde_json::Value;
@@ -515,4 +517,129 @@ async fn real_incident_during_the_hold_hands_over_to_the_engine() {
     assert_eq!(routing, Routing::Failover { target: 0 });
     let (_, body) = get(d.addr, "/v1/overrides").await;
     assert!(!body.contains("drill:incident"), "{body}");
+}
+
+/// An error-budget floor read from a real Prometheus scraping the primary stand-in's
+/// `istio_requests_total`: objective 99 % (budget 1 %), floor 50 %. With no errors the live
+/// drill starts (the report shows 100 % remaining) and holds; once half the requests fail,
+/// the budget is spent, the drill aborts within a reading or two and the route is the exact
+/// original again. The next live run is refused (409) before anything moves, and a plan run
+/// reports that a live run would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_budget_floor_aborts_the_hold_and_refuses_the_next_run() {
+    let budget = format!(
+        "  abort:\n    errorBudget:\n      query: '{}'\n      objective: 99\n      floor: 50\n",
+        ratio_expr("primary", "10s")
+    );
+    let live = format!("  mode: live\n  hold: 30s\n{budget}");
+    let plan = format!("  mode: plan\n{budget}");
+    let setup = Setup::new(&[("budget", &live), ("budget-plan", &plan)]).await;
+    let original = setup.vs();
+    let mut prom = Prometheus::start(&[setup.s.primary.addr()])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut d = Daemon::spawn_with(
+        &setup.s.paths,
+        "budget",
+        &[
+            std::ffi::OsStr::new("--tokens"),
+            setup.tokens.as_os_str(),
+            std::ffi::OsStr::new("--prometheus"),
+            std::ffi::OsStr::new(&prom.url()),
+        ],
+    )
+    .unwrap();
+    d.wait_ready(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let logs = |d: &Daemon| format!("{}\n{}", d.logs(), prom.logs());
+    // Prometheus has a rate for the primary: the budget is known and whole.
+    prom.wait_value(&ratio_expr("primary", "10s"), |v| v == 0.0, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&d)));
+
+    let out = setup.cli(&d, &["budget"]);
+    let id = setup.started(&out, &d);
+    wait_verified(d.addr, "budget", &id).await;
+    let running = run_report(d.addr, "budget", &id).await;
+    let read = running["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["event"] == "error-budget")
+        .unwrap_or_else(|| panic!("no error-budget step: {running:#}"));
+    assert!(
+        read["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("error budget 100.0% remaining, floor 50%"),
+        "{read:#}"
+    );
+
+    // Half the requests fail: the 10 s error ratio climbs far past the 1 % budget.
+    setup.s.primary.set_error_share(0.5);
+    let report = verdict(d.addr, "budget", &id).await;
+    assert_eq!(report["result"], "aborted", "{report:#}\n{}", logs(&d));
+    let why = report["reasons"][0].as_str().unwrap();
+    assert!(
+        why.starts_with("error budget 0.0% remaining, below the floor of 50%")
+            && why.ends_with("during the hold"),
+        "{report:#}"
+    );
+    let ev = events(&report);
+    let at = |name: &str| {
+        ev.iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
+    };
+    assert!(
+        at("verified") < at("aborted") && at("aborted") < at("restored"),
+        "{ev:?}"
+    );
+    assert!(
+        report["playbooks"][0]["heldSeconds"].as_f64().unwrap() < 30.0,
+        "aborted before the end of the hold: {report:#}"
+    );
+    assert_eq!(setup.vs(), original, "the route is not the original");
+
+    // The next live run is refused before any move.
+    let out = setup.cli(&d, &["budget"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains("409") && err.contains("below the floor of 50%"),
+        "{err}"
+    );
+    let failovers = setup
+        .s
+        .audit()
+        .iter()
+        .filter(|r| {
+            r.actor == "drill:budget" && r.action == "operator-failover" && r.outcome == "written"
+        })
+        .count();
+    assert_eq!(failovers, 1, "the refused run moved traffic");
+    assert_eq!(setup.vs(), original);
+
+    // Plan mode reads the budget too and says a live run would be refused.
+    let out = setup.cli(&d, &["budget-plan", "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}\n{out:?}");
+    assert!(
+        text.contains("a live run would be refused: error budget 0.0% remaining"),
+        "{text}"
+    );
+    assert_eq!(setup.vs(), original);
+
+    // Errors stop but Prometheus is gone: an unknown budget refuses a live run too.
+    setup.s.primary.set_error_share(0.0);
+    prom.kill().unwrap();
+    let out = setup.cli(&d, &["budget"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains("409") && err.contains("error budget unknown: Prometheus unreachable"),
+        "{err}"
+    );
+    assert_eq!(setup.vs(), original);
 }

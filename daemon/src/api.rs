@@ -1737,6 +1737,7 @@ async fn run_drill(
                 force: b.force,
             },
         )
+        .await
         .map_err(|r| {
             ApiError::new(
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::CONFLICT),

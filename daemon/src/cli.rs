@@ -636,6 +636,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             homeless.join("\n")
         );
     }
+    let homeless = crate::drill::spec::check_servers(&drills, settings.prometheus.as_deref());
+    if !homeless.is_empty() {
+        anyhow::bail!(
+            "refusing to start: the drill set is invalid\n{}",
+            Problems(homeless)
+        );
+    }
     // With election, the Lease is held through the same client as the routing writes, the
     // store checks the lease before every write it sends, and operator overrides are kept in
     // the cluster for the next leader.
@@ -796,6 +803,16 @@ pub async fn serve_with_drills(
         audit_path,
     );
     if let Some((defs, dir)) = drills {
+        // Error budgets are read like SLOs: the `prometheusClient` settings, else a plain
+        // client.
+        let prometheus = match rt.prometheus_client.clone() {
+            Some(c) => c,
+            None => crate::slo::PromClient::new(
+                reqwest::Client::builder()
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("cannot build the Prometheus client: {e}"))?,
+            ),
+        };
         let d = crate::drill::Drills::new(
             defs,
             &dir,
@@ -804,6 +821,8 @@ pub async fn serve_with_drills(
             rt.store.clone(),
             rt.audit.clone(),
             shutdown.clone(),
+            prometheus,
+            rt.prometheus.clone(),
         );
         d.start();
         api.drills = Some(d);

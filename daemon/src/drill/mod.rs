@@ -9,9 +9,13 @@
 //!
 //! Rules: one drill at a time per playbook; never on a playbook that is failed over, failing
 //! over, frozen or held; a real incident, a freeze or an operator override during the hold
-//! aborts the drill. A live run in flight is persisted under the state directory, so a
-//! restarted failoverd rolls it back and records it as aborted.
+//! aborts the drill. With an error-budget floor (`abort.errorBudget`, see [`budget`]) a live
+//! drill also needs the service's remaining error budget, read from Prometheus, to be known
+//! and at or above the floor, before it starts and throughout the hold. A live run in flight
+//! is persisted under the state directory, so a restarted failoverd rolls it back and
+//! records it as aborted.
 
+pub mod budget;
 pub mod report;
 pub mod spec;
 pub mod window;
@@ -36,6 +40,7 @@ use crate::overrides::{OverrideKind, OverrideRecord};
 use crate::playbook::{Playbook, Target};
 use crate::routing::{self, RoutingStore};
 use crate::runtime::{Control, ControlError, ControlKind, ControlReply, Shared};
+use crate::slo::PromClient;
 
 pub use report::{Leg, Run, RunStore, Verdict};
 pub use spec::{LoadedDrill, Mode};
@@ -198,10 +203,16 @@ pub struct Drills {
     /// Drill name → next scheduled run.
     next: Mutex<HashMap<String, Timestamp>>,
     shutdown: watch::Receiver<bool>,
+    /// Reads error budgets (`abort.errorBudget`), with the daemon's `prometheusClient`.
+    prometheus: PromClient,
+    /// The daemon's default Prometheus (`--prometheus`).
+    default_server: Option<String>,
 }
 
 impl Drills {
-    /// The service for `defs`, keeping reports under `dir`.
+    /// The service for `defs`, keeping reports under `dir`; error budgets are read with
+    /// `prometheus` from their own server or `default_server`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         defs: Vec<LoadedDrill>,
         dir: &Path,
@@ -210,6 +221,8 @@ impl Drills {
         store: Arc<dyn RoutingStore>,
         audit: Arc<Mutex<AuditLog>>,
         shutdown: watch::Receiver<bool>,
+        prometheus: PromClient,
+        default_server: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             defs,
@@ -221,6 +234,8 @@ impl Drills {
             busy: Mutex::default(),
             next: Mutex::default(),
             shutdown,
+            prometheus,
+            default_server,
         })
     }
 
@@ -341,8 +356,9 @@ impl Drills {
     }
 
     /// Starts a run (or records a skipped one). Returns the run as it starts; refusals of
-    /// manual runs come back as errors, refusals of scheduled runs as skipped runs.
-    pub fn request(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<Run, Refusal> {
+    /// manual runs come back as errors, refusals of scheduled runs as skipped runs. A live
+    /// drill with an error-budget floor reads the budget first (a bounded Prometheus query).
+    pub async fn request(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<Run, Refusal> {
         let def = self
             .def(name)
             .ok_or_else(|| refusal(404, format!("no drill named `{name}`")))?
@@ -438,6 +454,29 @@ impl Drills {
                 }
             }
             why
+        };
+        // The error-budget floor, last: the other rules are cheap reads of memory, this one
+        // a Prometheus query. The playbooks stay reserved meanwhile, so no other run slips in.
+        let refused = match (
+            &refused,
+            def.drill.spec.mode,
+            &def.drill.spec.abort.error_budget,
+        ) {
+            (None, Mode::Live, Some(eb)) => {
+                match budget::check(eb, &self.prometheus, self.default_server.as_deref()).await {
+                    Ok(detail) => {
+                        run.step(None, "error-budget", detail);
+                        None
+                    }
+                    Err(why) => {
+                        if let Ok(mut busy) = self.busy.lock() {
+                            busy.retain(|_, id| id != &run.id);
+                        }
+                        Some(format!("{why}: a live drill needs the budget to afford it"))
+                    }
+                }
+            }
+            _ => refused,
         };
         if let Some(why) = refused {
             if matches!(trigger, Trigger::Manual { .. }) {
@@ -588,7 +627,21 @@ impl Drills {
     }
 
     /// Plan mode: where would the failover go, what would be written; nothing is written.
-    async fn run_plan(self: &Arc<Self>, _def: &LoadedDrill, run: &mut Run) {
+    async fn run_plan(self: &Arc<Self>, def: &LoadedDrill, run: &mut Run) {
+        if let Some(eb) = &def.drill.spec.abort.error_budget {
+            match budget::check(eb, &self.prometheus, self.default_server.as_deref()).await {
+                Ok(detail) => run.step(
+                    None,
+                    "error-budget",
+                    format!("{detail}; a live run would start"),
+                ),
+                Err(why) => {
+                    let why = format!("a live run would be refused: {why}");
+                    run.step(None, "error-budget", why.clone());
+                    run.reasons.push(why);
+                }
+            }
+        }
         let now = Timestamp::now();
         for i in 0..run.playbooks.len() {
             let name = run.playbooks[i].playbook.clone();
@@ -757,6 +810,32 @@ impl Drills {
         None
     }
 
+    /// Reads `eb` every [`budget::READ_EVERY`] in a task of its own and publishes the last
+    /// judgement (None until the first). The caller aborts the task when the hold ends.
+    fn watch_budget(
+        &self,
+        eb: spec::ErrorBudget,
+    ) -> (
+        watch::Receiver<Option<Result<String, String>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        let client = self.prometheus.clone();
+        let default = self.default_server.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                // The budget was read just before the move; the first reading of the hold
+                // waits a period.
+                tokio::time::sleep(budget::READ_EVERY).await;
+                let r = budget::check(&eb, &client, default.as_deref()).await;
+                if tx.send(Some(r)).is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, task)
+    }
+
     /// Live mode: failover, verify, hold, failback, verify.
     async fn run_live(self: &Arc<Self>, def: &LoadedDrill, run: &mut Run) {
         let spec = &def.drill.spec;
@@ -879,10 +958,22 @@ impl Drills {
             }
         }
         if run.reasons.is_empty() {
-            // The hold: watch for a reason to stop.
+            // The hold: watch for a reason to stop. The error budget is read off this loop,
+            // every few seconds, so a slow Prometheus never delays the other checks.
+            let budget = spec
+                .abort
+                .error_budget
+                .as_ref()
+                .map(|eb| self.watch_budget(eb.clone()));
             let began = Instant::now();
             let mut shutdown = self.shutdown.clone();
             'hold: while began.elapsed() < hold {
+                if let Some((rx, _)) = &budget
+                    && let Some(Err(why)) = &*rx.borrow()
+                {
+                    abort = Some(format!("{why} during the hold"));
+                    break 'hold;
+                }
                 if *shutdown.borrow() {
                     run.step(
                         None,
@@ -902,6 +993,9 @@ impl Drills {
                     _ = tokio::time::sleep(WATCH_EVERY) => {}
                     _ = shutdown.changed() => {}
                 }
+            }
+            if let Some((_, task)) = budget {
+                task.abort();
             }
             let held = began.elapsed().as_secs_f64();
             for leg in run.playbooks.iter_mut() {
@@ -1229,7 +1323,7 @@ impl Drills {
                     }
                     if let Some(d) = svc.defs.get(i) {
                         let name = d.name().to_string();
-                        match svc.request(&name, Trigger::Schedule) {
+                        match svc.request(&name, Trigger::Schedule).await {
                             Ok(run) => {
                                 info!(drill = %name, run = %run.id, result = run.result.as_str(), "scheduled drill")
                             }

@@ -176,13 +176,55 @@ pub struct Abort {
     /// `success.targetHealthyDuringHold` is set.
     #[serde(default = "yes")]
     pub target_unhealthy: bool,
+    /// An error-budget floor: a live drill does not start, and aborts during the hold, when
+    /// less than `floor` percent of the service's error budget remains, or when the budget
+    /// cannot be read (a drill is optional; it never runs blind). Absent: no budget check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_budget: Option<ErrorBudget>,
 }
 
 impl Default for Abort {
     fn default() -> Self {
         Self {
             target_unhealthy: true,
+            error_budget: None,
         }
+    }
+}
+
+/// How much of the service's error budget must remain for a live drill to run. Remaining
+/// budget (percent) = 100 × (1 − ratio / (1 − objective / 100)), where `ratio` is what
+/// `query` returns.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ErrorBudget {
+    /// PromQL instant query returning one value: the service's error ratio (0 to 1) over the
+    /// SLO period, e.g. `sum(rate(errors_total[30d])) / sum(rate(requests_total[30d]))`. An
+    /// empty result or NaN (no traffic) counts as unknown, never as a full budget.
+    #[schemars(with = "String")]
+    pub query: Spanned<String>,
+    /// The SLO objective in percent, e.g. `99.9` (an error budget of 0.1 % of requests).
+    /// Greater than 0 and less than 100.
+    #[schemars(with = "f64")]
+    pub objective: Spanned<f64>,
+    /// Percent of the error budget that must remain (0 to 100), e.g. `25`: below it a live
+    /// drill is refused before anything moves, or aborted and failed back during the hold.
+    #[schemars(with = "f64")]
+    pub floor: Spanned<f64>,
+    /// Prometheus base URL, e.g. `http://prometheus.monitoring:9090`. Default: the daemon's
+    /// `--prometheus` (config `prometheus:`), queried with its `prometheusClient` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub server: Option<Spanned<String>>,
+}
+
+impl ErrorBudget {
+    /// The Prometheus server to ask: its own `server`, else `default` (None: there is none).
+    pub fn server(&self, default: Option<&str>) -> Option<String> {
+        self.server
+            .as_ref()
+            .map(|s| s.value.clone())
+            .or_else(|| default.map(String::from))
     }
 }
 
@@ -410,6 +452,39 @@ impl Drill {
                 push(d.referenced, field, "must be greater than 0s".into());
             }
         }
+        if let Some(eb) = &spec.abort.error_budget {
+            let field = "spec.abort.errorBudget";
+            if eb.query.value.trim().is_empty() {
+                push(
+                    eb.query.referenced,
+                    &format!("{field}.query"),
+                    "must not be empty: a PromQL query returning the error ratio over the SLO period".into(),
+                );
+            }
+            let o = eb.objective.value;
+            if !(o > 0.0 && o < 100.0) {
+                push(
+                    eb.objective.referenced,
+                    &format!("{field}.objective"),
+                    format!(
+                        "{o} is out of range: a percentage greater than 0 and less than 100, e.g. 99.9"
+                    ),
+                );
+            }
+            let f = eb.floor.value;
+            if !(0.0..=100.0).contains(&f) {
+                push(
+                    eb.floor.referenced,
+                    &format!("{field}.floor"),
+                    format!("{f} is out of range: a percentage of the error budget from 0 to 100"),
+                );
+            }
+            if let Some(s) = &eb.server
+                && let Err(e) = check_server_url(&s.value)
+            {
+                push(s.referenced, &format!("{field}.server"), e);
+            }
+        }
         if out.is_empty() {
             Ok(LoadedDrill {
                 file: file.to_path_buf(),
@@ -423,6 +498,40 @@ impl Drill {
             Err(out)
         }
     }
+}
+
+fn check_server_url(s: &str) -> Result<(), String> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        _ => Err(format!(
+            "invalid Prometheus URL `{s}`: expected http(s)://host[:port][/prefix]"
+        )),
+    }
+}
+
+/// Drills whose error-budget floor has no Prometheus server: neither its own `server` nor
+/// the daemon's default (`--prometheus`). One problem each, located at `errorBudget.query`
+/// (the block's first required field), for `failoverd run` to refuse to start on.
+pub fn check_servers(drills: &[LoadedDrill], default: Option<&str>) -> Vec<Problem> {
+    drills
+        .iter()
+        .filter_map(|d| {
+            let eb = d.drill.spec.abort.error_budget.as_ref()?;
+            if eb.server(default).is_some() {
+                return None;
+            }
+            Some(Problem {
+                file: d.file.display().to_string(),
+                line: eb.query.referenced.line(),
+                column: eb.query.referenced.column(),
+                field: "spec.abort.errorBudget.server".into(),
+                message: format!(
+                    "drill `{}` has an error-budget floor but no Prometheus server: set `server` or pass --prometheus",
+                    d.name()
+                ),
+            })
+        })
+        .collect()
 }
 
 /// True when the file is a failoverd Drill document (by its `kind`).

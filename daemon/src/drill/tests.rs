@@ -420,3 +420,179 @@ fn controller_hook_refuses_drill_failover_outside_normal_operation() {
         None
     );
 }
+
+/// Remaining budget = 100 × (1 − ratio / (1 − objective/100)); nonsense inputs give None.
+#[test]
+fn remaining_budget_math() {
+    use super::budget::remaining_percent;
+    for (ratio, objective, want) in [
+        (0.0, 99.9, Some(100.0)),
+        (0.0005, 99.9, Some(50.0)),
+        (0.001, 99.9, Some(0.0)),
+        (0.004, 99.9, Some(-300.0)),
+        (0.0025, 99.0, Some(75.0)),
+        (0.01, 95.0, Some(80.0)),
+        (1.0, 50.0, Some(-100.0)),
+        (-0.1, 99.9, None),
+        (f64::INFINITY, 99.9, None),
+        (f64::NAN, 99.9, None),
+        (0.001, 100.0, None),
+        (0.001, 0.0, None),
+    ] {
+        let got = remaining_percent(ratio, objective);
+        match (got, want) {
+            (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{ratio} {objective}: {g} != {w}"),
+            (None, None) => {}
+            _ => panic!("{ratio} {objective}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+fn budget_drill(block: &str) -> Result<LoadedDrill, Vec<Problem>> {
+    load(&format!(
+        "  mode: live\n  abort:\n    errorBudget:\n{block}"
+    ))
+}
+
+/// The verdict on a reading: at or above the floor runs; below it, an error, or a value
+/// that is no ratio refuses, and the reason names the remaining budget and the floor.
+#[test]
+fn budget_judgement() {
+    use super::budget::judge;
+    let d = budget_drill("      query: q\n      objective: 99.9\n      floor: 25\n").unwrap();
+    let eb = d.drill.spec.abort.error_budget.clone().unwrap();
+    for (reading, ok, text) in [
+        (Ok(0.0), true, "error budget 100.0% remaining, floor 25%"),
+        (Ok(0.0007), true, "error budget 30.0% remaining, floor 25%"),
+        (
+            Ok(0.0008),
+            false,
+            "error budget 20.0% remaining, below the floor of 25%",
+        ),
+        (
+            Ok(0.5),
+            false,
+            "error budget 0.0% remaining, below the floor of 25%",
+        ),
+        (
+            Err("empty result (no series)".to_string()),
+            false,
+            "error budget unknown: empty result (no series)",
+        ),
+        (
+            Ok(-1.0),
+            false,
+            "error budget unknown: the query returned -1",
+        ),
+        (Ok(f64::INFINITY), false, "error budget unknown"),
+    ] {
+        let got = judge(&eb, reading.clone());
+        let msg = match &got {
+            Ok(m) | Err(m) => m,
+        };
+        assert_eq!(got.is_ok(), ok, "{reading:?}: {got:?}");
+        assert!(msg.starts_with(text), "{reading:?}: {msg}");
+    }
+}
+
+/// Bad error-budget values are refused at load with their field and line; a drill without
+/// `errorBudget` has none; a floor with no Prometheus anywhere is a problem for `run`.
+#[test]
+fn error_budget_validation() {
+    let ok = "      query: 'sum(rate(e[30d])) / sum(rate(r[30d]))'\n      objective: 99.9\n      floor: 25\n";
+    let d = budget_drill(ok).unwrap();
+    let eb = d.drill.spec.abort.error_budget.as_ref().unwrap();
+    assert_eq!(eb.objective.value, 99.9);
+    assert_eq!(eb.floor.value, 25.0);
+    assert!(eb.server.is_none());
+    assert!(load("").unwrap().drill.spec.abort.error_budget.is_none());
+    for (block, field, text, line) in [
+        (
+            "      query: ''\n      objective: 99.9\n      floor: 25\n",
+            "spec.abort.errorBudget.query",
+            "must not be empty",
+            9,
+        ),
+        (
+            "      query: '  '\n      objective: 99.9\n      floor: 25\n",
+            "spec.abort.errorBudget.query",
+            "must not be empty",
+            9,
+        ),
+        (
+            "      query: q\n      objective: 100\n      floor: 25\n",
+            "spec.abort.errorBudget.objective",
+            "out of range",
+            10,
+        ),
+        (
+            "      query: q\n      objective: 0\n      floor: 25\n",
+            "spec.abort.errorBudget.objective",
+            "out of range",
+            10,
+        ),
+        (
+            "      query: q\n      objective: -5\n      floor: 25\n",
+            "spec.abort.errorBudget.objective",
+            "out of range",
+            10,
+        ),
+        (
+            "      query: q\n      objective: 99.9\n      floor: 101\n",
+            "spec.abort.errorBudget.floor",
+            "out of range",
+            11,
+        ),
+        (
+            "      query: q\n      objective: 99.9\n      floor: -1\n",
+            "spec.abort.errorBudget.floor",
+            "out of range",
+            11,
+        ),
+        (
+            "      query: q\n      objective: 99.9\n      floor: 25\n      server: prometheus:9090\n",
+            "spec.abort.errorBudget.server",
+            "invalid Prometheus URL",
+            12,
+        ),
+    ] {
+        let problems = budget_drill(block).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.field == field
+                && p.message.contains(text)
+                && p.line == line
+                && p.column > 0),
+            "{block}: {problems:?}"
+        );
+    }
+    // Missing fields are parse errors.
+    let p = parse(
+        "d.yaml",
+        &drill("  abort:\n    errorBudget: { query: q, floor: 25 }\n"),
+    )
+    .unwrap_err();
+    assert!(p.message.contains("objective"), "{p}");
+    // The server: its own, else the daemon's default, else a located problem.
+    use super::spec::check_servers;
+    let drills = vec![d];
+    assert!(check_servers(&drills, Some("http://prom:9090")).is_empty());
+    let problems = check_servers(&drills, None);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "spec.abort.errorBudget.server");
+    assert_eq!(problems[0].line, 9);
+    assert!(problems[0].message.contains("--prometheus"), "{problems:?}");
+    let own = budget_drill(&format!(
+        "{ok}      server: http://prom.monitoring:9090/prefix\n"
+    ))
+    .unwrap();
+    assert!(check_servers(std::slice::from_ref(&own), None).is_empty());
+    assert_eq!(
+        own.drill
+            .spec
+            .abort
+            .error_budget
+            .unwrap()
+            .server(Some("http://other:1")),
+        Some("http://prom.monitoring:9090/prefix".to_string())
+    );
+}
