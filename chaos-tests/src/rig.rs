@@ -10,7 +10,7 @@ use failoverd::audit::Record;
 use failoverd::engine::Routing;
 
 use crate::load::{Load, LoadConfig, Report};
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::proxy::{Proxy, ProxyConfig, RouteSource};
 use crate::{DR_HOST, Daemon, Scenario, run_cli};
 
 /// Host of the demo's primary (subset `v1`).
@@ -30,8 +30,13 @@ pub fn quick_probes(s: &Scenario, interval: &str, timeout: &str) -> anyhow::Resu
 /// A proxy on the scenario's `primary` route: the primary subset `v1` to the primary stand-in,
 /// the DR host to the DR stand-in, upstream timeout 1 s, no push delay.
 pub async fn proxy_for(s: &Scenario) -> anyhow::Result<Proxy> {
+    proxy_following(s, RouteSource::File(s.vs_path.clone())).await
+}
+
+/// [`proxy_for`] with the VirtualService read from `source` (e.g. the Kubernetes emulator).
+pub async fn proxy_following(s: &Scenario, source: RouteSource) -> anyhow::Result<Proxy> {
     Proxy::start(
-        ProxyConfig::new(s.vs_path.clone(), Some("primary".into()))
+        ProxyConfig::with_source(source, Some("primary".into()))
             .upstream(PRIMARY_HOST, Some("v1"), s.primary.addr())
             .upstream(DR_HOST, None, s.dr.addr()),
     )
