@@ -696,15 +696,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         error!("second signal: exiting without draining");
         std::process::exit(130);
     });
+    // Status first (it keeps its own shared copy of each playbook), then the playbooks move
+    // into the runtime: at a thousand playbooks every extra copy is megabytes.
+    let mut shared = Shared::new(&loaded);
+    let n_playbooks = loaded.len();
     let rt = Runtime {
-        playbooks: loaded.clone(),
+        playbooks: loaded,
         store,
         audit: Arc::new(Mutex::new(audit)),
         overrides,
         prometheus: settings.prometheus.clone(),
         prometheus_client: settings.prometheus_client.clone(),
     };
-    let mut shared = Shared::new(&loaded);
     crate::reload::spawn_watcher(
         settings.playbooks.clone(),
         shared.reload.clone(),
@@ -737,7 +740,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
-        loaded.len(),
+        n_playbooks,
         settings.max_concurrent_failovers,
     ));
     if let Some(n) = &settings.notify {

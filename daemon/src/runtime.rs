@@ -467,8 +467,15 @@ pub async fn run(
     let mut guarded: Vec<Guarded> = rt
         .playbooks
         .iter()
-        .map(|l| Guarded {
-            pb: Arc::new(l.playbook.clone()),
+        .enumerate()
+        .map(|(i, l)| Guarded {
+            // The status keeps the same playbooks in the same order: share them.
+            pb: shared
+                .playbooks
+                .get(i)
+                .filter(|p| p.name() == l.playbook.name())
+                .cloned()
+                .unwrap_or_else(|| Arc::new(l.playbook.clone())),
             state: None,
             slots: l
                 .playbook
