@@ -187,6 +187,23 @@ async fn wait_verified(addr: SocketAddr, drill: &str, id: &str) {
     panic!("drill {drill} run {id} never verified its failover: {last:#}");
 }
 
+/// Asserts the timeline holds these events, in this order.
+fn assert_in_order(ev: &[String], names: &[&str]) {
+    let at = |name: &str| {
+        ev.iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
+    };
+    for pair in names.windows(2) {
+        assert!(
+            at(pair[0]) < at(pair[1]),
+            "{} before {}: {ev:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
 fn events(report: &Value) -> Vec<String> {
     report["timeline"]
         .as_array()
@@ -389,15 +406,7 @@ async fn drill_aborts_when_the_target_fails_during_the_hold() {
         "{report:#}"
     );
     let ev = events(&report);
-    let at = |name: &str| {
-        ev.iter()
-            .position(|e| e == name)
-            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
-    };
-    assert!(
-        at("verified") < at("aborted") && at("aborted") < at("restored"),
-        "{ev:?}"
-    );
+    assert_in_order(&ev, &["verified", "aborted", "restored"]);
     assert!(
         ev.iter().position(|e| e == "aborted") < ev.iter().position(|e| e == "restored"),
         "{ev:?}"
@@ -587,15 +596,7 @@ async fn error_budget_floor_aborts_the_hold_and_refuses_the_next_run() {
         "{report:#}"
     );
     let ev = events(&report);
-    let at = |name: &str| {
-        ev.iter()
-            .position(|e| e == name)
-            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
-    };
-    assert!(
-        at("verified") < at("aborted") && at("aborted") < at("restored"),
-        "{ev:?}"
-    );
+    assert_in_order(&ev, &["verified", "aborted", "restored"]);
     assert!(
         report["playbooks"][0]["heldSeconds"].as_f64().unwrap() < 30.0,
         "aborted before the end of the hold: {report:#}"

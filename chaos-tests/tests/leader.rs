@@ -511,3 +511,93 @@ async fn a_freeze_made_on_the_old_leader_holds_on_the_new_one() {
     assert!(!failed_over(&emu), "moved while frozen\n{}", b.logs());
     assert!(vs_writes(&emu).is_empty());
 }
+
+/// Ensures a live drill whose leader dies mid-hold is ended by the new leader: the drill's
+/// hold comes over with the other overrides, and once the routes are read again the new
+/// leader fails back as the drill would have (the drill runner died with the old leader; the
+/// hold's TTL alone would keep users on the failover target for hold + budgets + 5 min).
+#[tokio::test]
+async fn a_drill_in_flight_on_a_dead_leader_is_failed_back_by_the_new_one() {
+    let emu = cluster().await;
+    let sc = Scenario::new(&[]).await.unwrap();
+    let drills = sc.paths.playbooks.join("drills");
+    std::fs::create_dir_all(&drills).unwrap();
+    std::fs::write(
+        drills.join("long-hold.yaml"),
+        "apiVersion: failoverd.dev/v1alpha1\nkind: Drill\nmetadata: { name: long-hold }\n\
+         spec:\n  playbooks: [ demo ]\n  mode: live\n  hold: 10m\n",
+    )
+    .unwrap();
+    let (mut a, b) = pair(&sc, &emu).await;
+    b.wait_leader(0, 10 * SEC).await;
+    let (code, text) = request(
+        a.addr,
+        "POST",
+        "/v1/drills/long-hold/run",
+        Some(r#"{"reason":"quarterly DR drill"}"#),
+    )
+    .await
+    .unwrap();
+    assert!((200..300).contains(&code), "{code} {text}\n{}", a.logs());
+    wait_for("the drill's failover", 20 * SEC, || {
+        failed_over(&emu).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    // The hold must have reached the cluster before the leader dies.
+    wait_for("the drill's hold kept in the cluster", 10 * SEC, || {
+        emu.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            LEASE_NS,
+            &format!("{LEASE_NAME}-state"),
+        )?["metadata"]["annotations"]["failoverd.dev/overrides"]
+            .as_str()
+            .filter(|s| s.contains("drill:long-hold"))
+            .map(str::to_string)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    let killed = SystemTime::now();
+    a.kill();
+    b.wait_leader(1, 20 * SEC).await;
+    wait_for("the failback by the new leader", 20 * SEC, || {
+        (!failed_over(&emu)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    // The route lands in the cluster a moment before its `written` record.
+    let failback = wait_for("the failback audited by replica-b", 10 * SEC, || {
+        audit::read_all(&b.audit)
+            .ok()?
+            .into_iter()
+            .find(|r| r.action == "operator-failback" && r.outcome == "written")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    assert_eq!(failback.actor, "drill:long-hold", "{failback:?}");
+    assert!(failback.reason.contains("previous leader"), "{failback:?}");
+    // The hold is gone, also from the set kept in the cluster for the next leader.
+    wait_for("the drill's hold gone from the cluster", 10 * SEC, || {
+        emu.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            LEASE_NS,
+            &format!("{LEASE_NAME}-state"),
+        )?["metadata"]["annotations"]["failoverd.dev/overrides"]
+            .as_str()
+            .filter(|s| !s.contains("drill:long-hold"))
+            .map(str::to_string)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    // Two writers, one after the other: the drill's failover by the old leader while it
+    // lived, the failback by the new one after the kill.
+    let writes = vs_writes(&emu);
+    let who: Vec<&str> = writes.iter().map(|w| w.identity.as_str()).collect();
+    assert_eq!(who, ["replica-a", "replica-b"], "{writes:?}");
+    assert!(
+        writes[0].time < killed && writes[1].time > killed,
+        "{writes:?}"
+    );
+}

@@ -534,6 +534,9 @@ pub async fn run(
 
     let mut leader_rx = shared.leader.subscribe();
     leader_rx.mark_unchanged();
+    // Playbooks held on a failover target by a drill that ran on the last leader: its drill
+    // runner died with it, so this replica ends the drill once their routes are read again.
+    let mut orphaned_drills: Vec<String> = Vec::new();
     let (drift_tx, mut drift_rx) = mpsc::channel::<crate::drift::Found>(64);
     let drift_task =
         crate::drift::spawn(rt.store.clone(), shared.clone(), drift_tx, shutdown.clone());
@@ -572,6 +575,13 @@ pub async fn run(
                     // the truth. The last leader's overrides first, then every route is read
                     // again before anything is decided.
                     adopt_cluster_overrides(&mut ov_store, &log, &shared, &clock).await;
+                    orphaned_drills = ov_store
+                        .all()
+                        .iter()
+                        .filter(|r| r.kind == OverrideKind::Failover && r.actor.starts_with(DRILL_ACTOR))
+                        .map(|r| r.playbook.clone())
+                        .collect();
+                    orphaned_drills.dedup();
                     for g in guarded.iter_mut() {
                         g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
                     }
@@ -628,6 +638,9 @@ pub async fn run(
                     .map(|(i, _)| i)
                     .collect();
                 read_states(&due, &mut guarded, rt.store.as_ref(), &job_tx, &shared, &clock).await;
+                if !orphaned_drills.is_empty() {
+                    end_orphaned_drills(&mut orphaned_drills, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
+                }
                 for (i, g) in guarded.iter_mut().enumerate() {
                     if g.state.is_some() {
                         step(i, g, &job_tx, &shared, &clock).await;
@@ -1482,6 +1495,76 @@ pub fn verdict_word(v: &Verdict) -> &'static str {
         Verdict::Unhealthy { .. } => "unhealthy",
         Verdict::Unknown { .. } => "unknown",
     }
+}
+
+/// The identity prefix of the holds a drill places (`drill:<name>`).
+const DRILL_ACTOR: &str = "drill:";
+
+/// Ends drills the last leader was running (see `orphaned_drills` in [`run`]): a failback as
+/// the drill would have made it, once the playbook's route has been read again; when the
+/// primary is not healthy enough for that (or the route is already back), the drill's hold
+/// is released and the engine decides as after any hold. Names still waiting for their
+/// route stay in `names`.
+async fn end_orphaned_drills(
+    names: &mut Vec<String>,
+    guarded: &mut [Guarded],
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let mut waiting = Vec::new();
+    for name in std::mem::take(names) {
+        let ready = guarded
+            .iter()
+            .any(|g| g.pb.name() == name && g.state.is_some() && !g.pending);
+        if !ready {
+            waiting.push(name);
+            continue;
+        }
+        let holds: Vec<OverrideRecord> = store
+            .all()
+            .iter()
+            .filter(|r| {
+                r.playbook == name
+                    && r.kind == OverrideKind::Failover
+                    && r.actor.starts_with(DRILL_ACTOR)
+            })
+            .cloned()
+            .collect();
+        let Some(first) = holds.first() else {
+            continue;
+        };
+        let actor = Actor {
+            identity: first.actor.clone(),
+            reason: "the drill ran on the previous leader, which is gone; ended on takeover".into(),
+        };
+        warn!(playbook = %name, drill = %first.actor, "a drill from the previous leader holds this playbook; failing back");
+        let (tx, mut rx) = oneshot::channel();
+        let failback = Control {
+            playbook: Some(name.clone()),
+            kind: ControlKind::Failback { force: false },
+            actor: actor.clone(),
+            reply: tx,
+        };
+        handle_control(failback, guarded, store, log, jobs, shared, clock).await;
+        // A refusal is answered at once; an accepted failback answers after its write.
+        if let Ok(Err(refused)) = rx.try_recv() {
+            info!(playbook = %name, reason = %refused.error, "no failback now; releasing the drill's hold instead");
+            for h in holds {
+                let (tx, _rx) = oneshot::channel();
+                let release = Control {
+                    playbook: None,
+                    kind: ControlKind::DeleteOverride { id: h.id },
+                    actor: actor.clone(),
+                    reply: tx,
+                };
+                handle_control(release, guarded, store, log, jobs, shared, clock).await;
+            }
+        }
+    }
+    *names = waiting;
 }
 
 /// On takeover: replaces this replica's overrides with the set the last leader kept in the
