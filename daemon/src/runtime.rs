@@ -586,10 +586,15 @@ pub async fn run(
                         g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
                     }
                     info!("became the leader: re-reading every route from the store");
-                    for g in guarded.iter_mut().filter(|g| !g.pending) {
+                    let mut reread = Vec::new();
+                    for (i, g) in guarded.iter_mut().enumerate().filter(|(_, g)| !g.pending) {
                         g.state = None;
                         g.retry_at = None;
+                        reread.push(i);
                     }
+                    // At once, not at the next tick: a failover the standby already saw
+                    // coming is pending, and every millisecond here is on the users.
+                    read_and_step(&reread, &mut guarded, rt.store.as_ref(), &mut ov_store, &mut orphaned_drills, &log, &job_tx, &shared, &clock).await;
                 }
             }
             Some(found) = drift_rx.recv() => {
@@ -637,15 +642,7 @@ pub async fn run(
                     .filter(|(_, g)| g.state.is_none() && g.retry_at.is_none_or(|t| Instant::now() >= t))
                     .map(|(i, _)| i)
                     .collect();
-                read_states(&due, &mut guarded, rt.store.as_ref(), &job_tx, &shared, &clock).await;
-                if !orphaned_drills.is_empty() {
-                    end_orphaned_drills(&mut orphaned_drills, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
-                }
-                for (i, g) in guarded.iter_mut().enumerate() {
-                    if g.state.is_some() {
-                        step(i, g, &job_tx, &shared, &clock).await;
-                    }
-                }
+                read_and_step(&due, &mut guarded, rt.store.as_ref(), &mut ov_store, &mut orphaned_drills, &log, &job_tx, &shared, &clock).await;
             }
         }
     }
@@ -840,6 +837,40 @@ fn record_slo(g: &mut Guarded, r: SloResult, shared: &Shared) {
             Value::Null,
             "failoverd",
         );
+    }
+}
+
+/// Reads the routes at `idxs` (one bulk read), ends drills left by a dead leader whose routes
+/// are now known, then steps every playbook that has a route.
+#[allow(clippy::too_many_arguments)]
+async fn read_and_step(
+    idxs: &[usize],
+    guarded: &mut [Guarded],
+    store: &dyn RoutingStore,
+    overrides: &mut OverrideStore,
+    orphaned_drills: &mut Vec<String>,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    read_states(idxs, guarded, store, jobs, shared, clock).await;
+    if !orphaned_drills.is_empty() {
+        end_orphaned_drills(
+            orphaned_drills,
+            guarded,
+            overrides,
+            log,
+            jobs,
+            shared,
+            clock,
+        )
+        .await;
+    }
+    for (i, g) in guarded.iter_mut().enumerate() {
+        if g.state.is_some() {
+            step(i, g, jobs, shared, clock).await;
+        }
     }
 }
 
