@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use attempt::{http_client, http_client_for, probe_once};
 pub use check::{check_kind, check_spec};
-pub use schedule::{ProbeSet, spawn_probes};
+pub use schedule::{MAX_IN_FLIGHT, ProbeSet, spawn_probes, spawn_probes_limited};
 pub use window::ProbeWindow;
 
 /// What a probe checks.

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -21,6 +23,12 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// the spread (at most interval / 10 ms probes share a slot, never the whole fleet) and is
 /// small against the 50 ms lateness budget.
 pub const START_GRID: Duration = Duration::from_millis(10);
+
+/// Attempts in flight at once, over all probes (each probe has at most one). Every attempt
+/// holds a socket: when thousands of targets hang at once, this keeps the process under a
+/// typical 1,024 file-descriptor limit with room for the API, the store and the audit log.
+/// An attempt that waits for a slot starts late, and the wait shows in its lateness.
+pub const MAX_IN_FLIGHT: usize = 768;
 
 /// The running probe tasks returned by [`spawn_probes`].
 ///
@@ -64,13 +72,26 @@ impl ProbeSet {
 /// whose receiver is gone stops. All tasks stop when `shutdown` becomes `true` — or
 /// when its sender is dropped, since nothing could ever signal them after that.
 ///
-/// Must be called from within a tokio runtime (it uses `JoinSet::spawn`).
+/// Must be called from within a tokio runtime (it uses `JoinSet::spawn`). At most
+/// [`MAX_IN_FLIGHT`] attempts run at once.
 pub fn spawn_probes(
     specs: Vec<ProbeSpec>,
     client: reqwest::Client,
     tx: mpsc::Sender<ProbeResult>,
     shutdown: watch::Receiver<bool>,
 ) -> ProbeSet {
+    spawn_probes_limited(specs, client, tx, shutdown, MAX_IN_FLIGHT)
+}
+
+/// [`spawn_probes`] with at most `max_in_flight` attempts running at once (at least one).
+pub fn spawn_probes_limited(
+    specs: Vec<ProbeSpec>,
+    client: reqwest::Client,
+    tx: mpsc::Sender<ProbeResult>,
+    shutdown: watch::Receiver<bool>,
+    max_in_flight: usize,
+) -> ProbeSet {
+    let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut rng = rand::rng();
     let now = Instant::now();
@@ -84,6 +105,7 @@ pub fn spawn_probes(
             client.clone(),
             tx.clone(),
             shutdown.clone(),
+            slots.clone(),
         ));
     }
     ProbeSet { tasks }
@@ -112,6 +134,7 @@ async fn run_probe(
     client: reqwest::Client,
     tx: mpsc::Sender<ProbeResult>,
     mut shutdown: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
 ) {
     let mut ticker = tokio::time::interval_at(first, interval);
     // Skip, not Delay or Burst: if an attempt overruns or the runtime stalls, Burst
@@ -129,6 +152,14 @@ async fn run_probe(
             () = signalled(&mut shutdown) => break,
             due = ticker.tick() => due,
         };
+        let slot = tokio::select! {
+            biased;
+            () = signalled(&mut shutdown) => break,
+            slot = slots.acquire() => slot,
+        };
+        // The semaphore is never closed; if it were, probing without a bound is worse
+        // than stopping this probe.
+        let Ok(held) = slot else { break };
         let started = Instant::now();
         let lateness = started.saturating_duration_since(due);
         // A failed preparation (e.g. a CA file gone since validation) is retried at
@@ -148,6 +179,8 @@ async fn run_probe(
             () = signalled(&mut shutdown) => break,
             result = attempt => result,
         };
+        // The slot is for the socket: free it before waiting on a full result queue.
+        drop(held);
         tokio::select! {
             biased;
             () = signalled(&mut shutdown) => break,
@@ -166,8 +199,87 @@ async fn signalled(shutdown: &mut watch::Receiver<bool>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncReadExt;
+
+    use crate::{Outcome, ProbeKind, TcpProbe, Vantage};
+
+    /// Ensures no more than the cap of attempts hold a connection at once: six TCP probes
+    /// that each wait 900 ms for bytes that never come, in one 1 s interval, with room for
+    /// two. The server counts open connections; attempts that waited for a slot start late,
+    /// and say so in their lateness.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attempts_in_flight_never_exceed_the_cap() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (o, p) = (open.clone(), peak.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (open, peak) = (o.clone(), p.clone());
+                tokio::spawn(async move {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let specs = (0..6)
+            .map(|id| ProbeSpec {
+                id,
+                kind: ProbeKind::Tcp(TcpProbe {
+                    address: addr.to_string(),
+                    send: None,
+                    expect: Some(b"never sent".to_vec()),
+                }),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(900),
+                vantage: Vantage::local(),
+            })
+            .collect();
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stop, shutdown) = watch::channel(false);
+        let client = crate::http_client().unwrap();
+        let set = spawn_probes_limited(specs, client, tx, shutdown, 2);
+        let mut results = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while results.len() < 6 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => results.push(r),
+                _ => break,
+            }
+        }
+        let _ = stop.send(true);
+        set.shutdown().await;
+        assert_eq!(results.len(), 6, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.outcome, Outcome::Unhealthy(_))),
+            "{results:?}"
+        );
+        // The server sees a close a moment after the client's slot is free again: allow one.
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= 3, "{peak} connections open at once with room for 2");
+        // Six 900 ms attempts through two slots take at least 2.7 s: the last ones waited.
+        let latest = results.iter().map(|r| r.lateness).max().unwrap();
+        assert!(
+            latest >= Duration::from_millis(800),
+            "latest start {latest:?} late"
+        );
+    }
 
     /// Ensures offsets stay inside the interval, sit on the grid, and spread over it.
     #[test]
