@@ -216,6 +216,18 @@ async fn cluster() -> Emulator {
     emu
 }
 
+/// The overrides the leader keeps in the cluster for the next one (JSON text).
+fn kept_overrides(emu: &Emulator) -> Option<String> {
+    emu.get(
+        "coordination.k8s.io/v1",
+        "Lease",
+        LEASE_NS,
+        &format!("{LEASE_NAME}-state"),
+    )?["metadata"]["annotations"]["failoverd.dev/overrides"]
+        .as_str()
+        .map(str::to_string)
+}
+
 fn lease_holder(emu: &Emulator) -> Option<String> {
     emu.get("coordination.k8s.io/v1", "Lease", LEASE_NS, LEASE_NAME)?["spec"]["holderIdentity"]
         .as_str()
@@ -479,15 +491,7 @@ async fn a_freeze_made_on_the_old_leader_holds_on_the_new_one() {
     .unwrap();
     assert!((200..300).contains(&code), "{code} {text}\n{}", a.logs());
     wait_for("the freeze kept in the cluster", 10 * SEC, || {
-        emu.get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            LEASE_NS,
-            &format!("{LEASE_NAME}-state"),
-        )?["metadata"]["annotations"]["failoverd.dev/overrides"]
-            .as_str()
-            .filter(|s| s.contains("maintenance on the DR site"))
-            .map(str::to_string)
+        kept_overrides(&emu).filter(|s| s.contains("maintenance on the DR site"))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
@@ -546,15 +550,7 @@ async fn a_drill_in_flight_on_a_dead_leader_is_failed_back_by_the_new_one() {
     .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
     // The hold must have reached the cluster before the leader dies.
     wait_for("the drill's hold kept in the cluster", 10 * SEC, || {
-        emu.get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            LEASE_NS,
-            &format!("{LEASE_NAME}-state"),
-        )?["metadata"]["annotations"]["failoverd.dev/overrides"]
-            .as_str()
-            .filter(|s| s.contains("drill:long-hold"))
-            .map(str::to_string)
+        kept_overrides(&emu).filter(|s| s.contains("drill:long-hold"))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
@@ -579,15 +575,7 @@ async fn a_drill_in_flight_on_a_dead_leader_is_failed_back_by_the_new_one() {
     assert!(failback.reason.contains("previous leader"), "{failback:?}");
     // The hold is gone, also from the set kept in the cluster for the next leader.
     wait_for("the drill's hold gone from the cluster", 10 * SEC, || {
-        emu.get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            LEASE_NS,
-            &format!("{LEASE_NAME}-state"),
-        )?["metadata"]["annotations"]["failoverd.dev/overrides"]
-            .as_str()
-            .filter(|s| !s.contains("drill:long-hold"))
-            .map(str::to_string)
+        kept_overrides(&emu).filter(|s| !s.contains("drill:long-hold"))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
