@@ -578,9 +578,10 @@ pub async fn run(
                     orphaned_drills = ov_store
                         .all()
                         .iter()
-                        .filter(|r| r.kind == OverrideKind::Failover && r.actor.starts_with(DRILL_ACTOR))
+                        .filter(|r| is_drill_hold(r))
                         .map(|r| r.playbook.clone())
                         .collect();
+                    orphaned_drills.sort();
                     orphaned_drills.dedup();
                     for g in guarded.iter_mut() {
                         g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
@@ -1528,8 +1529,10 @@ pub fn verdict_word(v: &Verdict) -> &'static str {
     }
 }
 
-/// The identity prefix of the holds a drill places (`drill:<name>`).
-const DRILL_ACTOR: &str = "drill:";
+/// A failover hold placed by a drill (its actor is `drill:<name>`).
+fn is_drill_hold(r: &OverrideRecord) -> bool {
+    r.kind == OverrideKind::Failover && r.actor.starts_with(crate::drill::ACTOR_PREFIX)
+}
 
 /// Ends drills the last leader was running (see `orphaned_drills` in [`run`]): a failback as
 /// the drill would have made it, once the playbook's route has been read again; when the
@@ -1557,11 +1560,7 @@ async fn end_orphaned_drills(
         let holds: Vec<OverrideRecord> = store
             .all()
             .iter()
-            .filter(|r| {
-                r.playbook == name
-                    && r.kind == OverrideKind::Failover
-                    && r.actor.starts_with(DRILL_ACTOR)
-            })
+            .filter(|r| r.playbook == name && is_drill_hold(r))
             .cloned()
             .collect();
         let Some(first) = holds.first() else {
