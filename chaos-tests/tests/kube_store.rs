@@ -327,7 +327,20 @@ async fn wait_vs_routing(
 #[tokio::test]
 async fn api_server_down_for_10s_during_a_failover() {
     let (emu, _dir, kubeconfig) = cluster(ADMIN_TOKEN).await;
-    let mut sc = Scenario::new(&[]).await.unwrap();
+    // Fast probes: the failover is decided within about a second of the outage's start, so
+    // the first write's 8 s budget runs out while the server is still down (with the demo's
+    // 1 s x 3 probes a late decision could land the first write inside its own budget).
+    let fast: &[(&str, &str)] = &[
+        ("interval: 1s # one attempt per second", "interval: 250ms"),
+        (
+            "timeout: 500ms # an attempt without an answer after 500 ms is a failure",
+            "timeout: 200ms",
+        ),
+        ("interval: 1s\n", "interval: 250ms\n"),
+        ("timeout: 500ms\n", "timeout: 200ms\n"),
+        ("failureThreshold: 3", "failureThreshold: 2"),
+    ];
+    let mut sc = Scenario::new(fast).await.unwrap();
     let mut d = kube_daemon(&sc, &kubeconfig, "unavailable").await.unwrap();
     d.wait_ready(Duration::from_secs(30)).await.unwrap();
     emu.unavailable_for(Duration::from_secs(10));
