@@ -15,6 +15,13 @@ use crate::playbook::Playbook;
 
 /// VirtualService manifests in a directory, written atomically (temp file, fsync, rename,
 /// fsync of the directory) so a crash leaves either the old or the new file, never half.
+///
+/// A write is a compare-and-swap: the new file is staged first, then, holding an exclusive
+/// advisory lock (`flock(2)`) on the namespace directory, the manifest is hashed again and
+/// only replaced if it is still the one that was read. A writer that takes the same lock
+/// (`flock DIR/<namespace> cp new.yaml DIR/<namespace>/<name>.yaml`) can therefore never
+/// have its change overwritten: its write lands either before the re-check (and failoverd
+/// recomputes on top of it) or after the rename (and failoverd reads it back as drift).
 #[derive(Clone, Debug)]
 pub struct FileStore {
     dir: PathBuf,
@@ -22,6 +29,11 @@ pub struct FileStore {
 
 /// Attempts at a write that keeps finding the file changed under it (a GitOps sync racing us).
 const CONFLICT_RETRIES: usize = 3;
+
+/// Longest wait for the namespace directory's lock in one attempt. Cooperating tools hold it
+/// for a copy or a rename (milliseconds); a lock held longer than this is someone stuck, and
+/// the write fails as a conflict to be retried with backoff rather than wait unbounded.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl FileStore {
     /// A store rooted at `dir`.
@@ -93,15 +105,30 @@ impl FileStore {
                 object: pb.spec.virtual_service.to_string(),
                 message: format!("cannot serialise: {e}"),
             })?;
+            let io = |e| StoreError::Io {
+                context: format!("writing {}", path.display()),
+                source: e,
+            };
+            // Staged (written and fsynced) outside the lock, so the lock is held only for the
+            // re-check and the rename.
+            let staged = stage(&path, text.as_bytes()).map_err(io)?;
+            let dir = parent_dir(&path);
+            let lock = lock_dir(dir, LOCK_WAIT).map_err(io)?;
+            let Some(lock) = lock else {
+                return Err(StoreError::Conflict(format!(
+                    "{}: {} stayed locked by another writer for {LOCK_WAIT:?}",
+                    pb.spec.virtual_service,
+                    dir.display()
+                )));
+            };
             // Optimistic concurrency, like a resourceVersion: only replace the file we read.
+            // Under the lock, so a cooperating writer cannot slip in between check and rename.
             let (_, again) = self.load(pb)?;
             if again != digest {
                 continue;
             }
-            atomic_write(&path, text.as_bytes()).map_err(|e| StoreError::Io {
-                context: format!("writing {}", path.display()),
-                source: e,
-            })?;
+            commit(staged, &path).map_err(io)?;
+            drop(lock);
             let (read_back, _) = self.load(pb)?;
             let got = read_back
                 .pointer(&format!("/spec/http/{i}/route"))
@@ -125,24 +152,56 @@ impl FileStore {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
 /// fsync of the directory (so the rename itself survives a power cut).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // A bare file name has an empty parent; that means the current directory.
-    let dir = path
-        .parent()
+    commit(stage(path, bytes)?, path)
+}
+
+/// The directory `path` lives in (a bare file name has an empty parent: the current one).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+/// First half of [`atomic_write`]: the bytes in a synced temp file beside `path`, with the
+/// permissions of the file it will replace. Dropped without [`commit`], it is removed.
+fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".failoverd-")
         .suffix(".tmp")
-        .tempfile_in(dir)?;
+        .tempfile_in(parent_dir(path))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     // Keep the original file's permissions rather than the temp file's 0600.
     if let Ok(meta) = std::fs::metadata(path) {
         tmp.as_file().set_permissions(meta.permissions())?;
     }
+    Ok(tmp)
+}
+
+/// Second half of [`atomic_write`]: rename over `path`, then fsync the directory so the
+/// rename itself survives a power cut.
+fn commit(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    std::fs::File::open(parent_dir(path))?.sync_all()
+}
+
+/// Takes the exclusive advisory lock on `dir` (the same `flock(2)` lock `flock DIR cmd`
+/// takes), polling until `wait` runs out: None when someone held it all that time. The lock
+/// is released when the returned handle is dropped.
+fn lock_dir(dir: &Path, wait: std::time::Duration) -> std::io::Result<Option<std::fs::File>> {
+    let handle = std::fs::File::open(dir)?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match handle.try_lock() {
+            Ok(()) => return Ok(Some(handle)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 impl RoutingStore for FileStore {

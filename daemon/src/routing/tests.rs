@@ -223,6 +223,98 @@ async fn file_store_round_trip() {
     ));
 }
 
+/// Ensures a writer that takes the namespace directory's lock the way `flock(1)` does (the
+/// real util-linux tool, so the lock is the one cooperating GitOps tools can take) never has
+/// its change overwritten: it replaces the manifest after failoverd read it and staged its
+/// write, while failoverd waits for the lock; failoverd must notice, recompute on top of it,
+/// and keep both changes.
+#[tokio::test]
+async fn file_store_keeps_a_cooperating_writers_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = dir.path().join("demo");
+    std::fs::create_dir_all(&ns).unwrap();
+    let store = FileStore::new(dir.path());
+    let pb = pb();
+    std::fs::write(store.path(&pb), VS).unwrap();
+    // The other writer's version: a label failoverd does not know about.
+    let theirs = VS.replace(
+        "labels: { app: web }",
+        "labels: { app: web, synced-by: gitops }",
+    );
+    let theirs_path = dir.path().join("theirs.yaml");
+    std::fs::write(&theirs_path, &theirs).unwrap();
+    // Under the lock: wait (bounded, 10 s) until failoverd has staged its write, which it
+    // does after reading the old manifest, then replace the manifest — late enough (200 ms)
+    // that a writer ignoring the lock would already have renamed over it.
+    let script = format!(
+        "i=0; while ! ls {ns}/.failoverd-*.tmp >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 1000 ] && exit 3; sleep 0.01; done; sleep 0.2; cp {theirs} {ns}/web.yaml",
+        ns = ns.display(),
+        theirs = theirs_path.display()
+    );
+    let mut flock = std::process::Command::new("flock")
+        .arg("--exclusive")
+        .arg(&ns)
+        .args(["sh", "-c", &script])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    // flock must hold the lock before failoverd reads, or there is no race to test.
+    let t0 = std::time::Instant::now();
+    while std::fs::File::open(&ns).unwrap().try_lock().is_ok() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "flock(1) never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = store
+        .write(&pb, Routing::Failover { target: 0 }, None)
+        .await
+        .unwrap();
+    assert!(
+        flock.wait().unwrap().success(),
+        "the cooperating writer ran"
+    );
+    assert!(out.changed);
+    let got: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(store.path(&pb)).unwrap()).unwrap();
+    assert_eq!(
+        got["metadata"]["labels"]["synced-by"],
+        json!("gitops"),
+        "their change kept"
+    );
+    assert_eq!(
+        got["spec"]["http"][1]["route"][0]["destination"]["host"],
+        json!("web.demo-dr.svc.cluster.local"),
+        "our change written on top"
+    );
+    assert_eq!(
+        store.read(&pb).await.unwrap().routing,
+        Routing::Failover { target: 0 }
+    );
+}
+
+/// Ensures a lock held past the wait fails the write as a conflict (retried by the
+/// controller), leaving the manifest untouched and no temp file behind.
+#[tokio::test]
+async fn file_store_lock_held_too_long_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = dir.path().join("demo");
+    std::fs::create_dir_all(&ns).unwrap();
+    let store = FileStore::new(dir.path());
+    let pb = pb();
+    std::fs::write(store.path(&pb), VS).unwrap();
+    let held = std::fs::File::open(&ns).unwrap();
+    held.lock().unwrap();
+    let err = store
+        .write(&pb, Routing::Failover { target: 0 }, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    drop(held);
+    assert_eq!(std::fs::read_to_string(store.path(&pb)).unwrap(), VS);
+    assert_eq!(ns.read_dir().unwrap().count(), 1, "no temp file left");
+}
+
 /// Ensures every routing survives the YAML round trip of the file store unchanged.
 #[test]
 fn yaml_round_trip_of_every_routing() {
