@@ -533,3 +533,96 @@ async fn missing_update_permission_degrades_the_playbook_in_readyz() {
     assert_eq!(primary_route(&vs(&emu)), primary_route(&original()));
     d.terminate(Duration::from_secs(10)).unwrap();
 }
+
+/// Ensures an update that the API server commits but answers only after the client gave up
+/// on it (4 s late, past the 3 s request timeout) is recorded as `written` — not `failed`
+/// and then `unchanged` — with its RouteChanged Event, and is not sent a second time.
+#[tokio::test]
+async fn an_update_answered_too_late_is_recorded_as_written() {
+    let (emu, _dir, kubeconfig) = cluster(ADMIN_TOKEN).await;
+    let mut sc = Scenario::new(&[]).await.unwrap();
+    let mut d = kube_daemon(&sc, &kubeconfig, "late-answer").await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    emu.answer_writes_late_to("web", Duration::from_secs(4));
+    sc.primary.stop();
+    let record = sc
+        .wait_audit(
+            "the failover's outcome",
+            |r| r.action == "failover" && r.outcome != "intent",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert_eq!(record.outcome, "written", "{record:#?}\n{}", d.logs());
+    let v = vs(&emu);
+    assert_eq!(
+        primary_route(&v)[0]["destination"]["host"],
+        "web.demo-dr.svc.cluster.local",
+        "the audit agrees with the object"
+    );
+    assert_eq!(
+        primary_route(&v),
+        record.after,
+        "the record's route is the object's"
+    );
+    let updates = emu
+        .writes()
+        .into_iter()
+        .filter(|w| w.kind == "VirtualService" && w.name == "web" && w.verb == "update")
+        .count();
+    assert_eq!(updates, 1, "one update, no second write");
+    wait_for("a RouteChanged Event", Duration::from_secs(10), || {
+        emu.events()
+            .into_iter()
+            .find(|e| e["reason"] == "RouteChanged")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    // Nothing after it says otherwise.
+    let records = sc.audit();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.action != "failover" || matches!(r.outcome.as_str(), "intent" | "written")),
+        "{records:#?}"
+    );
+    assert!(audit::verify(&sc.paths.audit).is_ok());
+    d.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// Ensures reads never take a write's rate-limit token: with the buckets at 1 request/s
+/// and bursts of 4, discovery and three reads empty a shared bucket, and the write (read,
+/// update, read-back: three requests) would then wait three seconds for tokens; with its
+/// own bucket it goes through at once.
+#[tokio::test]
+async fn reads_never_delay_a_write() {
+    let (emu, _dir, kubeconfig) = cluster(ADMIN_TOKEN).await;
+    let store = KubeStore::connect(KubeOptions {
+        kubeconfig: Some(kubeconfig.clone()),
+        qps: 1,
+        burst: 4,
+        ..KubeOptions::default()
+    })
+    .await
+    .unwrap();
+    let pb = playbook();
+    // Discovery (one write token) with the first read, then the read burst is used up.
+    for _ in 0..3 {
+        store.read(&pb).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let out = store
+        .write(&pb, Routing::Failover { target: 0 }, None)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.changed);
+    assert!(
+        took < Duration::from_secs(2),
+        "the write waited {took:?}: behind the reads' tokens?"
+    );
+    assert_eq!(
+        primary_route(&vs(&emu))[0]["destination"]["host"],
+        "web.demo-dr.svc.cluster.local"
+    );
+}

@@ -250,10 +250,31 @@ async fn serve(
         }
         return Ok(r);
     }
-    Ok(match route(&shared, req).await {
+    // Per-object write faults, looked up by the name in the path.
+    let (stall, late) = if write {
+        let segs: Vec<&str> = req.uri().path().split('/').skip(1).collect();
+        let name = parse_target(&segs).and_then(|t| t.name);
+        let f = shared.faults();
+        name.map_or((None, None), |n| {
+            (
+                f.stall_writes.get(&n).copied(),
+                f.answer_writes_late.get(&n).copied(),
+            )
+        })
+    } else {
+        (None, None)
+    };
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    let answer = match route(&shared, req).await {
         Ok(r) => r,
         Err(s) => respond(s.code, &s.body()),
-    })
+    };
+    if let Some(d) = late {
+        tokio::time::sleep(d).await;
+    }
+    Ok(answer)
 }
 
 /// Records a write answered by fault injection (`status` 0: dropped without an answer).

@@ -116,6 +116,12 @@ pub(crate) struct Faults {
     pub drop: u32,
     /// Every request until then is answered 503 (an API server that is up but not ready).
     pub unready_until: Option<Instant>,
+    /// Writes to objects of this name wait this long before they are handled (an admission
+    /// webhook timing out, a lock held by another controller): the commit itself is late.
+    pub stall_writes: HashMap<String, Duration>,
+    /// Writes to objects of this name are handled at once but answered this long after (the
+    /// commit landed; its answer is late, as when a client gives up on a slow response).
+    pub answer_writes_late: HashMap<String, Duration>,
 }
 
 #[derive(Debug)]
@@ -447,6 +453,28 @@ impl Emulator {
     /// watches go through.
     pub fn fail_next_writes(&self, n: u32, status_code: u16) {
         self.shared.faults().fail = (n > 0).then_some((n, status_code, true));
+    }
+
+    /// Makes every write to an object named `name` wait `d` before it is handled, so it
+    /// commits late (zero turns it off).
+    pub fn stall_writes_to(&self, name: &str, d: Duration) {
+        let mut f = self.shared.faults();
+        if d.is_zero() {
+            f.stall_writes.remove(name);
+        } else {
+            f.stall_writes.insert(name.to_string(), d);
+        }
+    }
+
+    /// Makes every write to an object named `name` commit at once but answer `d` later
+    /// (zero turns it off).
+    pub fn answer_writes_late_to(&self, name: &str, d: Duration) {
+        let mut f = self.shared.faults();
+        if d.is_zero() {
+            f.answer_writes_late.remove(name);
+        } else {
+            f.answer_writes_late.insert(name.to_string(), d);
+        }
     }
 
     /// Closes the connection without answering for the next `n` requests (a load balancer

@@ -71,7 +71,12 @@ pub struct KubeStore {
     client: kube::Client,
     /// `networking.istio.io/v1`, or `v1beta1` on clusters whose Istio serves no v1 yet.
     resource: OnceCell<ApiResource>,
+    /// Writes and their own reads (the read before an update, the read-back after it).
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// Every other read (start, takeover, drift re-reads, the API's route views) has a bucket
+    /// of its own, as large as the write bucket: a dashboard or a re-read storm can never
+    /// make a failover wait for a token. The API server sees at most twice `qps`.
+    read_limiter: Arc<DefaultDirectRateLimiter>,
     /// Events have their own, smaller bucket: they must never take a token a write needs.
     event_limiter: Arc<DefaultDirectRateLimiter>,
     recorder: Recorder,
@@ -125,6 +130,7 @@ impl KubeStore {
             client,
             resource: OnceCell::new(),
             limiter: bucket(options.qps, options.burst),
+            read_limiter: bucket(options.qps, options.burst),
             event_limiter: bucket(10, 20),
             options,
             server,
@@ -162,15 +168,25 @@ impl KubeStore {
         ))
     }
 
-    async fn get(&self, api: &Api<DynamicObject>, pb: &Playbook) -> Result<Value, StoreError> {
+    /// Reads the playbook's VirtualService through `bucket`, the request bounded by `limit`
+    /// (the wait for a token too).
+    async fn get(
+        &self,
+        api: &Api<DynamicObject>,
+        pb: &Playbook,
+        bucket: &DefaultDirectRateLimiter,
+        limit: Duration,
+    ) -> Result<Value, StoreError> {
         let object = object_name(pb);
-        self.limiter.until_ready().await;
+        let ns = &pb.spec.virtual_service.namespace;
+        let started = Instant::now();
+        paced(bucket, limit, &object, "get").await?;
         let obj = timed(
-            self.options.request_timeout,
+            limit.saturating_sub(started.elapsed()),
             api.get(&pb.spec.virtual_service.name),
         )
         .await
-        .map_err(|e| map_err(e, &object, "get", &pb.spec.virtual_service.namespace))?;
+        .map_err(|e| map_err(e, &object, "get", ns))?;
         serde_json::to_value(&obj).map_err(|e| StoreError::Malformed {
             object,
             message: format!("cannot represent as JSON: {e}"),
@@ -186,7 +202,7 @@ impl KubeStore {
         let object = object_name(pb);
         let ar = self.resource(&object).await?;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
-        self.limiter.until_ready().await;
+        self.read_limiter.until_ready().await;
         let list = timed(
             self.options.request_timeout,
             api.list(&kube::api::ListParams::default()),
@@ -210,26 +226,50 @@ impl KubeStore {
     /// The playbook's VirtualService as the API server holds it now (for `plan`).
     pub async fn object(&self, pb: &Playbook) -> Result<Value, StoreError> {
         let api = self.api(pb).await?;
-        self.get(&api, pb).await
+        self.get(&api, pb, &self.read_limiter, self.options.request_timeout)
+            .await
     }
 
-    /// One read-modify-write attempt.
+    /// The time left before `deadline`, bounded by one request's timeout.
+    fn request_limit(&self, deadline: Instant) -> Duration {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.options.request_timeout)
+    }
+
+    /// One read-modify-write attempt; every request in it ends by `deadline`. `unanswered`
+    /// carries an update sent by an earlier attempt whose answer never came.
     async fn try_write(
         &self,
         pb: &Playbook,
         to: Routing,
         last_move: Option<jiff::Timestamp>,
+        deadline: Instant,
+        unanswered: &mut Option<Unanswered>,
     ) -> Result<WriteOutcome, StoreError> {
         let object = object_name(pb);
         let ns = &pb.spec.virtual_service.namespace;
         let api = self.api(pb).await?;
-        let mut vs = self.get(&api, pb).await?;
+        let mut vs = self
+            .get(&api, pb, &self.limiter, self.request_limit(deadline))
+            .await?;
+        let found_state = state_of(&vs);
         let current = view(&vs, pb)?;
         let i = super::route_index(&vs, pb)?;
         let pointer = format!("/spec/http/{i}/route");
         let before = apply(&mut vs, pb, to, last_move)?;
         let after = vs.pointer(&pointer).cloned().unwrap_or(Value::Null);
         if current.routing == to && before == after {
+            // Already there. If an update of ours went unanswered and the object carries the
+            // state it sent, that update landed: this move was written, not found unchanged.
+            if let Some(u) = unanswered.take_if(|u| found_state.is_some() && u.state == found_state)
+            {
+                return Ok(WriteOutcome {
+                    before: u.before,
+                    after,
+                    changed: true,
+                });
+            }
             return Ok(WriteOutcome {
                 before,
                 after,
@@ -242,6 +282,7 @@ impl KubeStore {
             object: object.clone(),
             message: problems.join("; "),
         })?;
+        let sent_state = state_of(&vs);
         let obj: DynamicObject = serde_json::from_value(vs).map_err(|e| StoreError::Malformed {
             object: object.clone(),
             message: format!("cannot build the update: {e}"),
@@ -252,17 +293,46 @@ impl KubeStore {
             dry_run: false,
             field_manager: Some(FIELD_MANAGER.into()),
         };
-        self.limiter.until_ready().await;
+        paced(
+            &self.limiter,
+            self.request_limit(deadline),
+            &object,
+            "update",
+        )
+        .await?;
         if self.fence.as_ref().is_some_and(|f| !f.is_leader()) {
             return Err(StoreError::Fenced);
         }
-        timed(
-            self.options.request_timeout,
+        // From here until a definite answer, the update may land whatever we do: remember it,
+        // so neither a lost answer nor the budget running out can turn it into `failed`.
+        *unanswered = Some(Unanswered {
+            before: before.clone(),
+            state: sent_state,
+        });
+        match timed(
+            self.request_limit(deadline),
             api.replace(&pb.spec.virtual_service.name, &params, &obj),
         )
         .await
-        .map_err(|e| map_err(e, &object, "update", ns))?;
-        let read_back = self.get(&api, pb).await?;
+        {
+            Ok(_) => *unanswered = None,
+            // A 4xx is the server refusing this update: it did not land (an earlier
+            // unanswered one still may have, which `unanswered` keeps).
+            Err(TimedError::Kube(kube::Error::Api(status)))
+                if (400..500).contains(&status.code) =>
+            {
+                return Err(map_err(
+                    TimedError::Kube(kube::Error::Api(status)),
+                    &object,
+                    "update",
+                    ns,
+                ));
+            }
+            Err(e) => return Err(map_err(e, &object, "update", ns)),
+        }
+        let read_back = self
+            .get(&api, pb, &self.limiter, self.request_limit(deadline))
+            .await?;
         let got = read_back.pointer(&pointer).cloned().unwrap_or(Value::Null);
         let read_routing = view(&read_back, pb)?.routing;
         if got != after || read_routing != to {
@@ -282,25 +352,81 @@ impl KubeStore {
         to: Routing,
         last_move: Option<jiff::Timestamp>,
     ) -> Result<WriteOutcome, StoreError> {
-        let deadline = Instant::now() + self.options.budget;
+        let started = Instant::now();
+        // The attempts end early enough to leave one read for settling an unanswered update.
+        let reserve = self.options.request_timeout.min(self.options.budget / 4);
+        let deadline = started + self.options.budget - reserve;
         let mut backoff = Duration::from_millis(50);
         let mut attempt = 1u32;
-        loop {
-            match self.try_write(pb, to, last_move).await {
+        let mut unanswered: Option<Unanswered> = None;
+        let err = loop {
+            match self
+                .try_write(pb, to, last_move, deadline, &mut unanswered)
+                .await
+            {
                 Ok(out) => return Ok(out),
                 Err(e) if e.is_retryable() => {
                     // Jitter so many playbooks retrying after one API blip do not return in step.
                     let wait = backoff + backoff.mul_f64(rand::random::<f64>() * 0.5);
                     if Instant::now() + wait >= deadline {
-                        return Err(e);
+                        break e;
                     }
                     warn!(playbook = pb.name(), attempt, error = %e, wait_ms = wait.as_millis() as u64, "VirtualService write did not land; retrying");
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => break e,
             }
+        };
+        let Some(u) = unanswered else {
+            return Err(err);
+        };
+        // An update went out and its answer never came: read what the server holds and
+        // report that, never a failure that may have landed.
+        self.settle(pb, u, err, started + self.options.budget).await
+    }
+
+    /// Finds out whether an unanswered update landed: `written` when the object carries the
+    /// state it sent, the attempt's error when it does not, and `Unavailable` naming the
+    /// unknown outcome when even that read fails.
+    async fn settle(
+        &self,
+        pb: &Playbook,
+        u: Unanswered,
+        err: StoreError,
+        deadline: Instant,
+    ) -> Result<WriteOutcome, StoreError> {
+        let object = object_name(pb);
+        let read = async {
+            let api = self.api(pb).await?;
+            let limit = deadline.saturating_duration_since(Instant::now());
+            self.get(&api, pb, &self.limiter, limit).await
+        };
+        match read.await {
+            Ok(vs) if u.state.is_some() && state_of(&vs) == u.state => {
+                let i = super::route_index(&vs, pb)?;
+                let after = vs
+                    .pointer(&format!("/spec/http/{i}/route"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                warn!(
+                    object,
+                    "an update whose answer was lost had landed; recorded as written"
+                );
+                Ok(WriteOutcome {
+                    before: u.before,
+                    after,
+                    changed: true,
+                })
+            }
+            Ok(_) => Err(err),
+            Err(read_err) => Err(StoreError::Unavailable {
+                object,
+                message: format!(
+                    "outcome unknown: an update was sent but not answered ({err}), and reading the object back failed ({read_err}); the next read shows where the route is"
+                ),
+            }),
         }
     }
 
@@ -361,7 +487,9 @@ impl RoutingStore for KubeStore {
     fn read<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, RouteView> {
         Box::pin(async move {
             let api = self.api(pb).await?;
-            let vs = self.get(&api, pb).await?;
+            let vs = self
+                .get(&api, pb, &self.read_limiter, self.options.request_timeout)
+                .await?;
             view(&vs, pb)
         })
     }
@@ -497,6 +625,40 @@ async fn discover(
         version,
         "VirtualService",
     )))
+}
+
+/// An update sent whose answer never came.
+#[derive(Debug)]
+struct Unanswered {
+    /// The route before it, as the attempt that sent it read it.
+    before: Value,
+    /// The `failoverd.dev/state` annotation it carried. It holds the move's time, so an
+    /// object carrying exactly this value was written by this move.
+    state: Option<Value>,
+}
+
+/// The `failoverd.dev/state` annotation of an object, if any.
+fn state_of(vs: &Value) -> Option<Value> {
+    vs.get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(super::STATE))
+        .cloned()
+}
+
+/// Waits for a token of `bucket`, at most `limit`: a request that cannot start in time is
+/// not sent at all (so it cannot land after its write was reported failed).
+async fn paced(
+    bucket: &DefaultDirectRateLimiter,
+    limit: Duration,
+    object: &str,
+    verb: &str,
+) -> Result<(), StoreError> {
+    tokio::time::timeout(limit, bucket.until_ready())
+        .await
+        .map_err(|_| StoreError::Unavailable {
+            object: object.to_string(),
+            message: format!("{verb} not sent: no rate-limit token within {limit:?}"),
+        })
 }
 
 /// A token bucket of `per_second` with `burst` (each at least 1).
