@@ -24,6 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::playbook::Problems;
+
 /// Label set of the reload counter (as `crate::metrics`).
 type Labels = Vec<(&'static str, String)>;
 
@@ -119,9 +121,10 @@ pub fn fingerprint(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for f in files(paths) {
         f.hash(&mut h);
-        match std::fs::read(&f) {
+        // Never blocks: a FIFO or device dropped in is hashed by its refusal, not read.
+        match crate::validate::read_regular(&f) {
             Ok(bytes) => bytes.hash(&mut h),
-            Err(e) => e.kind().to_string().hash(&mut h),
+            Err(e) => e.hash(&mut h),
         }
     }
     h.finish()
@@ -132,11 +135,18 @@ pub fn restart_requested() -> bool {
     RESTART.load(Ordering::SeqCst)
 }
 
-/// Checks the files every [`POLL`] (and on SIGHUP) until shutdown. A refused set is
-/// reported and the running set kept; a valid changed set sets [`restart_requested`] and
-/// signals `stop`, so the daemon drains and re-executes with it.
+/// The start gate, run on a changed set: the count of playbooks `run` would start with, or
+/// every problem that would refuse the start (see [`crate::validate::check`]).
+pub type Gate = Arc<dyn Fn() -> Result<usize, Problems> + Send + Sync>;
+
+/// Checks the files every [`POLL`] (and on SIGHUP) until shutdown. `paths` are what the
+/// fingerprint covers (the playbook paths and the config file); `gate` is the same check
+/// `run` makes at start. A refused set is reported and the running set kept; a set the gate
+/// passes sets [`restart_requested`] and signals `stop`, so the daemon drains and
+/// re-executes with it.
 pub fn spawn_watcher(
     paths: Vec<PathBuf>,
+    gate: Gate,
     status: Arc<ReloadStatus>,
     stop: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -174,14 +184,14 @@ pub fn spawn_watcher(
                 continue;
             }
             let checked = {
-                let paths = paths.clone();
-                tokio::task::spawn_blocking(move || crate::playbook::load_paths(&paths)).await
+                let gate = gate.clone();
+                tokio::task::spawn_blocking(move || gate()).await
             };
             match checked {
-                Ok(Ok(set)) if !set.is_empty() => {
+                Ok(Ok(n)) if n > 0 => {
                     info!(
-                        playbooks = set.len(),
-                        "playbook set changed and is valid: draining to restart with it"
+                        playbooks = n,
+                        "configuration set changed and is valid: draining to restart with it"
                     );
                     clear(&status);
                     status.total.get_or_create(&result_label("applied")).inc();
@@ -194,7 +204,7 @@ pub fn spawn_watcher(
                 Ok(Ok(_)) => refuse(&status, "the new set holds no playbooks".into()),
                 Ok(Err(problems)) => {
                     for p in &problems.0 {
-                        error!(file = %p.file, line = p.line, column = p.column, field = %p.field, "playbook reload refused: {p}");
+                        error!(file = %p.file, line = p.line, column = p.column, field = %p.field, "playbook reload refused (a restart would refuse to start): {p}");
                     }
                     refuse(&status, problems.to_string());
                 }
