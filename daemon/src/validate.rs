@@ -225,8 +225,8 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<(Vec<Loaded>, Vec<LoadedDrill>),
 
 /// The whole configuration set as `run` needs it: playbooks (at least one), drills (each
 /// naming loaded playbooks), every Prometheus SLO and drill error budget with a server, the
-/// file store's directory, the token file and the notification sinks (URLs, templates,
-/// secret files). The config file's own keys are checked when [`Settings`] are built
+/// file store's directory or the `kubernetes` store's kubeconfig (and context), the token
+/// file and the notification sinks (URLs, templates, secret files). The config file's own keys are checked when [`Settings`] are built
 /// (`RunArgs::settings`). All problems found are returned together.
 pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     let (playbooks, drills) = check_paths(&settings.playbooks)?;
@@ -274,6 +274,32 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
             "store",
             format!("store directory {} does not exist", dir.display()),
         ));
+    }
+    // The kubeconfig the `kubernetes` store would load (read and parsed only; the cluster
+    // is not contacted, so an API server outage never refuses a reload).
+    if let StoreSpec::Kubernetes(o) = &settings.store
+        && let Some(path) = &o.kubeconfig
+    {
+        let file = path.display().to_string();
+        match read_text(path).map(|_| kube::config::Kubeconfig::read_from(path)) {
+            Err(p) => problems.push(p),
+            Ok(Err(e)) => {
+                problems.push(problem(&file, 0, 0, "", format!("invalid kubeconfig: {e}")))
+            }
+            Ok(Ok(k)) => {
+                if let Some(ctx) = &o.context
+                    && !k.contexts.iter().any(|c| &c.name == ctx)
+                {
+                    problems.push(problem(
+                        &file,
+                        0,
+                        0,
+                        "contexts",
+                        format!("no context `{ctx}` in this kubeconfig"),
+                    ));
+                }
+            }
+        }
     }
     let tokens = match &settings.tokens {
         None => Some(Tokens::none()),
@@ -705,6 +731,42 @@ spec:
         assert!(
             e.to_string().contains("store directory"),
             "missing store directory: {e}"
+        );
+    }
+
+    /// The `kubernetes` store's kubeconfig is read and its context looked up (no cluster
+    /// is contacted): a missing file or an unknown context is refused by file.
+    #[test]
+    fn kubeconfig_is_checked_without_a_cluster() {
+        let f = Fixture::new();
+        let kubeconfig = f.write(
+            "kubeconfig",
+            b"apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: c\n  cluster: { server: \"https://127.0.0.1:1\" }\nusers:\n- name: u\n  user: { token: t }\ncontexts:\n- name: a\n  context: { cluster: c, user: u }\n",
+        );
+        let mut s = f.settings();
+        let with = |path: &Path, context: Option<&str>| {
+            StoreSpec::Kubernetes(crate::routing::kube::KubeOptions::default()).with_kube(
+                Some(path.to_path_buf()),
+                context.map(String::from),
+                None,
+                None,
+            )
+        };
+        s.store = with(&kubeconfig, Some("a"));
+        check(&s).unwrap();
+        s.store = with(&kubeconfig, Some("b"));
+        let e = check(&s).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.file == kubeconfig.display().to_string() && p.message.contains("`b`")),
+            "{e}"
+        );
+        let gone = f.path("nope");
+        s.store = with(&gone, None);
+        let e = check(&s).unwrap_err();
+        assert!(
+            e.0.iter().any(|p| p.file == gone.display().to_string()),
+            "{e}"
         );
     }
 
