@@ -321,6 +321,21 @@ fn cases() -> Vec<Case> {
             undo: Box::new(|s| remove(s, "gone.yaml")),
         },
         Case {
+            // Two links back to the directory: followed, the walk would be exponential.
+            what: "symlink loop",
+            names: "loop-a",
+            apply: Box::new(|s| {
+                for l in ["loop-a", "loop-b"] {
+                    std::os::unix::fs::symlink(&s.paths.playbooks, s.paths.playbooks.join(l))
+                        .unwrap();
+                }
+            }),
+            undo: Box::new(|s| {
+                remove(s, "loop-a");
+                remove(s, "loop-b");
+            }),
+        },
+        Case {
             what: "invalid UTF-8",
             names: "latin1.yaml",
             apply: Box::new(|s| {

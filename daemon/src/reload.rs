@@ -13,7 +13,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -81,45 +81,18 @@ fn result_label(result: &str) -> Labels {
     crate::metrics::labels([("result", result)])
 }
 
-/// Every playbook file under `paths`, sorted, the way the loader collects them.
-fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-        if depth > 16 {
-            return;
-        }
-        if p.is_dir() {
-            let Ok(entries) = std::fs::read_dir(p) else {
-                return;
-            };
-            let mut ps: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            ps.sort();
-            for q in ps {
-                let hidden = q
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.'));
-                let yaml = matches!(q.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-                if !hidden && (q.is_dir() || yaml) {
-                    walk(&q, out, depth + 1);
-                }
-            }
-        } else {
-            out.push(p.to_path_buf());
-        }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        walk(p, &mut out, 0);
-    }
-    out
-}
-
 /// A hash of the names and contents of every playbook file: changes whenever a file is
 /// added, removed, renamed or edited (mtimes alone miss same-second edits and ConfigMap
 /// symlink swaps).
 pub fn fingerprint(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
-    for f in files(paths) {
+    // The same walk as the gate's (a symlink loop is cut, not followed); a path that cannot
+    // be walked changes the hash through its problem.
+    let (files, problems) = crate::validate::files(paths);
+    for p in problems {
+        p.to_string().hash(&mut h);
+    }
+    for f in files {
         f.hash(&mut h);
         // Never blocks: a FIFO or device dropped in is hashed by its refusal, not read.
         match crate::validate::read_regular(&f) {

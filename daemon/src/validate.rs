@@ -193,15 +193,84 @@ pub fn screen_yaml(file: &str, text: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Every file under the playbook paths that a loader would read, each screened. A missing
-/// path, an unreadable or special file, a file too large, invalid UTF-8 or a YAML bomb is a
-/// problem; nothing else is parsed until these pass.
-fn screen_paths(paths: &[PathBuf]) -> Vec<Problem> {
-    let mut files = Vec::new();
+/// Every file the loaders read under `paths`, sorted as they read them: each path that is a
+/// file, and below each directory every `*.yaml`/`*.yml` file and every folder, skipping
+/// hidden entries (a mounted ConfigMap's `..data` farm). A directory that leads back to one
+/// of its own ancestors (a symlink loop) is a problem and is not entered: two such links
+/// would otherwise make the walk exponential.
+pub fn files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Problem>) {
+    fn walk(
+        p: &Path,
+        ancestors: &mut Vec<PathBuf>,
+        out: &mut Vec<PathBuf>,
+        problems: &mut Vec<Problem>,
+    ) {
+        if !p.is_dir() {
+            if p.exists() {
+                out.push(p.to_path_buf());
+            } else {
+                problems.push(problem(
+                    p.display().to_string(),
+                    0,
+                    0,
+                    "",
+                    "no such file or directory (or a dangling symlink)".into(),
+                ));
+            }
+            return;
+        }
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if ancestors.contains(&real) {
+            problems.push(problem(
+                p.display().to_string(),
+                0,
+                0,
+                "",
+                format!("directory loop: leads back to {}", real.display()),
+            ));
+            return;
+        }
+        let entries = match std::fs::read_dir(p) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(problem(
+                    p.display().to_string(),
+                    0,
+                    0,
+                    "",
+                    format!("cannot read directory: {e}"),
+                ));
+                return;
+            }
+        };
+        let mut ps: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        ps.sort();
+        ancestors.push(real);
+        for q in ps {
+            let hidden = q
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            let yaml = matches!(q.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if !hidden && (q.is_dir() || yaml) {
+                walk(&q, ancestors, out, problems);
+            }
+        }
+        ancestors.pop();
+    }
+    let mut out = Vec::new();
     let mut problems = Vec::new();
     for p in paths {
-        playbook::collect_files(p, &mut files, &mut problems);
+        walk(p, &mut Vec::new(), &mut out, &mut problems);
     }
+    (out, problems)
+}
+
+/// Every file under the playbook paths that a loader would read, each screened. A missing
+/// path, a directory loop, an unreadable or special file, a file too large, invalid UTF-8
+/// or a YAML bomb is a problem; nothing else is parsed until these pass.
+fn screen_paths(paths: &[PathBuf]) -> Vec<Problem> {
+    let (files, mut problems) = files(paths);
     for f in &files {
         if let Err(p) = read_text(f) {
             problems.push(p);
@@ -725,6 +794,20 @@ spec:
             "{e}"
         );
         std::fs::remove_file(&big).unwrap();
+
+        // Two links back to the playbooks directory: a walk that followed them would visit
+        // 2^40 directories before the kernel's symlink limit stopped it.
+        std::os::unix::fs::symlink(f.path("pb"), f.path("pb/loop-a")).unwrap();
+        std::os::unix::fs::symlink(f.path("pb"), f.path("pb/loop-b")).unwrap();
+        let e = check(&f.settings()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.file.ends_with("loop-a") && p.message.contains("directory loop")),
+            "{e}"
+        );
+        assert_eq!(e.0.len(), 2, "one problem per link: {e}");
+        std::fs::remove_file(f.path("pb/loop-a")).unwrap();
+        std::fs::remove_file(f.path("pb/loop-b")).unwrap();
 
         std::fs::remove_dir_all(f.path("routes")).unwrap();
         let e = check(&f.settings()).unwrap_err();
