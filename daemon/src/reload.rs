@@ -1,8 +1,13 @@
-//! Playbook reload: the daemon watches its playbook files and directories (every 2 s, by
-//! content hash, and at once on SIGHUP) and reloads when they change.
+//! Playbook reload: the daemon watches its playbook files and directories and its config
+//! file (every 2 s, by content hash, and at once on SIGHUP) and reloads when they change.
+//! The token file is not watched here (it is re-read on its own, without a restart), nor
+//! are secret, CA or kubeconfig files; they are still checked whenever the gate runs, and a
+//! SIGHUP runs it again after fixing one.
 //!
-//! A changed set is loaded and validated *whole* before anything happens. An invalid set is
-//! refused: every problem is logged with file:line:col, counted in
+//! A changed set goes through the same gate as a start ([`crate::validate::check`], from
+//! the same arguments) before anything happens, so a set the restarted process would
+//! refuse is never applied. An invalid set is refused: every problem is logged at ERROR
+//! with file:line:col, counted in
 //! `failoverd_playbook_reload_total{result="invalid"}`, flagged by
 //! `failoverd_playbook_reload_failed` and shown in the `/readyz` body, and the running set
 //! keeps running untouched. A valid set is applied by a graceful restart in place: the
@@ -251,5 +256,27 @@ mod tests {
         assert_ne!(fingerprint(&paths), edited);
         std::fs::remove_file(dir.path().join("b.yml")).unwrap();
         assert_eq!(fingerprint(&paths), edited);
+    }
+
+    /// A FIFO (no writer) or a directory symlink loop changes the fingerprint without
+    /// blocking the watcher or being followed; removed, the fingerprint is as before.
+    #[test]
+    fn fingerprint_never_blocks_or_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = vec![dir.path().to_path_buf()];
+        std::fs::write(dir.path().join("a.yaml"), "a: 1\n").unwrap();
+        let first = fingerprint(&paths);
+        let fifo = dir.path().join("f.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_ne!(fingerprint(&paths), first);
+        std::fs::remove_file(&fifo).unwrap();
+        assert_eq!(fingerprint(&paths), first);
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("x")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("y")).unwrap();
+        assert_ne!(fingerprint(&paths), first);
     }
 }
