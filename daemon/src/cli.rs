@@ -779,13 +779,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut watched = settings.playbooks.clone();
     watched.extend(settings.config.clone());
     let gate_args = args.clone();
+    let running = settings.clone();
     crate::reload::spawn_watcher(
         watched,
         Arc::new(move || {
-            gate_args
-                .checked_settings()
-                .and_then(|s| crate::validate::check(&s))
-                .map(|set| set.playbooks.len())
+            let new = gate_args.checked_settings()?;
+            let restart = crate::validate::check_restart(&running, &new);
+            match crate::validate::check(&new) {
+                Ok(set) if restart.is_empty() => Ok(set.playbooks.len()),
+                Ok(_) => Err(Problems(restart)),
+                Err(mut p) => {
+                    p.0.extend(restart);
+                    Err(p)
+                }
+            }
         }),
         shared.reload.clone(),
         reload_stop,

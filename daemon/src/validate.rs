@@ -405,6 +405,41 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     }
 }
 
+/// What a restart into `new` would still refuse that [`check`] cannot judge while `running`
+/// holds the same resources: a changed listen address that cannot be bound, a changed
+/// audit log whose chain is broken, a changed override state file that is corrupt. The
+/// reload gate adds these, so a config edit that passes [`check`] but would fail at the
+/// re-executed start is refused before the drain.
+pub fn check_restart(running: &Settings, new: &Settings) -> Vec<Problem> {
+    let cfg = new.config.as_deref();
+    let mut problems = Vec::new();
+    if new.listen != running.listen
+        && let Err(e) = std::net::TcpListener::bind(new.listen)
+    {
+        problems.push(config_problem(
+            cfg,
+            "listen",
+            format!("cannot listen on {}: {e}", new.listen),
+        ));
+    }
+    if new.audit != running.audit
+        && new.audit.exists()
+        && let Err(e) = crate::audit::verify(&new.audit)
+    {
+        problems.push(config_problem(
+            cfg,
+            "audit",
+            format!("the audit log {} would not open: {e}", new.audit.display()),
+        ));
+    }
+    if new.state != running.state
+        && let Err(e) = crate::overrides::OverrideStore::open(&new.state)
+    {
+        problems.push(config_problem(cfg, "state", format!("{e:#}")));
+    }
+    problems
+}
+
 /// A problem with a config key (`listen`, `notify.webhooks[0].secretFile`), located in the
 /// config file when there is one and the key is found there.
 pub fn config_problem(config: Option<&Path>, field: &str, message: String) -> Problem {
@@ -851,6 +886,47 @@ spec:
             e.0.iter().any(|p| p.file == gone.display().to_string()),
             "{e}"
         );
+    }
+
+    /// A config edit that passes the set check but would fail the re-executed start is
+    /// refused at its key: a listen address in use, a broken audit log, a corrupt state file.
+    /// Unchanged resources (held by the running process) are not re-checked.
+    #[test]
+    fn restart_resources_are_checked_when_changed() {
+        let f = Fixture::new();
+        let running = f.settings();
+        assert!(check_restart(&running, &running).is_empty());
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let audit = f.write("other-audit.jsonl", b"not a record\n{}\n");
+        let state = f.write("other-state.json", b"{ not json");
+        let text = format!(
+            "listen: {addr}\naudit: {}\nstate: {}\n",
+            audit.display(),
+            state.display()
+        );
+        let cfg = f.write("failoverd.yaml", text.as_bytes());
+        let mut new = f.settings();
+        new.config = Some(cfg.clone());
+        new.listen = addr;
+        new.audit = audit;
+        new.state = state;
+        let problems = check_restart(&running, &new);
+        let file = cfg.display().to_string();
+        for (key, needle) in [
+            ("listen", "listen:"),
+            ("audit", "audit:"),
+            ("state", "state:"),
+        ] {
+            let p = problems
+                .iter()
+                .find(|p| p.field == key)
+                .unwrap_or_else(|| panic!("no {key} problem: {problems:?}"));
+            assert_eq!(
+                (p.file.as_str(), (p.line, p.column)),
+                (file.as_str(), at(&text, needle))
+            );
+        }
     }
 
     /// A directory with no playbook is not a set `run` can start.
