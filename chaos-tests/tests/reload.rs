@@ -189,6 +189,10 @@ spec:
   mode: plan
 ";
 
+/// The config file of the daemon in [`invalid_files_never_stop_the_daemon`] (everything
+/// else comes from flags).
+const CONFIG: &str = "maxConcurrentFailovers: 0\n";
+
 /// A billion-laughs document: nine levels of nine aliases (3.9e8 strings if expanded).
 fn yaml_bomb() -> String {
     let mut s = String::from("apiVersion: failoverd.dev/v1alpha1\nkind: Playbook\n");
@@ -214,6 +218,8 @@ struct Case {
     what: &'static str,
     /// The file the refusal must name (in `/readyz` and in an ERROR log line).
     names: &'static str,
+    /// More that `/readyz` must say (a location), if anything.
+    says: Option<&'static str>,
     apply: Box<dyn Fn(&Scenario)>,
     undo: Box<dyn Fn(&Scenario)>,
 }
@@ -227,6 +233,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "bad playbook",
             names: "bad.yaml",
+            says: None,
             apply: Box::new(|s| {
                 let text = other_playbook(&s.playbook_text).replacen(
                     "failureThreshold: 3",
@@ -240,6 +247,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "bad drill",
             names: "baddrill.yaml",
+            says: None,
             apply: Box::new(|s| {
                 let text = DRILL
                     .replace("nightly", "weekly")
@@ -251,6 +259,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "drill naming a missing playbook",
             names: "ghost.yaml",
+            says: None,
             apply: Box::new(|s| {
                 let text = DRILL
                     .replace("nightly", "ghostly")
@@ -265,6 +274,7 @@ fn cases() -> Vec<Case> {
             // a missing one); undone in the reverse order, so no valid other set is passed.
             what: "playbook removed under a drill",
             names: "nightly.yaml",
+            says: None,
             apply: Box::new(|s| {
                 remove(s, "demo.yaml");
                 put(
@@ -281,6 +291,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "SLO without a Prometheus server",
             names: "slo.yaml",
+            says: None,
             apply: Box::new(|s| {
                 let mut text = other_playbook(&s.playbook_text);
                 if !text.ends_with('\n') {
@@ -298,6 +309,7 @@ fn cases() -> Vec<Case> {
             // forever) ...
             what: "FIFO",
             names: "fifo.yaml",
+            says: None,
             apply: Box::new(|s| {
                 let made = std::process::Command::new("mkfifo")
                     .arg(s.paths.playbooks.join("fifo.yaml"))
@@ -311,6 +323,7 @@ fn cases() -> Vec<Case> {
             // ... and a dangling symlink (a ConfigMap swap gone wrong).
             what: "dangling symlink",
             names: "gone.yaml",
+            says: None,
             apply: Box::new(|s| {
                 std::os::unix::fs::symlink(
                     s.paths.playbooks.join("nowhere"),
@@ -324,6 +337,7 @@ fn cases() -> Vec<Case> {
             // Two links back to the directory: followed, the walk would be exponential.
             what: "symlink loop",
             names: "loop-a",
+            says: None,
             apply: Box::new(|s| {
                 for l in ["loop-a", "loop-b"] {
                     std::os::unix::fs::symlink(&s.paths.playbooks, s.paths.playbooks.join(l))
@@ -338,6 +352,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "invalid UTF-8",
             names: "latin1.yaml",
+            says: None,
             apply: Box::new(|s| {
                 let mut bytes = other_playbook(&s.playbook_text).into_bytes();
                 bytes.extend_from_slice(b"# caf\xe9\n");
@@ -346,8 +361,21 @@ fn cases() -> Vec<Case> {
             undo: Box::new(|s| remove(s, "latin1.yaml")),
         },
         Case {
+            // Not in the playbooks directory: the config file is watched too, and a key the
+            // restarted process would refuse is refused at its line.
+            what: "config edit start would refuse",
+            names: "failoverd.yaml",
+            says: Some("failoverd.yaml:2:1: externalUrl"),
+            apply: Box::new(|s| {
+                let text = format!("{CONFIG}externalUrl: \"ftp://failoverd.example\"\n");
+                put(s.dir.path(), "failoverd.yaml", text.as_bytes());
+            }),
+            undo: Box::new(|s| put(s.dir.path(), "failoverd.yaml", CONFIG.as_bytes())),
+        },
+        Case {
             what: "YAML bomb",
             names: "bomb.yaml",
+            says: None,
             apply: Box::new(|s| put(&s.paths.playbooks, "bomb.yaml", yaml_bomb().as_bytes())),
             undo: Box::new(|s| remove(s, "bomb.yaml")),
         },
@@ -366,7 +394,14 @@ async fn invalid_files_never_stop_the_daemon() {
     let drills = s.paths.playbooks.join("drills");
     std::fs::create_dir_all(&drills).unwrap();
     put(&drills, "nightly.yaml", DRILL.as_bytes());
-    let mut d = s.spawn("failoverd").unwrap();
+    put(s.dir.path(), "failoverd.yaml", CONFIG.as_bytes());
+    let config = s.dir.path().join("failoverd.yaml");
+    let mut d = chaos_tests::Daemon::spawn_with(
+        &s.paths,
+        "failoverd",
+        &["--config", config.to_str().unwrap()],
+    )
+    .unwrap();
     d.wait_ready(10 * SEC).await.unwrap();
     let pid = d.pid();
     let cases = cases();
@@ -384,6 +419,13 @@ async fn invalid_files_never_stop_the_daemon() {
         assert_eq!(d.pid(), pid, "{}", case.what);
         let (code, readyz) = d.get("/readyz").await.unwrap();
         assert_eq!(code, 200, "{}: {readyz}", case.what);
+        if let Some(says) = case.says {
+            assert!(
+                readyz.contains(says),
+                "{}: `{says}` not in {readyz}",
+                case.what
+            );
+        }
         // An ERROR line naming the file, its message `path:line:col: ...`.
         let logged = d.log_lines().iter().any(|l| {
             l["level"] == "ERROR"
