@@ -295,8 +295,11 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<(Vec<Loaded>, Vec<LoadedDrill>),
 /// The whole configuration set as `run` needs it: playbooks (at least one), drills (each
 /// naming loaded playbooks), every Prometheus SLO and drill error budget with a server, the
 /// file store's directory or the `kubernetes` store's kubeconfig (and context), the token
-/// file and the notification sinks (URLs, templates, secret files). The config file's own keys are checked when [`Settings`] are built
-/// (`RunArgs::settings`). All problems found are returned together.
+/// file and the notification sinks (URLs, templates, secret files). The config file's own
+/// keys are checked when [`Settings`] are built (`RunArgs::checked_settings`).
+///
+/// A set whose files do not screen or load is refused with those problems alone (nothing
+/// else can be judged on it); otherwise every remaining problem is returned together.
 pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     let (playbooks, drills) = check_paths(&settings.playbooks)?;
     let mut problems = Vec::new();
@@ -316,13 +319,13 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     }
     let default = settings.prometheus.as_deref();
     for l in &playbooks {
-        for s in &l.playbook.spec.slos {
+        for (i, s) in l.playbook.spec.slos.iter().enumerate() {
             if crate::slo::needs_server(s) && crate::slo::server_for(s, default).is_none() {
                 problems.push(problem(
                     l.file.display().to_string(),
                     s.name.referenced.line(),
                     s.name.referenced.column(),
-                    "slos.server",
+                    &format!("spec.slos[{i}].server"),
                     format!(
                         "playbook `{}` SLO `{}` has no Prometheus server: set `server:` or pass --prometheus URL",
                         l.playbook.name(),
@@ -336,13 +339,16 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     if let StoreSpec::File(dir) = &settings.store
         && !dir.is_dir()
     {
-        problems.push(problem(
-            "--store",
-            0,
-            0,
+        let mut p = config_problem(
+            settings.config.as_deref(),
             "store",
             format!("store directory {} does not exist", dir.display()),
-        ));
+        );
+        if p.line == 0 {
+            // Not in the config file: it came from the flag.
+            p.file = "--store".into();
+        }
+        problems.push(p);
     }
     // The kubeconfig the `kubernetes` store would load (read and parsed only; the cluster
     // is not contacted, so an API server outage never refuses a reload).
