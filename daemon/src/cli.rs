@@ -282,6 +282,10 @@ impl RunArgs {
             Some(p) => FileConfig::load(p).map_err(|p| Problems(vec![p]))?,
             None => FileConfig::default(),
         };
+        let named = crate::validate::screen_named_files(&file, cfg);
+        if !named.is_empty() {
+            return Err(Problems(named));
+        }
         // A key's problem: located in the config file, or naming the flag it came from.
         let at = |from_flag: bool, key: &str, flag: &str, message: String| {
             if from_flag || cfg.is_none() {

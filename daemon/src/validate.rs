@@ -446,6 +446,45 @@ pub fn check_restart(running: &Settings, new: &Settings) -> Vec<Problem> {
     problems
 }
 
+/// The files the config file names besides playbooks (webhook secrets, Prometheus client
+/// credentials and CA, the kubeconfig), each checked to be a regular file before anything
+/// reads it: their readers would block on a FIFO (the reload gate with them). A missing
+/// file is left to its reader, which names it in its own words.
+pub fn screen_named_files(file: &crate::config::FileConfig, config: Option<&Path>) -> Vec<Problem> {
+    let mut named: Vec<(String, &Path)> = Vec::new();
+    if let Some(n) = &file.notify {
+        for (i, w) in n.webhooks.iter().enumerate() {
+            named.push((format!("notify.webhooks[{i}].secretFile"), &w.secret_file));
+        }
+    }
+    if let Some(c) = &file.prometheus_client {
+        if let Some(p) = &c.bearer_token_file {
+            named.push(("prometheusClient.bearerTokenFile".into(), p));
+        }
+        if let Some(p) = &c.ca_file {
+            named.push(("prometheusClient.caFile".into(), p));
+        }
+        if let Some(b) = &c.basic_auth {
+            named.push((
+                "prometheusClient.basicAuth.passwordFile".into(),
+                &b.password_file,
+            ));
+        }
+    }
+    if let Some(p) = &file.kubeconfig {
+        named.push(("kubeconfig".into(), p));
+    }
+    named
+        .into_iter()
+        .filter(|(_, p)| p.exists())
+        .filter_map(|(field, p)| {
+            read_regular(p)
+                .err()
+                .map(|m| config_problem(config, &field, format!("{}: {m}", p.display())))
+        })
+        .collect()
+}
+
 /// A problem with a config key (`listen`, `notify.webhooks[0].secretFile`), located in the
 /// config file when there is one and the key is found there.
 pub fn config_problem(config: Option<&Path>, field: &str, message: String) -> Problem {

@@ -1032,3 +1032,34 @@ fn validate_paths_refuses_special_and_non_utf8_files() {
         "{err}"
     );
 }
+
+/// A webhook secret file that is a FIFO is refused at its key at once: the secret reader
+/// would otherwise block `validate`, the start and the reload gate forever.
+#[test]
+fn validate_config_refuses_a_fifo_secret_file() {
+    let dir = TempDir::new().unwrap();
+    let fifo = dir.path().join("secret");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let extra = format!(
+        "notify:\n  webhooks:\n    - name: a\n      url: \"https://hooks.example/x\"\n      secretFile: {}\n",
+        fifo.display()
+    );
+    let (_set, cfg) = config_set(&extra);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let (line, col) = at(&text, "secretFile:");
+    let (code, out, err) = cli(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:{line}:{col}: notify.webhooks[0].secretFile:",
+            cfg.display()
+        )) && err.contains("FIFO"),
+        "{err}"
+    );
+}
