@@ -428,6 +428,30 @@ pub fn check_restart(running: &Settings, new: &Settings) -> Vec<Problem> {
             format!("cannot listen on {}: {e}", new.listen),
         ));
     }
+    // Both are read whole by their openers; anything but a regular file is refused first
+    // (a FIFO would block the gate). Their size is not capped here: a long audit log is
+    // normal.
+    let special = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| !m.is_file())
+            .map(|m| format!("{}: not a regular file ({})", p.display(), kind(&m)))
+    };
+    let mut unreadable = Vec::new();
+    for (key, old, new) in [
+        ("audit", &running.audit, &new.audit),
+        ("state", &running.state, &new.state),
+    ] {
+        if new != old
+            && let Some(m) = special(new)
+        {
+            unreadable.push(config_problem(cfg, key, m));
+        }
+    }
+    if !unreadable.is_empty() {
+        problems.extend(unreadable);
+        return problems;
+    }
     if new.audit != running.audit
         && new.audit.exists()
         && let Err(e) = crate::audit::verify(&new.audit)
@@ -958,6 +982,22 @@ spec:
         new.state = state;
         let problems = check_restart(&running, &new);
         let file = cfg.display().to_string();
+        // A FIFO at a new state path is refused by type, never opened (it would block).
+        let fifo = f.path("state-fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut piped = new.clone();
+        piped.state = fifo;
+        let refused = check_restart(&running, &piped);
+        assert!(
+            refused
+                .iter()
+                .any(|p| p.field == "state" && p.message.contains("FIFO")),
+            "{refused:?}"
+        );
         for (key, needle) in [
             ("listen", "listen:"),
             ("audit", "audit:"),
