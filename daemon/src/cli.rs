@@ -50,12 +50,20 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the daemon.
     Run(RunArgs),
-    /// Validate playbook files or directories; prints `file:line:col: message` per problem.
+    /// Validate playbook files or directories, or (`--config FILE`) the whole configuration
+    /// set exactly as `run --config FILE` checks it; prints `file:line:col: message` per
+    /// problem and exits 1 when there is one.
     Validate {
-        /// Files or directories.
-        #[arg(required = true)]
+        /// Files or directories (playbooks and drills).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
         paths: Vec<PathBuf>,
-        /// Also run every SLO query against this live Prometheus (and each SLO's own server).
+        /// The daemon's config file: check everything `run --config FILE` would (playbooks,
+        /// drills, SLO and drill servers, store directory, token file, notification sinks,
+        /// config keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also run every SLO query against this live Prometheus (and each SLO's own server);
+        /// with --config it is also the default server, as `run --prometheus`.
         #[arg(long)]
         prometheus: Option<String>,
     },
@@ -208,7 +216,7 @@ pub enum AuditCommand {
 }
 
 /// `run` flags; each may also come from `--config`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// YAML config file with the keys below.
     #[arg(long)]
@@ -257,79 +265,175 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Merges flags over the config file.
+    /// Merges flags over the config file; a problem refuses the start
+    /// (`refusing to start: invalid config` and the located problems).
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let file = match &self.config {
-            Some(p) => FileConfig::load(p).map_err(|p| anyhow::anyhow!("{p}"))?,
+        self.checked_settings()
+            .map_err(|p| anyhow::anyhow!("refusing to start: invalid config\n{p}"))
+    }
+
+    /// Merges flags over the config file. Each problem names the key and, when the value
+    /// came from the config file, the file, line and column; a value from a flag names the
+    /// flag. Notification sinks are checked here too (URLs, durations, templates, secret
+    /// files), so a bad sink refuses the start instead of failing at 3 a.m.
+    pub fn checked_settings(&self) -> Result<Settings, Problems> {
+        let cfg = self.config.as_deref();
+        let file = match cfg {
+            Some(p) => FileConfig::load(p).map_err(|p| Problems(vec![p]))?,
             None => FileConfig::default(),
         };
-        let playbooks = self.playbooks.clone().or(file.playbooks).ok_or_else(|| {
-            anyhow::anyhow!("no playbooks: pass --playbooks DIR or `playbooks:` in --config (or try `failoverd demo`)")
-        })?;
-        let store: StoreSpec = self
-            .store
-            .clone()
-            .or(file.store)
-            .ok_or_else(|| {
-                anyhow::anyhow!("no store: pass --store file:DIR or --store kubernetes")
-            })?
-            .parse::<StoreSpec>()
-            .map_err(|e: String| anyhow::anyhow!(e))?
-            .with_kube(
-                self.kubeconfig.clone().or(file.kubeconfig),
-                self.context.clone().or(file.kube_context),
-                self.kube_qps.or(file.kube_qps),
-                self.kube_burst.or(file.kube_burst),
-            );
-        let listen = self
+        let named = crate::validate::screen_named_files(&file, cfg);
+        if !named.is_empty() {
+            return Err(Problems(named));
+        }
+        // A key's problem: located in the config file, or naming the flag it came from.
+        let at = |from_flag: bool, key: &str, flag: &str, message: String| {
+            if from_flag || cfg.is_none() {
+                playbook::Problem {
+                    file: flag.into(),
+                    line: 0,
+                    column: 0,
+                    field: key.into(),
+                    message,
+                }
+            } else {
+                crate::validate::config_problem(cfg, key, message)
+            }
+        };
+        let mut problems = Vec::new();
+        let playbooks = self.playbooks.clone().or(file.playbooks.clone());
+        if playbooks.is_none() {
+            problems.push(at(
+                true,
+                "playbooks",
+                "--playbooks",
+                "no playbooks: pass --playbooks DIR or `playbooks:` in --config (or try `failoverd demo`)".into(),
+            ));
+        }
+        let store = match self.store.clone().or(file.store.clone()) {
+            None => {
+                problems.push(at(
+                    true,
+                    "store",
+                    "--store",
+                    "no store: pass --store file:DIR or --store kubernetes".into(),
+                ));
+                None
+            }
+            Some(s) => match s.parse::<StoreSpec>() {
+                Ok(store) => Some(store.with_kube(
+                    self.kubeconfig.clone().or(file.kubeconfig.clone()),
+                    self.context.clone().or(file.kube_context.clone()),
+                    self.kube_qps.or(file.kube_qps),
+                    self.kube_burst.or(file.kube_burst),
+                )),
+                Err(e) => {
+                    problems.push(at(self.store.is_some(), "store", "--store", e));
+                    None
+                }
+            },
+        };
+        let listen_text = self
             .listen
             .clone()
-            .or(file.listen)
+            .or(file.listen.clone())
             .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen
-            .parse()
-            .map_err(|e| anyhow::anyhow!("invalid listen address `{listen}`: {e}"))?;
-        let audit = self
-            .audit
+        let listen = match listen_text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(at(
+                    self.listen.is_some(),
+                    "listen",
+                    "--listen",
+                    format!("invalid listen address `{listen_text}`: {e}"),
+                ));
+                None
+            }
+        };
+        let audit = self.audit.clone().or(file.audit.clone());
+        if audit.is_none() {
+            problems.push(at(
+                true,
+                "audit",
+                "--audit",
+                "no audit log: pass --audit FILE".into(),
+            ));
+        }
+        if let Some(n) = &file.notify
+            && let Err(e) = n.resolve()
+        {
+            problems.push(crate::validate::config_problem(cfg, &e.field, e.message));
+        }
+        let leader_election = match file
+            .leader_election
             .clone()
-            .or(file.audit)
-            .ok_or_else(|| anyhow::anyhow!("no audit log: pass --audit FILE"))?;
+            .unwrap_or_default()
+            .resolve(self.leader_elect)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(at(false, "leaderElection", "--leader-elect", e));
+                None
+            }
+        };
+        if leader_election.is_some() && !matches!(store, Some(StoreSpec::Kubernetes(_)) | None) {
+            problems.push(at(
+                !file.leader_election.as_ref().is_some_and(|l| l.enabled),
+                "leaderElection",
+                "--leader-elect",
+                "leader election needs `--store kubernetes` (the Lease lives in the cluster)"
+                    .into(),
+            ));
+        }
+        let external_url = match &file.external_url {
+            Some(u) => match reqwest::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                Ok(_) => {
+                    problems.push(at(
+                        false,
+                        "externalUrl",
+                        "--config",
+                        format!("invalid URL `{u}`: the scheme must be http or https"),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(at(
+                        false,
+                        "externalUrl",
+                        "--config",
+                        format!("invalid URL `{u}`: {e}"),
+                    ));
+                    None
+                }
+            },
+            None => listen.map(|l| format!("http://{l}")),
+        };
+        let prometheus_client = match file.prometheus_client.as_ref().map(|c| c.build()) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                problems.push(at(false, "prometheusClient", "--config", e.to_string()));
+                None
+            }
+        };
+        let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
+            (playbooks, store, listen, audit, external_url)
+        else {
+            return Err(Problems(problems));
+        };
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
         let state = self
             .state
             .clone()
             .or(file.state)
             .unwrap_or_else(|| audit.with_file_name("overrides.json"));
-        // Notification sinks are checked now (URLs, durations, templates, secret files), so
-        // a bad sink refuses the start with the field named instead of failing at 3 a.m.
-        if let Some(n) = &file.notify {
-            n.resolve()
-                .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
-        }
-        let leader_election = file
-            .leader_election
-            .clone()
-            .unwrap_or_default()
-            .resolve(self.leader_elect)
-            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
-        if leader_election.is_some() && !matches!(store, StoreSpec::Kubernetes(_)) {
-            anyhow::bail!(
-                "refusing to start: leader election needs `--store kubernetes` (the Lease lives in the cluster)"
-            );
-        }
-        let external_url = match file.external_url {
-            Some(u) => {
-                let parsed = reqwest::Url::parse(&u)
-                    .map_err(|e| anyhow::anyhow!("externalUrl: invalid URL `{u}`: {e}"))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    anyhow::bail!(
-                        "externalUrl: invalid URL `{u}`: the scheme must be http or https"
-                    );
-                }
-                u.trim_end_matches('/').to_string()
-            }
-            None => format!("http://{listen}"),
-        };
         Ok(Settings {
+            config: self.config.clone(),
             playbooks: vec![playbooks],
             store,
             listen,
@@ -337,12 +441,7 @@ impl RunArgs {
             tokens: self.tokens.clone().or(file.tokens),
             state,
             prometheus: self.prometheus.clone().or(file.prometheus),
-            prometheus_client: file
-                .prometheus_client
-                .as_ref()
-                .map(|c| c.build())
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            prometheus_client,
             notify: file.notify,
             external_url,
             max_concurrent_failovers: self
@@ -358,8 +457,12 @@ impl RunArgs {
 pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
-        Command::Validate { paths, prometheus } => {
-            return validate(&paths, prometheus.as_deref()).await;
+        Command::Validate {
+            paths,
+            config,
+            prometheus,
+        } => {
+            return validate(&paths, config, prometheus.as_deref()).await;
         }
         Command::Plan {
             playbook,
@@ -473,9 +576,25 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn validate(paths: &[PathBuf], prometheus: Option<&str>) -> ExitCode {
-    let loaded = match playbook::load_paths(paths) {
-        Ok(loaded) => loaded,
+async fn validate(
+    paths: &[PathBuf],
+    config: Option<PathBuf>,
+    prometheus: Option<&str>,
+) -> ExitCode {
+    let checked = match config {
+        // Exactly what `run --config FILE [--prometheus URL]` checks before it starts.
+        Some(config) => RunArgs {
+            config: Some(config),
+            prometheus: prometheus.map(String::from),
+            ..RunArgs::default()
+        }
+        .checked_settings()
+        .and_then(|s| crate::validate::check(&s))
+        .map(|set| (set.playbooks, set.drills)),
+        None => crate::validate::check_paths(paths),
+    };
+    let (loaded, drills) = match checked {
+        Ok(set) => set,
         Err(problems) => {
             eprintln!("{problems}");
             eprintln!("{} problem(s)", problems.0.len());
@@ -485,17 +604,8 @@ async fn validate(paths: &[PathBuf], prometheus: Option<&str>) -> ExitCode {
     for l in &loaded {
         println!("{}: ok ({})", l.file.display(), l.playbook.name());
     }
-    match crate::drill::spec::load_paths(paths, &loaded) {
-        Ok(drills) => {
-            for d in &drills {
-                println!("{}: ok (drill {})", d.file.display(), d.name());
-            }
-        }
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!("{} problem(s)", problems.0.len());
-            return ExitCode::FAILURE;
-        }
+    for d in &drills {
+        println!("{}: ok (drill {})", d.file.display(), d.name());
     }
     let has_slos = loaded.iter().any(|l| !l.playbook.spec.slos.is_empty());
     if prometheus.is_some() && has_slos {
@@ -598,51 +708,15 @@ async fn plan(
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let loaded = playbook::load_paths(&settings.playbooks)
-        .map_err(|p| anyhow::anyhow!("refusing to start: the playbook set is invalid\n{p}"))?;
-    if loaded.is_empty() {
-        anyhow::bail!(
-            "refusing to start: no playbooks under {}",
-            settings.playbooks[0].display()
-        );
-    }
-    let drills = crate::drill::spec::load_paths(&settings.playbooks, &loaded)
-        .map_err(|p| anyhow::anyhow!("refusing to start: the drill set is invalid\n{p}"))?;
-    // Every SLO needs a Prometheus server: its own `server`, or --prometheus.
-    let homeless: Vec<String> = loaded
-        .iter()
-        .flat_map(|l| {
-            l.playbook
-                .spec
-                .slos
-                .iter()
-                .filter(|s| {
-                    crate::slo::needs_server(s)
-                        && crate::slo::server_for(s, settings.prometheus.as_deref()).is_none()
-                })
-                .map(move |s| {
-                    format!(
-                        "{}: playbook {} SLO {}",
-                        l.file.display(),
-                        l.playbook.name(),
-                        s.name.value
-                    )
-                })
-        })
-        .collect();
-    if !homeless.is_empty() {
-        anyhow::bail!(
-            "refusing to start: these SLOs have no Prometheus server (set `server:` or pass --prometheus URL):\n{}",
-            homeless.join("\n")
-        );
-    }
-    let homeless = crate::drill::spec::check_servers(&drills, settings.prometheus.as_deref());
-    if !homeless.is_empty() {
-        anyhow::bail!(
-            "refusing to start: the drill set is invalid\n{}",
-            Problems(homeless)
-        );
-    }
+    // The one gate (the same as reload's and `failoverd validate --config`'s).
+    let set = crate::validate::check(&settings)
+        .map_err(|p| anyhow::anyhow!("refusing to start: the configuration set is invalid\n{p}"))?;
+    let crate::validate::ValidSet {
+        playbooks: loaded,
+        drills,
+        tokens,
+        notify,
+    } = set;
     // With election, the Lease is held through the same client as the routing writes, the
     // store checks the lease before every write it sends, and operator overrides are kept in
     // the cluster for the next leader.
@@ -664,15 +738,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             other => (other.open().await?, None),
         };
-    let tokens = match &settings.tokens {
-        Some(p) => Tokens::load(p).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?,
-        None => {
-            warn!(
-                "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
-            );
-            Tokens::none()
-        }
-    };
+    if settings.tokens.is_none() {
+        warn!(
+            "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
+        );
+    }
     let audit = AuditLog::open(&settings.audit)?;
     let overrides = OverrideStore::open(&settings.state)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -708,8 +778,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         prometheus: settings.prometheus.clone(),
         prometheus_client: settings.prometheus_client.clone(),
     };
+    // The watcher re-reads the config (and so the files it names) from the same arguments
+    // and runs the same gate as above, so a reload never re-executes into a refused start.
+    let mut watched = settings.playbooks.clone();
+    watched.extend(settings.config.clone());
+    let gate_args = args.clone();
+    let running = settings.clone();
     crate::reload::spawn_watcher(
-        settings.playbooks.clone(),
+        watched,
+        Arc::new(move || {
+            let new = gate_args.checked_settings()?;
+            let restart = crate::validate::check_restart(&running, &new);
+            match crate::validate::check(&new) {
+                Ok(set) if restart.is_empty() => Ok(set.playbooks.len()),
+                Ok(_) => Err(Problems(restart)),
+                Err(mut p) => {
+                    p.0.extend(restart);
+                    Err(p)
+                }
+            }
+        }),
         shared.reload.clone(),
         reload_stop,
     );
@@ -743,10 +831,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         n_playbooks,
         settings.max_concurrent_failovers,
     ));
-    if let Some(n) = &settings.notify {
-        shared.notifier =
-            crate::notify::Notifier::start(n, &settings.external_url, Some(&shared.metrics))
-                .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
+    if let Some(n) = notify {
+        shared.notifier = crate::notify::Notifier::start_resolved(
+            n,
+            &settings.external_url,
+            Some(&shared.metrics),
+        )
+        .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
         info!(notifier = ?shared.notifier, "notifications enabled");
     }
     // Drill reports and in-flight records live beside the override state.

@@ -113,13 +113,7 @@ impl FileConfig {
     /// Reads a config file; errors are located like playbook errors.
     pub fn load(path: &Path) -> Result<Self, Problem> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Problem {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = crate::validate::read_text(path)?;
         serde_saphyr::from_str(&text).map_err(|e| yaml_problem(&file, &e))
     }
 }
@@ -193,6 +187,9 @@ impl StoreSpec {
 /// Fully resolved settings for `run`.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The config file they were read from (None: flags only); problems with its keys are
+    /// located in it.
+    pub config: Option<PathBuf>,
     /// Playbook paths.
     pub playbooks: Vec<PathBuf>,
     /// Route store.

@@ -24,3 +24,4 @@ pub mod runtime;
 pub mod server;
 pub mod slo;
 pub mod standin;
+pub mod validate;

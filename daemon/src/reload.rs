@@ -1,8 +1,13 @@
-//! Playbook reload: the daemon watches its playbook files and directories (every 2 s, by
-//! content hash, and at once on SIGHUP) and reloads when they change.
+//! Playbook reload: the daemon watches its playbook files and directories and its config
+//! file (every 2 s, by content hash, and at once on SIGHUP) and reloads when they change.
+//! The token file is not watched here (it is re-read on its own, without a restart), nor
+//! are secret, CA or kubeconfig files; they are still checked whenever the gate runs, and a
+//! SIGHUP runs it again after fixing one.
 //!
-//! A changed set is loaded and validated *whole* before anything happens. An invalid set is
-//! refused: every problem is logged with file:line:col, counted in
+//! A changed set goes through the same gate as a start ([`crate::validate::check`], from
+//! the same arguments) before anything happens, so a set the restarted process would
+//! refuse is never applied. An invalid set is refused: every problem is logged at ERROR
+//! with file:line:col, counted in
 //! `failoverd_playbook_reload_total{result="invalid"}`, flagged by
 //! `failoverd_playbook_reload_failed` and shown in the `/readyz` body, and the running set
 //! keeps running untouched. A valid set is applied by a graceful restart in place: the
@@ -13,7 +18,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -23,6 +28,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+
+use crate::playbook::Problems;
 
 /// Label set of the reload counter (as `crate::metrics`).
 type Labels = Vec<(&'static str, String)>;
@@ -79,49 +86,23 @@ fn result_label(result: &str) -> Labels {
     crate::metrics::labels([("result", result)])
 }
 
-/// Every playbook file under `paths`, sorted, the way the loader collects them.
-fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-        if depth > 16 {
-            return;
-        }
-        if p.is_dir() {
-            let Ok(entries) = std::fs::read_dir(p) else {
-                return;
-            };
-            let mut ps: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            ps.sort();
-            for q in ps {
-                let hidden = q
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.'));
-                let yaml = matches!(q.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-                if !hidden && (q.is_dir() || yaml) {
-                    walk(&q, out, depth + 1);
-                }
-            }
-        } else {
-            out.push(p.to_path_buf());
-        }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        walk(p, &mut out, 0);
-    }
-    out
-}
-
 /// A hash of the names and contents of every playbook file: changes whenever a file is
 /// added, removed, renamed or edited (mtimes alone miss same-second edits and ConfigMap
 /// symlink swaps).
 pub fn fingerprint(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
-    for f in files(paths) {
+    // The same walk as the gate's (a symlink loop is cut, not followed); a path that cannot
+    // be walked changes the hash through its problem.
+    let (files, problems) = crate::validate::files(paths);
+    for p in problems {
+        p.to_string().hash(&mut h);
+    }
+    for f in files {
         f.hash(&mut h);
-        match std::fs::read(&f) {
+        // Never blocks: a FIFO or device dropped in is hashed by its refusal, not read.
+        match crate::validate::read_regular(&f) {
             Ok(bytes) => bytes.hash(&mut h),
-            Err(e) => e.kind().to_string().hash(&mut h),
+            Err(e) => e.hash(&mut h),
         }
     }
     h.finish()
@@ -132,11 +113,18 @@ pub fn restart_requested() -> bool {
     RESTART.load(Ordering::SeqCst)
 }
 
-/// Checks the files every [`POLL`] (and on SIGHUP) until shutdown. A refused set is
-/// reported and the running set kept; a valid changed set sets [`restart_requested`] and
-/// signals `stop`, so the daemon drains and re-executes with it.
+/// The start gate, run on a changed set: the count of playbooks `run` would start with, or
+/// every problem that would refuse the start (see [`crate::validate::check`]).
+pub type Gate = Arc<dyn Fn() -> Result<usize, Problems> + Send + Sync>;
+
+/// Checks the files every [`POLL`] (and on SIGHUP) until shutdown. `paths` are what the
+/// fingerprint covers (the playbook paths and the config file); `gate` is the same check
+/// `run` makes at start. A refused set is reported and the running set kept; a set the gate
+/// passes sets [`restart_requested`] and signals `stop`, so the daemon drains and
+/// re-executes with it.
 pub fn spawn_watcher(
     paths: Vec<PathBuf>,
+    gate: Gate,
     status: Arc<ReloadStatus>,
     stop: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -174,14 +162,14 @@ pub fn spawn_watcher(
                 continue;
             }
             let checked = {
-                let paths = paths.clone();
-                tokio::task::spawn_blocking(move || crate::playbook::load_paths(&paths)).await
+                let gate = gate.clone();
+                tokio::task::spawn_blocking(move || gate()).await
             };
             match checked {
-                Ok(Ok(set)) if !set.is_empty() => {
+                Ok(Ok(n)) if n > 0 => {
                     info!(
-                        playbooks = set.len(),
-                        "playbook set changed and is valid: draining to restart with it"
+                        playbooks = n,
+                        "configuration set changed and is valid: draining to restart with it"
                     );
                     clear(&status);
                     status.total.get_or_create(&result_label("applied")).inc();
@@ -194,7 +182,7 @@ pub fn spawn_watcher(
                 Ok(Ok(_)) => refuse(&status, "the new set holds no playbooks".into()),
                 Ok(Err(problems)) => {
                     for p in &problems.0 {
-                        error!(file = %p.file, line = p.line, column = p.column, field = %p.field, "playbook reload refused: {p}");
+                        error!(file = %p.file, line = p.line, column = p.column, field = %p.field, "playbook reload refused (a restart would refuse to start): {p}");
                     }
                     refuse(&status, problems.to_string());
                 }
@@ -268,5 +256,27 @@ mod tests {
         assert_ne!(fingerprint(&paths), edited);
         std::fs::remove_file(dir.path().join("b.yml")).unwrap();
         assert_eq!(fingerprint(&paths), edited);
+    }
+
+    /// A FIFO (no writer) or a directory symlink loop changes the fingerprint without
+    /// blocking the watcher or being followed; removed, the fingerprint is as before.
+    #[test]
+    fn fingerprint_never_blocks_or_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = vec![dir.path().to_path_buf()];
+        std::fs::write(dir.path().join("a.yaml"), "a: 1\n").unwrap();
+        let first = fingerprint(&paths);
+        let fifo = dir.path().join("f.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_ne!(fingerprint(&paths), first);
+        std::fs::remove_file(&fifo).unwrap();
+        assert_eq!(fingerprint(&paths), first);
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("x")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("y")).unwrap();
+        assert_ne!(fingerprint(&paths), first);
     }
 }

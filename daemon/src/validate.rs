@@ -1,0 +1,1046 @@
+//! The one gate for the whole configuration set.
+//!
+//! Start (`failoverd run`), reload (the playbook watcher) and `failoverd validate --config`
+//! all go through [`check`], so a set that passes here is a set `run` accepts: a reload
+//! never drains and re-executes into a configuration the new process would refuse.
+//!
+//! Every file is screened before any loader parses it ([`read_regular`], [`screen_yaml`]):
+//! only regular files are read (a FIFO would block a reader forever), at most
+//! [`MAX_FILE_BYTES`] of them, invalid UTF-8 is located, and YAML anchors and aliases are
+//! held to a small budget so an alias bomb ("billion laughs") is refused in milliseconds
+//! with bounded memory.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::auth::Tokens;
+use crate::config::{Settings, StoreSpec};
+use crate::drill::LoadedDrill;
+use crate::notify::Resolved;
+use crate::playbook::{self, Loaded, Problem, Problems};
+
+/// Largest configuration file read: playbooks, drills, the config and token files are a few
+/// kilobytes; a megabyte is room for a large fleet file and still cheap to hold.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Alias replays allowed in one file. Anchors for shared probe blocks replay a few hundred
+/// events; a billion-laughs bomb needs millions. The parser's own default (1,000,000) would
+/// let one file cost ~100 MB, most of the daemon's memory limit.
+const MAX_REPLAYED_EVENTS: usize = 20_000;
+
+/// Everything `run` needs from the configuration set, checked.
+#[derive(Debug)]
+pub struct ValidSet {
+    /// The playbooks (never empty).
+    pub playbooks: Vec<Loaded>,
+    /// The drills, each naming loaded playbooks only.
+    pub drills: Vec<LoadedDrill>,
+    /// The token file's callers (none configured: every protected call is refused).
+    pub tokens: Tokens,
+    /// The notification sinks, resolved (secret files read).
+    pub notify: Option<Resolved>,
+}
+
+fn problem(
+    file: impl Into<String>,
+    line: u64,
+    column: u64,
+    field: &str,
+    message: String,
+) -> Problem {
+    Problem {
+        file: file.into(),
+        line,
+        column,
+        field: field.into(),
+        message,
+    }
+}
+
+/// Reads a configuration file that must be a regular file of at most [`MAX_FILE_BYTES`].
+///
+/// The file is opened non-blocking, so a FIFO or device swapped in never blocks the caller,
+/// and its type is checked on the open descriptor (no window between check and read).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "cannot read: not a regular file ({}); only regular files are read",
+            kind(&meta)
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes; a configuration file may be at most {MAX_FILE_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "file grew past {MAX_FILE_BYTES} bytes while being read"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}
+
+/// Reads a configuration file as text: [`read_regular`], then UTF-8 with the first invalid
+/// byte located, then the YAML resource screen ([`screen_yaml`]).
+pub fn read_text(path: &Path) -> Result<String, Problem> {
+    let file = path.display().to_string();
+    let bytes = read_regular(path).map_err(|m| problem(&file, 0, 0, "", m))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let (line, column) = position(&String::from_utf8_lossy(&bytes[..good]));
+        problem(
+            &file,
+            line,
+            column,
+            "",
+            format!(
+                "invalid UTF-8 (byte 0x{:02x} at offset {good}); YAML files must be UTF-8",
+                bytes.get(good).copied().unwrap_or(0)
+            ),
+        )
+    })?;
+    screen_yaml(&file, &text)?;
+    Ok(text)
+}
+
+/// 1-based line and column just after `before` (columns count characters).
+fn position(before: &str) -> (u64, u64) {
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[start..].chars().count() + 1;
+    (line as u64, column as u64)
+}
+
+/// Walks the YAML once under a tight resource budget. Only resource refusals (alias
+/// replay, anchors, nesting, sizes) are reported here; syntax and schema errors are left to
+/// the loaders, which word them for the document kind.
+pub fn screen_yaml(file: &str, text: &str) -> Result<(), Problem> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_aliases: 2_000,
+            max_anchors: 2_000,
+            max_recorded_anchor_events: 50_000,
+            max_recorded_anchor_bytes: 1024 * 1024,
+            max_total_scalar_bytes: 4 * 1024 * 1024,
+            max_depth: 64,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_REPLAYED_EVENTS,
+            max_replay_stack_depth: 16,
+        },
+    };
+    // Every document of the stream, as the loaders may read more than one kind.
+    let Err(e) = serde_saphyr::from_multiple_with_options::<serde::de::IgnoredAny>(text, options)
+    else {
+        return Ok(());
+    };
+    let mut inner = &e;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = inner
+    {
+        inner = error;
+    }
+    use serde_saphyr::Error as E;
+    let resource = matches!(
+        inner,
+        E::Budget { .. }
+            | E::AliasReplayCounterOverflow { .. }
+            | E::AliasReplayLimitExceeded { .. }
+            | E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+    );
+    if resource {
+        let mut p = playbook::yaml_problem(file, &e);
+        let why = inner.to_string();
+        let why = why.split(" at line ").next().unwrap_or_default();
+        p.message = format!(
+            "refused: YAML anchors, aliases or nesting exceed the budget for a configuration file ({why})"
+        );
+        return Err(p);
+    }
+    Ok(())
+}
+
+/// Every file the loaders read under `paths`, sorted as they read them: each path that is a
+/// file, and below each directory every `*.yaml`/`*.yml` file and every folder, skipping
+/// hidden entries (a mounted ConfigMap's `..data` farm). A directory that leads back to one
+/// of its own ancestors (a symlink loop) is a problem and is not entered: two such links
+/// would otherwise make the walk exponential.
+pub fn files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Problem>) {
+    fn walk(
+        p: &Path,
+        ancestors: &mut Vec<PathBuf>,
+        out: &mut Vec<PathBuf>,
+        problems: &mut Vec<Problem>,
+    ) {
+        if !p.is_dir() {
+            if p.exists() {
+                out.push(p.to_path_buf());
+            } else {
+                problems.push(problem(
+                    p.display().to_string(),
+                    0,
+                    0,
+                    "",
+                    "no such file or directory (or a dangling symlink)".into(),
+                ));
+            }
+            return;
+        }
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if ancestors.contains(&real) {
+            problems.push(problem(
+                p.display().to_string(),
+                0,
+                0,
+                "",
+                format!("directory loop: leads back to {}", real.display()),
+            ));
+            return;
+        }
+        let entries = match std::fs::read_dir(p) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(problem(
+                    p.display().to_string(),
+                    0,
+                    0,
+                    "",
+                    format!("cannot read directory: {e}"),
+                ));
+                return;
+            }
+        };
+        let mut ps: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        ps.sort();
+        ancestors.push(real);
+        for q in ps {
+            let hidden = q
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            let yaml = matches!(q.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if !hidden && (q.is_dir() || yaml) {
+                walk(&q, ancestors, out, problems);
+            }
+        }
+        ancestors.pop();
+    }
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for p in paths {
+        walk(p, &mut Vec::new(), &mut out, &mut problems);
+    }
+    (out, problems)
+}
+
+/// Every file under the playbook paths that a loader would read, each screened. A missing
+/// path, a directory loop, an unreadable or special file, a file too large, invalid UTF-8
+/// or a YAML bomb is a problem; nothing else is parsed until these pass.
+fn screen_paths(paths: &[PathBuf]) -> Vec<Problem> {
+    let (files, mut problems) = files(paths);
+    for f in &files {
+        if let Err(p) = read_text(f) {
+            problems.push(p);
+        }
+    }
+    problems
+}
+
+/// Playbooks and drills under `paths`, the way `failoverd validate PATH...` checks them: the
+/// screen, every playbook, every drill against those playbooks. No SLO or drill server
+/// check (with no config there is no default Prometheus to judge them by).
+pub fn check_paths(paths: &[PathBuf]) -> Result<(Vec<Loaded>, Vec<LoadedDrill>), Problems> {
+    let screened = screen_paths(paths);
+    if !screened.is_empty() {
+        return Err(Problems(screened));
+    }
+    let loaded = playbook::load_paths(paths)?;
+    let drills = crate::drill::spec::load_paths(paths, &loaded)?;
+    Ok((loaded, drills))
+}
+
+/// The whole configuration set as `run` needs it: playbooks (at least one), drills (each
+/// naming loaded playbooks), every Prometheus SLO and drill error budget with a server, the
+/// file store's directory or the `kubernetes` store's kubeconfig (and context), the token
+/// file and the notification sinks (URLs, templates, secret files). The config file's own
+/// keys are checked when [`Settings`] are built (`RunArgs::checked_settings`).
+///
+/// A set whose files do not screen or load is refused with those problems alone (nothing
+/// else can be judged on it); otherwise every remaining problem is returned together.
+pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
+    let (playbooks, drills) = check_paths(&settings.playbooks)?;
+    let mut problems = Vec::new();
+    if playbooks.is_empty() {
+        let dir = settings
+            .playbooks
+            .first()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        problems.push(problem(
+            &dir,
+            0,
+            0,
+            "",
+            "no playbooks here: failoverd needs at least one".into(),
+        ));
+    }
+    let default = settings.prometheus.as_deref();
+    for l in &playbooks {
+        for (i, s) in l.playbook.spec.slos.iter().enumerate() {
+            if crate::slo::needs_server(s) && crate::slo::server_for(s, default).is_none() {
+                problems.push(problem(
+                    l.file.display().to_string(),
+                    s.name.referenced.line(),
+                    s.name.referenced.column(),
+                    &format!("spec.slos[{i}].server"),
+                    format!(
+                        "playbook `{}` SLO `{}` has no Prometheus server: set `server:` or pass --prometheus URL",
+                        l.playbook.name(),
+                        s.name.value
+                    ),
+                ));
+            }
+        }
+    }
+    problems.extend(crate::drill::spec::check_servers(&drills, default));
+    if let StoreSpec::File(dir) = &settings.store
+        && !dir.is_dir()
+    {
+        let mut p = config_problem(
+            settings.config.as_deref(),
+            "store",
+            format!("store directory {} does not exist", dir.display()),
+        );
+        if p.line == 0 {
+            // Not in the config file: it came from the flag.
+            p.file = "--store".into();
+        }
+        problems.push(p);
+    }
+    // The kubeconfig the `kubernetes` store would load (read and parsed only; the cluster
+    // is not contacted, so an API server outage never refuses a reload).
+    if let StoreSpec::Kubernetes(o) = &settings.store
+        && let Some(path) = &o.kubeconfig
+    {
+        let file = path.display().to_string();
+        match read_text(path).map(|_| kube::config::Kubeconfig::read_from(path)) {
+            Err(p) => problems.push(p),
+            Ok(Err(e)) => {
+                problems.push(problem(&file, 0, 0, "", format!("invalid kubeconfig: {e}")))
+            }
+            Ok(Ok(k)) => {
+                if let Some(ctx) = &o.context
+                    && !k.contexts.iter().any(|c| &c.name == ctx)
+                {
+                    problems.push(problem(
+                        &file,
+                        0,
+                        0,
+                        "contexts",
+                        format!("no context `{ctx}` in this kubeconfig"),
+                    ));
+                }
+            }
+        }
+    }
+    let tokens = match &settings.tokens {
+        None => Some(Tokens::none()),
+        Some(path) => match read_text(path).and_then(|_| Tokens::load(path)) {
+            Ok(t) => Some(t),
+            Err(p) => {
+                problems.push(p);
+                None
+            }
+        },
+    };
+    let notify = match &settings.notify {
+        None => Some(None),
+        Some(n) => match n.resolve() {
+            Ok(r) => Some(Some(r)),
+            Err(e) => {
+                problems.push(config_problem(
+                    settings.config.as_deref(),
+                    &e.field,
+                    e.message,
+                ));
+                None
+            }
+        },
+    };
+    match (tokens, notify) {
+        (Some(tokens), Some(notify)) if problems.is_empty() => Ok(ValidSet {
+            playbooks,
+            drills,
+            tokens,
+            notify,
+        }),
+        _ => Err(Problems(problems)),
+    }
+}
+
+/// What a restart into `new` would still refuse that [`check`] cannot judge while `running`
+/// holds the same resources: a changed listen address that cannot be bound, a changed
+/// audit log whose chain is broken, a changed override state file that is corrupt. The
+/// reload gate adds these, so a config edit that passes [`check`] but would fail at the
+/// re-executed start is refused before the drain.
+pub fn check_restart(running: &Settings, new: &Settings) -> Vec<Problem> {
+    let cfg = new.config.as_deref();
+    let mut problems = Vec::new();
+    if new.listen != running.listen
+        && let Err(e) = std::net::TcpListener::bind(new.listen)
+    {
+        problems.push(config_problem(
+            cfg,
+            "listen",
+            format!("cannot listen on {}: {e}", new.listen),
+        ));
+    }
+    // Both are read whole by their openers; anything but a regular file is refused first
+    // (a FIFO would block the gate). Their size is not capped here: a long audit log is
+    // normal.
+    let special = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| !m.is_file())
+            .map(|m| format!("{}: not a regular file ({})", p.display(), kind(&m)))
+    };
+    let mut unreadable = Vec::new();
+    for (key, old, new) in [
+        ("audit", &running.audit, &new.audit),
+        ("state", &running.state, &new.state),
+    ] {
+        if new != old
+            && let Some(m) = special(new)
+        {
+            unreadable.push(config_problem(cfg, key, m));
+        }
+    }
+    if !unreadable.is_empty() {
+        problems.extend(unreadable);
+        return problems;
+    }
+    if new.audit != running.audit
+        && new.audit.exists()
+        && let Err(e) = crate::audit::verify(&new.audit)
+    {
+        problems.push(config_problem(
+            cfg,
+            "audit",
+            format!("the audit log {} would not open: {e}", new.audit.display()),
+        ));
+    }
+    if new.state != running.state
+        && let Err(e) = crate::overrides::OverrideStore::open(&new.state)
+    {
+        problems.push(config_problem(cfg, "state", format!("{e:#}")));
+    }
+    problems
+}
+
+/// The files the config file names besides playbooks (webhook secrets, Prometheus client
+/// credentials and CA, the kubeconfig), each checked to be a regular file before anything
+/// reads it: their readers would block on a FIFO (the reload gate with them). A missing
+/// file is left to its reader, which names it in its own words.
+pub fn screen_named_files(file: &crate::config::FileConfig, config: Option<&Path>) -> Vec<Problem> {
+    let mut named: Vec<(String, &Path)> = Vec::new();
+    if let Some(n) = &file.notify {
+        for (i, w) in n.webhooks.iter().enumerate() {
+            named.push((format!("notify.webhooks[{i}].secretFile"), &w.secret_file));
+        }
+    }
+    if let Some(c) = &file.prometheus_client {
+        if let Some(p) = &c.bearer_token_file {
+            named.push(("prometheusClient.bearerTokenFile".into(), p));
+        }
+        if let Some(p) = &c.ca_file {
+            named.push(("prometheusClient.caFile".into(), p));
+        }
+        if let Some(b) = &c.basic_auth {
+            named.push((
+                "prometheusClient.basicAuth.passwordFile".into(),
+                &b.password_file,
+            ));
+        }
+    }
+    if let Some(p) = &file.kubeconfig {
+        named.push(("kubeconfig".into(), p));
+    }
+    named
+        .into_iter()
+        .filter(|(_, p)| p.exists())
+        .filter_map(|(field, p)| {
+            read_regular(p)
+                .err()
+                .map(|m| config_problem(config, &field, format!("{}: {m}", p.display())))
+        })
+        .collect()
+}
+
+/// A problem with a config key (`listen`, `notify.webhooks[0].secretFile`), located in the
+/// config file when there is one and the key is found there.
+pub fn config_problem(config: Option<&Path>, field: &str, message: String) -> Problem {
+    let Some(config) = config else {
+        return problem("--config", 0, 0, field, message);
+    };
+    let (line, column) = read_text(config).map_or((0, 0), |t| locate(&t, field));
+    problem(config.display().to_string(), line, column, field, message)
+}
+
+/// 1-based line and column of a dotted field path (`notify.webhooks[1].secretFile`) in a
+/// block-style YAML text: each key is searched after its parent, `[i]` steps to the i-th
+/// `- ` item of the list. (0, 0) when the first key is not found; otherwise the deepest
+/// part found, so a missing key points at its parent.
+pub fn locate(text: &str, path: &str) -> (u64, u64) {
+    let mut from = 0usize;
+    let mut found: Option<usize> = None;
+    for seg in path.split('.') {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let Some(at) = find_key(text, from, key) else {
+            break;
+        };
+        found = Some(at);
+        from = at + key.len();
+        if let Some(i) = index {
+            match nth_item(text, from, i) {
+                Some(item) => {
+                    found = Some(item);
+                    from = item + 1;
+                }
+                None => break,
+            }
+        }
+    }
+    found.map_or((0, 0), |i| position(&text[..i]))
+}
+
+/// Byte offset of `key:` (at the start of a line's content, or after `{`, `,` or `- `) at
+/// or after `from`.
+fn find_key(text: &str, from: usize, key: &str) -> Option<usize> {
+    let mut start = from;
+    while let Some(rel) = text.get(start..)?.find(key) {
+        let at = start + rel;
+        let before = text[..at].trim_end_matches([' ', '\t']);
+        let boundary = before.is_empty() || before.ends_with(['\n', '{', ',', '-']);
+        let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
+        if boundary && after.starts_with(':') {
+            return Some(at);
+        }
+        start = at + key.len();
+    }
+    None
+}
+
+/// Byte offset of the `i`-th (0-based) `- ` item of the list that starts after `from`.
+fn nth_item(text: &str, from: usize, i: usize) -> Option<usize> {
+    let mut indent: Option<usize> = None;
+    let mut seen = 0usize;
+    let mut offset = from;
+    for line in text.get(from..)?.split_inclusive('\n') {
+        let here = offset;
+        offset += line.len();
+        let content = line.trim_start_matches(' ');
+        let depth = line.len() - content.len();
+        if !content.starts_with("- ") && content.trim().is_empty() {
+            continue;
+        }
+        if here == from {
+            // The rest of the key's own line (a flow list there is not stepped into).
+            continue;
+        }
+        if content.starts_with('-') {
+            let d = *indent.get_or_insert(depth);
+            if depth == d {
+                if seen == i {
+                    return Some(here + depth);
+                }
+                seen += 1;
+            }
+        } else if indent.is_none_or(|d| depth <= d) && !content.starts_with('#') {
+            return None;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::net::SocketAddr;
+
+    /// A valid playbook guarding `svc`, probing loopback (never contacted here).
+    const PLAYBOOK: &str = "apiVersion: failoverd.dev/v1alpha1
+kind: Playbook
+metadata:
+  name: svc
+spec:
+  virtualService: { namespace: ns, name: svc }
+  primary: { host: svc.ns.svc.cluster.local }
+  failover:
+    - host: svc.ns-dr.svc.cluster.local
+  probes:
+    - name: primary-health
+      target: primary
+      http: { url: \"http://127.0.0.1:1/healthz\" }
+    - name: dr-health
+      target: failover[0]
+      tcp: { address: \"127.0.0.1:2\" }
+  trigger:
+    failureThreshold: 3
+";
+
+    /// A valid plan-mode drill of `svc`.
+    const DRILL: &str = "apiVersion: failoverd.dev/v1alpha1
+kind: Drill
+metadata:
+  name: nightly
+spec:
+  playbooks: [ svc ]
+  schedule: \"0 15 6 * * *\"
+  mode: plan
+";
+
+    /// A Prometheus SLO with no `server:` of its own.
+    const SLO: &str = "  slos:
+    - name: error-ratio
+      target: primary
+      prometheus:
+        query: vector(0)
+        above: 0.05
+";
+
+    /// A drill error-budget floor with no `server:` of its own.
+    const BUDGET: &str = "  abort:
+    errorBudget:
+      query: vector(0)
+      objective: 99.5
+      floor: 25
+";
+
+    /// A billion-laughs document: nine levels of nine aliases each.
+    fn bomb() -> String {
+        let mut s = String::from("apiVersion: failoverd.dev/v1alpha1\nkind: Playbook\n");
+        s.push_str("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            s.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        s
+    }
+
+    /// 1-based line and column where `needle` starts in `text`.
+    fn at(text: &str, needle: &str) -> (u64, u64) {
+        position(&text[..text.find(needle).unwrap()])
+    }
+
+    /// 1-based line and column of the value written right after `key` in `text`.
+    fn at_value(text: &str, key: &str) -> (u64, u64) {
+        let (line, column) = at(text, key);
+        (line, column + key.chars().count() as u64)
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        /// A playbooks directory with the valid playbook and drill, a store directory.
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("pb/drills")).unwrap();
+            std::fs::create_dir_all(dir.path().join("routes")).unwrap();
+            std::fs::write(dir.path().join("pb/svc.yaml"), PLAYBOOK).unwrap();
+            std::fs::write(dir.path().join("pb/drills/nightly.yaml"), DRILL).unwrap();
+            Self { dir }
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.dir.path().join(rel)
+        }
+
+        fn write(&self, rel: &str, text: &[u8]) -> PathBuf {
+            let p = self.path(rel);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+
+        fn settings(&self) -> Settings {
+            let listen: SocketAddr = ([127, 0, 0, 1], 8080).into();
+            Settings {
+                config: None,
+                playbooks: vec![self.path("pb")],
+                store: StoreSpec::File(self.path("routes")),
+                listen,
+                audit: self.path("audit.jsonl"),
+                tokens: None,
+                state: self.path("overrides.json"),
+                prometheus: None,
+                prometheus_client: None,
+                notify: None,
+                external_url: "http://127.0.0.1:8080".into(),
+                max_concurrent_failovers: 0,
+                leader_election: None,
+            }
+        }
+    }
+
+    /// The valid fixture passes, with its playbook and drill.
+    #[test]
+    fn valid_set_passes() {
+        let f = Fixture::new();
+        let set = check(&f.settings()).unwrap();
+        assert_eq!(set.playbooks.len(), 1);
+        assert_eq!(set.drills.len(), 1);
+    }
+
+    /// Each bad set is refused, and the refusal names the file and the line (and column)
+    /// of the offending spot: the table's expected location is computed from the fixture
+    /// text, not from the checker.
+    #[test]
+    fn bad_sets_name_file_and_line() {
+        type Setup = Box<dyn Fn(&Fixture, &mut Settings) -> (PathBuf, (u64, u64))>;
+        let cases: Vec<(&str, Setup)> = vec![
+            (
+                "bad playbook",
+                Box::new(|f, _| {
+                    let text = PLAYBOOK.replace("failureThreshold: 3", "failureThreshold: 0");
+                    let p = f.write("pb/svc.yaml", text.as_bytes());
+                    (p, at_value(&text, "failureThreshold: "))
+                }),
+            ),
+            (
+                "bad drill",
+                Box::new(|f, _| {
+                    let text = DRILL.replace("mode: plan", "mode: plan\n  holdd: 2m");
+                    let p = f.write("pb/drills/nightly.yaml", text.as_bytes());
+                    (p, at(&text, "holdd"))
+                }),
+            ),
+            (
+                "drill naming a missing playbook",
+                Box::new(|f, _| {
+                    let text = DRILL.replace("[ svc ]", "[ svc, ghost ]");
+                    let p = f.write("pb/drills/nightly.yaml", text.as_bytes());
+                    (p, at(&text, "ghost"))
+                }),
+            ),
+            (
+                "playbook removed under a drill",
+                Box::new(|f, _| {
+                    let other = PLAYBOOK
+                        .replace("name: svc", "name: other")
+                        .replace("name: svc }", "name: other }");
+                    f.write("pb/other.yaml", other.as_bytes());
+                    std::fs::remove_file(f.path("pb/svc.yaml")).unwrap();
+                    (f.path("pb/drills/nightly.yaml"), at(DRILL, "svc"))
+                }),
+            ),
+            (
+                "SLO without a server",
+                Box::new(|f, _| {
+                    let text = format!("{PLAYBOOK}{SLO}");
+                    let p = f.write("pb/svc.yaml", text.as_bytes());
+                    (p, at(&text, "error-ratio"))
+                }),
+            ),
+            (
+                "drill error budget without a server",
+                Box::new(|f, _| {
+                    let text = format!("{DRILL}{BUDGET}");
+                    let p = f.write("pb/drills/nightly.yaml", text.as_bytes());
+                    (p, at(&text, "vector(0)"))
+                }),
+            ),
+            (
+                "invalid UTF-8",
+                Box::new(|f, _| {
+                    let mut bytes = PLAYBOOK.as_bytes().to_vec();
+                    let i = PLAYBOOK.find("name: svc\n").unwrap() + "name: sv".len();
+                    bytes[i] = 0xff;
+                    let p = f.write("pb/svc.yaml", &bytes);
+                    (p, at(PLAYBOOK, "c\nspec:"))
+                }),
+            ),
+            (
+                "YAML bomb",
+                Box::new(|f, _| {
+                    let text = bomb();
+                    let p = f.write("pb/bomb.yaml", text.as_bytes());
+                    // Refused somewhere in the alias levels: checked below by file only,
+                    // with a line inside the document.
+                    (p, (0, 0))
+                }),
+            ),
+            (
+                "token file not a list",
+                Box::new(|f, s| {
+                    let text = "identity: alice\n";
+                    let p = f.write("tokens.yaml", text.as_bytes());
+                    s.tokens = Some(p.clone());
+                    (p, (1, 1))
+                }),
+            ),
+            (
+                "webhook secret file missing",
+                Box::new(|f, s| {
+                    let secret = f.write("secret", b"k");
+                    let text = format!(
+                        "playbooks: {}\nnotify:\n  webhooks:\n    - name: a\n      url: \"https://hooks.example/x\"\n      secretFile: {}\n    - name: b\n      url: \"https://hooks.example/y\"\n      secretFile: /nonexistent/secret\n",
+                        f.path("pb").display(),
+                        secret.display()
+                    );
+                    let p = f.write("failoverd.yaml", text.as_bytes());
+                    let cfg: crate::config::FileConfig = serde_saphyr::from_str(&text).unwrap();
+                    s.config = Some(p.clone());
+                    s.notify = cfg.notify;
+                    (p, at(&text, "secretFile: /nonexistent"))
+                }),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (what, setup) in cases {
+            let f = Fixture::new();
+            let mut s = f.settings();
+            let (file, (line, column)) = setup(&f, &mut s);
+            let problems = match check(&s) {
+                Ok(_) => panic!("{what}: accepted"),
+                Err(p) => p,
+            };
+            let file = file.display().to_string();
+            let hit = problems
+                .0
+                .iter()
+                .find(|p| p.file == file)
+                .unwrap_or_else(|| panic!("{what}: no problem names {file}: {problems}"));
+            if line > 0 {
+                if (hit.line, hit.column) != (line, column) {
+                    wrong.push(format!("{what}: expected {line}:{column}: {problems}"));
+                }
+            } else if hit.line == 0 {
+                wrong.push(format!("{what}: no line: {problems}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Files that are not regular, missing or too large are refused by name, without
+    /// blocking (a FIFO with no writer would block a plain read forever).
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let f = Fixture::new();
+        let fifo = f.path("pb/fifo.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = check(&f.settings()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.file == fifo.display().to_string() && p.message.contains("FIFO")),
+            "{e}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
+
+        let dangling = f.path("pb/dangling.yaml");
+        std::os::unix::fs::symlink(f.path("nowhere"), &dangling).unwrap();
+        let e = check(&f.settings()).unwrap_err();
+        assert!(
+            e.0.iter().any(|p| p.file == dangling.display().to_string()),
+            "{e}"
+        );
+        std::fs::remove_file(&dangling).unwrap();
+
+        let big = f.write(
+            "pb/big.yaml",
+            &vec![b'#'; usize::try_from(MAX_FILE_BYTES).unwrap() + 1],
+        );
+        let e = check(&f.settings()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.file == big.display().to_string() && p.message.contains("at most")),
+            "{e}"
+        );
+        std::fs::remove_file(&big).unwrap();
+
+        // Two links back to the playbooks directory: a walk that followed them would visit
+        // 2^40 directories before the kernel's symlink limit stopped it.
+        std::os::unix::fs::symlink(f.path("pb"), f.path("pb/loop-a")).unwrap();
+        std::os::unix::fs::symlink(f.path("pb"), f.path("pb/loop-b")).unwrap();
+        let e = check(&f.settings()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.file.ends_with("loop-a") && p.message.contains("directory loop")),
+            "{e}"
+        );
+        assert_eq!(e.0.len(), 2, "one problem per link: {e}");
+        std::fs::remove_file(f.path("pb/loop-a")).unwrap();
+        std::fs::remove_file(f.path("pb/loop-b")).unwrap();
+
+        std::fs::remove_dir_all(f.path("routes")).unwrap();
+        let e = check(&f.settings()).unwrap_err();
+        assert!(
+            e.to_string().contains("store directory"),
+            "missing store directory: {e}"
+        );
+    }
+
+    /// The `kubernetes` store's kubeconfig is read and its context looked up (no cluster
+    /// is contacted): a missing file or an unknown context is refused by file.
+    #[test]
+    fn kubeconfig_is_checked_without_a_cluster() {
+        let f = Fixture::new();
+        let kubeconfig = f.write(
+            "kubeconfig",
+            b"apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: c\n  cluster: { server: \"https://127.0.0.1:1\" }\nusers:\n- name: u\n  user: { token: t }\ncontexts:\n- name: a\n  context: { cluster: c, user: u }\n",
+        );
+        let mut s = f.settings();
+        let with = |path: &Path, context: Option<&str>| {
+            StoreSpec::Kubernetes(crate::routing::kube::KubeOptions::default()).with_kube(
+                Some(path.to_path_buf()),
+                context.map(String::from),
+                None,
+                None,
+            )
+        };
+        s.store = with(&kubeconfig, Some("a"));
+        check(&s).unwrap();
+        s.store = with(&kubeconfig, Some("b"));
+        let e = check(&s).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.file == kubeconfig.display().to_string() && p.message.contains("`b`")),
+            "{e}"
+        );
+        let gone = f.path("nope");
+        s.store = with(&gone, None);
+        let e = check(&s).unwrap_err();
+        assert!(
+            e.0.iter().any(|p| p.file == gone.display().to_string()),
+            "{e}"
+        );
+    }
+
+    /// A config edit that passes the set check but would fail the re-executed start is
+    /// refused at its key: a listen address in use, a broken audit log, a corrupt state file.
+    /// Unchanged resources (held by the running process) are not re-checked.
+    #[test]
+    fn restart_resources_are_checked_when_changed() {
+        let f = Fixture::new();
+        let running = f.settings();
+        assert!(check_restart(&running, &running).is_empty());
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let audit = f.write("other-audit.jsonl", b"not a record\n{}\n");
+        let state = f.write("other-state.json", b"{ not json");
+        let text = format!(
+            "listen: {addr}\naudit: {}\nstate: {}\n",
+            audit.display(),
+            state.display()
+        );
+        let cfg = f.write("failoverd.yaml", text.as_bytes());
+        let mut new = f.settings();
+        new.config = Some(cfg.clone());
+        new.listen = addr;
+        new.audit = audit;
+        new.state = state;
+        let problems = check_restart(&running, &new);
+        let file = cfg.display().to_string();
+        // A FIFO at a new state path is refused by type, never opened (it would block).
+        let fifo = f.path("state-fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut piped = new.clone();
+        piped.state = fifo;
+        let refused = check_restart(&running, &piped);
+        assert!(
+            refused
+                .iter()
+                .any(|p| p.field == "state" && p.message.contains("FIFO")),
+            "{refused:?}"
+        );
+        for (key, needle) in [
+            ("listen", "listen:"),
+            ("audit", "audit:"),
+            ("state", "state:"),
+        ] {
+            let p = problems
+                .iter()
+                .find(|p| p.field == key)
+                .unwrap_or_else(|| panic!("no {key} problem: {problems:?}"));
+            assert_eq!(
+                (p.file.as_str(), (p.line, p.column)),
+                (file.as_str(), at(&text, needle))
+            );
+        }
+    }
+
+    /// A directory with no playbook is not a set `run` can start.
+    #[test]
+    fn empty_set_is_refused() {
+        let f = Fixture::new();
+        std::fs::remove_file(f.path("pb/svc.yaml")).unwrap();
+        std::fs::remove_file(f.path("pb/drills/nightly.yaml")).unwrap();
+        let e = check(&f.settings()).unwrap_err();
+        assert!(e.to_string().contains("no playbooks"), "{e}");
+    }
+
+    /// Anchors a real playbook would use (a shared probe block) pass the screen.
+    #[test]
+    fn modest_anchors_pass_the_screen() {
+        let text = "a: &h { url: \"http://x\" }\nb: [*h, *h, *h, *h]\n";
+        screen_yaml("f.yaml", text).unwrap();
+        let e = screen_yaml("f.yaml", &bomb()).unwrap_err();
+        assert!(e.message.contains("refused"), "{e}");
+    }
+
+    /// `locate` finds nested keys and list items in block YAML.
+    #[test]
+    fn locate_finds_nested_fields() {
+        let text = "notify:\n  webhooks:\n    - name: a\n      url: u\n    - name: b\n      secretFile: s\nlisten: x\n";
+        assert_eq!(locate(text, "listen"), (7, 1));
+        assert_eq!(locate(text, "notify.webhooks[1].secretFile"), (6, 7));
+        assert_eq!(locate(text, "notify.webhooks[1]"), (5, 5));
+        assert_eq!(locate(text, "notify.webhooks[0].url"), (4, 7));
+        assert_eq!(locate(text, "nothere"), (0, 0));
+    }
+}
