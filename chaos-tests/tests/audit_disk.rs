@@ -474,7 +474,7 @@ async fn outcome_that_did_not_fit_is_recorded_once_space_returns() {
 
 /// Ensures a kill -9 while a written route's outcome record is owed (it did not fit) is
 /// resolved at the next start from the store: the restarted daemon records the failover as
-/// written (recovered at start) once space returns, and the chain verifies.
+/// `written` (its reason: recovered at start) once space returns, and the chain verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_with_an_owed_outcome_is_resolved_from_the_store() {
     let (intent, written) = measure_failover_records().await;
@@ -503,11 +503,9 @@ async fn kill9_with_an_owed_outcome_is_resolved_from_the_store() {
         .await,
         &d2,
     );
-    assert!(
-        rec.outcome.starts_with("written (recovered at start"),
-        "{}",
-        rec.outcome
-    );
+    assert_eq!(rec.outcome, "written", "{rec:?}");
+    assert!(rec.reason.contains("recovered at start"), "{}", rec.reason);
+    assert_eq!(rec.actor, "failoverd");
     let status = d2.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d2.logs());
     assert_verifies(&paths.audit);

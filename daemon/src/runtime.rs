@@ -1001,33 +1001,43 @@ async fn settle_read(
     }
 }
 
-/// The record closing an intent that has no outcome, from what the store holds now.
+/// The record closing an intent that has no outcome, from what the store holds now. Its
+/// outcome is in the usual words (`written`, `failed: ...`) so the chain reads like any move;
+/// the reason says it was recovered at start.
 fn resolve_intent(intent: &Record, view: &crate::routing::RouteView) -> Entry {
     let intended = intent
         .inputs
         .get("to")
         .and_then(|v| serde_json::from_value::<Routing>(v.clone()).ok());
-    let outcome = match intended {
-        Some(to) if to == view.routing => {
-            format!("written (recovered at start: the store holds the intended route {to})")
-        }
-        Some(to) => format!(
-            "not written (recovered at start: the store holds {}, not the intended {to})",
-            view.routing
+    let why = format!(
+        "recovered at start: intent seq {} had no outcome (failoverd stopped between the intent and its record)",
+        intent.seq
+    );
+    let (outcome, reason) = match intended {
+        Some(to) if to == view.routing => (
+            "written".to_string(),
+            format!("{why}; the store holds the intended route {to}"),
         ),
-        None => format!(
-            "unknown (recovered at start: the intent names no route; the store holds {})",
-            view.routing
+        Some(to) => (
+            format!(
+                "failed: not written (recovered at start: the store holds {}, not the intended {to})",
+                view.routing
+            ),
+            why,
+        ),
+        None => (
+            format!(
+                "failed: unknown (recovered at start: the intent names no route; the store holds {})",
+                view.routing
+            ),
+            why,
         ),
     };
     Entry {
         actor: "failoverd".into(),
         action: intent.action.clone(),
         playbook: intent.playbook.clone(),
-        reason: format!(
-            "intent seq {} had no outcome: failoverd stopped between the intent and its record",
-            intent.seq
-        ),
+        reason,
         inputs: json!({
             "intentSeq": intent.seq,
             "from": intent.inputs.get("from"),
