@@ -267,8 +267,8 @@ fn assert_one_failover_recorded(recs: &[Record]) {
 /// (route file unchanged for seconds, the log unchanged byte for byte) and is signalled
 /// (`/readyz` audit detail with the error, `failoverd_audit_available 0`, failed appends
 /// counted, one error line); once the filler is deleted the move is written within one round,
-/// the signal clears, `failoverd audit verify` passes, sequences run 1..n and the intent and
-/// its outcome are both in the log.
+/// the signal clears, `failoverd audit verify` passes, sequences run 1..n, the intent and its
+/// outcome are both in the log, and one `audit-unavailable` record notes the episode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_holds_the_move_until_space_returns() {
     let fs = Tmpfs::mount("1m");
@@ -304,11 +304,15 @@ async fn full_disk_holds_the_move_until_space_returns() {
             .is_some_and(|e| e.contains("not made") && e.contains("No space left"))
     })
     .await;
+    // One error line for the episode, not one per round.
     let logs = d.stderr_text();
-    assert!(
-        logs.contains("moves are not made until the log takes appends"),
-        "no error line for the episode\n{logs}"
-    );
+    let episode_lines = logs
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR") && l.contains("moves are not made until the log takes appends")
+        })
+        .count();
+    assert_eq!(episode_lines, 1, "error lines for the episode\n{logs}");
 
     let freed = Instant::now();
     fs.free();
@@ -335,7 +339,19 @@ async fn full_disk_holds_the_move_until_space_returns() {
     assert_eq!(status.code(), Some(0), "{}", d.logs());
     assert_verifies(&paths.audit);
     assert_no_sequence_reused(&paths.audit);
-    assert_one_failover_recorded(&records(&paths));
+    let recs = records(&paths);
+    assert_one_failover_recorded(&recs);
+    // The chain says when appends were refused, once.
+    let notes: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.action == "audit-unavailable")
+        .collect();
+    assert_eq!(notes.len(), 1, "{:?}", summary(&recs));
+    assert!(
+        notes[0].reason.contains("No space left"),
+        "{}",
+        notes[0].reason
+    );
 }
 
 /// Ensures a kill -9 while the audit log's tmpfs is full and a failover is held does not stop

@@ -1576,10 +1576,10 @@ async fn writer_died(
     std::process::exit(EXIT_WRITER_DIED)
 }
 
-/// Once per tick: writes records owed to the audit log as soon as it takes appends again,
-/// and announces each episode of a log that refuses appends once (error line, event
-/// `audit-unavailable`) and its end (`audit-recovered`). Metrics and `/readyz` follow the
-/// log's [`AuditHealth`] directly.
+/// Once per tick: while the audit log refuses appends, tries one (owed records first) so the
+/// episode ends as soon as the log takes them again; announces each episode once (error line,
+/// event `audit-unavailable`) and its end (`audit-recovered`). Metrics and `/readyz` follow
+/// the log's [`AuditHealth`] directly.
 async fn audit_watch(
     log: &Arc<Mutex<AuditLog>>,
     announced: &mut bool,
@@ -1587,15 +1587,25 @@ async fn audit_watch(
     shared: &Shared,
 ) {
     let health = &shared.audit_health;
-    if health.owed() > 0 {
-        let log = log.clone();
-        let flushed = tokio::task::spawn_blocking(move || match log.lock() {
-            Ok(mut l) => l.flush().map_err(|e| e.to_string()),
-            Err(_) => Err("audit log lock poisoned".to_string()),
-        })
-        .await;
-        if let Ok(Ok(())) = flushed {
-            info!("records kept while the audit log refused appends are now written, in order");
+    if let Some(u) = health.unavailable() {
+        // Each round, one append that also writes the owed records first: it ends the episode
+        // as soon as the log takes appends again, even with no move waiting, and leaves in
+        // the chain when appends were refused (records that are not moves' — a refused call,
+        // a note — may be missing from that time; moves were held, none is missing).
+        let note = Entry {
+            actor: "failoverd".into(),
+            action: "audit-unavailable".into(),
+            reason: format!(
+                "the audit log refused appends from {} until this record ({}); no move was made without its intent meanwhile, other records of that time may be missing",
+                u.since, u.error
+            ),
+            outcome: "noted".into(),
+            ..Entry::default()
+        };
+        if audit(log, note).await.is_ok() {
+            info!(
+                "the audit log takes appends again; records kept meanwhile are written, in order"
+            );
         }
     }
     if health.owed() == 0 {
