@@ -265,8 +265,8 @@ pub struct AlertmanagerConfig {
     /// Every Alertmanager of the cluster (each gets every alert, as from Prometheus).
     pub urls: Vec<String>,
     /// Events sent as one-shot alerts (default: write-failed, refused, signal-unknown,
-    /// freeze, override, override-expired; failover, failback and stuck are condition
-    /// alerts anyway).
+    /// freeze, override, override-expired, audit-unavailable, audit-recovered; failover,
+    /// failback and stuck are condition alerts anyway).
     #[serde(default)]
     pub events: Option<Vec<String>>,
     /// How often firing condition alerts are re-sent (default 30s; at most 1m, well inside
