@@ -2280,3 +2280,64 @@ fn add(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn intent(to: Value) -> Record {
+        Record {
+            seq: 7,
+            time: Timestamp::UNIX_EPOCH,
+            prev: crate::audit::GENESIS.into(),
+            actor: "engine".into(),
+            action: "failover".into(),
+            playbook: "web".into(),
+            reason: "primary down".into(),
+            inputs: json!({ "from": { "to": "primary" }, "to": to, "forced": false }),
+            before: Value::Null,
+            after: Value::Null,
+            outcome: "intent".into(),
+        }
+    }
+
+    fn view(routing: Routing) -> crate::routing::RouteView {
+        crate::routing::RouteView {
+            routing,
+            route: json!([{ "destination": { "host": "dr" }, "weight": 100 }]),
+            last_move: None,
+            drift: None,
+        }
+    }
+
+    /// Ensures an intent without an outcome is closed as `written` when the store holds the
+    /// intended route and as `failed: not written` when it holds another, naming both, under
+    /// the intent's own action and playbook (so the audit scan sees it closed).
+    #[test]
+    fn intent_is_resolved_from_the_store() {
+        let to = json!({ "to": "failover", "target": 0 });
+        let failed_over = view(Routing::Failover { target: 0 });
+        let e = resolve_intent(&intent(to.clone()), &failed_over);
+        assert_eq!(
+            (e.action.as_str(), e.playbook.as_str(), e.outcome.as_str()),
+            ("failover", "web", "written")
+        );
+        assert!(
+            e.reason.starts_with("recovered at start: intent seq 7"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(e.inputs["intentSeq"], 7);
+        assert_eq!(e.after, failed_over.route);
+
+        let e = resolve_intent(&intent(to), &view(Routing::Primary));
+        assert_eq!(
+            e.outcome,
+            "failed: not written (recovered at start: the store holds primary (original route), not the intended failover[0] 100%)"
+        );
+
+        let e = resolve_intent(&intent(Value::Null), &view(Routing::Primary));
+        assert!(e.outcome.starts_with("failed: unknown"), "{}", e.outcome);
+    }
+}
