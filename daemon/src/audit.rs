@@ -109,7 +109,9 @@ pub struct AuditLog {
     /// A failed append left bytes past `good_len` that could not be cut off yet.
     dirty: bool,
     /// Records owed to the chain (see [`AuditLog::append_owed`]), oldest first: written
-    /// before any later record.
+    /// before any later record. Small by construction: a move's intent is written only once
+    /// this is empty, so at most one move's outcome is owed at a time, plus the notes of one
+    /// start (a torn tail, one resolved intent per playbook).
     owed: VecDeque<Entry>,
     /// Intents found at open without an outcome after them, per playbook.
     unresolved: Vec<Record>,

@@ -37,7 +37,7 @@ pub struct Metrics {
     pub phase: Family<Labels, Gauge>,
     /// 1 while the playbook has no healthy destination to go to.
     pub stuck: Family<Labels, Gauge>,
-    /// Audit appends that failed (each one blocked a routing write).
+    /// Audit appends that failed (a move whose intent failed was not made; it is retried).
     pub audit_errors: Counter,
     /// 1 while the audit log takes appends, 0 while it refuses them (no move can be made).
     pub audit_available: Gauge,
