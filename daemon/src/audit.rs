@@ -95,9 +95,10 @@ pub enum AuditError {
 /// An open audit log, positioned at its end.
 ///
 /// The file never holds more than whole, synced records: an append that fails (ENOSPC, EIO,
-/// a failed fsync) is cut back to [`AuditLog::good_len`] before the error is returned, and
-/// `seq`/`prev` advance only after the fsync, so the next append retries cleanly. If even the
-/// cut fails the log is *dirty*: nothing is appended until a later cut succeeds.
+/// a failed fsync) is cut back to the end of the last whole record before the error is
+/// returned, and `seq`/`prev` advance only after the fsync, so the next append retries
+/// cleanly. If even the cut fails the log is *dirty*: nothing is appended until a later cut
+/// succeeds.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
@@ -195,7 +196,7 @@ struct Scan {
     unresolved: BTreeMap<String, Record>,
 }
 
-/// The outcome word of a record that states what became of an intent.
+/// True when `rec` says what became of `intent` (same playbook and action, not an intent).
 fn closes_intent(intent: &Record, rec: &Record) -> bool {
     rec.playbook == intent.playbook && rec.action == intent.action && rec.outcome != "intent"
 }
