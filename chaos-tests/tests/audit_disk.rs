@@ -12,8 +12,10 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaos_tests::{Daemon, DaemonPaths, POLL, Scenario, run_cli, wait_for};
@@ -33,6 +35,61 @@ const AFTER_FREE_WITHIN: Duration = Duration::from_secs(4);
 /// How long a held move is watched to stay held.
 const HOLD_FOR: Duration = Duration::from_secs(3);
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A webhook receiver on loopback: the `event` of every body it was sent.
+struct Hook {
+    addr: SocketAddr,
+    events: Arc<Mutex<Vec<String>>>,
+}
+
+impl Hook {
+    async fn start() -> Self {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let seen = seen.clone();
+                async move {
+                    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let event = v["event"].as_str().unwrap_or("?").to_string();
+                    seen.lock().unwrap().push(event);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, events }
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| *e == event)
+            .count()
+    }
+
+    /// A `--config` file (outside the tmpfs) sending the audit events to this receiver.
+    fn config(&self, dir: &Path) -> PathBuf {
+        let secret = dir.join("hook-secret");
+        std::fs::write(&secret, "test-secret").unwrap();
+        let path = dir.join("failoverd.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "notify:\n  webhooks:\n    - {{ name: oncall, url: \"http://{}/hook\", events: [audit-unavailable, audit-recovered], secretFile: {} }}\n",
+                self.addr,
+                secret.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted (lazily, so a daemon still
 /// holding a file cannot keep it) when dropped.
@@ -266,16 +323,19 @@ fn assert_one_failover_recorded(recs: &[Record]) {
 /// Ensures a failover due while the audit log's tmpfs is full to the last byte is not made
 /// (route file unchanged for seconds, the log unchanged byte for byte) and is signalled
 /// (`/readyz` audit detail with the error, `failoverd_audit_available 0`, failed appends
-/// counted, one error line); once the filler is deleted the move is written within one round,
+/// counted, one error line, one `audit-unavailable` webhook event); once the filler is deleted the move is written within one round,
 /// the signal clears, `failoverd audit verify` passes, sequences run 1..n, the intent and its
-/// outcome are both in the log, and one `audit-unavailable` record notes the episode.
+/// outcome are both in the log, one `audit-unavailable` record notes the episode and one
+/// `audit-recovered` event is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_holds_the_move_until_space_returns() {
     let fs = Tmpfs::mount("1m");
     let mut s = Scenario::new(&[]).await.unwrap();
     let paths = paths_on(&s, &fs);
     log_with_slack(&paths.audit, 0);
-    let mut d = Daemon::spawn(&paths, "full").unwrap();
+    let hook = Hook::start().await;
+    let config = hook.config(s.dir.path());
+    let mut d = Daemon::spawn_with(&paths, "full", &[Path::new("--config"), &config]).unwrap();
     ok(d.wait_ready(10 * SEC).await, &d);
     fs.fill_leaving(0);
     let log_before = std::fs::read(&paths.audit).unwrap();
@@ -313,6 +373,13 @@ async fn full_disk_holds_the_move_until_space_returns() {
         })
         .count();
     assert_eq!(episode_lines, 1, "error lines for the episode\n{logs}");
+    ok(
+        wait_for("the audit-unavailable event", 2 * SEC, || {
+            (hook.count("audit-unavailable") > 0).then_some(())
+        })
+        .await,
+        &d,
+    );
 
     let freed = Instant::now();
     fs.free();
@@ -335,6 +402,16 @@ async fn full_disk_holds_the_move_until_space_returns() {
     })
     .await;
     assert_eq!(metric(&d, "failoverd_audit_available").await, Some(1.0));
+    ok(
+        wait_for("the audit-recovered event", 2 * SEC, || {
+            (hook.count("audit-recovered") > 0).then_some(())
+        })
+        .await,
+        &d,
+    );
+    // Once per episode, not once per round.
+    assert_eq!(hook.count("audit-unavailable"), 1);
+    assert_eq!(hook.count("audit-recovered"), 1);
     let status = d.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d.logs());
     assert_verifies(&paths.audit);
