@@ -5,9 +5,12 @@
 //! of line N-1 without its newline, so editing, removing or reordering any record breaks every
 //! link after it; [`verify`] names the first broken one.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -90,12 +93,90 @@ pub enum AuditError {
 }
 
 /// An open audit log, positioned at its end.
+///
+/// The file never holds more than whole, synced records: an append that fails (ENOSPC, EIO,
+/// a failed fsync) is cut back to the end of the last whole record before the error is
+/// returned, and `seq`/`prev` advance only after the fsync, so the next append retries
+/// cleanly. If even the cut fails the log is *dirty*: nothing is appended until a later cut
+/// succeeds.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
     file: File,
     seq: u64,
     last_hash: String,
+    /// Length of the file up to the end of the last whole, synced record.
+    good_len: u64,
+    /// A failed append left bytes past `good_len` that could not be cut off yet.
+    dirty: bool,
+    /// Records owed to the chain (see [`AuditLog::append_owed`]), oldest first: written
+    /// before any later record. Small by construction: a move's intent is written only once
+    /// this is empty, so at most one move's outcome is owed at a time, plus the notes of one
+    /// start (a torn tail, one resolved intent per playbook).
+    owed: VecDeque<Entry>,
+    /// Intents found at open without an outcome after them, per playbook.
+    unresolved: Vec<Record>,
+    /// Where availability is published (readiness, metrics); see [`AuditHealth`].
+    health: Arc<AuditHealth>,
+}
+
+/// Whether the audit log takes appends, shared with readiness and metrics. Updated by every
+/// append; read without the log's lock, so `/readyz` never waits behind an fsync.
+#[derive(Debug, Default)]
+pub struct AuditHealth {
+    unavailable: Mutex<Option<Unavailable>>,
+    owed: AtomicUsize,
+    /// `failoverd_audit_available` (1/0), when the daemon registered it.
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+/// One episode of a log that refuses appends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unavailable {
+    /// The latest error.
+    pub error: String,
+    /// When the episode started.
+    pub since: Timestamp,
+}
+
+impl AuditHealth {
+    /// Health that also sets `gauge` to 1 (available) or 0.
+    pub fn with_gauge(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.set(1);
+        Self {
+            gauge: Some(gauge),
+            ..Self::default()
+        }
+    }
+
+    /// None while appends succeed; else the episode (latest error, since when).
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        self.unavailable.lock().ok().and_then(|u| u.clone())
+    }
+
+    /// Records owed to the chain and not yet written.
+    pub fn owed(&self) -> usize {
+        self.owed.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, result: Result<(), &str>, owed: usize) {
+        self.owed.store(owed, Ordering::Relaxed);
+        if let Ok(mut u) = self.unavailable.lock() {
+            match result {
+                Ok(()) => *u = None,
+                Err(e) => {
+                    let since = u.as_ref().map_or_else(Timestamp::now, |u| u.since);
+                    *u = Some(Unavailable {
+                        error: e.to_string(),
+                        since,
+                    });
+                }
+            }
+            if let Some(g) = &self.gauge {
+                g.set(i64::from(u.is_none()));
+            }
+        }
+    }
 }
 
 fn hash_line(line: &[u8]) -> String {
@@ -111,6 +192,13 @@ struct Scan {
     good_len: u64,
     /// A last line without its newline (a write cut short by a crash).
     torn: Option<Vec<u8>>,
+    /// Per playbook, an `intent` not followed by an outcome of the same action.
+    unresolved: BTreeMap<String, Record>,
+}
+
+/// True when `rec` says what became of `intent` (same playbook and action, not an intent).
+fn closes_intent(intent: &Record, rec: &Record) -> bool {
+    rec.playbook == intent.playbook && rec.action == intent.action && rec.outcome != "intent"
 }
 
 fn scan(path: &Path) -> Result<Scan, (u64, String)> {
@@ -121,6 +209,7 @@ fn scan(path: &Path) -> Result<Scan, (u64, String)> {
     let mut offset = 0u64;
     let mut line_no = 0u64;
     let mut buf = Vec::new();
+    let mut unresolved: BTreeMap<String, Record> = BTreeMap::new();
     loop {
         buf.clear();
         let n = reader
@@ -136,6 +225,7 @@ fn scan(path: &Path) -> Result<Scan, (u64, String)> {
                 last_hash,
                 good_len: offset,
                 torn: Some(buf.clone()),
+                unresolved,
             });
         }
         let line = &buf[..buf.len() - 1];
@@ -163,12 +253,21 @@ fn scan(path: &Path) -> Result<Scan, (u64, String)> {
         seq = rec.seq;
         last_hash = hash_line(line);
         offset += n as u64;
+        if rec.outcome == "intent" && !rec.playbook.is_empty() {
+            unresolved.insert(rec.playbook.clone(), rec);
+        } else if unresolved
+            .get(&rec.playbook)
+            .is_some_and(|i| closes_intent(i, &rec))
+        {
+            unresolved.remove(&rec.playbook);
+        }
     }
     Ok(Scan {
         seq,
         last_hash,
         good_len: offset,
         torn: None,
+        unresolved,
     })
 }
 
@@ -196,9 +295,12 @@ pub fn verify(path: &Path) -> Result<Verified, String> {
 impl AuditLog {
     /// Opens (or creates) the log and checks its chain.
     ///
-    /// A torn last line — a crash in the middle of an append — is cut off and recorded in an
-    /// `audit-recovered` record holding its bytes, so nothing earlier is lost and the chain
-    /// continues. Any other break refuses to open: failoverd will not extend a forged chain.
+    /// A torn last line — a crash in the middle of an append, or a failed append whose cut
+    /// could not be made — is cut off and recorded in an `audit-recovered` record holding its
+    /// bytes, so nothing earlier is lost and the chain continues. When that record cannot be
+    /// written yet (the disk is still full) it is owed (see [`AuditLog::append_owed`]) and the
+    /// log opens anyway: a transient disk error must never stop a later start. Any other break
+    /// refuses to open: failoverd will not extend a forged chain.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
@@ -218,6 +320,7 @@ impl AuditLog {
             problem: format!("line {line}: {problem}"),
         })?;
         if s.torn.is_some() {
+            // Cutting never needs free space, so a full disk does not stop it.
             file.set_len(s.good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
@@ -227,27 +330,143 @@ impl AuditLog {
             file,
             seq: s.seq,
             last_hash: s.last_hash,
+            good_len: s.good_len,
+            dirty: false,
+            owed: VecDeque::new(),
+            unresolved: s.unresolved.into_values().collect(),
+            health: Arc::new(AuditHealth::default()),
         };
         if let Some(torn) = s.torn {
             tracing::warn!(bytes = torn.len(), path = %path.display(), "audit log had a torn last line; recovered");
-            log.append(Entry {
+            let note = Entry {
                 actor: "failoverd".into(),
                 action: "audit-recovered".into(),
                 reason: format!(
-                    "torn last line of {} bytes after seq {} removed (a write cut short by a crash)",
+                    "torn last line of {} bytes after seq {} removed (a write cut short by a crash or a full disk)",
                     torn.len(),
                     s.seq
                 ),
                 inputs: serde_json::json!({ "tornBytesHex": hex::encode(&torn) }),
                 outcome: "noted".into(),
                 ..Entry::default()
-            })?;
+            };
+            if let Err(e) = log.append_owed(note) {
+                tracing::error!(error = %e, "audit log takes no appends yet; the recovery note is kept and written first once it does");
+            }
         }
         Ok(log)
     }
 
+    /// Publishes this log's availability through `health` from now on (the daemon's
+    /// readiness and metrics hold the other end).
+    pub fn attach_health(&mut self, health: Arc<AuditHealth>) {
+        let state = match self.health.unavailable() {
+            Some(u) => Err(u.error),
+            None => Ok(()),
+        };
+        health.set(
+            state.as_ref().map(|_| ()).map_err(String::as_str),
+            self.owed.len(),
+        );
+        self.health = health;
+    }
+
+    /// The health handle (see [`AuditHealth`]).
+    pub fn health(&self) -> Arc<AuditHealth> {
+        self.health.clone()
+    }
+
+    /// Intents found at open with no outcome after them (a crash between the two), one per
+    /// playbook; the caller resolves each from the store. Taken once.
+    pub fn take_unresolved(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.unresolved)
+    }
+
+    /// Records owed to the chain, not written yet.
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
     /// Appends one record and fsyncs it. Only after this returns may the action count as done.
+    ///
+    /// Owed records go first; while one cannot be written, nothing else is (the error says
+    /// so), so the chain keeps the order things happened in. A failed append leaves the file
+    /// and the chain's tip as they were.
     pub fn append(&mut self, e: Entry) -> Result<Record, AuditError> {
+        let r = self.flush_owed().and_then(|()| self.write_record(e));
+        self.publish(&r);
+        r
+    }
+
+    /// Appends a record that must reach the chain whatever happens: the outcome of a routing
+    /// write already made. If it cannot be written now it is kept (in memory, in order) and
+    /// written before any later record, once the log takes appends again; the error says it
+    /// is owed. A crash while it is owed is covered at the next start by
+    /// [`AuditLog::take_unresolved`].
+    pub fn append_owed(&mut self, e: Entry) -> Result<Record, AuditError> {
+        let r = match self.flush_owed() {
+            Ok(()) => match self.write_record(e.clone()) {
+                Ok(r) => Ok(r),
+                Err(err) => {
+                    self.owed.push_back(held(e, &err));
+                    Err(err)
+                }
+            },
+            Err(err) => {
+                self.owed.push_back(held(e, &err));
+                Err(err)
+            }
+        };
+        self.publish(&r);
+        r
+    }
+
+    /// Tries to write the owed records (no new one). Ok when none is left.
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        let r = self.flush_owed();
+        self.publish(&r);
+        r
+    }
+
+    fn publish<T>(&self, r: &Result<T, AuditError>) {
+        let e = r.as_ref().err().map(ToString::to_string);
+        self.health
+            .set(e.as_deref().map_or(Ok(()), Err), self.owed.len());
+    }
+
+    fn flush_owed(&mut self) -> Result<(), AuditError> {
+        while let Some(e) = self.owed.front().cloned() {
+            self.write_record(e)?;
+            self.owed.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Cuts the file back to its last whole record (after a failed append).
+    fn cut(&mut self) -> std::io::Result<()> {
+        self.file.set_len(self.good_len)?;
+        self.file.sync_all()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn write_record(&mut self, e: Entry) -> Result<Record, AuditError> {
+        let io = |path: &Path, source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if self.dirty {
+            // Never extend a file whose tail may hold a partial line.
+            self.cut().map_err(|err| {
+                io(
+                    &self.path,
+                    std::io::Error::new(
+                        err.kind(),
+                        format!("cannot cut a failed append off the log yet: {err}"),
+                    ),
+                )
+            })?;
+        }
         let rec = Record {
             seq: self.seq + 1,
             time: Timestamp::now(),
@@ -261,18 +480,24 @@ impl AuditLog {
             after: e.after,
             outcome: e.outcome,
         };
-        let mut line = serde_json::to_vec(&rec).map_err(|err| AuditError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other(err),
-        })?;
+        let mut line =
+            serde_json::to_vec(&rec).map_err(|err| io(&self.path, std::io::Error::other(err)))?;
         let hash = hash_line(&line);
         line.push(b'\n');
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        if let Err(err) = written {
+            // Part of the line (or all of it, unsynced) may be in the file: cut it off so the
+            // chain on disk stays whole and the retry does not glue onto it.
+            if let Err(cut) = self.cut() {
+                self.dirty = true;
+                tracing::error!(error = %cut, path = %self.path.display(), "cannot cut a failed audit append off the log; no append until it can be");
+            }
+            return Err(io(&self.path, err));
+        }
+        self.good_len += line.len() as u64;
         self.seq = rec.seq;
         self.last_hash = hash;
         Ok(rec)
@@ -282,6 +507,17 @@ impl AuditLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// An owed entry, marked with when and why it was held back (its record's `time` is when
+/// it finally reached the log).
+fn held(mut e: Entry, err: &AuditError) -> Entry {
+    e.reason = format!(
+        "{} [recorded late: held from {} while the audit log refused appends: {err}]",
+        e.reason,
+        Timestamp::now()
+    );
+    e
 }
 
 /// Reads every intact record (a torn tail is skipped).
@@ -410,5 +646,205 @@ mod tests {
         let recs = read_all(&path).unwrap();
         let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
         assert_eq!(actions, ["one", "two", "audit-recovered", "three"]);
+    }
+
+    /// A real, small tmpfs (tests run as root). Unmounted on drop.
+    struct Tmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run mount (these tests need root and a tmpfs): {e}")
+                });
+            assert!(
+                out.status.success(),
+                "cannot mount a tmpfs at {} (these tests need root): {}",
+                dir.path().display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Self { dir }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a filler file until the filesystem is full to the last byte.
+        fn fill(&self) {
+            let mut f = File::create(self.path().join("filler")).unwrap();
+            let block = vec![0u8; 4096];
+            loop {
+                match f.write(&block) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => panic!("filling the tmpfs: {e}"),
+                }
+            }
+            // Single bytes into the filler's last page too.
+            while f.write(&[0]).is_ok_and(|n| n == 1) {}
+        }
+
+        fn free(&self) {
+            std::fs::remove_file(self.path().join("filler")).unwrap();
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    /// An entry too big for whatever is left of the log file's last page.
+    fn big(action: &str) -> Entry {
+        Entry {
+            reason: "x".repeat(10_000),
+            ..entry(action)
+        }
+    }
+
+    /// Ensures an append that fails on a full disk (ENOSPC, part of the line written) leaves
+    /// the file exactly as it was and the chain's tip unchanged, so that once space is freed
+    /// the next append continues the chain with the next sequence number and the log verifies
+    /// and reopens.
+    #[test]
+    fn failed_append_is_cut_back_and_retried() {
+        let fs = Tmpfs::mount("64k");
+        let path = fs.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(entry("one")).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let text = std::fs::read(&path).unwrap();
+        fs.fill();
+        for _ in 0..3 {
+            let err = log.append(big("two")).unwrap_err();
+            assert!(err.to_string().contains("No space left"), "{err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                text,
+                "file changed after a failed append"
+            );
+        }
+        assert!(log.health().unavailable().is_some());
+        fs.free();
+        let r = log.append(big("two")).unwrap();
+        assert_eq!(r.seq, 2);
+        assert!(log.health().unavailable().is_none());
+        assert!(std::fs::metadata(&path).unwrap().len() > len);
+        assert_eq!(
+            verify(&path),
+            Ok(Verified {
+                records: 2,
+                torn_tail: None
+            })
+        );
+        drop(log);
+        let mut log = AuditLog::open(&path).unwrap();
+        assert_eq!(log.append(entry("three")).unwrap().seq, 3);
+        let actions: Vec<String> = read_all(&path)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.action)
+            .collect();
+        assert_eq!(actions, ["one", "two", "three"]);
+    }
+
+    /// Ensures an owed record (the outcome of a write already made) that cannot be written is
+    /// kept and written first once the log takes appends, before the record that was asked
+    /// for later: while it is owed, later appends fail rather than jump ahead of it.
+    #[test]
+    fn owed_record_goes_first_once_space_returns() {
+        let fs = Tmpfs::mount("64k");
+        let path = fs.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(entry("intent")).unwrap();
+        fs.fill();
+        assert!(log.append_owed(big("outcome")).is_err());
+        assert_eq!(log.owed(), 1);
+        assert_eq!(log.health().owed(), 1);
+        // A small record would fit in the file's last page; it must still not jump the queue.
+        assert!(log.append(entry("later")).is_err());
+        assert_eq!(verify(&path).unwrap().records, 1);
+        fs.free();
+        log.append(entry("later")).unwrap();
+        assert_eq!(log.owed(), 0);
+        let recs = read_all(&path).unwrap();
+        let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["intent", "outcome", "later"]);
+        assert!(
+            recs[1].reason.contains("recorded late"),
+            "{}",
+            recs[1].reason
+        );
+        assert_eq!(verify(&path).unwrap().records, 3);
+    }
+
+    /// Ensures a log whose last line is torn opens on a full disk (the cut needs no space):
+    /// the recovery note is owed and written once space returns, and the chain verifies.
+    #[test]
+    fn torn_tail_opens_on_a_full_disk() {
+        let fs = Tmpfs::mount("64k");
+        let path = fs.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(entry("one")).unwrap();
+        drop(log);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&vec![b'{'; 9000]).unwrap();
+        drop(f);
+        fs.fill();
+        let mut log = AuditLog::open(&path).unwrap();
+        assert_eq!(
+            verify(&path),
+            Ok(Verified {
+                records: 1,
+                torn_tail: None
+            })
+        );
+        fs.free();
+        log.flush().unwrap();
+        let recs = read_all(&path).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].action, "audit-recovered");
+        assert!(recs[1].reason.contains("9000 bytes"), "{}", recs[1].reason);
+    }
+
+    /// Ensures open reports, per playbook, an intent with no outcome after it (and only that:
+    /// an intent followed by its outcome, even with other records between, is resolved).
+    #[test]
+    fn unresolved_intents_are_found_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        let rec = |pb: &str, action: &str, outcome: &str| Entry {
+            playbook: pb.into(),
+            outcome: outcome.into(),
+            ..entry(action)
+        };
+        log.append(rec("a", "failover", "intent")).unwrap();
+        log.append(rec("", "override-freeze", "accepted")).unwrap();
+        log.append(rec("a", "failover", "written")).unwrap();
+        log.append(rec("b", "failover", "intent")).unwrap();
+        log.append(rec("b", "drift", "noted")).unwrap();
+        log.append(rec("a", "failback", "intent")).unwrap();
+        log.append(rec("a", "failback", "failed: boom")).unwrap();
+        drop(log);
+        let mut log = AuditLog::open(&path).unwrap();
+        let open: Vec<(String, u64)> = log
+            .take_unresolved()
+            .into_iter()
+            .map(|r| (r.playbook, r.seq))
+            .collect();
+        assert_eq!(open, [("b".to_string(), 4)]);
+        assert!(log.take_unresolved().is_empty());
     }
 }

@@ -37,8 +37,10 @@ pub struct Metrics {
     pub phase: Family<Labels, Gauge>,
     /// 1 while the playbook has no healthy destination to go to.
     pub stuck: Family<Labels, Gauge>,
-    /// Audit appends that failed (each one blocked a routing write).
+    /// Audit appends that failed (a move whose intent failed was not made; it is retried).
     pub audit_errors: Counter,
+    /// 1 while the audit log takes appends, 0 while it refuses them (no move can be made).
+    pub audit_available: Gauge,
     /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
     pub signal_unknown: Family<Labels, Counter>,
     /// Notification deliveries by sink, event and result
@@ -146,6 +148,13 @@ impl Metrics {
             "Audit appends that failed",
             audit_errors.clone(),
         );
+        let audit_available = Gauge::default();
+        audit_available.set(1);
+        registry.register(
+            "audit_available",
+            "1 while the audit log takes appends; 0 while it refuses them and no move can be made",
+            audit_available.clone(),
+        );
         let signal_unknown = Family::<Labels, Counter>::default();
         registry.register(
             "signal_unknown",
@@ -218,6 +227,7 @@ impl Metrics {
             phase,
             stuck,
             audit_errors,
+            audit_available,
         }
     }
 

@@ -72,11 +72,16 @@ pub enum EventKind {
     BlastRadius,
     /// A drill run ended (passed, failed, aborted or skipped); one event per drilled playbook.
     Drill,
+    /// The audit log refuses appends (full disk, I/O error): no move can be made until it
+    /// takes them again. Once per episode.
+    AuditUnavailable,
+    /// The audit log takes appends again after [`EventKind::AuditUnavailable`].
+    AuditRecovered,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Failover,
         EventKind::Failback,
         EventKind::WriteFailed,
@@ -88,6 +93,8 @@ impl EventKind {
         EventKind::Refused,
         EventKind::BlastRadius,
         EventKind::Drill,
+        EventKind::AuditUnavailable,
+        EventKind::AuditRecovered,
     ];
 
     /// Stable name, as used in webhook `events:` filters and metric labels.
@@ -104,6 +111,8 @@ impl EventKind {
             EventKind::Refused => "refused",
             EventKind::BlastRadius => "blast-radius",
             EventKind::Drill => "drill",
+            EventKind::AuditUnavailable => "audit-unavailable",
+            EventKind::AuditRecovered => "audit-recovered",
         }
     }
 
@@ -115,13 +124,17 @@ impl EventKind {
     /// `critical`, `warning` or `info`.
     pub fn severity(&self) -> &'static str {
         match self {
-            EventKind::Stuck | EventKind::WriteFailed | EventKind::BlastRadius => "critical",
+            EventKind::Stuck
+            | EventKind::WriteFailed
+            | EventKind::BlastRadius
+            | EventKind::AuditUnavailable => "critical",
             EventKind::Failover | EventKind::Refused | EventKind::SignalUnknown => "warning",
             EventKind::Failback
             | EventKind::Override
             | EventKind::Freeze
             | EventKind::OverrideExpired
-            | EventKind::Drill => "info",
+            | EventKind::Drill
+            | EventKind::AuditRecovered => "info",
         }
     }
 
@@ -139,6 +152,8 @@ impl EventKind {
             EventKind::Refused => "FailoverdRefused",
             EventKind::BlastRadius => "FailoverdBlastRadius",
             EventKind::Drill => "FailoverdDrill",
+            EventKind::AuditUnavailable => "FailoverdAuditUnavailable",
+            EventKind::AuditRecovered => "FailoverdAuditRecovered",
         }
     }
 
@@ -181,6 +196,12 @@ impl EventKind {
             }
             EventKind::Drill => {
                 "[{severity}] failoverd {playbook}: DRILL {reason}. By {actor}. {link}"
+            }
+            EventKind::AuditUnavailable => {
+                "[{severity}] failoverd {playbook}: AUDIT LOG UNAVAILABLE, no move is made until it takes appends again: {reason}. {link}"
+            }
+            EventKind::AuditRecovered => {
+                "[{severity}] failoverd {playbook}: audit log takes appends again; held moves proceed. {reason}. {link}"
             }
         }
     }
@@ -244,8 +265,8 @@ pub struct AlertmanagerConfig {
     /// Every Alertmanager of the cluster (each gets every alert, as from Prometheus).
     pub urls: Vec<String>,
     /// Events sent as one-shot alerts (default: write-failed, refused, signal-unknown,
-    /// freeze, override, override-expired; failover, failback and stuck are condition
-    /// alerts anyway).
+    /// freeze, override, override-expired, audit-unavailable, audit-recovered; failover,
+    /// failback and stuck are condition alerts anyway).
     #[serde(default)]
     pub events: Option<Vec<String>>,
     /// How often firing condition alerts are re-sent (default 30s; at most 1m, well inside
@@ -382,6 +403,8 @@ fn am_default_events() -> u32 {
         EventKind::Freeze,
         EventKind::Override,
         EventKind::OverrideExpired,
+        EventKind::AuditUnavailable,
+        EventKind::AuditRecovered,
     ]
     .iter()
     .fold(0, |m, k| m | k.bit())

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditHealth, AuditLog, Entry, Record};
 use crate::engine::{
     self, Action, Actor, Command, Decision, Health, MoveKind, Observation, Overrides, Phase,
     Routing, SignalKind, State, Verdict,
@@ -145,6 +145,9 @@ pub struct Shared {
     pub fleet: Mutex<crate::engine::fleet::FleetGuard>,
     /// Whether this replica may write routing (always, without leader election).
     pub leader: Arc<crate::leader::Leadership>,
+    /// Whether the audit log takes appends (for `/readyz` and `failoverd_audit_available`);
+    /// [`run`] attaches it to the log.
+    pub audit_health: Arc<AuditHealth>,
 }
 
 impl Shared {
@@ -152,7 +155,9 @@ impl Shared {
     pub fn new(playbooks: &[Loaded]) -> Self {
         let metrics = Metrics::new();
         let reload = crate::reload::ReloadStatus::new(&metrics);
+        let audit_health = Arc::new(AuditHealth::with_gauge(metrics.audit_available.clone()));
         Self {
+            audit_health,
             metrics,
             reload,
             ready: AtomicBool::new(false),
@@ -333,6 +338,13 @@ struct Guarded {
     overrides: Overrides,
     /// Operator calls waiting for the write they caused.
     waiters: Vec<(oneshot::Sender<ControlResult>, String, Option<String>)>,
+    /// An intent found in the audit log at start with no outcome after it (failoverd stopped
+    /// between the two): resolved from the store when the route is first read.
+    open_intent: Option<Record>,
+    /// The last move was not made because the audit log refused its intent.
+    audit_blocked: bool,
+    /// The last move was written but its outcome record is still owed to the audit log.
+    unrecorded: bool,
 }
 
 struct WriteJob {
@@ -351,6 +363,9 @@ struct WriteJob {
 enum Job {
     Write(Box<WriteJob>),
     Audit(Box<Entry>),
+    /// A record the chain must get even if the log refuses appends now (it is kept and
+    /// written first once it takes them): what became of an intent.
+    AuditOwed(Box<Entry>),
 }
 
 struct Done {
@@ -358,6 +373,9 @@ struct Done {
     result: Result<(), String>,
     label: &'static str,
     elapsed: Duration,
+    /// Set when the write was made but its outcome record is still owed to the audit log
+    /// (the move is not reported as recorded until it is written).
+    unrecorded: Option<String>,
 }
 
 /// Builds the probe list for a set of playbooks: (spec, playbook index, slot index).
@@ -508,14 +526,33 @@ pub async fn run(
             backoff: MIN_BACKOFF,
             overrides: Overrides::default(),
             waiters: Vec::new(),
+            open_intent: None,
+            audit_blocked: false,
+            unrecorded: false,
         })
         .collect();
+    // The log publishes its availability to readiness and metrics from now on; intents left
+    // without an outcome by the last run are resolved when each route is first read.
+    if let Ok(mut l) = rt.audit.lock() {
+        l.attach_health(shared.audit_health.clone());
+        for intent in l.take_unresolved() {
+            match guarded.iter_mut().find(|g| g.pb.name() == intent.playbook) {
+                Some(g) => {
+                    warn!(playbook = %intent.playbook, seq = intent.seq, "the audit log holds an intent with no outcome (failoverd stopped between the two); resolving it from the store");
+                    g.open_intent = Some(intent);
+                }
+                None => {
+                    warn!(playbook = %intent.playbook, seq = intent.seq, "the audit log holds an intent with no outcome for a playbook no longer loaded; left as is")
+                }
+            }
+        }
+    }
 
     // The writer: the only task that touches the store and the audit log.
     let (job_tx, job_rx) = mpsc::channel::<Job>(256);
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(256);
     let log = rt.audit;
-    let writer = tokio::spawn(
+    let mut writer = tokio::spawn(
         writer(
             rt.store.clone(),
             log.clone(),
@@ -560,14 +597,18 @@ pub async fn run(
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut audit_episode = false;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
             }
-            Some(done) = done_rx.recv() => {
-                finish_write(&mut guarded, done, &shared, &clock);
+            done = done_rx.recv() => {
+                match done {
+                    Some(done) => finish_write(&mut guarded, done, &shared, &clock),
+                    None => writer_died(&mut writer, &mut guarded, &shared).await,
+                }
             }
             Ok(()) = leader_rx.changed() => {
                 if *leader_rx.borrow_and_update() {
@@ -629,6 +670,7 @@ pub async fn run(
                 step(pi, g, &job_tx, &shared, &clock).await;
             }
             _ = tick.tick() => {
+                audit_watch(&log, &mut audit_episode, &mut guarded, &shared).await;
                 if expire_overrides(&mut ov_store, &log, &shared, &clock).await {
                     publish_overrides(&ov_store, &shared);
                     for g in guarded.iter_mut() {
@@ -909,7 +951,14 @@ async fn settle_read(
             // minDwell survives a restart (a crash loop must not turn into a flapping route).
             st.last_move = view.last_move;
             info!(playbook = g.pb.name(), routing = %view.routing, "route read from the store");
-            if view.routing != Routing::Primary {
+            if let Some(intent) = g.open_intent.take() {
+                // The last run recorded an intent and stopped before its outcome (a crash
+                // between the two, or a kill while the outcome was kept for a full disk): the
+                // store says what became of it. Owed, so a full disk now only delays it.
+                let entry = resolve_intent(&intent, &view);
+                info!(playbook = g.pb.name(), seq = intent.seq, outcome = %entry.outcome, "intent without an outcome resolved from the store");
+                let _ = jobs.send(Job::AuditOwed(Box::new(entry))).await;
+            } else if view.routing != Routing::Primary {
                 // Say in the audit log where failoverd found the route: after a crash between a
                 // write and its `written` record, this is the record that closes the gap.
                 let _ = jobs
@@ -949,6 +998,54 @@ async fn settle_read(
             g.retry_at = Some(Instant::now() + retry_delay(e.metric_label(), g.backoff));
             g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+/// The record closing an intent that has no outcome, from what the store holds now. Its
+/// outcome is in the usual words (`written`, `failed: ...`) so the chain reads like any move;
+/// the reason says it was recovered at start.
+fn resolve_intent(intent: &Record, view: &crate::routing::RouteView) -> Entry {
+    let intended = intent
+        .inputs
+        .get("to")
+        .and_then(|v| serde_json::from_value::<Routing>(v.clone()).ok());
+    let why = format!(
+        "recovered at start: intent seq {} had no outcome (failoverd stopped between the intent and its record)",
+        intent.seq
+    );
+    let (outcome, reason) = match intended {
+        Some(to) if to == view.routing => (
+            "written".to_string(),
+            format!("{why}; the store holds the intended route {to}"),
+        ),
+        Some(to) => (
+            format!(
+                "failed: not written (recovered at start: the store holds {}, not the intended {to})",
+                view.routing
+            ),
+            why,
+        ),
+        None => (
+            format!(
+                "failed: unknown (recovered at start: the intent names no route; the store holds {})",
+                view.routing
+            ),
+            why,
+        ),
+    };
+    Entry {
+        actor: "failoverd".into(),
+        action: intent.action.clone(),
+        playbook: intent.playbook.clone(),
+        reason,
+        inputs: json!({
+            "intentSeq": intent.seq,
+            "from": intent.inputs.get("from"),
+            "to": intent.inputs.get("to"),
+        }),
+        before: Value::Null,
+        after: view.route.clone(),
+        outcome,
     }
 }
 
@@ -1248,16 +1345,33 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
         return;
     };
     g.pending = false;
+    let audit_refused = done.result.is_err() && done.label == "audit";
+    g.audit_blocked = audit_refused;
     // Operator calls that caused this write get their answer now.
     for (tx, message, override_id) in g.waiters.drain(..) {
-        let reply = match &done.result {
-            Ok(()) => Ok(ControlReply {
+        let reply = match (&done.result, &done.unrecorded) {
+            (Ok(()), None) => Ok(ControlReply {
                 message: format!("{message}; routing written: {}", job.to),
                 override_id,
                 routing: Some(job.to),
                 written: true,
             }),
-            Err(e) => Err(refuse(
+            (Ok(()), Some(e)) => Ok(ControlReply {
+                message: format!(
+                    "{message}; routing written: {}, but NOT yet recorded in the audit log (the record is kept and written first once the log takes appends again): {e}",
+                    job.to
+                ),
+                override_id,
+                routing: Some(job.to),
+                written: true,
+            }),
+            (Err(e), _) if audit_refused => Err(refuse(
+                500,
+                format!(
+                    "{message}, but nothing was written: no move without its audit record, and {e} (failoverd retries every round)"
+                ),
+            )),
+            (Err(e), _) => Err(refuse(
                 500,
                 format!("{message}, but the routing write failed (failoverd keeps retrying): {e}"),
             )),
@@ -1275,6 +1389,8 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
         .as_ref()
         .map_or("engine".to_string(), |a| a.identity.clone());
     let kind = match (&done.result, job.kind) {
+        // Announced once per episode by `audit_watch`, not once per round.
+        (Err(_), _) if audit_refused => None,
         (Err(_), _) => Some(EventKind::WriteFailed),
         (
             Ok(()),
@@ -1336,10 +1452,17 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
                     .as_ref()
                     .map_or("engine".to_string(), |a| a.identity.clone()),
             };
+            g.unrecorded = done.unrecorded.is_some();
+            let error = done.unrecorded.as_ref().map(|e| {
+                format!(
+                    "routing written ({} → {}) but its audit record is not yet: kept and written first once the audit log takes appends again: {e}",
+                    job.from, job.to
+                )
+            });
             set_status(shared, job.idx, |s| {
                 s.phase = Some(job.next.phase.clone());
                 s.routing = Some(job.to);
-                s.error = None;
+                s.error = error;
                 s.transitions.push_back(t);
                 while s.transitions.len() > HISTORY {
                     s.transitions.pop_front();
@@ -1363,9 +1486,21 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
                 .route_write_errors
                 .get_or_create(&labels([("playbook", &name), ("reason", done.label)]))
                 .inc();
-            set_status(shared, job.idx, |s| s.error = Some(e.clone()));
-            g.retry_at = Some(Instant::now() + retry_delay(done.label, g.backoff));
-            g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
+            if audit_refused {
+                // Decided again at the next tick: the disk may come back at any moment, and an
+                // attempt costs one failed append (cut back at once). No backoff growth.
+                set_status(shared, job.idx, |s| {
+                    s.error = Some(format!(
+                        "move {} → {} not made: {e}; retried every round",
+                        job.from, job.to
+                    ))
+                });
+                g.retry_at = Some(Instant::now() + TICK);
+            } else {
+                set_status(shared, job.idx, |s| s.error = Some(e.clone()));
+                g.retry_at = Some(Instant::now() + retry_delay(done.label, g.backoff));
+                g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 }
@@ -1382,6 +1517,148 @@ async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
+/// [`AuditLog::append_owed`] off the async threads: the record is written now or kept.
+async fn audit_owed(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut log = log
+            .lock()
+            .map_err(|_| "audit log lock poisoned".to_string())?;
+        log.append_owed(entry)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Exit status when the writer task is gone: nothing can be written or audited any more, so
+/// the process ends for its supervisor to restart it (every record and override is on disk;
+/// an intent without an outcome is resolved from the store at the next start).
+pub const EXIT_WRITER_DIED: i32 = 4;
+
+/// The writer task ended while the controller runs (a panic, or its loop left): stop being
+/// ready, answer waiting operator calls with an error, and exit non-zero. Never answer 200
+/// for a move that nothing will write.
+async fn writer_died(
+    writer: &mut tokio::task::JoinHandle<()>,
+    guarded: &mut [Guarded],
+    shared: &Shared,
+) -> ! {
+    shared.ready.store(false, Ordering::Relaxed);
+    let why = match writer.await {
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic".into());
+            format!("panicked: {msg}")
+        }
+        Err(e) => e.to_string(),
+        Ok(()) => "its loop ended".to_string(),
+    };
+    error!(
+        exit = EXIT_WRITER_DIED,
+        "the routing writer task is gone ({why}): no move can be written; exiting for the supervisor to restart failoverd"
+    );
+    for g in guarded.iter_mut() {
+        for (tx, message, _) in g.waiters.drain(..) {
+            let _ = tx.send(Err(refuse(
+                503,
+                format!("{message}, but failoverd's routing writer is gone ({why}); nothing was written; failoverd is restarting"),
+            )));
+        }
+    }
+    // Long enough for those answers to leave; the API stays up meanwhile, not ready.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::process::exit(EXIT_WRITER_DIED)
+}
+
+/// Once per tick: while the audit log refuses appends, tries one (owed records first) so the
+/// episode ends as soon as the log takes them again; announces each episode once (error line,
+/// event `audit-unavailable`) and its end (`audit-recovered`). Metrics and `/readyz` follow
+/// the log's [`AuditHealth`] directly.
+async fn audit_watch(
+    log: &Arc<Mutex<AuditLog>>,
+    announced: &mut bool,
+    guarded: &mut [Guarded],
+    shared: &Shared,
+) {
+    let health = &shared.audit_health;
+    if let Some(u) = health.unavailable() {
+        // Each round, one append that also writes the owed records first: it ends the episode
+        // as soon as the log takes appends again, even with no move waiting, and leaves in
+        // the chain when appends were refused (records that are not moves' — a refused call,
+        // a note — may be missing from that time; moves were held, none is missing).
+        let note = Entry {
+            actor: "failoverd".into(),
+            action: "audit-unavailable".into(),
+            reason: format!(
+                "the audit log refused appends from {} until this record ({}); no move was made without its intent meanwhile, other records of that time may be missing",
+                u.since, u.error
+            ),
+            outcome: "noted".into(),
+            ..Entry::default()
+        };
+        if audit(log, note).await.is_ok() {
+            info!(
+                "the audit log takes appends again; records kept meanwhile are written, in order"
+            );
+        }
+    }
+    if health.owed() == 0 {
+        for (i, g) in guarded.iter_mut().enumerate().filter(|(_, g)| g.unrecorded) {
+            g.unrecorded = false;
+            set_status(shared, i, |s| s.error = None);
+        }
+    }
+    // The playbook whose move waits on the log, if any, names the event.
+    let blocked = guarded.iter().position(|g| g.audit_blocked);
+    match (health.unavailable(), *announced) {
+        (Some(u), false) => {
+            *announced = true;
+            let reason = format!(
+                "audit appends fail since {}: {}; moves are not made until the log takes appends (retried every round)",
+                u.since, u.error
+            );
+            error!(owed = health.owed(), "{reason}");
+            audit_event(shared, EventKind::AuditUnavailable, blocked, &reason);
+        }
+        (None, true) => {
+            *announced = false;
+            info!("the audit log takes appends again; moves held for it proceed");
+            audit_event(
+                shared,
+                EventKind::AuditRecovered,
+                blocked,
+                "the audit log takes appends again",
+            );
+        }
+        _ => {}
+    }
+}
+
+/// An audit event, about the blocked playbook when there is one, else daemon-wide.
+fn audit_event(shared: &Shared, kind: EventKind, idx: Option<usize>, reason: &str) {
+    match idx {
+        Some(i) => shared.event(i, kind, None, None, reason, Value::Null, "failoverd"),
+        None => shared.notifier.notify(Event {
+            kind,
+            time: Timestamp::now(),
+            playbook: String::new(),
+            service: String::new(),
+            namespace: String::new(),
+            from: None,
+            to: None,
+            reason: reason.to_string(),
+            signals: Value::Null,
+            actor: "failoverd".to_string(),
+        }),
+    }
+}
+
 async fn writer(
     store: Arc<dyn RoutingStore>,
     log: Arc<Mutex<AuditLog>>,
@@ -1395,6 +1672,13 @@ async fn writer(
                 if let Err(e) = audit(&log, *entry).await {
                     shared.metrics.audit_errors.inc();
                     error!(error = %e, "audit append failed");
+                }
+                continue;
+            }
+            Job::AuditOwed(entry) => {
+                if let Err(e) = audit_owed(&log, *entry).await {
+                    shared.metrics.audit_errors.inc();
+                    warn!(error = %e, "audit record kept: written first once the log takes appends again");
                 }
                 continue;
             }
@@ -1432,20 +1716,29 @@ async fn writer(
                     result: Err(StoreError::Fenced.to_string()),
                     label: "fenced",
                     elapsed: started.elapsed(),
+                    unrecorded: None,
                 })
                 .await;
             continue;
         }
-        // An action that cannot be audited is not performed.
+        // An action that cannot be audited is not performed. It is decided again every round
+        // (see `finish_write`); the episode is announced once (see `audit_watch`), so a full
+        // disk logs one error, not one per round.
+        let was_available = shared.audit_health.unavailable().is_none();
         if let Err(e) = audit(&log, entry("intent".into(), Value::Null, Value::Null)).await {
             shared.metrics.audit_errors.inc();
-            error!(playbook = %name, error = %e, "audit append failed; routing write not performed");
+            if was_available {
+                error!(playbook = %name, to = %job.to, error = %e, "audit append failed; routing write not performed (retried every round)");
+            } else {
+                debug!(playbook = %name, to = %job.to, error = %e, "audit log still refuses appends; routing write not performed");
+            }
             let _ = done
                 .send(Done {
                     job,
-                    result: Err(format!("audit: {e}")),
+                    result: Err(format!("audit log unavailable: {e}")),
                     label: "audit",
                     elapsed: started.elapsed(),
+                    unrecorded: None,
                 })
                 .await;
             continue;
@@ -1462,28 +1755,32 @@ async fn writer(
                 source: std::io::Error::from(std::io::ErrorKind::TimedOut),
             }),
         };
+        // What became of the intent is owed to the chain: when the log refuses it now, it is
+        // kept in order and written before anything later, and the move is reported as
+        // not recorded until then (a crash meanwhile is resolved from the store at start).
+        let mut unrecorded = None;
         let (label, res) = match result {
             Ok(out) => {
                 let outcome = if out.changed { "written" } else { "unchanged" };
-                let ok = audit(&log, entry(outcome.into(), out.before, out.after)).await;
-                match ok {
-                    Ok(()) => ("ok", Ok(())),
-                    Err(e) => {
-                        // The route is written but not recorded: say so loudly; the next
-                        // decision sees the store as already moved and adds no second write.
-                        shared.metrics.audit_errors.inc();
-                        error!(playbook = %name, error = %e, "routing written but its audit record failed");
-                        ("ok", Ok(()))
-                    }
+                if let Err(e) = audit_owed(&log, entry(outcome.into(), out.before, out.after)).await
+                {
+                    shared.metrics.audit_errors.inc();
+                    error!(playbook = %name, error = %e, "routing written but its audit record is not: kept, and written first once the log takes appends again");
+                    unrecorded = Some(e);
                 }
+                ("ok", Ok(()))
             }
             Err(e) => {
                 let msg = e.to_string();
-                let _ = audit(
+                if let Err(e) = audit_owed(
                     &log,
                     entry(format!("failed: {msg}"), Value::Null, Value::Null),
                 )
-                .await;
+                .await
+                {
+                    shared.metrics.audit_errors.inc();
+                    error!(playbook = %name, error = %e, "audit record of a failed write kept for later");
+                }
                 (e.metric_label(), Err(msg))
             }
         };
@@ -1510,6 +1807,7 @@ async fn writer(
                 result: res,
                 label,
                 elapsed,
+                unrecorded,
             })
             .await
             .is_err()
@@ -1981,4 +2279,65 @@ async fn handle_control(
 fn add(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn intent(to: Value) -> Record {
+        Record {
+            seq: 7,
+            time: Timestamp::UNIX_EPOCH,
+            prev: crate::audit::GENESIS.into(),
+            actor: "engine".into(),
+            action: "failover".into(),
+            playbook: "web".into(),
+            reason: "primary down".into(),
+            inputs: json!({ "from": { "to": "primary" }, "to": to, "forced": false }),
+            before: Value::Null,
+            after: Value::Null,
+            outcome: "intent".into(),
+        }
+    }
+
+    fn view(routing: Routing) -> crate::routing::RouteView {
+        crate::routing::RouteView {
+            routing,
+            route: json!([{ "destination": { "host": "dr" }, "weight": 100 }]),
+            last_move: None,
+            drift: None,
+        }
+    }
+
+    /// Ensures an intent without an outcome is closed as `written` when the store holds the
+    /// intended route and as `failed: not written` when it holds another, naming both, under
+    /// the intent's own action and playbook (so the audit scan sees it closed).
+    #[test]
+    fn intent_is_resolved_from_the_store() {
+        let to = json!({ "to": "failover", "target": 0 });
+        let failed_over = view(Routing::Failover { target: 0 });
+        let e = resolve_intent(&intent(to.clone()), &failed_over);
+        assert_eq!(
+            (e.action.as_str(), e.playbook.as_str(), e.outcome.as_str()),
+            ("failover", "web", "written")
+        );
+        assert!(
+            e.reason.starts_with("recovered at start: intent seq 7"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(e.inputs["intentSeq"], 7);
+        assert_eq!(e.after, failed_over.route);
+
+        let e = resolve_intent(&intent(to), &view(Routing::Primary));
+        assert_eq!(
+            e.outcome,
+            "failed: not written (recovered at start: the store holds primary (original route), not the intended failover[0] 100%)"
+        );
+
+        let e = resolve_intent(&intent(Value::Null), &view(Routing::Primary));
+        assert!(e.outcome.starts_with("failed: unknown"), "{}", e.outcome);
+    }
 }

@@ -44,6 +44,18 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         .into_iter()
         .filter_map(|s| s.error.map(|e| json!({ "playbook": s.name, "error": e })))
         .collect();
+    // An audit log that refuses appends (full disk, I/O error) stops every move, yet leaves
+    // readiness at 200 ("degraded"): a 503 would take the API out of its Service exactly when
+    // on-call needs it (to read status, freeze), and restarting or moving the pod does not
+    // free the volume. The signal is here, in `failoverd_audit_available` and its alert, and
+    // in the `audit-unavailable` event.
+    let audit_down = shared.audit_health.unavailable();
+    let audit = json!({
+        "available": audit_down.is_none(),
+        "error": audit_down.as_ref().map(|u| u.error.clone()),
+        "since": audit_down.as_ref().map(|u| u.since),
+        "owedRecords": shared.audit_health.owed(),
+    });
     let code = if ready {
         StatusCode::OK
     } else {
@@ -53,11 +65,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         "ready": ready,
         // Degraded: some playbook cannot act (a missing VirtualService, a missing RBAC rule);
         // still ready, so the API and the other playbooks stay reachable.
-        "status": if errors.is_empty() { "ok" } else { "degraded" },
+        "status": if errors.is_empty() && audit_down.is_none() { "ok" } else { "degraded" },
         "reason": if ready { "first probe round complete" } else { "waiting for the first probe round" },
         "playbookErrors": errors,
         // A refused playbook reload: the running set stays in force until the files are fixed.
         "playbookReloadError": shared.reload.error(),
+        // Whether the audit log takes appends: while not, no move is made (see above).
+        "audit": audit,
     });
     (code, axum::Json(body)).into_response()
 }
