@@ -217,8 +217,8 @@ async fn main() {
     println!(
         "operator call -> routing written (CLI process included), {} calls: p50 {} ms, p99 {} ms, max {} ms",
         times.len(),
-        percentile(&times, 0.5).unwrap().as_millis(),
-        percentile(&times, 0.99).unwrap().as_millis(),
+        percentile(&times, 50).unwrap().as_millis(),
+        percentile(&times, 99).unwrap().as_millis(),
         times.last().unwrap().as_millis()
     );
     drop(child);
