@@ -8,11 +8,15 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [prometheus]=prometheus   # real Prometheus for the SLO tests (chaos-tests/tests/slo.rs)
   [prometheus-alertmanager]=prometheus-alertmanager   # real Alertmanager (daemon/tests/notify.rs)
-  [kubectl]=kubernetes-client   # real kubectl against the API server emulator (chaos-tests/tests/kube_emulator.rs)
+  [kubectl]=kubernetes-client   # real kubectl against the API server emulator (chaos-tests/tests/kube_emulator.rs) and `kubectl kustomize` of deploy/ (chaos-tests/tests/deploy.rs)
+  [promtool]=prometheus   # `promtool check rules` / `test rules` on the alert rules (chaos-tests/tests/deploy.rs)
 )
 missing=()
 for bin in "${!NEED[@]}"; do
-  command -v "$bin" >/dev/null 2>&1 || missing+=("${NEED[$bin]}")
+  pkg=${NEED[$bin]}
+  if ! command -v "$bin" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
+    missing+=("$pkg")
+  fi
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

@@ -65,27 +65,22 @@ async fn main() {
     moved_after.sort();
     failed_counts.sort_unstable();
     let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-    let p = |v: &[usize], q: f64| {
-        let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
-        v.get(rank.clamp(1, v.len().max(1)) - 1)
-            .copied()
-            .unwrap_or(0)
-    };
+    let p = |v: &[usize], q: u8| percentile(v, q).unwrap_or(0);
     println!(
         "error window: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (goal p99 <= 5000 ms)",
-        ms(percentile(&windows, 50.0)),
-        ms(percentile(&windows, 99.0)),
+        ms(percentile(&windows, 50)),
+        ms(percentile(&windows, 99)),
         ms(windows.last().copied())
     );
     println!(
         "route written after the fault: p50 {:.0} ms, p99 {:.0} ms",
-        ms(percentile(&moved_after, 50.0)),
-        ms(percentile(&moved_after, 99.0))
+        ms(percentile(&moved_after, 50)),
+        ms(percentile(&moved_after, 99))
     );
     println!(
         "failed requests per run: p50 {}, p99 {}, max {} (at {RATE} req/s)",
-        p(&failed_counts, 50.0),
-        p(&failed_counts, 99.0),
+        p(&failed_counts, 50),
+        p(&failed_counts, 99),
         failed_counts.last().copied().unwrap_or(0)
     );
 }

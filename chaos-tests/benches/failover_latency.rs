@@ -116,10 +116,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("failoverd exited with {status} after SIGTERM\n{}", d.logs());
     }
     samples.sort();
-    let ms = |p: f64| percentile(&samples, p).map_or(0, |d| d.as_millis());
-    let p99 = percentile(&samples, 99.0).unwrap_or_default();
-    println!("p50 {} ms", ms(50.0));
-    println!("p99 {} ms", ms(99.0));
+    let ms = |p: u8| percentile(&samples, p).map_or(0, |d| d.as_millis());
+    let p99 = percentile(&samples, 99).unwrap_or_default();
+    println!("p50 {} ms", ms(50));
+    println!("p99 {} ms", ms(99));
     println!("max {} ms", samples.last().map_or(0, Duration::as_millis));
     println!("min {} ms", samples.first().map_or(0, Duration::as_millis));
     println!(

@@ -48,13 +48,13 @@ async fn store(emu: &Emulator, dir: &std::path::Path, qps: u32, burst: u32) -> K
 
 fn show(label: &str, mut d: Vec<Duration>) {
     d.sort();
-    let ms = |p: f64| percentile(&d, p).map_or(f64::NAN, |x| x.as_secs_f64() * 1000.0);
+    let ms = |p: u8| percentile(&d, p).map_or(f64::NAN, |x| x.as_secs_f64() * 1000.0);
     println!(
         "{label}: n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         d.len(),
-        ms(50.0),
-        ms(99.0),
-        ms(100.0)
+        ms(50),
+        ms(99),
+        ms(100)
     );
 }
 

@@ -133,12 +133,12 @@ fn daemon_paths(dir: &Path) -> DaemonPaths {
 
 fn report(label: &str, samples: &mut [Duration]) {
     samples.sort();
-    let ms = |p: f64| percentile(samples, p).map_or(0, |d| d.as_millis());
+    let ms = |p: u8| percentile(samples, p).map_or(0, |d| d.as_millis());
     println!(
         "{label:<10} n={:<3} p50 {:>5} ms   p99 {:>5} ms   min {:>5} ms   max {:>5} ms",
         samples.len(),
-        ms(50.0),
-        ms(99.0),
+        ms(50),
+        ms(99),
         samples.first().map_or(0, |d| d.as_millis()),
         samples.last().map_or(0, |d| d.as_millis()),
     );

@@ -98,8 +98,8 @@ fn print(what: &str, mut v: Vec<Duration>) {
     println!(
         "takeover: {what}: n {} p50 {} ms p99 {} ms min {} ms max {} ms",
         v.len(),
-        ms(percentile(&v, 50.0)),
-        ms(percentile(&v, 99.0)),
+        ms(percentile(&v, 50)),
+        ms(percentile(&v, 99)),
         ms(v.first().copied()),
         ms(v.last().copied())
     );

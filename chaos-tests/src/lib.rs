@@ -30,9 +30,11 @@ pub use failoverd::standin::StandIn;
 
 pub mod kube_emulator;
 pub mod load;
+pub mod percentile;
 pub mod prometheus;
 pub mod proxy;
 pub mod rig;
+pub use percentile::percentile;
 pub use prometheus::Prometheus;
 
 /// The demo playbook (`playbooks/examples/demo.yaml`), with its stand-in URLs on
@@ -611,13 +613,4 @@ pub async fn wait_routing(
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// Percentile (nearest rank, `p` in 0..=100) of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }

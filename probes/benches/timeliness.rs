@@ -20,13 +20,11 @@ use tokio::time::Instant;
 const SERVERS: usize = 4;
 const INTERVAL: Duration = Duration::from_secs(1);
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+// The benches' one percentile helper. failover-probes cannot depend on chaos-tests (which
+// depends on failoverd, which depends on failover-probes), so the file is included by path.
+#[path = "../../chaos-tests/src/percentile.rs"]
+mod percentile;
+use percentile::percentile;
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -111,8 +109,8 @@ fn main() {
              first attempts: latest due {:?} after spawn (must be < interval {:?}), \
              latest actual start {:?}",
             late.len(),
-            percentile(&late, 50.0),
-            percentile(&late, 99.0),
+            percentile(&late, 50).unwrap_or_default(),
+            percentile(&late, 99).unwrap_or_default(),
             late.last().copied().unwrap_or_default(),
             max_first_due,
             INTERVAL,
