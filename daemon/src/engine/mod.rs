@@ -156,6 +156,43 @@ impl Routing {
     pub fn targets(&self) -> impl Iterator<Item = Target> {
         self.weights().into_iter().map(|(t, _)| t)
     }
+
+    /// Checks a routing that came from outside the engine (the VirtualService's state
+    /// annotation, which anyone with write access to the object can edit) against a playbook
+    /// with `failover_targets` failover targets: every target index exists and a split puts
+    /// 1..=99 % on the primary, so its two weights are both non-zero and sum to 100.
+    ///
+    /// The engine itself only ever produces routings that pass; this is the gate at entry so
+    /// a foreign or tampered value is refused with a reason instead of being computed with.
+    pub fn check(&self, failover_targets: usize) -> Result<(), String> {
+        let target_ok = |t: usize| {
+            if t < failover_targets {
+                Ok(())
+            } else {
+                Err(format!(
+                    "failover[{t}] does not exist (the playbook has {failover_targets} failover target(s))"
+                ))
+            }
+        };
+        match *self {
+            Routing::Primary => Ok(()),
+            Routing::Failover { target } => target_ok(target),
+            Routing::Split {
+                target,
+                primary_percent,
+            } => {
+                target_ok(target)?;
+                if (1..=99).contains(&primary_percent) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "primaryPercent {primary_percent} is outside 1..=99 (a split must leave \
+                         a non-zero share on both sides, summing to 100)"
+                    ))
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Display for Routing {
@@ -163,14 +200,15 @@ impl fmt::Display for Routing {
         match self {
             Routing::Primary => f.write_str("primary (original route)"),
             Routing::Failover { target } => write!(f, "failover[{target}] 100%"),
+            // The same (clamped) weights the route is written with: never `100 - p` on an
+            // unchecked value, which would underflow for p > 100.
             Routing::Split {
                 target,
                 primary_percent,
-            } => write!(
-                f,
-                "primary {primary_percent}% / failover[{target}] {}%",
-                100 - primary_percent
-            ),
+            } => {
+                let p = (*primary_percent).clamp(1, 99);
+                write!(f, "primary {p}% / failover[{target}] {}%", 100 - p)
+            }
         }
     }
 }
@@ -534,7 +572,8 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
 }
 
 fn round_ms(d: StdDuration) -> StdDuration {
-    StdDuration::from_millis(d.as_millis() as u64)
+    // Saturates rather than truncating `as_millis()` (u128) to u64.
+    StdDuration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The first failover target, in playbook order, that is positively healthy (skipping `except`).

@@ -740,3 +740,50 @@ fn slo_needs_probe_corroboration() {
     let v = verdict(&pb, &w.list(), Target::Primary, at(1));
     assert!(matches!(v, Verdict::Unhealthy { .. }), "{v:?}");
 }
+
+/// Ensures routings from outside (a state annotation) are checked against the playbook: a
+/// split outside 1..=99 % or a missing target is refused with a reason, and even an unchecked
+/// one neither panics nor wraps when displayed or turned into weights.
+#[test]
+fn outside_routings_are_checked_and_never_wrap() {
+    let pb = playbook(&[]);
+    let n = pb.spec.failover.value.len();
+    let split = |target, primary_percent| Routing::Split {
+        target,
+        primary_percent,
+    };
+    let table: &[(Routing, Option<&str>)] = &[
+        (Routing::Primary, None),
+        (Routing::Failover { target: 1 }, None),
+        (split(0, 1), None),
+        (split(1, 99), None),
+        (
+            Routing::Failover { target: 2 },
+            Some("failover[2] does not exist"),
+        ),
+        (
+            Routing::Failover { target: usize::MAX },
+            Some("does not exist"),
+        ),
+        (split(0, 0), Some("primaryPercent 0 is outside 1..=99")),
+        (split(0, 100), Some("primaryPercent 100 is outside 1..=99")),
+        (split(0, 250), Some("primaryPercent 250 is outside 1..=99")),
+        (split(0, u8::MAX), Some("outside 1..=99")),
+        (split(5, 50), Some("failover[5] does not exist")),
+    ];
+    for (r, want) in table {
+        match (r.check(n), want) {
+            (Ok(()), None) => {}
+            (Err(e), Some(w)) => assert!(e.contains(w), "{r:?}: {e}"),
+            (got, _) => panic!("{r:?}: got {got:?}, want {want:?}"),
+        }
+        // Unchecked values still display and weigh without underflow: two shares, each
+        // non-zero, summing to 100.
+        let shown = r.to_string();
+        assert!(!shown.is_empty());
+        let sum: u32 = r.weights().iter().map(|(_, w)| u32::from(*w)).sum();
+        assert_eq!(sum, 100, "{r:?}");
+        assert!(r.weights().iter().all(|(_, w)| *w > 0), "{r:?}");
+    }
+    assert_eq!(split(0, 250).to_string(), "primary 99% / failover[0] 1%");
+}
