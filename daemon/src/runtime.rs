@@ -1174,26 +1174,18 @@ async fn blast_radius(
             }
         )
     });
-    let gate = {
-        let Ok(mut fleet) = shared.fleet.lock() else {
-            return d;
-        };
-        if !wants {
-            let seat = if d.state.routing != Routing::Primary {
-                Seat::FailedOver
-            } else if matches!(
-                d.primary,
-                Verdict::Unhealthy { .. } | Verdict::Suspect { .. }
-            ) {
-                Seat::Breaching
-            } else {
-                Seat::Fine
-            };
-            fleet.seat(i, seat);
-            return d;
-        }
-        fleet.check(i)
+    let seat = if d.state.routing != Routing::Primary {
+        Seat::FailedOver
+    } else if matches!(
+        d.primary,
+        Verdict::Unhealthy { .. } | Verdict::Suspect { .. }
+    ) {
+        Seat::Breaching
+    } else {
+        Seat::Fine
     };
+    // Fails closed on a poisoned lock (see `fleet::gate`): the move is held, not let through.
+    let gate = crate::engine::fleet::gate(&shared.fleet, i, wants, seat);
     let Gate::Hold { judgement, raise } = gate else {
         return d;
     };
