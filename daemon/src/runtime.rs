@@ -1015,11 +1015,18 @@ async fn step(
     g.overrides.command = None;
     let d = blast_radius(i, g.pb.name(), &state, d, now, jobs, shared).await;
     let name = g.pb.name().to_string();
+    // Logged on a change of phase or reason, not of the running clock in the explanation
+    // (a recovering playbook's text changes every round: "healthy for 3s of 5m", "4s", ...).
     let changed_explain = shared
         .status
         .read()
         .ok()
-        .and_then(|s| s.get(i).map(|s| s.explain != d.explain))
+        .and_then(|s| {
+            s.get(i).map(|s| {
+                s.phase.as_ref().map(Phase::name) != Some(d.state.phase.name())
+                    || engine::explain_key(&s.explain) != engine::explain_key(&d.explain)
+            })
+        })
         .unwrap_or(true);
     if changed_explain {
         info!(playbook = %name, phase = d.state.phase.name(), "{}", d.explain);
