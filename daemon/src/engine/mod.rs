@@ -494,20 +494,21 @@ pub fn explain_key(explain: &str) -> String {
     let mut prev: Option<char> = None;
     while let Some(c) = explain[i..].chars().next() {
         let starts_word = !prev.is_some_and(|p| p.is_alphanumeric() || p == '.' || p == '_');
-        if c.is_ascii_digit() && starts_word {
-            if let Some(mut end) = duration_token_end(explain, i) {
-                // A run of tokens (`1m 3s 200ms`) is one duration.
-                while explain[end..].starts_with(' ') {
-                    match duration_token_end(explain, end + 1) {
-                        Some(e) => end = e,
-                        None => break,
-                    }
+        if c.is_ascii_digit()
+            && starts_word
+            && let Some(mut end) = duration_token_end(explain, i)
+        {
+            // A run of tokens (`1m 3s 200ms`) is one duration.
+            while explain[end..].starts_with(' ') {
+                match duration_token_end(explain, end + 1) {
+                    Some(e) => end = e,
+                    None => break,
                 }
-                out.push('…');
-                prev = explain[..end].chars().next_back();
-                i = end;
-                continue;
             }
+            out.push('…');
+            prev = explain[..end].chars().next_back();
+            i = end;
+            continue;
         }
         out.push(c);
         prev = Some(c);
