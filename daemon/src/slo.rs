@@ -636,6 +636,11 @@ fn scrape_unknown_label(reason: &str) -> &'static str {
         "no_traffic"
     } else if reason.starts_with("first scrape") || reason.starts_with("too few samples") {
         "too_few_samples"
+    } else if reason.ends_with("not a counter reading")
+        || reason.starts_with("counter increases overflow")
+    {
+        // The same label as a Prometheus value that is ±Inf.
+        "not_finite"
     } else {
         "malformed"
     }
@@ -1028,6 +1033,16 @@ ratio:
                 assert_eq!(e.unknown_label, Some("not_finite"), "{q} = {bad}");
             }
         }
+        // A scrape SLO's non-counter value is counted under the same label.
+        use failover_probes::exposition::{Format, parse};
+        use failover_probes::scrape::{CounterTracker, Selector};
+        let mut t = CounterTracker::new(Selector {
+            name: "rq_total".into(),
+            matchers: vec![],
+        });
+        let page = parse("rq_total{code=\"500\"} +Inf\n", Format::PrometheusText).unwrap();
+        let reason = t.observe(&page).unwrap_err();
+        assert_eq!(scrape_unknown_label(&reason), "not_finite", "{reason}");
     }
 
     /// Ensures the multiwindow rule: both windows above factor × budget is a breach; a short
