@@ -88,7 +88,7 @@ impl JsonSchema for Duration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "A duration such as `500ms`, `1s`, `5m` or `1h 30m` (at most 365d; each field documents its own bound).",
+            "description": "A duration such as `500ms`, `1s`, `5m` or `1h 30m` (at most 1y; each field documents its own bound).",
             "pattern": "^\\s*([0-9]+\\s*[a-zA-Zµ]+\\s*)+$"
         })
     }
