@@ -154,3 +154,70 @@ async fn tampered_state_annotation_degrades_one_playbook_and_others_still_fail_o
     let (code, _) = ok(d.get("/healthz").await, &d);
     assert_eq!(code, 200);
 }
+
+/// The annotation tampered with while the daemon runs, failed over: when the failback is due
+/// the write is refused (nothing is computed from a failover target that does not exist),
+/// `/readyz` names the problem, the object stays as found and the daemon stays up; once the
+/// object is fixed the failback proceeds with no restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn annotation_tampered_while_failed_over_blocks_only_that_write_until_fixed() {
+    let mut s = Scenario::new(FAST_FAILBACK).await.unwrap();
+    let mut d = s.spawn("failoverd").unwrap();
+    ok(d.wait_ready(15 * SEC).await, &d);
+    s.primary.stop();
+    ok(
+        s.wait_routing(|r| r == Routing::Failover { target: 0 }, FAILOVER_WITHIN)
+            .await,
+        &d,
+    );
+    // The move is done once its outcome is recorded (the write was read back and verified):
+    // tampering before that would race failoverd's own read-back.
+    ok(
+        s.wait_audit(
+            "the failover's written record",
+            |r| r.action == "failover" && r.outcome == "written",
+            5 * SEC,
+        )
+        .await,
+        &d,
+    );
+    let good = std::fs::read_to_string(&s.vs_path).unwrap();
+    let mut vs: Value = serde_saphyr::from_str(&good).unwrap();
+    let state: Value =
+        serde_json::from_str(vs["metadata"]["annotations"][STATE].as_str().unwrap()).unwrap();
+    let mut bad_state = state.clone();
+    bad_state["routing"] = json!({ "to": "failover", "target": 7 });
+    vs["metadata"]["annotations"][STATE] = Value::String(bad_state.to_string());
+    let tampered = serde_saphyr::to_string(&vs).unwrap();
+    std::fs::write(&s.vs_path, &tampered).unwrap();
+
+    // The primary heals: a failback is due after `after: 2s` (+ `minDwell: 1s`).
+    s.primary.restart().await.unwrap();
+    let readyz = wait_readyz(&d, 15 * SEC, |v| {
+        v["playbookErrors"]
+            .to_string()
+            .contains("failover[7] does not exist")
+    })
+    .await;
+    assert_eq!(readyz["status"], "degraded", "{readyz}");
+    // Retried, still refused: the object is left exactly as found.
+    tokio::time::sleep(2 * SEC).await;
+    assert_eq!(std::fs::read_to_string(&s.vs_path).unwrap(), tampered);
+    assert!(d.is_running(), "failoverd exited\n{}", d.logs());
+
+    // Fixed by hand: the failback proceeds (the write is retried with backoff, at most 5 s).
+    std::fs::write(&s.vs_path, &good).unwrap();
+    ok(
+        s.wait_routing(|r| r == Routing::Primary, 10 * SEC).await,
+        &d,
+    );
+    wait_readyz(&d, 5 * SEC, |v| {
+        v["playbookErrors"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    assert!(
+        !d.logs().contains("panicked"),
+        "a panic was logged\n{}",
+        d.logs()
+    );
+}
