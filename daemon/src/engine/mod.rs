@@ -805,9 +805,13 @@ pub fn decide(
     if let Some(h) = hold {
         let v = cx.target_verdict(h.target);
         let already_there = state.routing == Routing::Failover { target: h.target };
-        let target = if h.force
-            || v.is_healthy()
-            || (already_there && !matches!(v, Verdict::Unhealthy { .. }))
+        // A hold comes from the saved overrides, which may name a target the (reloaded)
+        // playbook no longer has: `force` cannot route to a destination that does not exist.
+        let exists = h.target < pb.spec.failover.value.len();
+        let target = if exists
+            && (h.force
+                || v.is_healthy()
+                || (already_there && !matches!(v, Verdict::Unhealthy { .. })))
         {
             Some(h.target)
         } else {
@@ -833,6 +837,11 @@ pub fn decide(
                     _ => Phase::FailedOver { target: t, since: now },
                 };
             }
+            None if !exists => cx.stuck(format!(
+                "operator hold on failover[{}], which does not exist ({} failover target(s)), and no other failover target is healthy",
+                h.target,
+                pb.spec.failover.value.len()
+            )),
             None => cx.stuck(format!(
                 "operator hold on failover[{}], which is {}, and no other failover target is healthy",
                 h.target,

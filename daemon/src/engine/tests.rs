@@ -871,3 +871,44 @@ fn recovering_explanations_share_one_key() {
     assert!(texts.len() > 50, "the text carries a clock: {texts:?}");
     assert_eq!(keys.len(), 1, "{keys:?}");
 }
+
+/// Ensures a saved hold naming a failover target the playbook no longer has (a reload removed
+/// it, or the state file was edited) never routes there, forced or not: the next healthy
+/// target is used, or the engine reports stuck naming the missing target.
+#[test]
+fn hold_on_a_missing_target_never_routes_there() {
+    let pb = playbook(&[]);
+    for force in [false, true] {
+        let hold = |target| Overrides {
+            hold: Some(Hold {
+                by: actor(),
+                target,
+                until: at(100),
+                force,
+            }),
+            ..Default::default()
+        };
+        let mut w = World::default();
+        w.probes(down(), up(), up(), at(0));
+        let d = decide(&pb, &State::default(), &w.list(), &hold(2), at(0));
+        assert_eq!(
+            routes(&d),
+            vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)],
+            "force {force}"
+        );
+        let d = decide(&pb, &State::default(), &w.list(), &hold(usize::MAX), at(0));
+        assert_eq!(
+            routes(&d),
+            vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)]
+        );
+        // No healthy target at all: stuck, naming the missing one, no move.
+        w.probes(down(), down(), unknown(), at(1));
+        let d = decide(&pb, &State::default(), &w.list(), &hold(7), at(1));
+        assert!(routes(&d).is_empty(), "force {force}: {:?}", d.actions);
+        assert!(
+            d.actions.iter().any(|a| matches!(a, Action::Stuck { reason } if reason.contains("failover[7], which does not exist"))),
+            "{:?}",
+            d.actions
+        );
+    }
+}
