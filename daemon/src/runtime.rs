@@ -488,29 +488,19 @@ pub async fn run(
                     target: p.target.value,
                     window: ProbeWindow::new(WINDOW),
                     // Three missed intervals (plus the timeout) and the signal is unknown.
-                    max_age: p
-                        .interval
-                        .get()
-                        .saturating_mul(3)
-                        .saturating_add(p.timeout.value.get()),
+                    max_age: engine::stale_after(p.interval.get(), p.timeout.value.get()),
                     detail: String::new(),
                     unknown_alerted: false,
                 })
                 // SLO slots follow the probe slots, in playbook order.
-                .chain(l.playbook.spec.slos.iter().map(|s| {
-                    Slot {
-                        name: s.name.value.clone(),
-                        kind: SignalKind::Slo,
-                        target: s.target.value,
-                        window: ProbeWindow::new(WINDOW),
-                        max_age: s
-                            .evaluation_interval
-                            .get()
-                            .saturating_mul(3)
-                            .saturating_add(s.timeout.get()),
-                        detail: String::new(),
-                        unknown_alerted: false,
-                    }
+                .chain(l.playbook.spec.slos.iter().map(|s| Slot {
+                    name: s.name.value.clone(),
+                    kind: SignalKind::Slo,
+                    target: s.target.value,
+                    window: ProbeWindow::new(WINDOW),
+                    max_age: engine::stale_after(s.evaluation_interval.get(), s.timeout.get()),
+                    detail: String::new(),
+                    unknown_alerted: false,
                 }))
                 .collect(),
             pending: false,

@@ -481,6 +481,12 @@ fn elapsed(now: Timestamp, since: Timestamp) -> StdDuration {
     }
 }
 
+/// How old a signal's latest result may be before it reads as Unknown: three missed
+/// intervals plus the attempt's timeout. Saturating: the durations come from a playbook.
+pub fn stale_after(interval: StdDuration, timeout: StdDuration) -> StdDuration {
+    interval.saturating_mul(3).saturating_add(timeout)
+}
+
 /// The explanation with its running clocks taken out: every duration written the way the
 /// engine writes them (humantime's `1m 3s 200ms`) becomes `…`.
 ///

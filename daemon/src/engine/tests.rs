@@ -912,3 +912,20 @@ fn hold_on_a_missing_target_never_routes_there() {
         );
     }
 }
+
+/// Ensures the staleness budget is three intervals plus the timeout and saturates instead of
+/// overflowing on durations no playbook loader would pass.
+#[test]
+fn stale_after_saturates() {
+    let s = StdDuration::from_secs;
+    assert_eq!(
+        stale_after(s(1), StdDuration::from_millis(500)),
+        StdDuration::from_millis(3500)
+    );
+    assert_eq!(stale_after(s(3600), s(300)), s(3 * 3600 + 300));
+    assert_eq!(stale_after(StdDuration::MAX, s(1)), StdDuration::MAX);
+    assert_eq!(
+        stale_after(s(u64::MAX / 2), StdDuration::MAX),
+        StdDuration::MAX
+    );
+}
