@@ -220,4 +220,21 @@ async fn annotation_tampered_while_failed_over_blocks_only_that_write_until_fixe
         "a panic was logged\n{}",
         d.logs()
     );
+    // The recovering wait (2 s, a decision on every probe result, its text carrying the
+    // running clock "healthy for 1s 3ms of 2s") is logged once, not every round.
+    let waits = d
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("before failback"))
+        })
+        .count();
+    assert_eq!(
+        waits,
+        1,
+        "the recovering wait logged {waits} times\n{}",
+        d.logs()
+    );
 }
