@@ -566,7 +566,7 @@ pub struct ScrapeSlo {
     #[serde(default)]
     pub error_when: BTreeMap<String, String>,
     /// Sliding window the ratio is computed over; at least 2 × `evaluationInterval`, at
-    /// most 1d.
+    /// most 1d and at most 10,000 × `evaluationInterval`.
     #[serde(deserialize_with = "duration::scrape_window")]
     pub window: Duration,
     /// Unhealthy while failed / all requests over the window is above this ratio (0 ≤ above < 1).
@@ -1122,6 +1122,9 @@ impl Playbook {
     }
 }
 
+/// Most evaluations one `scrape` window may span (one sample of two counters is kept for each).
+pub const MAX_SCRAPE_SAMPLES: u128 = 10_000;
+
 /// Checks a `scrape` SLO: URL, metric name, matchers, window and threshold.
 fn check_scrape(
     sc: &ScrapeSlo,
@@ -1186,6 +1189,23 @@ fn check_scrape(
             &format!("{field}.scrape.window"),
             format!(
                 "window {} must be at least 2 × evaluationInterval ({}): a ratio needs two counter increases",
+                sc.window, s.evaluation_interval
+            ),
+        );
+    }
+    // One sample per evaluation is kept for the whole window: bound how many.
+    let per_window = sc
+        .window
+        .get()
+        .as_nanos()
+        .checked_div(s.evaluation_interval.get().as_nanos())
+        .unwrap_or(u128::MAX);
+    if per_window > MAX_SCRAPE_SAMPLES {
+        push(
+            sc.metric.referenced,
+            &format!("{field}.scrape.window"),
+            format!(
+                "window {} holds {per_window} evaluations of {}; at most {MAX_SCRAPE_SAMPLES} (raise evaluationInterval or shorten the window)",
                 sc.window, s.evaluation_interval
             ),
         );

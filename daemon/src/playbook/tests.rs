@@ -149,10 +149,33 @@ fn durations_over_their_bound_are_refused_at_their_location() {
         ("above: 0.05", "above: 0.5"),
     ] {
         // The scrape window must stay at least 2 × the longest evaluation interval.
-        let text = edit(from, to).replacen("window: 1m", "window: 1d", 1);
+        let text = edit(from, to).replacen("window: 1m", "window: 12h", 1);
         let pb = parse("pb.yaml", &text).unwrap_or_else(|e| panic!("{to}: {e}"));
         assert_eq!(pb.validate("pb.yaml"), vec![], "{to}");
     }
+}
+
+/// Ensures a scrape window is bounded in evaluations too (one sample is kept per evaluation).
+#[test]
+fn scrape_window_is_bounded_in_evaluations() {
+    let ok = edit("window: 1m", "window: 1d").replacen(
+        "evaluationInterval: 5s",
+        "evaluationInterval: 10s",
+        1,
+    );
+    let pb = parse("pb.yaml", &ok).unwrap();
+    assert_eq!(pb.validate("pb.yaml"), vec![], "8,640 evaluations");
+    let text = edit("window: 1m", "window: 1d");
+    let ps = parse("pb.yaml", &text).unwrap().validate("pb.yaml");
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].field, "spec.slos[0].scrape.window");
+    assert!(ps[0].line > 0, "{}", ps[0]);
+    assert!(
+        ps[0].message.contains("holds 17280 evaluations")
+            && ps[0].message.contains("at most 10000"),
+        "{}",
+        ps[0]
+    );
 }
 
 /// Checks what an accepted playbook must hold, on the object the loader produced.
@@ -171,6 +194,7 @@ fn check_accepted(pb: &Playbook) -> Result<(), TestCaseError> {
         prop_assert!(le(o.evaluation_interval, 3600) && le(o.timeout, 300));
         if let Some(sc) = &o.scrape {
             prop_assert!(le(sc.window, 86400));
+            prop_assert!(sc.window.get() <= o.evaluation_interval.get().saturating_mul(10_000));
         }
         if let Some(r) = &o.ratio {
             for b in &r.burn_rates {
