@@ -506,7 +506,7 @@ pub async fn run(
                     target: p.target.value,
                     window: ProbeWindow::new(WINDOW),
                     // Three missed intervals (plus the timeout) and the signal is unknown.
-                    max_age: p.interval.get() * 3 + p.timeout.value.get(),
+                    max_age: engine::stale_after(p.interval.get(), p.timeout.value.get()),
                     detail: String::new(),
                     unknown_alerted: false,
                 })
@@ -516,7 +516,7 @@ pub async fn run(
                     kind: SignalKind::Slo,
                     target: s.target.value,
                     window: ProbeWindow::new(WINDOW),
-                    max_age: s.evaluation_interval.get() * 3 + s.timeout.get(),
+                    max_age: engine::stale_after(s.evaluation_interval.get(), s.timeout.get()),
                     detail: String::new(),
                     unknown_alerted: false,
                 }))
@@ -1102,11 +1102,18 @@ async fn step(
     g.overrides.command = None;
     let d = blast_radius(i, g.pb.name(), &state, d, now, jobs, shared).await;
     let name = g.pb.name().to_string();
+    // Logged on a change of phase or reason, not of the running clock in the explanation
+    // (a recovering playbook's text changes every round: "healthy for 3s of 5m", "4s", ...).
     let changed_explain = shared
         .status
         .read()
         .ok()
-        .and_then(|s| s.get(i).map(|s| s.explain != d.explain))
+        .and_then(|s| {
+            s.get(i).map(|s| {
+                s.phase.as_ref().map(Phase::name) != Some(d.state.phase.name())
+                    || engine::explain_key(&s.explain) != engine::explain_key(&d.explain)
+            })
+        })
         .unwrap_or(true);
     if changed_explain {
         info!(playbook = %name, phase = d.state.phase.name(), "{}", d.explain);
@@ -1261,26 +1268,18 @@ async fn blast_radius(
             }
         )
     });
-    let gate = {
-        let Ok(mut fleet) = shared.fleet.lock() else {
-            return d;
-        };
-        if !wants {
-            let seat = if d.state.routing != Routing::Primary {
-                Seat::FailedOver
-            } else if matches!(
-                d.primary,
-                Verdict::Unhealthy { .. } | Verdict::Suspect { .. }
-            ) {
-                Seat::Breaching
-            } else {
-                Seat::Fine
-            };
-            fleet.seat(i, seat);
-            return d;
-        }
-        fleet.check(i)
+    let seat = if d.state.routing != Routing::Primary {
+        Seat::FailedOver
+    } else if matches!(
+        d.primary,
+        Verdict::Unhealthy { .. } | Verdict::Suspect { .. }
+    ) {
+        Seat::Breaching
+    } else {
+        Seat::Fine
     };
+    // Fails closed on a poisoned lock (see `fleet::gate`): the move is held, not let through.
+    let gate = crate::engine::fleet::gate(&shared.fleet, i, wants, seat);
     let Gate::Hold { judgement, raise } = gate else {
         return d;
     };

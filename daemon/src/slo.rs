@@ -41,6 +41,9 @@ pub enum QueryError {
     MultipleSeries(usize),
     /// The value was NaN (e.g. 0/0).
     NotANumber,
+    /// The value was ±Inf (e.g. x/0), or a rate below zero: no reading to judge by. Unknown,
+    /// never healthy: `-Inf` is below every `above` threshold and `errors / +Inf` is 0.
+    NotFinite(f64),
     /// The response was not the Prometheus API format.
     Malformed(String),
 }
@@ -57,6 +60,7 @@ impl QueryError {
             QueryError::Empty => "empty_result",
             QueryError::MultipleSeries(_) => "multiple_series",
             QueryError::NotANumber => "nan",
+            QueryError::NotFinite(_) => "not_finite",
             QueryError::Malformed(_) => "malformed",
         }
     }
@@ -82,6 +86,10 @@ impl std::fmt::Display for QueryError {
                 write!(f, "query returned {n} series; it must aggregate to one")
             }
             QueryError::NotANumber => f.write_str("value is NaN"),
+            QueryError::NotFinite(v) if *v < 0.0 && v.is_finite() => {
+                write!(f, "value {v} is negative where a rate was expected")
+            }
+            QueryError::NotFinite(v) => write!(f, "value is {v}, not a finite number"),
             QueryError::Malformed(e) => write!(f, "unexpected Prometheus response: {e}"),
         }
     }
@@ -433,6 +441,9 @@ pub fn evaluate(
     if let Some(p) = &slo.prometheus {
         return match get(&p.query.value) {
             Err(e) => unknown(&e, "query"),
+            // ±Inf would compare as a breach or as healthy depending on its sign and the
+            // threshold's direction: neither is a measurement.
+            Ok(s) if !s.value.is_finite() => unknown(&QueryError::NotFinite(s.value), "query"),
             Ok(s) => {
                 let (breach, cmp, limit) = match (p.above, p.below) {
                     (Some(a), _) => (s.value > a, "above", a),
@@ -469,11 +480,26 @@ pub fn evaluate(
 
 fn evaluate_ratio(r: &RatioSlo, get: &dyn Fn(&str) -> Result<Sample, QueryError>) -> Evaluation {
     let budget = 1.0 - r.objective / 100.0;
+    // Rates are finite and non-negative; anything else (±Inf, a negative rate from a foreign
+    // expression) is no reading, so Unknown: `errors / +Inf` would read as 0, i.e. healthy.
+    let rate = |q: String| -> Result<f64, QueryError> {
+        let v = get(&q)?.value;
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(QueryError::NotFinite(v))
+        }
+    };
     let ratio = |w: Duration| -> Result<f64, QueryError> {
-        let errors = get(&windowed(&r.errors.value, w))?.value;
-        let total = get(&windowed(&r.total.value, w))?.value;
+        let errors = rate(windowed(&r.errors.value, w))?;
+        let total = rate(windowed(&r.total.value, w))?;
         // No traffic in the window: nothing failed.
-        Ok(if total <= 0.0 { 0.0 } else { errors / total })
+        let ratio = if total == 0.0 { 0.0 } else { errors / total };
+        if ratio.is_finite() {
+            Ok(ratio)
+        } else {
+            Err(QueryError::NotFinite(ratio))
+        }
     };
     let mut parts = Vec::new();
     let mut first_unknown: Option<Evaluation> = None;
@@ -610,6 +636,11 @@ fn scrape_unknown_label(reason: &str) -> &'static str {
         "no_traffic"
     } else if reason.starts_with("first scrape") || reason.starts_with("too few samples") {
         "too_few_samples"
+    } else if reason.ends_with("not a counter reading")
+        || reason.starts_with("counter increases overflow")
+    {
+        // The same label as a Prometheus value that is ±Inf.
+        "not_finite"
     } else {
         "malformed"
     }
@@ -950,6 +981,68 @@ ratio:
                 )
             })
             .collect()
+    }
+
+    /// Ensures a non-finite reading is Unknown with a reason, never Healthy (nor a breach on
+    /// a value that is no measurement): ±Inf against either threshold direction, ±Inf or a
+    /// negative rate in either part of a ratio.
+    #[test]
+    fn non_finite_values_are_unknown() {
+        let threshold = |dir: &str| -> SloSpec {
+            serde_saphyr::from_str(&format!(
+                "name: lat\ntarget: primary\nprometheus: {{ query: q, {dir}: 0.5 }}\n"
+            ))
+            .unwrap()
+        };
+        for dir in ["above", "below"] {
+            let slo = threshold(dir);
+            for v in [f64::INFINITY, f64::NEG_INFINITY] {
+                let e = evaluate(&slo, &results(&[("q", Ok(v))]));
+                assert!(
+                    matches!(&e.outcome, Outcome::Unknown(r) if r.contains("not a finite number")),
+                    "{dir} {v}: {e:?}"
+                );
+                assert_eq!(e.unknown_label, Some("not_finite"));
+            }
+            // A finite value is still judged.
+            let e = evaluate(&slo, &results(&[("q", Ok(0.7))]));
+            assert_eq!(
+                matches!(e.outcome, Outcome::Unhealthy(_)),
+                dir == "above",
+                "{e:?}"
+            );
+        }
+        let slo = ratio_slo();
+        let queries = [
+            "sum(rate(e[1h]))",
+            "sum(rate(t[1h]))",
+            "sum(rate(e[5m]))",
+            "sum(rate(t[5m]))",
+        ];
+        for bad in [f64::INFINITY, f64::NEG_INFINITY, -3.0] {
+            for q in queries {
+                let pairs: Vec<(&str, Result<f64, QueryError>)> = queries
+                    .iter()
+                    .map(|k| (*k, Ok(if *k == q { bad } else { 10.0 })))
+                    .collect();
+                let e = evaluate(&slo, &results(&pairs));
+                assert!(
+                    matches!(&e.outcome, Outcome::Unknown(r) if r.contains(&bad.to_string())),
+                    "{q} = {bad}: {e:?}"
+                );
+                assert_eq!(e.unknown_label, Some("not_finite"), "{q} = {bad}");
+            }
+        }
+        // A scrape SLO's non-counter value is counted under the same label.
+        use failover_probes::exposition::{Format, parse};
+        use failover_probes::scrape::{CounterTracker, Selector};
+        let mut t = CounterTracker::new(Selector {
+            name: "rq_total".into(),
+            matchers: vec![],
+        });
+        let page = parse("rq_total{code=\"500\"} +Inf\n", Format::PrometheusText).unwrap();
+        let reason = t.observe(&page).unwrap_err();
+        assert_eq!(scrape_unknown_label(&reason), "not_finite", "{reason}");
     }
 
     /// Ensures the multiwindow rule: both windows above factor × budget is a breach; a short

@@ -138,12 +138,22 @@ impl CounterTracker {
     }
 
     /// Feeds one scrape; returns the summed increase since the previous scrape, `None`
-    /// on the first scrape, or `Err(reason)` when a series vanished or nothing matched.
+    /// on the first scrape, or `Err(reason)` when a series vanished, nothing matched, or a
+    /// matched series is not a counter value (NaN, ±Inf or negative).
     pub fn observe(&mut self, samples: &[Sample]) -> Result<Option<f64>, String> {
         let mut now: HashMap<SeriesKey, f64> = HashMap::new();
         for s in samples.iter().filter(|s| self.selector.matches(s)) {
-            if s.value.is_nan() {
-                continue;
+            // NaN, ±Inf or a negative value is no counter reading. Skipping it would make
+            // an error series read as "no errors" (0), and Inf increases turn the ratio into
+            // NaN or 0, both of which compare as healthy. So the whole reading is Unknown, and
+            // the tracker starts over (the next rate needs two good readings again).
+            if !(s.value.is_finite() && s.value >= 0.0) {
+                self.last.clear();
+                self.primed = false;
+                return Err(format!(
+                    "series {} has value {}: not a counter reading",
+                    s.name, s.value
+                ));
             }
             now.insert(key_of(s), s.value);
         }
@@ -238,6 +248,16 @@ impl ErrorRatio {
             .window
             .iter()
             .fold((0.0, 0.0), |(e, t), (de, dt)| (e + de, t + dt));
+        // Finite readings can still sum past f64::MAX: Inf / Inf is NaN, which compares as
+        // healthy. No verdict from numbers that overflowed.
+        if !(e.is_finite() && t.is_finite()) {
+            return (
+                Outcome::Unknown(format!(
+                    "counter increases overflow (errors {e}, total {t})"
+                )),
+                None,
+            );
+        }
         if t <= 0.0 {
             return (
                 Outcome::Unknown("no requests in the window".to_owned()),

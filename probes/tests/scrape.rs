@@ -170,6 +170,103 @@ fn counter_tracker_resets_and_vanishing() {
     assert!(t.observe(&counter_page(&[])).is_err());
 }
 
+/// A page with `rq_total` series whose values are written as the exposition format spells
+/// them (`NaN`, `+Inf`, `-Inf`).
+fn raw_counter_page(series: &[(&str, f64)]) -> Vec<failover_probes::exposition::Sample> {
+    let mut text = String::from("# TYPE rq counter\n");
+    for (code, v) in series {
+        let v = match *v {
+            v if v.is_nan() => "NaN".to_owned(),
+            v if v == f64::INFINITY => "+Inf".to_owned(),
+            v if v == f64::NEG_INFINITY => "-Inf".to_owned(),
+            v => v.to_string(),
+        };
+        text.push_str(&format!("rq_total{{code=\"{code}\"}} {v}\n"));
+    }
+    parse(&text, Format::PrometheusText).unwrap()
+}
+
+/// A NaN, infinite or negative counter (on the error series or on the total) is Unknown with
+/// a reason, never Healthy: skipped, a NaN error series read as "no errors", and an infinite
+/// total made the ratio 0 (or NaN), both of which compare as healthy.
+#[test]
+fn non_finite_counters_are_unknown_never_healthy() {
+    let ratio = || {
+        ErrorRatio::new(
+            Selector {
+                name: "rq_total".to_owned(),
+                matchers: vec![Matcher::regex("code", "5..", false).unwrap()],
+            },
+            Selector {
+                name: "rq_total".to_owned(),
+                matchers: vec![],
+            },
+            10,
+            0.1,
+        )
+        .with_min_intervals(2)
+    };
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -5.0] {
+        // From the first scrape on, on the error series or on the total.
+        for which in ["500", "200"] {
+            let mut r = ratio();
+            for i in 0..5u32 {
+                let good = f64::from(i) * 100.0;
+                let page = if which == "500" {
+                    raw_counter_page(&[("200", good), ("500", bad)])
+                } else {
+                    raw_counter_page(&[("200", bad), ("500", 0.0)])
+                };
+                let (outcome, value) = r.observe(&page);
+                match outcome {
+                    Outcome::Unknown(reason) => {
+                        assert!(
+                            reason.contains("not a counter reading"),
+                            "{bad} {which}: {reason}"
+                        );
+                        assert_eq!(value, None);
+                    }
+                    other => panic!("{bad} on {which}, scrape {i}: {other:?}"),
+                }
+            }
+        }
+        // After good readings: the bad scrape is Unknown, and so is the next one (the rate
+        // starts over), then good readings are judged again.
+        let mut r = ratio();
+        for i in 0..3u32 {
+            r.observe(&raw_counter_page(&[
+                ("200", f64::from(i) * 100.0),
+                ("500", 0.0),
+            ]));
+        }
+        assert_eq!(
+            r.observe(&raw_counter_page(&[("200", 300.0), ("500", 0.0)]))
+                .0,
+            Outcome::Healthy
+        );
+        let (o, _) = r.observe(&raw_counter_page(&[("200", bad), ("500", 0.0)]));
+        assert!(matches!(o, Outcome::Unknown(_)), "{bad}: {o:?}");
+        let (o, _) = r.observe(&raw_counter_page(&[("200", 500.0), ("500", 0.0)]));
+        assert!(matches!(o, Outcome::Unknown(_)), "{bad}: {o:?}");
+        let (o, _) = r.observe(&raw_counter_page(&[("200", 600.0), ("500", 50.0)]));
+        assert!(matches!(o, Outcome::Unhealthy(_)), "{bad}: {o:?}");
+    }
+    // Finite readings whose increases overflow f64 are Unknown too.
+    let mut r = ratio();
+    r.observe(&raw_counter_page(&[("200", 0.0), ("500", 0.0)]));
+    r.observe(&raw_counter_page(&[("200", f64::MAX), ("500", f64::MAX)]));
+    let (o, _) = r.observe(&raw_counter_page(&[("200", 1.0), ("500", 1.0)]));
+    let (o2, _) = r.observe(&raw_counter_page(&[("200", f64::MAX), ("500", f64::MAX)]));
+    assert!(
+        !matches!(o, Outcome::Healthy) && !matches!(o2, Outcome::Healthy),
+        "{o:?} {o2:?}"
+    );
+    assert!(
+        matches!(&o2, Outcome::Unknown(r) if r.contains("overflow")),
+        "{o2:?}"
+    );
+}
+
 /// Serves the Envoy page with counters driven by the test; `/gone` drops the case cluster.
 async fn metrics_server(total: Arc<AtomicU64>, errors: Arc<AtomicU64>) -> SocketAddr {
     let state = (total, errors);

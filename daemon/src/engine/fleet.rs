@@ -43,6 +43,12 @@ pub enum Judgement {
         /// The configured ceiling.
         max: usize,
     },
+    /// Every automatic failover is held: the fleet's count cannot be trusted (its lock was
+    /// poisoned by a panic), so the rule fails closed.
+    Unavailable {
+        /// Why the count cannot be trusted.
+        reason: String,
+    },
 }
 
 impl Judgement {
@@ -60,6 +66,11 @@ impl Judgement {
                  network), not {} outages; holding every automatic failover (operators can still \
                  force one)",
                 breaching + failed_over
+            ),
+            Judgement::Unavailable { reason } => format!(
+                "{reason}: the blast-radius rule cannot count the fleet, so it fails closed; \
+                 holding every automatic failover until failoverd restarts (operators can still \
+                 force one)"
             ),
         }
     }
@@ -107,6 +118,8 @@ pub struct FleetGuard {
     max: usize,
     seats: Vec<Seat>,
     raised: bool,
+    /// The "lock poisoned" hold was raised (once per process: the lock stays poisoned).
+    poison_raised: bool,
 }
 
 impl FleetGuard {
@@ -116,6 +129,7 @@ impl FleetGuard {
             max,
             seats: vec![Seat::Fine; playbooks],
             raised: false,
+            poison_raised: false,
         }
     }
 
@@ -162,6 +176,39 @@ impl FleetGuard {
                 let raise = !self.raised;
                 self.raised = true;
                 Gate::Hold { judgement, raise }
+            }
+        }
+    }
+}
+
+/// The controller's gate for playbook `idx` through the shared lock: records `seat` when the
+/// playbook does not want an automatic failover (`wants` false), else judges the move.
+///
+/// Fails closed: when the lock is poisoned (a thread panicked while holding it) the counts may
+/// be half-updated, so with the rule on (`maxConcurrentFailovers` > 0) every automatic
+/// failover is held with [`Judgement::Unavailable`], raised once. With the rule off nothing is
+/// gated, poisoned or not.
+pub fn gate(fleet: &std::sync::Mutex<FleetGuard>, idx: usize, wants: bool, seat: Seat) -> Gate {
+    match fleet.lock() {
+        Ok(mut g) if !wants => {
+            g.seat(idx, seat);
+            Gate::Allow
+        }
+        Ok(mut g) => g.check(idx),
+        Err(poisoned) => {
+            let mut g = poisoned.into_inner();
+            if !wants || g.max == 0 {
+                return Gate::Allow;
+            }
+            let raise = !g.poison_raised;
+            g.poison_raised = true;
+            Gate::Hold {
+                judgement: Judgement::Unavailable {
+                    reason: "the fleet bookkeeping lock is poisoned (a thread panicked while \
+                             holding it)"
+                        .into(),
+                },
+                raise,
             }
         }
     }

@@ -405,3 +405,65 @@ proptest! {
         }
     }
 }
+
+/// A guard behind a lock that a panicking thread poisoned.
+fn poisoned(playbooks: usize, max: usize) -> std::sync::Mutex<FleetGuard> {
+    let m = std::sync::Mutex::new(FleetGuard::new(playbooks, max));
+    std::thread::scope(|s| {
+        let _ = s
+            .spawn(|| {
+                let _held = m.lock().unwrap();
+                panic!("poison the fleet lock (expected in this test)");
+            })
+            .join();
+    });
+    assert!(m.is_poisoned());
+    m
+}
+
+/// Ensures the gate fails closed: with the rule on, a poisoned lock holds every automatic
+/// failover with a reason (raised once, not every round), even one the counts would allow;
+/// seats still record and nothing is held with the rule off.
+#[test]
+fn poisoned_lock_holds_automatic_failovers() {
+    use std::sync::Mutex;
+
+    use crate::engine::fleet::gate as locked_gate;
+    // The same single failover through a healthy lock is allowed.
+    let fine = Mutex::new(FleetGuard::new(10, 3));
+    assert_eq!(locked_gate(&fine, 0, true, Seat::Breaching), Gate::Allow);
+
+    let m = poisoned(10, 3);
+    let table: &[(usize, bool, Seat, bool)] = &[
+        // (playbook, wants a failover, seat, held)
+        (0, false, Seat::Fine, false),
+        (1, false, Seat::Breaching, false),
+        (0, true, Seat::Breaching, true),
+        (2, true, Seat::Breaching, true),
+        (3, false, Seat::FailedOver, false),
+    ];
+    let mut raised = 0;
+    for &(idx, wants, seat, held) in table {
+        match locked_gate(&m, idx, wants, seat) {
+            Gate::Allow => assert!(!held, "playbook {idx} let through"),
+            Gate::Hold { judgement, raise } => {
+                assert!(held, "playbook {idx} held without wanting to move");
+                assert!(
+                    matches!(&judgement, Judgement::Unavailable { reason } if reason.contains("poisoned")),
+                    "{judgement:?}"
+                );
+                assert!(
+                    judgement.reason().contains("fails closed"),
+                    "{}",
+                    judgement.reason()
+                );
+                raised += usize::from(raise);
+            }
+        }
+    }
+    assert_eq!(raised, 1, "the hold is raised once");
+
+    // The rule off (maxConcurrentFailovers 0): nothing to gate, poisoned or not.
+    let off = poisoned(10, 0);
+    assert_eq!(locked_gate(&off, 0, true, Seat::Breaching), Gate::Allow);
+}

@@ -156,6 +156,43 @@ impl Routing {
     pub fn targets(&self) -> impl Iterator<Item = Target> {
         self.weights().into_iter().map(|(t, _)| t)
     }
+
+    /// Checks a routing that came from outside the engine (the VirtualService's state
+    /// annotation, which anyone with write access to the object can edit) against a playbook
+    /// with `failover_targets` failover targets: every target index exists and a split puts
+    /// 1..=99 % on the primary, so its two weights are both non-zero and sum to 100.
+    ///
+    /// The engine itself only ever produces routings that pass; this is the gate at entry so
+    /// a foreign or tampered value is refused with a reason instead of being computed with.
+    pub fn check(&self, failover_targets: usize) -> Result<(), String> {
+        let target_ok = |t: usize| {
+            if t < failover_targets {
+                Ok(())
+            } else {
+                Err(format!(
+                    "failover[{t}] does not exist (the playbook has {failover_targets} failover target(s))"
+                ))
+            }
+        };
+        match *self {
+            Routing::Primary => Ok(()),
+            Routing::Failover { target } => target_ok(target),
+            Routing::Split {
+                target,
+                primary_percent,
+            } => {
+                target_ok(target)?;
+                if (1..=99).contains(&primary_percent) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "primaryPercent {primary_percent} is outside 1..=99 (a split must leave \
+                         a non-zero share on both sides, summing to 100)"
+                    ))
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Display for Routing {
@@ -163,14 +200,15 @@ impl fmt::Display for Routing {
         match self {
             Routing::Primary => f.write_str("primary (original route)"),
             Routing::Failover { target } => write!(f, "failover[{target}] 100%"),
+            // The same (clamped) weights the route is written with: never `100 - p` on an
+            // unchecked value, which would underflow for p > 100.
             Routing::Split {
                 target,
                 primary_percent,
-            } => write!(
-                f,
-                "primary {primary_percent}% / failover[{target}] {}%",
-                100 - primary_percent
-            ),
+            } => {
+                let p = (*primary_percent).clamp(1, 99);
+                write!(f, "primary {p}% / failover[{target}] {}%", 100 - p)
+            }
         }
     }
 }
@@ -443,6 +481,65 @@ fn elapsed(now: Timestamp, since: Timestamp) -> StdDuration {
     }
 }
 
+/// How old a signal's latest result may be before it reads as Unknown: three missed
+/// intervals plus the attempt's timeout. Saturating: the durations come from a playbook.
+pub fn stale_after(interval: StdDuration, timeout: StdDuration) -> StdDuration {
+    interval.saturating_mul(3).saturating_add(timeout)
+}
+
+/// The explanation with its running clocks taken out: every duration written the way the
+/// engine writes them (humantime's `1m 3s 200ms`) becomes `…`.
+///
+/// While a playbook waits (recovering for `failback.after`, held by `minDwell`, a breach that
+/// must last `for`, a stale signal) its explanation carries the time elapsed or left, so the
+/// text changes every decision round. Comparing this key instead says whether the *reason*
+/// changed, so the controller logs on a change of phase or reason, not of the clock.
+pub fn explain_key(explain: &str) -> String {
+    let mut out = String::with_capacity(explain.len());
+    let mut i = 0;
+    let mut prev: Option<char> = None;
+    while let Some(c) = explain[i..].chars().next() {
+        let starts_word = !prev.is_some_and(|p| p.is_alphanumeric() || p == '.' || p == '_');
+        if c.is_ascii_digit()
+            && starts_word
+            && let Some(mut end) = duration_token_end(explain, i)
+        {
+            // A run of tokens (`1m 3s 200ms`) is one duration.
+            while explain[end..].starts_with(' ') {
+                match duration_token_end(explain, end + 1) {
+                    Some(e) => end = e,
+                    None => break,
+                }
+            }
+            out.push('…');
+            prev = explain[..end].chars().next_back();
+            i = end;
+            continue;
+        }
+        out.push(c);
+        prev = Some(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// The end of a humantime duration token (`200ms`, `3s`, `2days`) starting at `start`.
+fn duration_token_end(s: &str, start: usize) -> Option<usize> {
+    const UNITS: [&str; 13] = [
+        "years", "year", "months", "month", "days", "day", "ms", "us", "µs", "ns", "h", "m", "s",
+    ];
+    let digits = s[start..].bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let rest = &s[start + digits..];
+    UNITS.iter().find_map(|u| {
+        let after = rest.strip_prefix(u)?;
+        let boundary = !after.chars().next().is_some_and(char::is_alphanumeric);
+        boundary.then_some(start + digits + u.len())
+    })
+}
+
 /// Reads one target from its signals.
 pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestamp) -> Verdict {
     let threshold = pb.spec.trigger.failure_threshold.value.max(1);
@@ -534,7 +631,8 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
 }
 
 fn round_ms(d: StdDuration) -> StdDuration {
-    StdDuration::from_millis(d.as_millis() as u64)
+    // Saturates rather than truncating `as_millis()` (u128) to u64.
+    StdDuration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The first failover target, in playbook order, that is positively healthy (skipping `except`).
@@ -713,9 +811,13 @@ pub fn decide(
     if let Some(h) = hold {
         let v = cx.target_verdict(h.target);
         let already_there = state.routing == Routing::Failover { target: h.target };
-        let target = if h.force
-            || v.is_healthy()
-            || (already_there && !matches!(v, Verdict::Unhealthy { .. }))
+        // A hold comes from the saved overrides, which may name a target the (reloaded)
+        // playbook no longer has: `force` cannot route to a destination that does not exist.
+        let exists = h.target < pb.spec.failover.value.len();
+        let target = if exists
+            && (h.force
+                || v.is_healthy()
+                || (already_there && !matches!(v, Verdict::Unhealthy { .. })))
         {
             Some(h.target)
         } else {
@@ -741,6 +843,11 @@ pub fn decide(
                     _ => Phase::FailedOver { target: t, since: now },
                 };
             }
+            None if !exists => cx.stuck(format!(
+                "operator hold on failover[{}], which does not exist ({} failover target(s)), and no other failover target is healthy",
+                h.target,
+                pb.spec.failover.value.len()
+            )),
             None => cx.stuck(format!(
                 "operator hold on failover[{}], which is {}, and no other failover target is healthy",
                 h.target,

@@ -740,3 +740,192 @@ fn slo_needs_probe_corroboration() {
     let v = verdict(&pb, &w.list(), Target::Primary, at(1));
     assert!(matches!(v, Verdict::Unhealthy { .. }), "{v:?}");
 }
+
+/// Ensures routings from outside (a state annotation) are checked against the playbook: a
+/// split outside 1..=99 % or a missing target is refused with a reason, and even an unchecked
+/// one neither panics nor wraps when displayed or turned into weights.
+#[test]
+fn outside_routings_are_checked_and_never_wrap() {
+    let pb = playbook(&[]);
+    let n = pb.spec.failover.value.len();
+    let split = |target, primary_percent| Routing::Split {
+        target,
+        primary_percent,
+    };
+    let table: &[(Routing, Option<&str>)] = &[
+        (Routing::Primary, None),
+        (Routing::Failover { target: 1 }, None),
+        (split(0, 1), None),
+        (split(1, 99), None),
+        (
+            Routing::Failover { target: 2 },
+            Some("failover[2] does not exist"),
+        ),
+        (
+            Routing::Failover { target: usize::MAX },
+            Some("does not exist"),
+        ),
+        (split(0, 0), Some("primaryPercent 0 is outside 1..=99")),
+        (split(0, 100), Some("primaryPercent 100 is outside 1..=99")),
+        (split(0, 250), Some("primaryPercent 250 is outside 1..=99")),
+        (split(0, u8::MAX), Some("outside 1..=99")),
+        (split(5, 50), Some("failover[5] does not exist")),
+    ];
+    for (r, want) in table {
+        match (r.check(n), want) {
+            (Ok(()), None) => {}
+            (Err(e), Some(w)) => assert!(e.contains(w), "{r:?}: {e}"),
+            (got, _) => panic!("{r:?}: got {got:?}, want {want:?}"),
+        }
+        // Unchecked values still display and weigh without underflow: two shares, each
+        // non-zero, summing to 100.
+        let shown = r.to_string();
+        assert!(!shown.is_empty());
+        let sum: u32 = r.weights().iter().map(|(_, w)| u32::from(*w)).sum();
+        assert_eq!(sum, 100, "{r:?}");
+        assert!(r.weights().iter().all(|(_, w)| *w > 0), "{r:?}");
+    }
+    assert_eq!(split(0, 250).to_string(), "primary 99% / failover[0] 1%");
+}
+
+/// Ensures the explanation key drops running clocks and nothing else.
+#[test]
+fn explain_key_drops_clocks_only() {
+    let same: &[(&str, &str)] = &[
+        (
+            "primary healthy for 3s 200ms of 5m before failback",
+            "primary healthy for 1m 4s of 5m before failback",
+        ),
+        (
+            "primary unhealthy (p: timeout after 500ms); minDwell holds the route for 1m 59s 900ms",
+            "primary unhealthy (p: timeout after 500ms); minDwell holds the route for 2s",
+        ),
+        (
+            "primary suspect (slo: error ratio 0.3 (for 12s))",
+            "primary suspect (slo: error ratio 0.3 (for 2days 3h))",
+        ),
+        (
+            "failed over; primary unknown: p: no result for 9s",
+            "failed over; primary unknown: p: no result for 31s",
+        ),
+    ];
+    for (a, b) in same {
+        assert_ne!(a, b);
+        assert_eq!(explain_key(a), explain_key(b), "{a} / {b}");
+    }
+    let different: &[(&str, &str)] = &[
+        ("failing over to failover[0]", "failing over to failover[1]"),
+        (
+            "failback at step 1 of 3: 10% on the primary",
+            "failback at step 2 of 3: 50% on the primary",
+        ),
+        (
+            "primary suspect (p: refused (1/3))",
+            "primary suspect (p: refused (2/3))",
+        ),
+        (
+            "primary healthy since 2026-01-01T00:00:00Z",
+            "primary healthy since 2026-01-01T00:00:01Z",
+        ),
+        ("primary unhealthy (a)", "primary unhealthy (b)"),
+    ];
+    for (a, b) in different {
+        assert_ne!(explain_key(a), explain_key(b), "{a} / {b}");
+    }
+    assert_eq!(explain_key("held for 1m 3s 200ms."), "held for ….");
+    assert_eq!(explain_key("µ 5s é"), "µ … é");
+}
+
+/// Ensures a recovering playbook's explanation, which changes every round, keeps one key for
+/// the whole wait: the controller logs it once, then again when failback starts.
+#[test]
+fn recovering_explanations_share_one_key() {
+    let pb = playbook(&[("minDwell: 120s", "minDwell: 0s")]);
+    let mut w = World::default();
+    let mut st = State::default();
+    for s in 0..3 {
+        w.probes(down(), up(), up(), at(s));
+        step(&pb, &mut st, &w, &Overrides::default(), at(s));
+    }
+    assert!(
+        matches!(st.phase, Phase::FailedOver { .. }),
+        "{:?}",
+        st.phase
+    );
+    let mut texts = std::collections::BTreeSet::new();
+    let mut keys = Vec::new();
+    for s in 5..60 {
+        w.probes(up(), up(), up(), at(s));
+        let d = step(&pb, &mut st, &w, &Overrides::default(), at(s));
+        assert!(
+            matches!(st.phase, Phase::Recovering { .. }),
+            "{s}: {:?}",
+            st.phase
+        );
+        texts.insert(d.explain.clone());
+        let key = (d.state.phase.name(), explain_key(&d.explain));
+        if keys.last() != Some(&key) {
+            keys.push(key);
+        }
+    }
+    assert!(texts.len() > 50, "the text carries a clock: {texts:?}");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+/// Ensures a saved hold naming a failover target the playbook no longer has (a reload removed
+/// it, or the state file was edited) never routes there, forced or not: the next healthy
+/// target is used, or the engine reports stuck naming the missing target.
+#[test]
+fn hold_on_a_missing_target_never_routes_there() {
+    let pb = playbook(&[]);
+    for force in [false, true] {
+        let hold = |target| Overrides {
+            hold: Some(Hold {
+                by: actor(),
+                target,
+                until: at(100),
+                force,
+            }),
+            ..Default::default()
+        };
+        let mut w = World::default();
+        w.probes(down(), up(), up(), at(0));
+        let d = decide(&pb, &State::default(), &w.list(), &hold(2), at(0));
+        assert_eq!(
+            routes(&d),
+            vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)],
+            "force {force}"
+        );
+        let d = decide(&pb, &State::default(), &w.list(), &hold(usize::MAX), at(0));
+        assert_eq!(
+            routes(&d),
+            vec![(Routing::Failover { target: 0 }, MoveKind::OperatorFailover)]
+        );
+        // No healthy target at all: stuck, naming the missing one, no move.
+        w.probes(down(), down(), unknown(), at(1));
+        let d = decide(&pb, &State::default(), &w.list(), &hold(7), at(1));
+        assert!(routes(&d).is_empty(), "force {force}: {:?}", d.actions);
+        assert!(
+            d.actions.iter().any(|a| matches!(a, Action::Stuck { reason } if reason.contains("failover[7], which does not exist"))),
+            "{:?}",
+            d.actions
+        );
+    }
+}
+
+/// Ensures the staleness budget is three intervals plus the timeout and saturates instead of
+/// overflowing on durations no playbook loader would pass.
+#[test]
+fn stale_after_saturates() {
+    let s = StdDuration::from_secs;
+    assert_eq!(
+        stale_after(s(1), StdDuration::from_millis(500)),
+        StdDuration::from_millis(3500)
+    );
+    assert_eq!(stale_after(s(3600), s(300)), s(3 * 3600 + 300));
+    assert_eq!(stale_after(StdDuration::MAX, s(1)), StdDuration::MAX);
+    assert_eq!(
+        stale_after(s(u64::MAX / 2), StdDuration::MAX),
+        StdDuration::MAX
+    );
+}

@@ -118,8 +118,8 @@ pub struct PlaybookSpec {
     #[serde(default)]
     pub failback: Failback,
     /// No second move within this time of the last one, unless an operator overrides.
-    /// Keeps a flapping primary from flapping the routes.
-    #[serde(default = "default_min_dwell")]
+    /// Keeps a flapping primary from flapping the routes. At most 7d.
+    #[serde(default = "default_min_dwell", deserialize_with = "duration::wait")]
     pub min_dwell: Duration,
     /// What a signal without data (probe could not run, Prometheus down) means.
     #[serde(default)]
@@ -279,9 +279,10 @@ pub struct ProbeSpec {
     #[serde(default)]
     pub grpc: Option<GrpcCheck>,
     /// Time between attempts. Detection takes about `interval × trigger.failureThreshold`.
-    #[serde(default = "default_interval")]
+    /// At most 1h.
+    #[serde(default = "default_interval", deserialize_with = "duration::interval")]
     pub interval: Duration,
-    /// Time allowed for one attempt; must be shorter than `interval`.
+    /// Time allowed for one attempt; must be shorter than `interval`. At most 5m.
     #[serde(default = "default_timeout")]
     #[schemars(with = "Duration")]
     pub timeout: Spanned<Duration>,
@@ -481,12 +482,18 @@ pub struct SloSpec {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub server: Option<Spanned<String>>,
-    /// Time between evaluations.
-    #[serde(default = "default_evaluation_interval")]
+    /// Time between evaluations. At most 1h.
+    #[serde(
+        default = "default_evaluation_interval",
+        deserialize_with = "duration::interval"
+    )]
     pub evaluation_interval: Duration,
     /// Time allowed for each query (retried once if time remains); shorter than
-    /// `evaluationInterval`.
-    #[serde(default = "default_query_timeout")]
+    /// `evaluationInterval`. At most 5m.
+    #[serde(
+        default = "default_query_timeout",
+        deserialize_with = "duration::timeout"
+    )]
     pub timeout: Duration,
 }
 
@@ -558,7 +565,9 @@ pub struct ScrapeSlo {
     /// `response_code: "=~5.."`. Must not be empty.
     #[serde(default)]
     pub error_when: BTreeMap<String, String>,
-    /// Sliding window the ratio is computed over; at least 2 × `evaluationInterval`.
+    /// Sliding window the ratio is computed over; at least 2 × `evaluationInterval`, at
+    /// most 1d and at most 10,000 × `evaluationInterval`.
+    #[serde(deserialize_with = "duration::scrape_window")]
     pub window: Duration,
     /// Unhealthy while failed / all requests over the window is above this ratio (0 ≤ above < 1).
     pub above: f64,
@@ -568,9 +577,12 @@ pub struct ScrapeSlo {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BurnRate {
-    /// The long window (e.g. `1h`): makes the rule significant.
+    /// The long window (e.g. `1h`): makes the rule significant. At most 30d.
+    #[serde(deserialize_with = "duration::burn_window")]
     pub long: Duration,
-    /// The short window (e.g. `5m`): makes it reset quickly once the errors stop.
+    /// The short window (e.g. `5m`): makes it reset quickly once the errors stop. At most
+    /// 30d.
+    #[serde(deserialize_with = "duration::burn_window")]
     pub short: Duration,
     /// Burn-rate factor: budget spent this many times faster than sustainable.
     pub factor: f64,
@@ -599,8 +611,8 @@ pub struct Trigger {
     #[serde(default = "default_failure_threshold")]
     #[schemars(with = "u32")]
     pub failure_threshold: Spanned<u32>,
-    /// A failure (probe past the threshold, SLO breach) must also last this long.
-    #[serde(default, rename = "for")]
+    /// A failure (probe past the threshold, SLO breach) must also last this long. At most 7d.
+    #[serde(default, rename = "for", deserialize_with = "duration::wait")]
     pub for_: Duration,
     /// An SLO breach alone does not fail a target over: a probe on it must be failing too,
     /// so a monitoring fault cannot move traffic.
@@ -633,16 +645,19 @@ pub struct Failback {
     /// `automatic`: fail back on its own once the primary is stable; `manual`: wait for an operator.
     #[serde(default)]
     pub mode: FailbackMode,
-    /// The primary must be healthy this long before failback starts.
-    #[serde(default = "default_failback_after")]
+    /// The primary must be healthy this long before failback starts. At most 7d.
+    #[serde(
+        default = "default_failback_after",
+        deserialize_with = "duration::wait"
+    )]
     pub after: Duration,
     /// Percent of traffic on the primary at each step; strictly increasing, ending at 100.
     /// A primary that fails during the ramp gets all traffic taken away again at once.
     #[serde(default = "default_steps")]
     #[schemars(with = "Vec<u8>")]
     pub steps: Spanned<Vec<u8>>,
-    /// Time between steps.
-    #[serde(default = "default_step_interval")]
+    /// Time between steps. At most 7d.
+    #[serde(default = "default_step_interval", deserialize_with = "duration::wait")]
     pub step_interval: Duration,
 }
 
@@ -944,6 +959,8 @@ impl Playbook {
                         p.timeout.value, p.interval
                     ),
                 );
+            } else if let Err(e) = p.timeout.value.at_most(duration::bounds::TIMEOUT) {
+                push(p.timeout.referenced, &format!("{field}.timeout"), e);
             }
         }
         for (i, s) in spec.slos.iter().enumerate() {
@@ -1105,6 +1122,9 @@ impl Playbook {
     }
 }
 
+/// Most evaluations one `scrape` window may span (one sample of two counters is kept for each).
+pub const MAX_SCRAPE_SAMPLES: u128 = 10_000;
+
 /// Checks a `scrape` SLO: URL, metric name, matchers, window and threshold.
 fn check_scrape(
     sc: &ScrapeSlo,
@@ -1163,12 +1183,29 @@ fn check_scrape(
             "must name at least one label (e.g. `response_code: \"=~5..\"`): without it every request counts as failed".into(),
         );
     }
-    if sc.window.get() < s.evaluation_interval.get() * 2 {
+    if sc.window.get() < s.evaluation_interval.get().saturating_mul(2) {
         push(
             sc.metric.referenced,
             &format!("{field}.scrape.window"),
             format!(
                 "window {} must be at least 2 × evaluationInterval ({}): a ratio needs two counter increases",
+                sc.window, s.evaluation_interval
+            ),
+        );
+    }
+    // One sample per evaluation is kept for the whole window: bound how many.
+    let per_window = sc
+        .window
+        .get()
+        .as_nanos()
+        .checked_div(s.evaluation_interval.get().as_nanos())
+        .unwrap_or(u128::MAX);
+    if per_window > MAX_SCRAPE_SAMPLES {
+        push(
+            sc.metric.referenced,
+            &format!("{field}.scrape.window"),
+            format!(
+                "window {} holds {per_window} evaluations of {}; at most {MAX_SCRAPE_SAMPLES} (raise evaluationInterval or shorten the window)",
                 sc.window, s.evaluation_interval
             ),
         );
@@ -1630,3 +1667,6 @@ mod probe_validation_tests {
         assert!(err.message.contains("insecure"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod tests;

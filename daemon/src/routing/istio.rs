@@ -569,7 +569,9 @@ fn weighted(route: &[Value], p: &str, err: &mut impl FnMut(String, String)) {
         if w < 0 {
             err(format!("{p}[{j}].weight"), format!("weight {w} < 0"));
         }
-        total += w;
+        // Saturating: weights come from whoever wrote the object; two huge ones must not
+        // overflow the sum.
+        total = total.saturating_add(w);
     }
     if route.len() > 1 && total == 0 {
         err(p.to_string(), "total destination weight = 0".into());

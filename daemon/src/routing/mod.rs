@@ -238,31 +238,47 @@ fn annotations(vs: &Value) -> Option<&Map<String, Value>> {
 }
 
 /// Reads failoverd's routing and the route's destinations from a VirtualService.
+///
+/// The two failoverd annotations are outside input (anyone who can edit the object can edit
+/// them): a state annotation that is not failoverd's valid JSON, names a failover target the
+/// playbook does not have, splits outside 1..=99 %, or carries a `lastMove` in the future, and
+/// an original route that is not a valid route, are refused as [`StoreError::Malformed`]
+/// naming the annotation and the field. The playbook then stays inactive with that reason in
+/// `/readyz` (`playbookErrors`) and the metrics until the object is fixed; nothing is computed
+/// from the bad value.
 pub fn view(vs: &Value, pb: &Playbook) -> Result<RouteView, StoreError> {
+    view_at(vs, pb, jiff::Timestamp::now())
+}
+
+/// [`view`] with the current time passed in (pure).
+pub fn view_at(vs: &Value, pb: &Playbook, now: jiff::Timestamp) -> Result<RouteView, StoreError> {
     check_kind(vs, pb)?;
+    let object = object_name(pb);
     let i = route_index(vs, pb)?;
     let route = vs
         .pointer(&format!("/spec/http/{i}/route"))
         .cloned()
         .unwrap_or(Value::Null);
-    let state = annotations(vs)
-        .and_then(|a| a.get(STATE))
-        .and_then(Value::as_str)
-        .and_then(|s| serde_json::from_str::<StateAnnotation>(s).ok())
-        .filter(|s| s.route_matches(pb));
-    let routing = state.as_ref().map_or(Routing::Primary, |s| s.routing);
+    let state = match annotations(vs).and_then(|a| a.get(STATE)) {
+        None => None,
+        Some(v) => {
+            let text = v.as_str().ok_or_else(|| StoreError::Malformed {
+                object: object.clone(),
+                message: format!("annotation {STATE} is not a string"),
+            })?;
+            parse_state(text, pb, now).map_err(|message| StoreError::Malformed {
+                object: object.clone(),
+                message,
+            })?
+        }
+    };
+    let routing = state.map_or(Routing::Primary, |s| s.routing);
     let drift = if routing == Routing::Primary {
         None
     } else {
         // What failoverd would have written for this routing, from the recorded original.
-        let original = annotations(vs)
-            .and_then(|a| a.get(ORIGINAL_ROUTE))
-            .and_then(Value::as_str)
-            .and_then(|s| serde_json::from_str::<Value>(s).ok());
-        match original {
-            None => Some(format!(
-                "annotation {ORIGINAL_ROUTE} is missing or not JSON"
-            )),
+        match recorded_original(vs, &object)? {
+            None => Some(format!("annotation {ORIGINAL_ROUTE} is missing")),
             Some(o) => {
                 let wrote = route_for(pb, routing, &o);
                 (wrote != route)
@@ -278,6 +294,108 @@ pub fn view(vs: &Value, pb: &Playbook) -> Result<RouteView, StoreError> {
     })
 }
 
+/// Longest state annotation read: failoverd writes about 150 bytes; Kubernetes allows 256 KiB
+/// of annotations in all, and nothing that long is failoverd's.
+pub const MAX_STATE_LEN: usize = 4096;
+
+/// How far in the future a recorded `lastMove` may lie (clock skew between replicas) before
+/// the annotation is refused: a far-future `lastMove` would hold `minDwell` until that date.
+pub const MAX_LAST_MOVE_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// failoverd's state for one route, as read from the state annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParsedState {
+    /// Where failoverd routed traffic (checked against the playbook).
+    pub routing: Routing,
+    /// When the last move started (never later than `now` + [`MAX_LAST_MOVE_SKEW`]).
+    pub last_move: Option<jiff::Timestamp>,
+}
+
+/// Parses and validates the state annotation's text for `pb` at `now`.
+///
+/// `Ok(None)`: the annotation is another playbook's (or another route's), so this playbook
+/// has not moved the route. `Err`: the text is not a state annotation failoverd could have
+/// written for this playbook; the message names the annotation and what is wrong. Never
+/// panics, whatever the text.
+pub fn parse_state(
+    text: &str,
+    pb: &Playbook,
+    now: jiff::Timestamp,
+) -> Result<Option<ParsedState>, String> {
+    if text.len() > MAX_STATE_LEN {
+        return Err(format!(
+            "annotation {STATE} is {} bytes, more than the {MAX_STATE_LEN} failoverd ever writes",
+            text.len()
+        ));
+    }
+    // Read loosely first: whose annotation it is decides whether the rest must be ours.
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        playbook: String,
+        route: Option<String>,
+        routing: Value,
+        #[serde(default, rename = "lastMove")]
+        last_move: Option<Value>,
+    }
+    let loose: Loose = serde_json::from_str(text)
+        .map_err(|e| format!("annotation {STATE} is not failoverd's state JSON: {e}"))?;
+    let ours = loose.playbook == pb.name()
+        && loose.route.as_deref() == pb.spec.route.as_ref().map(|r| r.value.as_str());
+    if !ours {
+        return Ok(None);
+    }
+    let routing: Routing = serde_json::from_value(loose.routing)
+        .map_err(|e| format!("annotation {STATE}: field routing: {e}"))?;
+    routing
+        .check(pb.spec.failover.value.len())
+        .map_err(|e| format!("annotation {STATE}: field routing: {e}"))?;
+    let last_move = match loose.last_move {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let t: jiff::Timestamp = serde_json::from_value(v)
+                .map_err(|e| format!("annotation {STATE}: field lastMove: {e}"))?;
+            let latest = now
+                .checked_add(MAX_LAST_MOVE_SKEW)
+                .unwrap_or(jiff::Timestamp::MAX);
+            if t > latest {
+                return Err(format!(
+                    "annotation {STATE}: field lastMove {t} is in the future (now {now}); it \
+                     would hold minDwell until then"
+                ));
+            }
+            Some(t)
+        }
+    };
+    Ok(Some(ParsedState { routing, last_move }))
+}
+
+/// The recorded original route, checked: `None` when absent; an error naming the annotation
+/// when it is not JSON or not a route failoverd could restore (see [`validate_route`]; each
+/// weight also at most `i32::MAX`, Istio's type).
+fn recorded_original(vs: &Value, object: &str) -> Result<Option<Value>, StoreError> {
+    let Some(v) = annotations(vs).and_then(|a| a.get(ORIGINAL_ROUTE)) else {
+        return Ok(None);
+    };
+    let malformed = |message: String| StoreError::Malformed {
+        object: object.to_string(),
+        message: format!("annotation {ORIGINAL_ROUTE}: {message}"),
+    };
+    let text = v.as_str().ok_or_else(|| malformed("not a string".into()))?;
+    let route: Value =
+        serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    validate_route(&route, object, false).map_err(|e| malformed(e.to_string()))?;
+    if let Some(w) = route
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("weight").and_then(Value::as_u64))
+        .find(|w| *w > i32::MAX as u64)
+    {
+        return Err(malformed(format!("weight {w} is larger than Istio allows")));
+    }
+    Ok(Some(route))
+}
+
 /// The state annotation: which playbook moved the route and where it points.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct StateAnnotation {
@@ -287,13 +405,6 @@ struct StateAnnotation {
     /// When the last move started, so `minDwell` survives a restart.
     #[serde(default, rename = "lastMove", skip_serializing_if = "Option::is_none")]
     last_move: Option<jiff::Timestamp>,
-}
-
-impl StateAnnotation {
-    fn route_matches(&self, pb: &Playbook) -> bool {
-        self.playbook == pb.name()
-            && self.route.as_deref() == pb.spec.route.as_ref().map(|r| r.value.as_str())
-    }
 }
 
 fn check_kind(vs: &Value, pb: &Playbook) -> Result<(), StoreError> {
@@ -373,9 +484,14 @@ pub fn route_for(pb: &Playbook, to: Routing, original: &Value) -> Value {
             if orig.is_empty() {
                 out.push(json!({ "destination": destination(pb, Target::Primary), "weight": p }));
             } else {
+                // Saturating, never truncating: a recorded weight is checked at entry
+                // (`recorded_original`), and a bad one must still not wrap here.
                 let w: Vec<u32> = orig
                     .iter()
-                    .map(|d| d.get("weight").and_then(Value::as_u64).unwrap_or(0) as u32)
+                    .map(|d| {
+                        let w = d.get("weight").and_then(Value::as_u64).unwrap_or(0);
+                        u32::try_from(w).unwrap_or(u32::MAX)
+                    })
                     .collect();
                 let w = if orig.len() == 1 { vec![1] } else { w };
                 for (mut d, share) in orig.into_iter().zip(scale_weights(&w, p)) {
@@ -412,16 +528,7 @@ pub fn apply(
         .pointer(&format!("/spec/http/{i}/route"))
         .cloned()
         .unwrap_or(Value::Null);
-    let recorded = annotations(vs)
-        .and_then(|a| a.get(ORIGINAL_ROUTE))
-        .and_then(Value::as_str)
-        .map(|s| {
-            serde_json::from_str::<Value>(s).map_err(|e| StoreError::Malformed {
-                object: object.clone(),
-                message: format!("annotation {ORIGINAL_ROUTE} is not JSON: {e}"),
-            })
-        })
-        .transpose()?;
+    let recorded = recorded_original(vs, &object)?;
     let original = recorded.clone().unwrap_or_else(|| before.clone());
     let new_route = route_for(pb, to, &original);
     validate_route(&new_route, &object, to != Routing::Primary)?;

@@ -349,9 +349,9 @@ fn last_move_round_trips() {
     let mut v = vs();
     let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
     apply(&mut v, &pb, Routing::Failover { target: 0 }, Some(t)).unwrap();
-    assert_eq!(view(&v, &pb).unwrap().last_move, Some(t));
+    assert_eq!(view_at(&v, &pb, t).unwrap().last_move, Some(t));
     apply(&mut v, &pb, Routing::Primary, Some(t)).unwrap();
-    assert_eq!(view(&v, &pb).unwrap().last_move, None);
+    assert_eq!(view_at(&v, &pb, t).unwrap().last_move, None);
 }
 
 mod istio_property {
@@ -533,4 +533,306 @@ fn drift_is_detected_only_for_changes_made_by_others() {
     let routing = view(&v, &pb).unwrap().routing;
     apply(&mut v, &pb, routing, None).unwrap();
     assert_eq!(view(&v, &pb).unwrap().drift, None);
+}
+
+/// The failover route written for `pb`, with the state annotation replaced by `state`.
+fn tampered(pb: &Playbook, state: &str) -> Value {
+    let mut v = vs();
+    apply(&mut v, pb, Routing::Failover { target: 0 }, None).unwrap();
+    v["metadata"]["annotations"][STATE] = Value::String(state.to_string());
+    v
+}
+
+/// Ensures a foreign or tampered state annotation is refused as malformed, naming the
+/// annotation and the field, never read as "on the primary" and never computed with; and that
+/// valid ones (and other playbooks' ones) still read.
+#[test]
+fn tampered_state_annotations_are_refused_with_a_reason() {
+    let pb = pb();
+    let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let bad: &[(&str, &str)] = &[
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":250}}"#,
+            "primaryPercent 250 is outside 1..=99",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":0}}"#,
+            "primaryPercent 0 is outside 1..=99",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":100}}"#,
+            "primaryPercent 100 is outside 1..=99",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":-5}}"#,
+            "field routing",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":1e300}}"#,
+            "field routing",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"failover","target":1}}"#,
+            "failover[1] does not exist",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"failover","target":18446744073709551615}}"#,
+            "does not exist",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"sideways"}}"#,
+            "field routing",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"failover","target":0},"lastMove":"2999-12-31T00:00:00Z"}"#,
+            "field lastMove 2999-12-31T00:00:00Z is in the future",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"failover","target":0},"lastMove":"yesterday"}"#,
+            "field lastMove",
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"failover","target":0},"lastMove":12}"#,
+            "field lastMove",
+        ),
+        ("not json", "is not failoverd's state JSON"),
+        ("", "is not failoverd's state JSON"),
+        ("{}", "is not failoverd's state JSON"),
+    ];
+    for (text, want) in bad {
+        let v = tampered(&pb, text);
+        match view_at(&v, &pb, now) {
+            Err(StoreError::Malformed { object, message }) => {
+                assert_eq!(object, "demo/web");
+                assert!(message.contains(STATE), "{text}: {message}");
+                assert!(message.contains(want), "{text}: {message}");
+            }
+            other => panic!("{text}: expected Malformed, got {other:?}"),
+        }
+        // A write through the same object is refused too: nothing computed from the bad value.
+        let mut w = v.clone();
+        assert!(
+            matches!(
+                apply(&mut w, &pb, Routing::Primary, None).and(view_at(&w, &pb, now)),
+                Err(StoreError::Malformed { .. })
+                    | Ok(RouteView {
+                        routing: Routing::Primary,
+                        ..
+                    })
+            ),
+            "{text}"
+        );
+    }
+    let long = format!(
+        r#"{{"playbook":"web","route":"primary","routing":{{"to":"primary"}},"x":"{}"}}"#,
+        "a".repeat(MAX_STATE_LEN)
+    );
+    assert!(matches!(
+        view_at(&tampered(&pb, &long), &pb, now),
+        Err(StoreError::Malformed { message, .. }) if message.contains("more than the 4096")
+    ));
+    // Not a string at all.
+    let mut v = tampered(&pb, "");
+    v["metadata"]["annotations"][STATE] = json!({ "routing": 250 });
+    assert!(matches!(
+        view_at(&v, &pb, now),
+        Err(StoreError::Malformed { message, .. }) if message.contains("is not a string")
+    ));
+
+    let good: &[(&str, Routing, Option<&str>)] = &[
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":1}}"#,
+            Routing::Split {
+                target: 0,
+                primary_percent: 1,
+            },
+            None,
+        ),
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"split","target":0,"primaryPercent":99}}"#,
+            Routing::Split {
+                target: 0,
+                primary_percent: 99,
+            },
+            None,
+        ),
+        // A replica's clock a little ahead is tolerated.
+        (
+            r#"{"playbook":"web","route":"primary","routing":{"to":"failover","target":0},"lastMove":"2026-01-01T00:04:00Z"}"#,
+            Routing::Failover { target: 0 },
+            Some("2026-01-01T00:04:00Z"),
+        ),
+        // Another playbook's (or another route's) annotation: not ours, so this playbook has
+        // not moved the route, whatever that playbook's routing says.
+        (
+            r#"{"playbook":"other","route":"primary","routing":{"to":"split","target":7,"primaryPercent":250}}"#,
+            Routing::Primary,
+            None,
+        ),
+        (
+            r#"{"playbook":"web","route":"other","routing":{"to":"failover","target":9}}"#,
+            Routing::Primary,
+            None,
+        ),
+    ];
+    for (text, routing, last) in good {
+        let got = view_at(&tampered(&pb, text), &pb, now).unwrap();
+        assert_eq!(got.routing, *routing, "{text}");
+        assert_eq!(
+            got.last_move,
+            last.map(|l| l.parse::<jiff::Timestamp>().unwrap()),
+            "{text}"
+        );
+    }
+}
+
+/// Ensures a tampered original-route annotation is refused (naming it) instead of being
+/// restored, scaled or truncated.
+#[test]
+fn tampered_original_route_annotations_are_refused() {
+    let pb = pb();
+    let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let cases: &[(Value, &str)] = &[
+        (json!("not json"), "not JSON"),
+        (json!({ "route": [] }), "not a string"),
+        (json!("[]"), "no destinations"),
+        (
+            json!(r#"[{"destination":{"host":"a.b"},"weight":-1}]"#),
+            "non-negative",
+        ),
+        (
+            json!(r#"[{"destination":{"host":"a.b"},"weight":0}]"#),
+            "sum to 0",
+        ),
+        (
+            json!(
+                r#"[{"destination":{"host":"a.b"},"weight":4294967346},{"destination":{"host":"c.d"},"weight":50}]"#
+            ),
+            "larger than Istio allows",
+        ),
+        (json!(r#"[{"destination":{"host":"*"}}]"#), "route[0]"),
+    ];
+    for (ann, want) in cases {
+        let mut v = vs();
+        apply(&mut v, &pb, Routing::Failover { target: 0 }, None).unwrap();
+        v["metadata"]["annotations"][ORIGINAL_ROUTE] = ann.clone();
+        let err = view_at(&v, &pb, now).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Malformed { .. }), "{ann}: {msg}");
+        assert!(
+            msg.contains(ORIGINAL_ROUTE) && msg.contains(want),
+            "{ann}: {msg}"
+        );
+        let mut w = v.clone();
+        let err = apply(
+            &mut w,
+            &pb,
+            Routing::Split {
+                target: 0,
+                primary_percent: 50,
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(want), "{ann}: {err}");
+        assert_eq!(w, v, "nothing half-written");
+    }
+}
+
+mod annotation_fuzz {
+    //! The state-annotation parser under arbitrary and near-valid input: it never panics, and
+    //! whatever it accepts is a routing the playbook can write (checked on the route that
+    //! routing actually produces, not on the routing's own weight helper).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn near_valid() -> impl Strategy<Value = String> {
+        let playbook = prop_oneof![4 => Just("web".to_string()), 1 => "[a-z]{0,4}"];
+        let route = prop_oneof![
+            4 => Just("\"primary\"".to_string()),
+            1 => Just("null".to_string()),
+            1 => "\"[a-z]{0,3}\""
+        ];
+        let to = prop_oneof![
+            1 => Just("primary"),
+            2 => Just("failover"),
+            4 => Just("split"),
+            1 => Just("Split"),
+            1 => Just("")
+        ];
+        let number = prop_oneof![
+            (0i64..300).prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| format!("{n:?}")),
+            Just("\"5\"".to_string()),
+            Just("null".to_string()),
+        ];
+        // Up to the year 9999 (jiff's range): most are in the past of the test's `now`.
+        let last = prop_oneof![
+            2 => Just(String::new()),
+            2 => (0i64..1_767_225_600).prop_map(|s| format!(
+                ",\"lastMove\":\"{}\"",
+                jiff::Timestamp::from_second(s).unwrap()
+            )),
+            1 => (0i64..253_402_207_200).prop_map(|s| format!(
+                ",\"lastMove\":\"{}\"",
+                jiff::Timestamp::from_second(s).unwrap()
+            )),
+            1 => "[ -~]{0,12}".prop_map(|s| format!(",\"lastMove\":{s:?}")),
+        ];
+        let target = prop_oneof![3 => Just("0".to_string()), 1 => Just("1".to_string()), 2 => number.clone()];
+        let percent = prop_oneof![2 => (0u16..=101).prop_map(|n| n.to_string()), 1 => number];
+        (playbook, route, to, target, percent, last).prop_map(
+            |(pb, route, to, target, percent, last)| {
+                format!(
+                    r#"{{"playbook":"{pb}","route":{route},"routing":{{"to":"{to}","target":{target},"primaryPercent":{percent}}}{last}}}"#
+                )
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn annotation_parser_never_panics_and_accepts_only_writable_routings(
+            text in prop_oneof![6 => near_valid(), 1 => any::<String>(), 1 => "[{}\":,a-z0-9 ]{0,64}"],
+        ) {
+            let pb = pb();
+            let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+            let n = pb.spec.failover.value.len();
+            match parse_state(&text, &pb, now) {
+                Err(msg) => prop_assert!(msg.contains(STATE), "{msg}"),
+                Ok(None) => {}
+                Ok(Some(s)) => {
+                    if let Some(t) = s.last_move {
+                        prop_assert!(t <= now.checked_add(MAX_LAST_MOVE_SKEW).unwrap());
+                    }
+                    match s.routing {
+                        Routing::Primary => {}
+                        Routing::Failover { target } => prop_assert!(target < n),
+                        Routing::Split { target, primary_percent } => {
+                            prop_assert!(target < n);
+                            prop_assert!((1..=99).contains(&primary_percent));
+                        }
+                    }
+                    // The route this routing writes: weights non-zero integers summing to 100
+                    // (or the original route itself), and the object passes Istio's checks.
+                    let mut v = vs();
+                    apply(&mut v, &pb, s.routing, s.last_move).unwrap();
+                    prop_assert!(istio::validate_virtual_service(&v).is_ok());
+                    if s.routing != Routing::Primary {
+                        let route = v["spec"]["http"][1]["route"].as_array().unwrap().clone();
+                        let weights: Vec<u64> =
+                            route.iter().map(|d| d["weight"].as_u64().unwrap()).collect();
+                        prop_assert!(weights.iter().all(|w| *w > 0), "{weights:?}");
+                        prop_assert_eq!(weights.iter().sum::<u64>(), 100);
+                        // And it reads back as exactly what was accepted.
+                        prop_assert_eq!(view_at(&v, &pb, now).unwrap().routing, s.routing);
+                    }
+                }
+            }
+        }
+    }
 }
