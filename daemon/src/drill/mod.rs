@@ -316,8 +316,15 @@ impl Drills {
         let Some(idx) = self.shared.index(playbook) else {
             return Some(format!("playbook `{playbook}` is not loaded"));
         };
-        let status = self.shared.snapshot().into_iter().nth(idx)?;
-        let pb = self.shared.playbooks.get(idx)?;
+        // Every lookup that finds nothing refuses: "no reason found" must mean "checked".
+        let (Some(status), Some(pb)) = (
+            self.shared.snapshot().into_iter().nth(idx),
+            self.shared.playbooks.get(idx),
+        ) else {
+            return Some(format!(
+                "playbook `{playbook}`: its status cannot be read; drills refuse rather than guess"
+            ));
+        };
         match (&status.phase, status.routing) {
             (None, _) | (_, None) => {
                 return Some(format!(
@@ -332,9 +339,14 @@ impl Drills {
                 ));
             }
         }
-        if let Ok(o) = self.shared.overrides.read()
-            && let Some(r) = o.iter().find(|r| r.playbook == playbook)
-        {
+        // A poisoned lock means the overrides cannot be read: fail closed, a drill must never
+        // run over a freeze it could not see.
+        let Ok(overrides) = self.shared.overrides.read() else {
+            return Some(format!(
+                "playbook `{playbook}`: its overrides cannot be read (lock poisoned); drills refuse rather than risk running over a freeze"
+            ));
+        };
+        if let Some(r) = overrides.iter().find(|r| r.playbook == playbook) {
             let what = match r.kind {
                 OverrideKind::Freeze => "frozen",
                 OverrideKind::Failover => "held on a failover target",
@@ -344,6 +356,7 @@ impl Drills {
                 r.actor, r.until, r.reason
             ));
         }
+        drop(overrides);
         let v = engine::verdict(pb, &status.signals, Target::Primary, Timestamp::now());
         match (&v, mode) {
             (engine::Verdict::Healthy { .. }, _) => None,
