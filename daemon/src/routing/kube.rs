@@ -315,7 +315,10 @@ impl KubeStore {
         )
         .await
         {
-            Ok(_) => *unanswered = None,
+            // Answered: it landed. `unanswered` stays set, so if the read-back below fails
+            // the next attempt (or the settling read) finds the object carrying this state
+            // and reports the move written, never `unchanged` or `failed`.
+            Ok(_) => {}
             // A 4xx is the server refusing this update: it did not land (an earlier
             // unanswered one still may have, which `unanswered` keeps).
             Err(TimedError::Kube(kube::Error::Api(status)))
@@ -627,7 +630,7 @@ async fn discover(
     )))
 }
 
-/// An update sent whose answer never came.
+/// An update that was sent: its answer never came, or it landed and has not been read back.
 #[derive(Debug)]
 struct Unanswered {
     /// The route before it, as the attempt that sent it read it.
