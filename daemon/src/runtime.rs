@@ -345,6 +345,10 @@ struct Guarded {
     audit_blocked: bool,
     /// The last move was written but its outcome record is still owed to the audit log.
     unrecorded: bool,
+    /// A write failed after it may have reached the store (it landed, then its read-back
+    /// failed; or someone else wrote in between): the route is read again before anything
+    /// is decided, so the controller never acts on a routing the store no longer holds.
+    reread: bool,
 }
 
 struct WriteJob {
@@ -529,6 +533,7 @@ pub async fn run(
             open_intent: None,
             audit_blocked: false,
             unrecorded: false,
+            reread: false,
         })
         .collect();
     // The log publishes its availability to readiness and metrics from now on; intents left
@@ -685,6 +690,7 @@ pub async fn run(
                     .filter(|(_, g)| g.state.is_none() && g.retry_at.is_none_or(|t| Instant::now() >= t))
                     .map(|(i, _)| i)
                     .collect();
+                reread_after_failed_writes(&mut guarded, rt.store.as_ref(), &job_tx, &shared, &clock).await;
                 read_and_step(&due, &mut guarded, rt.store.as_ref(), &mut ov_store, &mut orphaned_drills, &log, &job_tx, &shared, &clock).await;
             }
         }
@@ -917,6 +923,57 @@ async fn read_and_step(
     }
 }
 
+/// Reads the route of every playbook whose last write failed after it may have reached the
+/// store, once its retry is due, and adopts what the store holds when it differs from what
+/// the controller believed (audited as `found`). Until that read succeeds the playbook
+/// decides nothing: acting on a stale routing could leave users on a failover target while
+/// the controller thinks them on the primary.
+async fn reread_after_failed_writes(
+    guarded: &mut [Guarded],
+    store: &dyn RoutingStore,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    for (i, g) in guarded.iter_mut().enumerate() {
+        if !g.reread || g.pending || g.retry_at.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        let Ok(view) = store.read(&g.pb).await else {
+            // Still unreadable: read again next round; nothing is decided meanwhile.
+            continue;
+        };
+        g.reread = false;
+        let believed = g.state.as_ref().map(|s| s.routing);
+        if believed == Some(view.routing) {
+            continue;
+        }
+        warn!(playbook = g.pb.name(), store = %view.routing, believed = ?believed.map(|r| r.to_string()), "after a failed write the store holds another route; adopting it");
+        let _ = jobs
+            .send(Job::Audit(Box::new(Entry {
+                actor: "failoverd".into(),
+                action: "found".into(),
+                playbook: g.pb.name().to_string(),
+                reason: format!(
+                    "after a failed write the store holds {} where failoverd believed {}: the write landed after all, or someone else moved it; adopted before deciding again",
+                    view.routing,
+                    believed.map_or_else(|| "nothing".to_string(), |r| r.to_string())
+                ),
+                after: view.route.clone(),
+                outcome: "noted".into(),
+                ..Entry::default()
+            })))
+            .await;
+        let mut st = State::resume(view.routing, clock.now());
+        st.last_move = view.last_move;
+        set_status(shared, i, |s| {
+            s.phase = Some(st.phase.clone());
+            s.routing = Some(st.routing);
+        });
+        g.state = Some(st);
+    }
+}
+
 /// Reads the routes of the playbooks at `idxs` in one bulk read and settles each.
 async fn read_states(
     idxs: &[usize],
@@ -1088,7 +1145,7 @@ async fn step(
     let Some(state) = g.state.clone() else {
         return outcome;
     };
-    if g.pending || g.retry_at.is_some_and(|t| Instant::now() < t) {
+    if g.pending || g.reread || g.retry_at.is_some_and(|t| Instant::now() < t) {
         return outcome;
     }
     let obs = g.observations(clock);
@@ -1497,6 +1554,8 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
                 g.retry_at = Some(Instant::now() + TICK);
             } else {
                 set_status(shared, job.idx, |s| s.error = Some(e.clone()));
+                // A standby attempted nothing; any other failure may have reached the store.
+                g.reread = done.label != "fenced";
                 g.retry_at = Some(Instant::now() + retry_delay(done.label, g.backoff));
                 g.backoff = (g.backoff * 2).min(MAX_BACKOFF);
             }
