@@ -254,6 +254,10 @@ pub struct RunArgs {
     /// `POD_NAME`. Timing from `leaderElection:` in the config file.
     #[arg(long)]
     pub leader_elect: bool,
+    /// Most API connections open at once (default 512; lowered to fit the open-file limit
+    /// after the probes' share).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 impl RunArgs {
@@ -350,6 +354,7 @@ impl RunArgs {
                 .or(file.max_concurrent_failovers)
                 .unwrap_or(0),
             leader_election,
+            max_connections: self.max_connections.or(file.max_connections),
         })
     }
 }
@@ -754,7 +759,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .state
         .parent()
         .map_or_else(|| PathBuf::from("drills"), |p| p.join("drills"));
-    let result = serve_with_drills(
+    let result = serve_with_limits(
         rt,
         Arc::new(shared),
         Arc::new(tokens),
@@ -762,6 +767,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listener,
         rx,
         Some((drills, drill_dir)),
+        settings.max_connections,
     )
     .await;
     // A valid changed playbook set: drained above, now start over with it (same PID).
@@ -794,6 +800,25 @@ pub async fn serve_with_drills(
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
     drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
+) -> anyhow::Result<()> {
+    serve_with_limits(
+        rt, shared, tokens, audit_path, listener, shutdown, drills, None,
+    )
+    .await
+}
+
+/// [`serve_with_drills`] with a cap on API connections (default
+/// [`crate::server::DEFAULT_MAX_CONNECTIONS`], lowered to fit the open-file limit).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with_limits(
+    rt: Runtime,
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    audit_path: PathBuf,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+    drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
+    max_connections: Option<usize>,
 ) -> anyhow::Result<()> {
     // Operator calls are rare and each waits for its answer; a small queue is plenty.
     let (control_tx, control_rx) = mpsc::channel(64);
@@ -831,14 +856,14 @@ pub async fn serve_with_drills(
         api.drills = Some(d);
     }
     let app = crate::server::router(shared.clone(), api);
-    let mut http_stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    // Connection cap, header-read timeout, per-connection peer address (server.rs).
+    let limits = crate::server::ListenerLimits::for_process(max_connections);
+    let http = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        limits,
+        shutdown.clone(),
+    ));
     let result = runtime::run(rt, shared, control_rx, shutdown).await;
     http.await??;
     info!("stopped");

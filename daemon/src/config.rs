@@ -59,6 +59,9 @@ pub struct FileConfig {
     /// writes routing; the others probe, evaluate and serve reads as hot standbys.
     #[serde(rename = "leaderElection")]
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Most API connections open at once (default 512; lowered to fit the open-file limit).
+    #[serde(rename = "maxConnections")]
+    pub max_connections: Option<usize>,
 }
 
 /// `leaderElection:` in the config file.
@@ -217,4 +220,6 @@ pub struct Settings {
     pub max_concurrent_failovers: usize,
     /// Leader election (None: this replica is the only writer).
     pub leader_election: Option<ElectionConfig>,
+    /// `maxConnections` (None: the default, 512, lowered to fit the open-file limit).
+    pub max_connections: Option<usize>,
 }
