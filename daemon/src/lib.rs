@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_read;
 pub mod auth;
 pub mod cli;
 pub mod client;
