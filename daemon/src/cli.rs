@@ -902,6 +902,14 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => {
+            // Control characters in fields (a `reason` with a newline) are escaped, so no
+            // caller can forge a log line.
+            let ansi = std::io::stderr().is_terminal();
+            builder
+                .with_ansi(ansi)
+                .with_writer(crate::log_escape::Escaping { ansi })
+                .init()
+        }
     }
 }

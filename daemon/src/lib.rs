@@ -15,6 +15,7 @@ pub mod drift;
 pub mod drill;
 pub mod engine;
 pub mod leader;
+pub mod log_escape;
 pub mod metrics;
 pub mod notify;
 pub mod overrides;
