@@ -2024,3 +2024,132 @@ async fn run_drill(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Checks an error answer: a 4xx status and a JSON body `{ error: <non-empty>, detail }`.
+    fn assert_json_error(e: ApiError) -> Result<(), TestCaseError> {
+        let status = e.status;
+        prop_assert!(status.is_client_error(), "{status}");
+        let resp = e.into_response();
+        let bytes =
+            futures::executor::block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        prop_assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+        prop_assert!(v.as_object().unwrap().contains_key("detail"), "{v}");
+        Ok(())
+    }
+
+    /// Runs a body through every step a mutating call takes: parse, then each action's
+    /// fields. Never panics; every refusal is a 4xx JSON error.
+    fn check_body(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match parse_body(&Bytes::copy_from_slice(bytes)) {
+            Err(e) => assert_json_error(e)?,
+            Ok(body) => {
+                prop_assert!(!body.reason.trim().is_empty());
+                prop_assert!(body.reason.trim().chars().count() <= MAX_REASON);
+                for action in ["failover", "failback", "freeze", "resume", "nonsense"] {
+                    if let Err(e) = control_kind(action, &body) {
+                        assert_json_error(e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Any JSON value, a few levels deep, with the body's own keys likely.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,40}".prop_map(Value::from),
+            prop_oneof![
+                Just("failover[0]"),
+                Just("failover[99999999999999999999]"),
+                Just("primary"),
+                Just("1h"),
+                Just("0s"),
+                Just("8d"),
+                Just("18446744073709551615s"),
+                Just("\u{0}\n\r"),
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("reason".to_string()),
+                            Just("ttl".to_string()),
+                            Just("target".to_string()),
+                            Just("force".to_string()),
+                            "[a-z]{1,6}",
+                        ],
+                        inner
+                    ),
+                    0..5
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Ensures arbitrary bytes as a request body never panic the parser and every
+        /// refusal is a JSON error.
+        #[test]
+        fn any_bytes_are_a_json_error_or_a_body(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check_body(&bytes)?;
+        }
+
+        /// Ensures arbitrary JSON (objects with the body's keys and odd values) never panics
+        /// the parser or the per-action checks.
+        #[test]
+        fn any_json_is_a_json_error_or_a_body(v in json_value()) {
+            check_body(&serde_json::to_vec(&v).unwrap())?;
+        }
+
+        /// Ensures a well-formed body with arbitrary field values never panics, whatever the
+        /// ttl, target and reason hold.
+        #[test]
+        fn any_field_values_are_checked(
+            reason in ".{0,1100}",
+            ttl in proptest::option::of(".{0,12}|[0-9]{1,25}[a-z]{1,2}"),
+            target in proptest::option::of(prop_oneof![
+                ".{0,20}".prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                "failover\\[[0-9]{0,25}\\]".prop_map(Value::from),
+            ]),
+            force in any::<bool>(),
+        ) {
+            let v = json!({ "reason": reason, "ttl": ttl, "target": target, "force": force });
+            check_body(&serde_json::to_vec(&v).unwrap())?;
+        }
+
+        /// Ensures any Content-Type value and body give Ok or a 415 JSON error, never a panic.
+        #[test]
+        fn any_content_type_is_checked(ct in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), body in proptest::collection::vec(any::<u8>(), 0..8)) {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = ct.and_then(|b| header::HeaderValue::from_bytes(&b).ok()) {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            if let Err(e) = require_json(&headers, &Bytes::from(body)) {
+                prop_assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                assert_json_error(e)?;
+            }
+        }
+    }
+}
