@@ -258,6 +258,13 @@ pub struct RunArgs {
     /// after the probes' share).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Serve the API over HTTPS with this certificate chain (PEM; re-read when it changes).
+    /// Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -355,6 +362,16 @@ impl RunArgs {
                 .unwrap_or(0),
             leader_election,
             max_connections: self.max_connections.or(file.max_connections),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => file.tls.map(|t| crate::tls::TlsFiles {
+                    cert: t.cert_file,
+                    key: t.key_file,
+                }),
+            },
         })
     }
 }
@@ -767,7 +784,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listener,
         rx,
         Some((drills, drill_dir)),
-        settings.max_connections,
+        crate::server::ListenerOptions {
+            max_connections: settings.max_connections,
+            tls: settings.tls.clone(),
+        },
     )
     .await;
     // A valid changed playbook set: drained above, now start over with it (same PID).
@@ -802,13 +822,20 @@ pub async fn serve_with_drills(
     drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
 ) -> anyhow::Result<()> {
     serve_with_limits(
-        rt, shared, tokens, audit_path, listener, shutdown, drills, None,
+        rt,
+        shared,
+        tokens,
+        audit_path,
+        listener,
+        shutdown,
+        drills,
+        crate::server::ListenerOptions::default(),
     )
     .await
 }
 
-/// [`serve_with_drills`] with a cap on API connections (default
-/// [`crate::server::DEFAULT_MAX_CONNECTIONS`], lowered to fit the open-file limit).
+/// [`serve_with_drills`] with listener options: a cap on API connections (default
+/// [`crate::server::DEFAULT_MAX_CONNECTIONS`], lowered to fit the open-file limit) and TLS.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_with_limits(
     rt: Runtime,
@@ -818,8 +845,15 @@ pub async fn serve_with_limits(
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
     drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
-    max_connections: Option<usize>,
+    options: crate::server::ListenerOptions,
 ) -> anyhow::Result<()> {
+    // A certificate that does not load refuses the start, naming the file.
+    let tls = options
+        .tls
+        .clone()
+        .map(crate::tls::server_config)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     // Operator calls are rare and each waits for its answer; a small queue is plenty.
     let (control_tx, control_rx) = mpsc::channel(64);
     let mut api = ApiState::new(
@@ -857,11 +891,12 @@ pub async fn serve_with_limits(
     }
     let app = crate::server::router(shared.clone(), api);
     // Connection cap, header-read timeout, per-connection peer address (server.rs).
-    let limits = crate::server::ListenerLimits::for_process(max_connections);
+    let limits = crate::server::ListenerLimits::for_process(options.max_connections);
     let http = tokio::spawn(crate::server::serve(
         listener,
         app,
         limits,
+        tls,
         shutdown.clone(),
     ));
     let result = runtime::run(rt, shared, control_rx, shutdown).await;

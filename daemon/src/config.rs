@@ -62,6 +62,18 @@ pub struct FileConfig {
     /// Most API connections open at once (default 512; lowered to fit the open-file limit).
     #[serde(rename = "maxConnections")]
     pub max_connections: Option<usize>,
+    /// Serve the API over HTTPS (rustls): `{ certFile, keyFile }`, PEM, re-read on change.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls:` in the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// `leaderElection:` in the config file.
@@ -222,4 +234,6 @@ pub struct Settings {
     pub leader_election: Option<ElectionConfig>,
     /// `maxConnections` (None: the default, 512, lowered to fit the open-file limit).
     pub max_connections: Option<usize>,
+    /// `tls:` / `--tls-cert` + `--tls-key` (None: plain HTTP).
+    pub tls: Option<crate::tls::TlsFiles>,
 }

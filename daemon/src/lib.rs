@@ -26,3 +26,4 @@ pub mod runtime;
 pub mod server;
 pub mod slo;
 pub mod standin;
+pub mod tls;

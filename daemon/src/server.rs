@@ -88,6 +88,15 @@ async fn read_body_in_time(req: axum::extract::Request, next: axum::middleware::
     }
 }
 
+/// How the API listener is set up (`--max-connections`, `tls:`).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerOptions {
+    /// See [`ListenerLimits::for_process`].
+    pub max_connections: Option<usize>,
+    /// Serve HTTPS with these files (re-read when they change).
+    pub tls: Option<crate::tls::TlsFiles>,
+}
+
 /// Limits of the API listener.
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerLimits {
@@ -219,7 +228,8 @@ impl Drop for Active {
     }
 }
 
-/// Serves `app` on `listener` (HTTP/1.1) until `stop` turns true, then drains: calls in
+/// Serves `app` on `listener` (HTTP/1.1, over TLS when `tls` is given) until `stop` turns
+/// true, then drains: calls in
 /// progress finish (an operator call waits at most [`crate::api::CALL_TIMEOUT`]), idle
 /// connections close.
 ///
@@ -227,11 +237,13 @@ impl Drop for Active {
 /// connection with no call in progress (idle, kept alive, or still sending its headers), so
 /// a flood of idle or slowloris clients cannot lock out `/healthz` or an operator. Headers
 /// must arrive within `limits.header_read_timeout`. Each request carries the peer address
-/// as `ConnectInfo<SocketAddr>` (the API limits failed authentications per address).
+/// as `ConnectInfo<SocketAddr>` (the API limits failed authentications per address). A TLS
+/// handshake must finish within the header-read timeout too.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: ListenerLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -308,11 +320,31 @@ pub async fn serve(
                     resp
                 }
             });
-        let served = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-        let conns = conns.clone();
+        let (watcher, http, tls, conns) =
+            (graceful.watcher(), http.clone(), tls.clone(), conns.clone());
+        let handshake_within = limits.header_read_timeout;
         tokio::spawn(async move {
+            let work = async move {
+                match tls {
+                    None => {
+                        let _ = watcher
+                            .watch(http.serve_connection(TokioIo::new(stream), svc))
+                            .await;
+                    }
+                    Some(config) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(handshake_within, acceptor.accept(stream)).await
+                        {
+                            let _ = watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), svc))
+                                .await;
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = served => {}
+                _ = work => {}
                 _ = conn.close.notified() => {}
             }
             if let Ok(mut open) = conns.open.lock() {

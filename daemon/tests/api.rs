@@ -1625,3 +1625,157 @@ async fn state_is_not_reported_before_it_is_loaded() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["overrides"], json!([]));
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS on the listener.
+
+/// A CA (its PEM) able to issue a server certificate for 127.0.0.1.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes a leaf certificate and key for 127.0.0.1 to `cert` and `key`.
+    fn issue(&self, cert: &Path, key: &Path) {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let c = params.signed_by(&k, &self.issuer).unwrap();
+        // Key first, then the certificate: a reload that sees only one changed keeps the
+        // old pair (the key does not match) until both are in place.
+        std::fs::write(key, k.serialize_pem()).unwrap();
+        std::fs::write(cert, c.pem()).unwrap();
+    }
+
+    /// A client trusting only this CA, opening a new connection per call.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap()])
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+}
+
+/// Ensures `--tls-cert/--tls-key` serve the API over HTTPS with the given certificate (a
+/// client trusting its CA gets 200, one trusting another CA fails the handshake, plain
+/// HTTP gets no answer), and that replacing the files changes the served certificate
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_and_reloads_the_certificate() {
+    let f = Fixture::new().await;
+    let (ca1, ca2) = (Ca::new("ca-one"), Ca::new("ca-two"));
+    let (cert, key) = (f.dir.path().join("tls.crt"), f.dir.path().join("tls.key"));
+    ca1.issue(&cert, &key);
+    let loaded = vec![Loaded {
+        file: "demo.yaml".into(),
+        playbook: f.pb.clone(),
+    }];
+    let shared = Arc::new(Shared::new(&loaded));
+    let audit_path = f.dir.path().join("audit.jsonl");
+    let rt = Runtime {
+        playbooks: loaded,
+        store: Arc::new(FileStore::new(f.dir.path().join("routes"))),
+        audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
+        overrides: OverrideStore::open(&f.dir.path().join("overrides.json")).unwrap(),
+        prometheus: None,
+        prometheus_client: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(failoverd::cli::serve_with_limits(
+        rt,
+        shared.clone(),
+        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
+        audit_path,
+        listener,
+        stop_rx,
+        None,
+        failoverd::server::ListenerOptions {
+            max_connections: None,
+            tls: Some(failoverd::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+        },
+    ));
+    let url = format!("https://{addr}/v1/overrides");
+    let get = |c: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            c.get(&url)
+                .bearer_auth(VIEWER.1)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    wait_until(
+        "HTTPS answers with the first certificate",
+        Duration::from_secs(10),
+        || {
+            let c = ca1.client();
+            async move { get(c).await.ok() == Some(200) }
+        },
+    )
+    .await;
+    assert!(
+        get(ca2.client()).await.is_err(),
+        "a client trusting another CA connected"
+    );
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP answered on the TLS listener: {plain:?}"
+    );
+
+    // Rotate: the second CA's certificate replaces the first, no restart.
+    ca2.issue(&cert, &key);
+    wait_until(
+        "the new certificate is served",
+        Duration::from_secs(10),
+        || {
+            let c = ca2.client();
+            async move { get(c).await.ok() == Some(200) }
+        },
+    )
+    .await;
+    assert!(
+        get(ca1.client()).await.is_err(),
+        "the old certificate is still served"
+    );
+
+    // A broken replacement keeps the one in force.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(ca2.client()).await.ok(), Some(200));
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("daemon did not stop")
+        .unwrap()
+        .unwrap();
+}
