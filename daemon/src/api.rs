@@ -76,6 +76,8 @@ pub const AUTH_FAILURES_PER_SECOND: u32 = 10;
 const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Most keys the aggregate refusal log keeps (stale ones are dropped first).
 const REFUSAL_LOG_KEYS: usize = 4096;
+/// Source addresses the failed-authentication limiter keeps before forgetting recovered ones.
+const LIMITER_KEYS: usize = 10_000;
 
 /// Everything the API handlers need.
 #[derive(Debug, Clone)]
@@ -785,6 +787,11 @@ pub async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> R
                 .get::<ConnectInfo<SocketAddr>>()
                 .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
             let key = format!("address {ip}");
+            // One entry per address ever seen: drop the ones whose limit has recovered
+            // before the map grows large.
+            if state.auth_limiter.len() > LIMITER_KEYS {
+                state.auth_limiter.retain_recent();
+            }
             if state.auth_limiter.check_key(&ip).is_err() {
                 m.api_rate_limited
                     .get_or_create(&crate::metrics::labels([("by", "address")]))

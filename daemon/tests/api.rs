@@ -1779,3 +1779,62 @@ async fn tls_serves_and_reloads_the_certificate() {
         .unwrap()
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Listener timeouts.
+
+/// Ensures the listener drops a connection that sends nothing, one that trickles its headers
+/// (slowloris) and a kept-alive one left idle after an answer, once the 10 s header-read
+/// timeout has passed (checked with a 20 s bound), while answering a prompt request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new().await;
+    let d = f.start(true).await;
+    let addr = d.addr;
+    let closed_within = |mut s: tokio::net::TcpStream, trickle: bool| async move {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                r = s.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return Some(start.elapsed()),
+                    Ok(_) => {}
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if trickle {
+                        let _ = s.write_all(b"a").await;
+                    }
+                }
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
+        }
+    };
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    kept.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "a prompt request is answered");
+    let (a, b, c) = tokio::join!(
+        closed_within(silent, false),
+        closed_within(slow, true),
+        closed_within(kept, false)
+    );
+    for (what, t) in [("silent", a), ("slowloris", b), ("idle kept-alive", c)] {
+        let t = t.unwrap_or_else(|| panic!("{what} connection still open after 20 s"));
+        assert!(
+            t >= Duration::from_secs(8),
+            "{what} connection closed after {t:?}, before the timeout"
+        );
+    }
+    d.shutdown().await;
+}
