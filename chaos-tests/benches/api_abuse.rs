@@ -1,7 +1,9 @@
 //! An operator's call during a flood of refused calls, against the real binary: p50/p99 of
 //! `POST /v1/playbooks/demo/freeze|resume` (alternating; each persisted and audited before
-//! the answer) with and without 32 concurrent flooders sending bad-token, no-token and
-//! viewer-on-mutation calls, a quarter of them with a 60 KB playbook name. Goal (issue 13):
+//! the answer) with no flood, with a flood paced at 1,000 calls/s (the 10,000-call flood of
+//! `tests/api_abuse.rs` in 10 s), and with an unpaced flood (as fast as 32 connections
+//! go, client and daemon sharing the machine's cores) of bad-token, no-token and
+//! viewer-on-mutation calls, half of them with a 60 KB playbook name. Goal (issue 13):
 //! p99 ≤ 50 ms during the flood.
 //!
 //! `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench api_abuse`.
@@ -106,6 +108,14 @@ async fn main() {
         p99.as_secs_f64() * 1e3
     );
 
+    for rate in [Some(1000u32), None] {
+        flood_phase(&s, addr, rate).await;
+    }
+    d.terminate(Duration::from_secs(20)).unwrap();
+}
+
+/// Operator calls during a flood at `rate` calls/s (None: unpaced).
+async fn flood_phase(s: &Scenario, addr: SocketAddr, rate: Option<u32>) {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let long = Arc::new("x".repeat(60 * 1024));
@@ -115,7 +125,16 @@ async fn main() {
         let (stop, sent, long) = (stop.clone(), sent.clone(), long.clone());
         flooders.push(tokio::spawn(async move {
             let mut i = w;
+            let mut pace = rate.map(|r| {
+                let mut t =
+                    tokio::time::interval(Duration::from_secs_f64(FLOODERS as f64 / f64::from(r)));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                if let Some(p) = pace.as_mut() {
+                    p.tick().await;
+                }
                 let (method, path, token) = match i % 4 {
                     0 => (
                         "POST",
@@ -150,7 +169,8 @@ async fn main() {
     let secs = start.elapsed().as_secs_f64();
     let audit_after = std::fs::metadata(&s.paths.audit).map_or(0, |m| m.len());
     println!(
-        "operator call during a flood of {} refused calls in {secs:.1} s ({:.0}/s, {FLOODERS} at a time): p50 {:.2} ms, p99 {:.2} ms",
+        "operator call during a {} flood of {} refused calls in {secs:.1} s ({:.0}/s, {FLOODERS} at a time): p50 {:.2} ms, p99 {:.2} ms",
+        rate.map_or("unpaced".to_string(), |r| format!("{r}/s")),
         sent.load(Ordering::Relaxed),
         sent.load(Ordering::Relaxed) as f64 / secs,
         p50.as_secs_f64() * 1e3,
@@ -160,5 +180,4 @@ async fn main() {
         "audit log grew {} bytes during the flood (operator calls included)",
         audit_after - audit_before
     );
-    d.terminate(Duration::from_secs(20)).unwrap();
 }
