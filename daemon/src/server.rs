@@ -422,3 +422,120 @@ async fn method_not_allowed() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Ensures the cap leaves the probes' share and the reserve free: 1,024 descriptors give
+    /// 1,024 - 768 - 128 = 128 connections; a high limit keeps the configured cap; a tiny one
+    /// keeps the floor.
+    #[test]
+    fn connection_budget_leaves_room_for_probes() {
+        assert_eq!(failover_probes::MAX_IN_FLIGHT, 768);
+        assert_eq!(connection_budget(1024, 512), 128);
+        assert_eq!(connection_budget(1_048_576, 512), 512);
+        assert_eq!(connection_budget(1_048_576, 20), 20);
+        assert_eq!(connection_budget(100, 512), MIN_CONNECTIONS);
+    }
+
+    /// Reads until the peer closes; true if it closed within `within`.
+    async fn closed(s: &mut TcpStream, within: Duration) -> bool {
+        let mut b = [0u8; 1024];
+        tokio::time::timeout(within, async {
+            loop {
+                match s.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn get(s: &mut TcpStream, path: &str) -> String {
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Ensures that at the cap a new connection is served by closing the oldest idle one,
+    /// while a connection with a call in progress is never closed (its call completes).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_cap_the_oldest_idle_connection_makes_room() {
+        let app = Router::new()
+            .route("/fast", get_route(|| async { "fast" }))
+            .route(
+                "/slow",
+                get_route(|| async {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    "slow"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let limits = ListenerLimits {
+            max_connections: 3,
+            header_read_timeout: Duration::from_secs(30),
+        };
+        let server = tokio::spawn(serve(listener, app, limits, None, stop));
+        // Slot 1: a call in progress for 1.5 s.
+        let busy = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            get(&mut s, "/slow").await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Slots 2 and 3: idle, oldest first.
+        let mut idle1 = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut idle2 = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A fourth connection: served, and the oldest idle one is closed for it.
+        let mut fresh = TcpStream::connect(addr).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), get(&mut fresh, "/fast"))
+            .await
+            .expect("the new connection was not served");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("fast"),
+            "{answer}"
+        );
+        assert!(
+            closed(&mut idle1, Duration::from_secs(2)).await,
+            "oldest idle kept"
+        );
+        assert!(
+            !closed(&mut idle2, Duration::from_millis(300)).await,
+            "newer idle closed"
+        );
+        let slow = busy.await.unwrap();
+        assert!(
+            slow.starts_with("HTTP/1.1 200") && slow.ends_with("slow"),
+            "{slow}"
+        );
+        stop_tx.send(true).unwrap();
+        drop(idle2);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    fn get_route<H, T>(h: H) -> axum::routing::MethodRouter
+    where
+        H: axum::handler::Handler<T, ()>,
+        T: 'static,
+    {
+        axum::routing::get(h)
+    }
+}
