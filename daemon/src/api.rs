@@ -1772,6 +1772,41 @@ struct DrillBody {
     force: bool,
 }
 
+/// The drill-run body (empty: a plain run) and its reason (default `on demand`).
+fn parse_drill_body(bytes: &Bytes) -> ApiResult<(DrillBody, String)> {
+    if bytes.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {MAX_BODY} bytes"),
+        ));
+    }
+    let b: DrillBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DrillBody::default()
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, "invalid request body").detail(json!(e.to_string()))
+        })?
+    };
+    let reason = b
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("on demand")
+        .to_string();
+    if reason.chars().count() > MAX_REASON {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reason longer than {MAX_REASON} characters"),
+        ));
+    }
+    Ok((b, reason))
+}
+
 fn drills_of(state: &ApiState) -> Option<&Arc<crate::drill::Drills>> {
     state.drills.as_ref()
 }
@@ -1958,36 +1993,7 @@ async fn run_drill(
             .ok_or_else(|| no_drill(&name))?;
         let bytes = read_body(&body)?;
         require_json(&headers, bytes)?;
-        if bytes.len() > MAX_BODY {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {MAX_BODY} bytes"),
-            ));
-        }
-        let b: DrillBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-            DrillBody::default()
-        } else {
-            serde_json::from_slice(bytes).map_err(|e| {
-                let status = match e.classify() {
-                    serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                ApiError::new(status, "invalid request body").detail(json!(e.to_string()))
-            })?
-        };
-        let reason = b
-            .reason
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .unwrap_or("on demand")
-            .to_string();
-        if reason.chars().count() > MAX_REASON {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("reason longer than {MAX_REASON} characters"),
-            ));
-        }
+        let (b, reason) = parse_drill_body(bytes)?;
         d.request(
             &name,
             crate::drill::Trigger::Manual {
@@ -2051,9 +2057,16 @@ mod tests {
         Ok(())
     }
 
-    /// Runs a body through every step a mutating call takes: parse, then each action's
-    /// fields. Never panics; every refusal is a 4xx JSON error.
+    /// Runs a body through every step a mutating call takes: the drill-run parser, the
+    /// override parser, then each action's fields. Never panics; every refusal is a 4xx JSON
+    /// error.
     fn check_body(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match parse_drill_body(&Bytes::copy_from_slice(bytes)) {
+            Err(e) => assert_json_error(e)?,
+            Ok((_, reason)) => {
+                prop_assert!(!reason.is_empty() && reason.chars().count() <= MAX_REASON);
+            }
+        }
         match parse_body(&Bytes::copy_from_slice(bytes)) {
             Err(e) => assert_json_error(e)?,
             Ok(body) => {
