@@ -223,6 +223,22 @@ async fn flood_of_refused_calls_is_bounded() {
     );
     assert!(others.len() <= 4, "{others:#?}");
 
+    // Refusals are logged in aggregate (one line per identity or address per 10 s), not
+    // one line per call.
+    let refusal_lines = d
+        .log_lines()
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("API call"))
+        })
+        .count();
+    assert!(
+        (1..=20).contains(&refusal_lines),
+        "{refusal_lines} refusal log lines for {CALLS} refused calls"
+    );
+
     // Probes kept running through the flood (2 probes at 1 s: about 2 results a second).
     let probes = metric_sum(addr, "failoverd_probe_results_total").await - probes_before;
     assert!(

@@ -169,6 +169,26 @@ impl RefusalLog {
         self.note_in(&mut w, key, what, now);
     }
 
+    /// Logs the counts of windows that have ended with refusals not logged yet, and forgets
+    /// their keys (call every [`REFUSAL_LOG_WINDOW`], so the count of a flood's last window
+    /// is not lost when the flood stops).
+    pub fn flush(&self) {
+        let Ok(mut w) = self.windows.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        w.retain(|key, (start, n)| {
+            let elapsed = now.duration_since(*start);
+            if elapsed < REFUSAL_LOG_WINDOW {
+                return true;
+            }
+            if *n > 0 {
+                tracing::warn!(key = ?key, refused = *n, seconds = elapsed.as_secs(), "API calls refused in aggregate");
+            }
+            false
+        });
+    }
+
     fn note_in(
         &self,
         w: &mut HashMap<String, (Instant, u64)>,

@@ -889,6 +889,20 @@ pub async fn serve_with_limits(
         d.start();
         api.drills = Some(d);
     }
+    {
+        // Aggregate refusal lines for windows that ended when a flood stopped.
+        let refusals = api.refusals.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => refusals.flush(),
+                    _ = stop.wait_for(|v| *v) => break,
+                }
+            }
+        });
+    }
     let app = crate::server::router(shared.clone(), api);
     // Connection cap, header-read timeout, per-connection peer address (server.rs).
     let limits = crate::server::ListenerLimits::for_process(options.max_connections);
