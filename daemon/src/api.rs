@@ -76,6 +76,11 @@ pub const AUTH_FAILURES_PER_SECOND: u32 = 10;
 const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Most keys the aggregate refusal log keeps (stale ones are dropped first).
 const REFUSAL_LOG_KEYS: usize = 4096;
+/// `GET /v1/audit` reads at once: each may hold up to 10,000 records and scan far back for
+/// a filter, so many at once would be a viewer's way to exhaust memory and disk time.
+pub const AUDIT_READS: usize = 2;
+/// How long a `GET /v1/audit` waits for a turn before answering 503.
+const AUDIT_READ_WAIT: Duration = Duration::from_secs(10);
 /// Source addresses the failed-authentication limiter keeps before forgetting recovered ones.
 const LIMITER_KEYS: usize = 10_000;
 
@@ -102,6 +107,8 @@ pub struct ApiState {
     pub audit_budget: Arc<DefaultKeyedRateLimiter<String>>,
     /// Refusals not audited one by one, logged in aggregate.
     pub refusals: Arc<RefusalLog>,
+    /// `GET /v1/audit` reads running at once (each holds up to `limit` records).
+    pub audit_reads: Arc<tokio::sync::Semaphore>,
     /// `GET /v1/playbooks` body and the `Shared::list_version` it was built at.
     pub list_cache: Arc<Mutex<Option<(u64, axum::body::Bytes)>>>,
     /// The drill service (None: no drills loaded).
@@ -136,6 +143,7 @@ impl ApiState {
             auth_limiter: Arc::new(RateLimiter::keyed(auth_quota)),
             audit_budget: Arc::new(RateLimiter::keyed(audit_quota)),
             refusals: Arc::new(RefusalLog::default()),
+            audit_reads: Arc::new(tokio::sync::Semaphore::new(AUDIT_READS)),
             list_cache: Arc::default(),
             drills: None,
         }
@@ -1688,6 +1696,7 @@ struct AuditQuery {
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
         (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The audit log cannot be read", body = ErrorBody),
+        (status = 503, description = "Too many audit log reads at once", body = ErrorBody),
     )
 )]
 async fn get_audit(
@@ -1715,17 +1724,32 @@ async fn get_audit(
         actor: q.actor,
         since,
     };
+    // At most AUDIT_READS at once; the turn is held by the read itself, so a client that
+    // hangs up does not free it before the read ends.
+    let turn = tokio::time::timeout(AUDIT_READ_WAIT, state.audit_reads.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many audit log reads at once",
+            )
+            .detail(json!("retry in a few seconds"))
+        })?;
     // Read backwards from the end: O(limit), whatever the (never rotated) log's size.
-    let records =
-        tokio::task::spawn_blocking(move || crate::audit_read::read_last(&path, limit, &filter))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot read the audit log: {e}"),
-                )
-            })?;
+    let records = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        crate::audit_read::read_last(&path, limit, &filter)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the audit log: {e}"),
+        )
+    })?;
     Ok(axum::Json(AuditRecords { records }).into_response())
 }
 

@@ -1838,3 +1838,54 @@ async fn idle_and_slow_connections_are_dropped() {
     }
     d.shutdown().await;
 }
+
+/// Ensures `GET /v1/audit` reads run at most `AUDIT_READS` at once: with every turn taken a
+/// read waits, then answers 503 (JSON); once a turn is free it answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reads_are_bounded_in_number() {
+    use tower::Service;
+    let f = Fixture::new().await;
+    let loaded = vec![Loaded {
+        file: "demo.yaml".into(),
+        playbook: f.pb.clone(),
+    }];
+    let shared = Arc::new(Shared::new(&loaded));
+    let audit_path = f.dir.path().join("audit.jsonl");
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let api = failoverd::api::ApiState::new(
+        shared.clone(),
+        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
+        tx,
+        Arc::new(FileStore::new(f.dir.path().join("routes"))),
+        Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
+        audit_path,
+    );
+    let turns = api.audit_reads.clone();
+    let mut app = failoverd::server::router(shared, api);
+    let mut get = async || {
+        let req = axum::http::Request::get("/v1/audit?limit=5")
+            .header("authorization", format!("Bearer {}", VIEWER.1))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.call(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let held = turns
+        .clone()
+        .try_acquire_many_owned(u32::try_from(failoverd::api::AUDIT_READS).unwrap())
+        .unwrap();
+    let (status, body) = get().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("audit log reads"),
+        "{body}"
+    );
+    drop(held);
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["records"].is_array(), "{body}");
+}
