@@ -1,22 +1,33 @@
 //! The override API under `/v1`: read state, and force, fail back, freeze or resume a
 //! playbook. Every call needs a bearer token; mutating calls need the operator role, are
 //! rate-limited per identity, go through the engine and the single routing writer, and are
-//! audited (refusals of authenticated callers too).
+//! audited (refusals of authenticated callers too, within a per-identity audit budget).
+//!
+//! Abuse is bounded before any work that costs disk: [`guard`] runs first on every `/v1`
+//! call and refuses over-long names in the path (404), counts failed authentications and
+//! limits them per source address, and rate-limits mutating calls per identity — all before
+//! the role check, so a viewer token cannot make fsynced 403 records at line rate. Refusals
+//! beyond the limits are counted (metrics) and logged in aggregate ([`RefusalLog`]), never
+//! audited one by one.
 //!
 //! The OpenAPI 3 description of these routes is generated from the handlers and the types
 //! below ([`openapi_json`]), served open at `GET /v1/openapi.json`, and kept as
 //! `docs/openapi.json` (a test fails when that copy is stale).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -26,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::audit::{self, AuditLog, Entry, Record};
+use crate::audit::{AuditLog, Entry, Record};
 use crate::auth::{AuthError, Caller, Role, Tokens};
 use crate::engine::{Actor, Routing};
 use crate::overrides::OverrideRecord;
@@ -43,7 +54,35 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Longest TTL: an override forgotten for weeks is an incident of its own.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time an operator call waits for its routing write before answering anyway.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest name (playbook, drill, override id, run id) accepted in a path segment: the
+/// Kubernetes limit for object names. Longer segments are refused (404) before anything
+/// else, so no record or log line ever carries one.
+pub const MAX_NAME: usize = 253;
+/// Longest request path accepted (404 beyond, before anything else).
+pub const MAX_PATH: usize = 1024;
+/// Refusals of one identity's mutating calls that are audited at once (a burst), before
+/// [`AUDIT_REFUSALS_PER_MINUTE`] applies; beyond the budget refusals are counted and logged
+/// in aggregate.
+pub const AUDIT_REFUSAL_BURST: u32 = 30;
+/// Audited refusals per identity per minute once the burst is spent.
+pub const AUDIT_REFUSALS_PER_MINUTE: u32 = 10;
+/// Failed authentications answered 401 from one source address in a burst; beyond it
+/// (and [`AUTH_FAILURES_PER_SECOND`]) the address gets 429.
+pub const AUTH_FAILURE_BURST: u32 = 60;
+/// Failed authentications per source address per second once the burst is spent.
+pub const AUTH_FAILURES_PER_SECOND: u32 = 10;
+/// One aggregate log line per key (identity or address) per this window.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Most keys the aggregate refusal log keeps (stale ones are dropped first).
+const REFUSAL_LOG_KEYS: usize = 4096;
+/// `GET /v1/audit` reads at once: each may hold up to 10,000 records and scan far back for
+/// a filter, so many at once would be a viewer's way to exhaust memory and disk time.
+pub const AUDIT_READS: usize = 2;
+/// How long a `GET /v1/audit` waits for a turn before answering 503.
+const AUDIT_READ_WAIT: Duration = Duration::from_secs(10);
+/// Source addresses the failed-authentication limiter keeps before forgetting recovered ones.
+const LIMITER_KEYS: usize = 10_000;
 
 /// Everything the API handlers need.
 #[derive(Debug, Clone)]
@@ -60,8 +99,16 @@ pub struct ApiState {
     pub audit: Arc<Mutex<AuditLog>>,
     /// The audit log's path (for `GET /v1/audit`).
     pub audit_path: PathBuf,
-    /// Per-identity limit on mutating calls.
+    /// Per-identity limit on mutating calls (checked before the role check).
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Per-source-address limit on failed authentications.
+    pub auth_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Per-identity budget of audited refusals.
+    pub audit_budget: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Refusals not audited one by one, logged in aggregate.
+    pub refusals: Arc<RefusalLog>,
+    /// `GET /v1/audit` reads running at once (each holds up to `limit` records).
+    pub audit_reads: Arc<tokio::sync::Semaphore>,
     /// `GET /v1/playbooks` body and the `Shared::list_version` it was built at.
     pub list_cache: Arc<Mutex<Option<(u64, axum::body::Bytes)>>>,
     /// The drill service (None: no drills loaded).
@@ -79,8 +126,12 @@ impl ApiState {
         audit: Arc<Mutex<AuditLog>>,
         audit_path: PathBuf,
     ) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN));
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(nz(5)).allow_burst(nz(20));
+        let auth_quota =
+            Quota::per_second(nz(AUTH_FAILURES_PER_SECOND)).allow_burst(nz(AUTH_FAILURE_BURST));
+        let audit_quota =
+            Quota::per_minute(nz(AUDIT_REFUSALS_PER_MINUTE)).allow_burst(nz(AUDIT_REFUSAL_BURST));
         Self {
             shared,
             tokens,
@@ -89,8 +140,85 @@ impl ApiState {
             audit,
             audit_path,
             limiter: Arc::new(RateLimiter::keyed(quota)),
+            auth_limiter: Arc::new(RateLimiter::keyed(auth_quota)),
+            audit_budget: Arc::new(RateLimiter::keyed(audit_quota)),
+            refusals: Arc::new(RefusalLog::default()),
+            audit_reads: Arc::new(tokio::sync::Semaphore::new(AUDIT_READS)),
             list_cache: Arc::default(),
             drills: None,
+        }
+    }
+}
+
+/// Refusals that are not audited one by one (rate-limited calls, failed authentications,
+/// refusals beyond an identity's audit budget), logged in aggregate: the first of a window
+/// at once, then one line per key per [`REFUSAL_LOG_WINDOW`] with the count, so a flood
+/// costs a few log lines, not one per call.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    windows: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// Notes one refusal of `key` (e.g. `identity alice`, `address 10.0.0.7`) for `what`
+    /// (e.g. `rate limited`); logs when a window starts or has ended.
+    pub fn note(&self, key: &str, what: &str) {
+        let Ok(mut w) = self.windows.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if w.len() >= REFUSAL_LOG_KEYS && !w.contains_key(key) {
+            w.retain(|_, (start, _)| now.duration_since(*start) < REFUSAL_LOG_WINDOW);
+            if w.len() >= REFUSAL_LOG_KEYS {
+                // Still full of live keys: count this one under a shared key.
+                return self.note_in(&mut w, "other callers", what, now);
+            }
+        }
+        self.note_in(&mut w, key, what, now);
+    }
+
+    /// Logs the counts of windows that have ended with refusals not logged yet, and forgets
+    /// their keys (call every [`REFUSAL_LOG_WINDOW`], so the count of a flood's last window
+    /// is not lost when the flood stops).
+    pub fn flush(&self) {
+        let Ok(mut w) = self.windows.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        w.retain(|key, (start, n)| {
+            let elapsed = now.duration_since(*start);
+            if elapsed < REFUSAL_LOG_WINDOW {
+                return true;
+            }
+            if *n > 0 {
+                tracing::warn!(key = ?key, refused = *n, seconds = elapsed.as_secs(), "API calls refused in aggregate");
+            }
+            false
+        });
+    }
+
+    fn note_in(
+        &self,
+        w: &mut HashMap<String, (Instant, u64)>,
+        key: &str,
+        what: &str,
+        now: Instant,
+    ) {
+        match w.get_mut(key) {
+            None => {
+                w.insert(key.to_string(), (now, 0));
+                // `?`: escaped, whatever the key holds.
+                tracing::warn!(key = ?key, what, "API call refused (further refusals of this key are counted and logged every 10 s)");
+            }
+            Some((start, n)) => {
+                *n += 1;
+                let elapsed = now.duration_since(*start);
+                if elapsed >= REFUSAL_LOG_WINDOW {
+                    tracing::warn!(key = ?key, what, refused = *n, seconds = elapsed.as_secs(), "API calls refused in aggregate");
+                    *start = now;
+                    *n = 0;
+                }
+            }
         }
     }
 }
@@ -527,7 +655,7 @@ pub mod schema {
 #[openapi(
     info(
         title = "failoverd override API",
-        description = "Read the state of failoverd's playbooks and force, fail back, freeze or resume them.\n\nEvery call except this document needs `Authorization: Bearer <token>`; reads need the viewer role, mutating calls the operator role. Mutating calls are rate-limited per identity and audited (refusals of authenticated callers too). Errors are JSON `{ \"error\": \"...\", \"detail\": ... }`.",
+        description = "Read the state of failoverd's playbooks and force, fail back, freeze or resume them.\n\nEvery call except this document needs `Authorization: Bearer <token>`; reads need the viewer role, mutating calls the operator role. Mutating calls are rate-limited per identity (before the role check) and audited; refusals of authenticated callers are audited within a per-identity budget (bursts of 30, then 10 a minute), never 401 or 429. Failed authentications are limited per source address. Bodies must be `Content-Type: application/json`. Errors are JSON `{ \"error\": \"...\", \"detail\": ... }`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -633,14 +761,149 @@ pub fn registered_routes() -> Vec<(Method, &'static str)> {
     table().into_iter().map(|(m, p, _)| (m, p)).collect()
 }
 
-/// The `/v1` routes.
+/// The `/v1` routes, behind [`guard`].
 pub fn routes(state: ApiState) -> Router {
     table()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {
             r.route(path, handler)
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+fn is_mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Runs before every `/v1` handler, in this order, so abuse is refused before it costs a
+/// role check, a disk write or an fsync: (1) a path longer than [`MAX_PATH`] or with a
+/// segment longer than [`MAX_NAME`] → 404; (2) a failed authentication is counted
+/// (`failoverd_api_auth_failures_total{reason}`), logged in aggregate, and limited per
+/// source address (429 beyond the limit; the handler's 401 otherwise); (3) a mutating call
+/// by an authenticated caller is rate-limited per identity (429, not audited). The handlers
+/// then check the role and audit refusals within the identity's audit budget.
+pub async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/v1/openapi.json" {
+        return next.run(req).await;
+    }
+    if path.len() > MAX_PATH || path.split('/').any(|seg| seg.len() > MAX_NAME) {
+        return ApiError::new(StatusCode::NOT_FOUND, "not found")
+            .detail(json!(format!(
+                "names are at most {MAX_NAME} bytes and paths at most {MAX_PATH}"
+            )))
+            .into_response();
+    }
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.tokens.authenticate(auth) {
+        Err(e) => {
+            let reason = match e {
+                AuthError::NotConfigured => "not_configured",
+                AuthError::Missing => "missing",
+                AuthError::Invalid => "invalid",
+            };
+            let m = &state.shared.metrics;
+            m.api_auth_failures
+                .get_or_create(&crate::metrics::labels([("reason", reason)]))
+                .inc();
+            let ip = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            let key = format!("address {ip}");
+            // One entry per address ever seen: drop the ones whose limit has recovered
+            // before the map grows large.
+            if state.auth_limiter.len() > LIMITER_KEYS {
+                state.auth_limiter.retain_recent();
+            }
+            if state.auth_limiter.check_key(&ip).is_err() {
+                m.api_rate_limited
+                    .get_or_create(&crate::metrics::labels([("by", "address")]))
+                    .inc();
+                state
+                    .refusals
+                    .note(&key, "failed authentications, rate limited");
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed authentications from this address",
+                )
+                .detail(json!("retry in a second with a valid bearer token"))
+                .into_response();
+            }
+            state.refusals.note(&key, "failed authentication");
+            next.run(req).await
+        }
+        Ok(caller) => {
+            if is_mutating(req.method()) && state.limiter.check_key(&caller.identity).is_err() {
+                state
+                    .shared
+                    .metrics
+                    .api_rate_limited
+                    .get_or_create(&crate::metrics::labels([("by", "identity")]))
+                    .inc();
+                state
+                    .refusals
+                    .note(&format!("identity {}", caller.identity), "rate limited");
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "rate limit for {} exceeded; retry in a second",
+                        caller.identity
+                    ),
+                )
+                .into_response();
+            }
+            next.run(req).await
+        }
+    }
+}
+
+/// 415 unless a non-empty body says it is JSON (`Content-Type: application/json`, with
+/// optional parameters). An empty body needs no type (its own error, or a plain drill run).
+fn require_json(headers: &HeaderMap, bytes: &Bytes) -> ApiResult<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let ok = ct.as_deref().is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "request body must be JSON (Content-Type: application/json)",
+    )
+    .detail(match ct {
+        Some(v) => json!(format!(
+            "got Content-Type `{}`",
+            v.chars().take(100).collect::<String>().escape_debug()
+        )),
+        None => json!("no Content-Type header"),
+    }))
+}
+
+/// 503 until the saved state (overrides) is loaded and published: before that, an empty
+/// override list would read as "not frozen" while a freeze holds.
+fn require_loaded(state: &ApiState) -> ApiResult<()> {
+    if state.shared.state_loaded.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: the saved overrides are not loaded yet",
+        )
+        .detail(json!("retry in a moment")))
+    }
 }
 
 fn authenticate(state: &ApiState, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
@@ -684,7 +947,20 @@ async fn audit_refusal(
     // runaway client causes, and an fsynced record per rejected call would defeat it. They
     // are logged instead.
     if err.status == StatusCode::TOO_MANY_REQUESTS {
-        tracing::warn!(identity = %caller.identity, action, playbook, "rate limit exceeded");
+        state
+            .refusals
+            .note(&format!("identity {}", caller.identity), "rate limited");
+        return;
+    }
+    // Within the identity's audit budget each refusal is recorded; beyond it (a client
+    // looping on a refused call) they are counted and logged in aggregate, so the number of
+    // records a flood can cause is bounded per identity.
+    if state.audit_budget.check_key(&caller.identity).is_err() {
+        state.shared.metrics.api_refusals_unaudited.inc();
+        state.refusals.note(
+            &format!("identity {}", caller.identity),
+            "refused, beyond the audit budget",
+        );
         return;
     }
     let log = state.audit.clone();
@@ -692,7 +968,9 @@ async fn audit_refusal(
     let entry = Entry {
         actor: caller.identity.clone(),
         action: action.to_string(),
-        playbook: playbook.to_string(),
+        // Path-derived: at most MAX_NAME bytes ([`guard`]); cut again so a record never
+        // depends on that alone.
+        playbook: playbook.chars().take(MAX_NAME).collect(),
         // A refused call may carry any reason, even a huge one: keep the record bounded.
         reason: reason.chars().take(MAX_REASON).collect(),
         inputs,
@@ -733,10 +1011,13 @@ fn reason_of(body: &Result<Bytes, BytesRejection>) -> String {
         (status = 200, description = "The playbooks", body = PlaybookList),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
     )
 )]
 async fn list_playbooks(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
+    require_loaded(&state)?;
     // Serve the cached body while nothing the list shows has changed: with a large fleet the
     // list is ~100 KB of JSON, and dashboards poll it far more often than it changes.
     let version = state
@@ -804,6 +1085,8 @@ fn json_bytes(body: axum::body::Bytes) -> Response {
         (status = 200, description = "The playbook", body = PlaybookDetail),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
     )
 )]
@@ -813,6 +1096,7 @@ async fn get_playbook(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
+    require_loaded(&state)?;
     let idx = state.shared.index(&name).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("no playbook named `{name}`"))
     })?;
@@ -1048,18 +1332,6 @@ async fn send(
     }
 }
 
-fn rate_limit(state: &ApiState, caller: &Caller) -> ApiResult<()> {
-    state.limiter.check_key(&caller.identity).map_err(|_| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "rate limit for {} exceeded; retry in a second",
-                caller.identity
-            ),
-        )
-    })
-}
-
 async fn act(
     state: ApiState,
     headers: HeaderMap,
@@ -1073,14 +1345,15 @@ async fn act(
         if caller.role < Role::Operator {
             return Err(forbidden(&caller, Role::Operator));
         }
-        rate_limit(&state, &caller)?;
         if state.shared.index(&name).is_none() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no playbook named `{name}`"),
             ));
         }
-        let body = parse_body(read_body(&body)?)?;
+        let bytes = read_body(&body)?;
+        require_json(&headers, bytes)?;
+        let body = parse_body(bytes)?;
         let kind = control_kind(action, &body)?;
         Ok((kind, body.reason.trim().to_string()))
     }
@@ -1129,12 +1402,13 @@ async fn act(
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
         (status = 403, description = "The caller's role is below operator", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (target missing or not known healthy, playbook inactive)", body = ErrorBody),
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl or target", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
         (status = 503, description = "failoverd is shutting down", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
@@ -1167,12 +1441,13 @@ async fn failover(
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
         (status = 403, description = "The caller's role is below operator", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (already on the primary, primary not known healthy, playbook inactive)", body = ErrorBody),
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl or target given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
         (status = 503, description = "failoverd is shutting down", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
@@ -1204,12 +1479,13 @@ async fn failback(
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
         (status = 403, description = "The caller's role is below operator", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl, target or force given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
         (status = 503, description = "failoverd is shutting down", body = ErrorBody),
     )
@@ -1240,12 +1516,13 @@ async fn freeze(
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
         (status = 403, description = "The caller's role is below operator", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (nothing to release, playbook inactive)", body = ErrorBody),
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
         (status = 503, description = "failoverd is shutting down", body = ErrorBody),
     )
@@ -1272,10 +1549,13 @@ async fn resume(
         (status = 200, description = "The active overrides", body = OverrideList),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
     )
 )]
 async fn list_overrides(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers, Role::Viewer)?;
+    require_loaded(&state)?;
     let overrides = state
         .shared
         .overrides
@@ -1302,14 +1582,15 @@ async fn list_overrides(State(state): State<ApiState>, headers: HeaderMap) -> Ap
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
         (status = 403, description = "The caller's role is below operator", body = ErrorBody),
         (status = 404, description = "No override with that id", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 503, description = "failoverd is starting (saved overrides not loaded yet) or shutting down", body = ErrorBody),
     )
 )]
 async fn delete_override(
@@ -1323,7 +1604,7 @@ async fn delete_override(
         if caller.role < Role::Operator {
             return Err(forbidden(&caller, Role::Operator));
         }
-        rate_limit(&state, &caller)?;
+        require_loaded(&state)?;
         // Checked here too (the controller checks again) so the refusal is audited.
         let known = state
             .shared
@@ -1337,7 +1618,9 @@ async fn delete_override(
                 format!("no override with id `{id}`"),
             ));
         }
-        let body = parse_body(read_body(&body)?)?;
+        let bytes = read_body(&body)?;
+        require_json(&headers, bytes)?;
+        let body = parse_body(bytes)?;
         if body.target.is_some() || body.ttl.is_some() || body.force {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -1411,7 +1694,9 @@ struct AuditQuery {
         (status = 400, description = "Unknown or malformed query parameter", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The audit log cannot be read", body = ErrorBody),
+        (status = 503, description = "Too many audit log reads at once", body = ErrorBody),
     )
 )]
 async fn get_audit(
@@ -1434,23 +1719,37 @@ async fn get_audit(
         })?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     let path = state.audit_path.clone();
-    let records = tokio::task::spawn_blocking(move || audit::read_all(&path))
+    let filter = crate::audit_read::Filter {
+        playbook: q.playbook,
+        actor: q.actor,
+        since,
+    };
+    // At most AUDIT_READS at once; the turn is held by the read itself, so a client that
+    // hangs up does not free it before the read ends.
+    let turn = tokio::time::timeout(AUDIT_READ_WAIT, state.audit_reads.clone().acquire_owned())
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read the audit log: {e}"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many audit log reads at once",
             )
+            .detail(json!("retry in a few seconds"))
         })?;
-    let mut records: Vec<_> = records
-        .into_iter()
-        .filter(|r| q.playbook.as_ref().is_none_or(|p| &r.playbook == p))
-        .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
-        .filter(|r| since.is_none_or(|s| r.time >= s))
-        .collect();
-    let skip = records.len().saturating_sub(limit);
-    records.drain(..skip);
+    // Read backwards from the end: O(limit), whatever the (never rotated) log's size.
+    let records = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        crate::audit_read::read_last(&path, limit, &filter)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the audit log: {e}"),
+        )
+    })?;
     Ok(axum::Json(AuditRecords { records }).into_response())
 }
 
@@ -1517,6 +1816,41 @@ struct DrillBody {
     force: bool,
 }
 
+/// The drill-run body (empty: a plain run) and its reason (default `on demand`).
+fn parse_drill_body(bytes: &Bytes) -> ApiResult<(DrillBody, String)> {
+    if bytes.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {MAX_BODY} bytes"),
+        ));
+    }
+    let b: DrillBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DrillBody::default()
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, "invalid request body").detail(json!(e.to_string()))
+        })?
+    };
+    let reason = b
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("on demand")
+        .to_string();
+    if reason.chars().count() > MAX_REASON {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reason longer than {MAX_REASON} characters"),
+        ));
+    }
+    Ok((b, reason))
+}
+
 fn drills_of(state: &ApiState) -> Option<&Arc<crate::drill::Drills>> {
     state.drills.as_ref()
 }
@@ -1539,6 +1873,7 @@ fn no_drill(name: &str) -> ApiError {
         (status = 200, description = "The drills", body = DrillList),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
     )
 )]
 async fn list_drills(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
@@ -1562,6 +1897,7 @@ async fn list_drills(State(state): State<ApiState>, headers: HeaderMap) -> ApiRe
         (status = 200, description = "The runs", body = DrillRuns),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
         (status = 404, description = "No drill with that name", body = ErrorBody),
     )
 )]
@@ -1611,6 +1947,7 @@ struct RunQuery {
         (status = 400, description = "Unknown query parameter or format", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
         (status = 404, description = "No drill or run with that name and id", body = ErrorBody),
     )
 )]
@@ -1674,12 +2011,13 @@ async fn get_drill_run(
         (status = 400, description = "Body is not JSON", body = ErrorBody),
         (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
+        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
         (status = 403, description = "The caller's role is below operator", body = ErrorBody),
         (status = 404, description = "No drill with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook failed over, frozen, held, in another drill, primary not healthy; blocked date or outside windows without force)", body = ErrorBody),
         (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, reason too long", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity", body = ErrorBody),
+        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 503, description = "This replica is a standby: drills run on the leader", body = ErrorBody),
     )
 )]
@@ -1694,41 +2032,12 @@ async fn run_drill(
         if caller.role < Role::Operator {
             return Err(forbidden(&caller, Role::Operator));
         }
-        rate_limit(&state, &caller)?;
         let d = drills_of(&state)
             .filter(|d| d.exists(&name))
             .ok_or_else(|| no_drill(&name))?;
         let bytes = read_body(&body)?;
-        if bytes.len() > MAX_BODY {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {MAX_BODY} bytes"),
-            ));
-        }
-        let b: DrillBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-            DrillBody::default()
-        } else {
-            serde_json::from_slice(bytes).map_err(|e| {
-                let status = match e.classify() {
-                    serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                ApiError::new(status, "invalid request body").detail(json!(e.to_string()))
-            })?
-        };
-        let reason = b
-            .reason
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .unwrap_or("on demand")
-            .to_string();
-        if reason.chars().count() > MAX_REASON {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("reason longer than {MAX_REASON} characters"),
-            ));
-        }
+        require_json(&headers, bytes)?;
+        let (b, reason) = parse_drill_body(bytes)?;
         d.request(
             &name,
             crate::drill::Trigger::Manual {
@@ -1769,6 +2078,142 @@ async fn run_drill(
             )
             .await;
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Checks an error answer: a 4xx status and a JSON body `{ error: <non-empty>, detail }`.
+    fn assert_json_error(e: ApiError) -> Result<(), TestCaseError> {
+        let status = e.status;
+        prop_assert!(status.is_client_error(), "{status}");
+        let resp = e.into_response();
+        let bytes =
+            futures::executor::block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        prop_assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+        prop_assert!(v.as_object().unwrap().contains_key("detail"), "{v}");
+        Ok(())
+    }
+
+    /// Runs a body through every step a mutating call takes: the drill-run parser, the
+    /// override parser, then each action's fields. Never panics; every refusal is a 4xx JSON
+    /// error.
+    fn check_body(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match parse_drill_body(&Bytes::copy_from_slice(bytes)) {
+            Err(e) => assert_json_error(e)?,
+            Ok((_, reason)) => {
+                prop_assert!(!reason.is_empty() && reason.chars().count() <= MAX_REASON);
+            }
+        }
+        match parse_body(&Bytes::copy_from_slice(bytes)) {
+            Err(e) => assert_json_error(e)?,
+            Ok(body) => {
+                prop_assert!(!body.reason.trim().is_empty());
+                prop_assert!(body.reason.trim().chars().count() <= MAX_REASON);
+                for action in ["failover", "failback", "freeze", "resume", "nonsense"] {
+                    if let Err(e) = control_kind(action, &body) {
+                        assert_json_error(e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Any JSON value, a few levels deep, with the body's own keys likely.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,40}".prop_map(Value::from),
+            prop_oneof![
+                Just("failover[0]"),
+                Just("failover[99999999999999999999]"),
+                Just("primary"),
+                Just("1h"),
+                Just("0s"),
+                Just("8d"),
+                Just("18446744073709551615s"),
+                Just("\u{0}\n\r"),
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("reason".to_string()),
+                            Just("ttl".to_string()),
+                            Just("target".to_string()),
+                            Just("force".to_string()),
+                            "[a-z]{1,6}",
+                        ],
+                        inner
+                    ),
+                    0..5
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Ensures arbitrary bytes as a request body never panic the parser and every
+        /// refusal is a JSON error.
+        #[test]
+        fn any_bytes_are_a_json_error_or_a_body(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check_body(&bytes)?;
+        }
+
+        /// Ensures arbitrary JSON (objects with the body's keys and odd values) never panics
+        /// the parser or the per-action checks.
+        #[test]
+        fn any_json_is_a_json_error_or_a_body(v in json_value()) {
+            check_body(&serde_json::to_vec(&v).unwrap())?;
+        }
+
+        /// Ensures a well-formed body with arbitrary field values never panics, whatever the
+        /// ttl, target and reason hold.
+        #[test]
+        fn any_field_values_are_checked(
+            reason in ".{0,1100}",
+            ttl in proptest::option::of(".{0,12}|[0-9]{1,25}[a-z]{1,2}"),
+            target in proptest::option::of(prop_oneof![
+                ".{0,20}".prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                "failover\\[[0-9]{0,25}\\]".prop_map(Value::from),
+            ]),
+            force in any::<bool>(),
+        ) {
+            let v = json!({ "reason": reason, "ttl": ttl, "target": target, "force": force });
+            check_body(&serde_json::to_vec(&v).unwrap())?;
+        }
+
+        /// Ensures any Content-Type value and body give Ok or a 415 JSON error, never a panic.
+        #[test]
+        fn any_content_type_is_checked(ct in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), body in proptest::collection::vec(any::<u8>(), 0..8)) {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = ct.and_then(|b| header::HeaderValue::from_bytes(&b).ok()) {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            if let Err(e) = require_json(&headers, &Bytes::from(body)) {
+                prop_assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                assert_json_error(e)?;
+            }
         }
     }
 }

@@ -262,6 +262,17 @@ pub struct RunArgs {
     /// `POD_NAME`. Timing from `leaderElection:` in the config file.
     #[arg(long)]
     pub leader_elect: bool,
+    /// Most API connections open at once (default 512; lowered to fit the open-file limit
+    /// after the probes' share).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Serve the API over HTTPS with this certificate chain (PEM; re-read when it changes).
+    /// Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -449,6 +460,17 @@ impl RunArgs {
                 .or(file.max_concurrent_failovers)
                 .unwrap_or(0),
             leader_election,
+            max_connections: self.max_connections.or(file.max_connections),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => file.tls.map(|t| crate::tls::TlsFiles {
+                    cert: t.cert_file,
+                    key: t.key_file,
+                }),
+            },
         })
     }
 }
@@ -845,7 +867,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .state
         .parent()
         .map_or_else(|| PathBuf::from("drills"), |p| p.join("drills"));
-    let result = serve_with_drills(
+    let result = serve_with_limits(
         rt,
         Arc::new(shared),
         Arc::new(tokens),
@@ -853,6 +875,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listener,
         rx,
         Some((drills, drill_dir)),
+        crate::server::ListenerOptions {
+            max_connections: settings.max_connections,
+            tls: settings.tls.clone(),
+        },
     )
     .await;
     // A valid changed playbook set: drained above, now start over with it (same PID).
@@ -886,6 +912,39 @@ pub async fn serve_with_drills(
     shutdown: watch::Receiver<bool>,
     drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
 ) -> anyhow::Result<()> {
+    serve_with_limits(
+        rt,
+        shared,
+        tokens,
+        audit_path,
+        listener,
+        shutdown,
+        drills,
+        crate::server::ListenerOptions::default(),
+    )
+    .await
+}
+
+/// [`serve_with_drills`] with listener options: a cap on API connections (default
+/// [`crate::server::DEFAULT_MAX_CONNECTIONS`], lowered to fit the open-file limit) and TLS.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with_limits(
+    rt: Runtime,
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    audit_path: PathBuf,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+    drills: Option<(Vec<crate::drill::LoadedDrill>, PathBuf)>,
+    options: crate::server::ListenerOptions,
+) -> anyhow::Result<()> {
+    // A certificate that does not load refuses the start, naming the file.
+    let tls = options
+        .tls
+        .clone()
+        .map(crate::tls::server_config)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     // Operator calls are rare and each waits for its answer; a small queue is plenty.
     let (control_tx, control_rx) = mpsc::channel(64);
     let mut api = ApiState::new(
@@ -921,15 +980,30 @@ pub async fn serve_with_drills(
         d.start();
         api.drills = Some(d);
     }
+    {
+        // Aggregate refusal lines for windows that ended when a flood stopped.
+        let refusals = api.refusals.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => refusals.flush(),
+                    _ = stop.wait_for(|v| *v) => break,
+                }
+            }
+        });
+    }
     let app = crate::server::router(shared.clone(), api);
-    let mut http_stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    // Connection cap, header-read timeout, per-connection peer address (server.rs).
+    let limits = crate::server::ListenerLimits::for_process(options.max_connections);
+    let http = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        limits,
+        tls,
+        shutdown.clone(),
+    ));
     let result = runtime::run(rt, shared, control_rx, shutdown).await;
     http.await??;
     info!("stopped");
@@ -968,6 +1042,14 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => {
+            // Control characters in fields (a `reason` with a newline) are escaped, so no
+            // caller can forge a log line.
+            let ansi = std::io::stderr().is_terminal();
+            builder
+                .with_ansi(ansi)
+                .with_writer(crate::log_escape::Escaping { ansi })
+                .init()
+        }
     }
 }

@@ -59,6 +59,21 @@ pub struct FileConfig {
     /// writes routing; the others probe, evaluate and serve reads as hot standbys.
     #[serde(rename = "leaderElection")]
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Most API connections open at once (default 512; lowered to fit the open-file limit).
+    #[serde(rename = "maxConnections")]
+    pub max_connections: Option<usize>,
+    /// Serve the API over HTTPS (rustls): `{ certFile, keyFile }`, PEM, re-read on change.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls:` in the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// `leaderElection:` in the config file.
@@ -214,4 +229,8 @@ pub struct Settings {
     pub max_concurrent_failovers: usize,
     /// Leader election (None: this replica is the only writer).
     pub leader_election: Option<ElectionConfig>,
+    /// `maxConnections` (None: the default, 512, lowered to fit the open-file limit).
+    pub max_connections: Option<usize>,
+    /// `tls:` / `--tls-cert` + `--tls-key` (None: plain HTTP).
+    pub tls: Option<crate::tls::TlsFiles>,
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_read;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod drift;
 pub mod drill;
 pub mod engine;
 pub mod leader;
+pub mod log_escape;
 pub mod metrics;
 pub mod notify;
 pub mod overrides;
@@ -24,4 +26,5 @@ pub mod runtime;
 pub mod server;
 pub mod slo;
 pub mod standin;
+pub mod tls;
 pub mod validate;

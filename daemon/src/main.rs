@@ -18,5 +18,12 @@ async fn main() -> ExitCode {
         "warn"
     };
     cli::init_tracing(cli.log_format, cli.log.as_deref(), default);
+    if matches!(cli.command, Command::Run(_)) {
+        // Probes, API clients and files share one descriptor table: a soft limit of 1,024
+        // under a higher hard limit would starve probes first.
+        if let Some(n) = failoverd::server::raise_nofile_limit() {
+            tracing::info!(nofile = n, "open-file limit");
+        }
+    }
     cli::main(cli).await
 }

@@ -58,6 +58,13 @@ pub struct Metrics {
     pub drill_runs: Family<Labels, Counter>,
     /// Time of a drill's failover (operator-style call to route read back), per drill.
     pub drill_failover_seconds: Family<Labels, Histogram>,
+    /// Failed API authentications, by reason (`missing`, `invalid`, `not_configured`).
+    pub api_auth_failures: Family<Labels, Counter>,
+    /// API calls refused by a rate limit, by key kind (`identity`, `address`).
+    pub api_rate_limited: Family<Labels, Counter>,
+    /// Refusals of authenticated calls beyond the per-identity audit budget (counted and
+    /// logged in aggregate instead of audited one by one).
+    pub api_refusals_unaudited: Counter,
 }
 
 fn write_buckets() -> impl Iterator<Item = f64> {
@@ -205,8 +212,29 @@ impl Metrics {
             "Time of a drill's failover, from the call to the route read back",
             drill_failover_seconds.clone(),
         );
+        let api_auth_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_auth_failures",
+            "Failed API authentications by reason",
+            api_auth_failures.clone(),
+        );
+        let api_rate_limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_rate_limited",
+            "API calls refused by a rate limit, by what was limited (identity or address)",
+            api_rate_limited.clone(),
+        );
+        let api_refusals_unaudited = Counter::default();
+        registry.register(
+            "api_refusals_unaudited",
+            "Refused API calls not audited because the caller's audit budget was spent",
+            api_refusals_unaudited.clone(),
+        );
         Self {
             registry,
+            api_auth_failures,
+            api_rate_limited,
+            api_refusals_unaudited,
             playbook_reload,
             playbook_reload_failed,
             drill_runs,

@@ -128,6 +128,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// True once every probe has reported at least once.
     pub ready: AtomicBool,
+    /// True once the saved overrides are loaded and published: until then the API serves
+    /// nothing that reports state (503), so an empty list never reads as "not frozen".
+    pub state_loaded: AtomicBool,
     /// Per-playbook status, in playbook order.
     pub status: RwLock<Vec<PlaybookStatus>>,
     /// The playbooks, in the same order.
@@ -161,6 +164,7 @@ impl Shared {
             metrics,
             reload,
             ready: AtomicBool::new(false),
+            state_loaded: AtomicBool::new(false),
             status: RwLock::new(
                 playbooks
                     .iter()
@@ -570,6 +574,7 @@ pub async fn run(
     let mut ov_store = rt.overrides;
     expire_overrides(&mut ov_store, &log, &shared, &clock).await;
     publish_overrides(&ov_store, &shared);
+    shared.state_loaded.store(true, Ordering::Release);
     for g in guarded.iter_mut() {
         g.overrides = ov_store.for_playbook(g.pb.name(), clock.now());
     }

@@ -376,6 +376,17 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
             }
         }
     }
+    // The API listener's certificate and key, loaded as the start would load them (a pair
+    // that does not load refuses the start, so it must refuse the reload too).
+    if let Some(files) = &settings.tls
+        && let Err(e) = crate::tls::server_config(files.clone())
+    {
+        let mut p = config_problem(settings.config.as_deref(), "tls", e);
+        if p.line == 0 {
+            p.file = "--tls-cert".into();
+        }
+        problems.push(p);
+    }
     let tokens = match &settings.tokens {
         None => Some(Tokens::none()),
         Some(path) => match read_text(path).and_then(|_| Tokens::load(path)) {
@@ -716,6 +727,8 @@ spec:
                 external_url: "http://127.0.0.1:8080".into(),
                 max_concurrent_failovers: 0,
                 leader_election: None,
+                max_connections: None,
+                tls: None,
             }
         }
     }
@@ -955,6 +968,28 @@ spec:
             e.0.iter().any(|p| p.file == gone.display().to_string()),
             "{e}"
         );
+    }
+
+    /// A TLS certificate or key that would not load refuses the set, as it refuses the start;
+    /// a pair that loads passes.
+    #[test]
+    fn tls_files_are_loaded_by_the_gate() {
+        let f = Fixture::new();
+        let mut s = f.settings();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = f.write("cert.pem", ck.cert.pem().as_bytes());
+        let key = f.write("key.pem", ck.signing_key.serialize_pem().as_bytes());
+        s.tls = Some(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        check(&s).unwrap();
+        s.tls = Some(crate::tls::TlsFiles {
+            cert: f.path("missing.pem"),
+            key,
+        });
+        let e = check(&s).unwrap_err();
+        assert!(e.0.iter().any(|p| p.field == "tls"), "{e}");
     }
 
     /// A config edit that passes the set check but would fail the re-executed start is

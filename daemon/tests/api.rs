@@ -1360,3 +1360,532 @@ async fn every_registered_route_is_served() {
     }
     d.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Abuse: limits before the role check, bounded records, content type, readiness of state.
+
+/// Reads one sample of the daemon's `/metrics` (0 when the series does not exist yet).
+async fn metric(d: &Daemon, series: &str) -> f64 {
+    let r = d.call("GET", "/metrics", None, Payload::None).await;
+    let text = r.body.as_str().unwrap().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Ensures a mutating call with a non-JSON body is refused with a 415 JSON error (audited
+/// like any refusal), changing nothing; a JSON one with parameters in the type is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_body_is_415() {
+    let f = Fixture::new().await;
+    let d = f.start(true).await;
+    let before = Unchanged::take(&f, &d).await;
+    let url = format!("http://{}/v1/playbooks/demo/freeze", d.addr);
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut req = d
+            .client
+            .post(&url)
+            .bearer_auth(OPERATOR.1)
+            .body(r#"{"reason":"INC-1","ttl":"5m"}"#);
+        if let Some(ct) = ct {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 415, "{ct:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("application/json"),
+            "{body}"
+        );
+        assert!(body.get("detail").is_some(), "{body}");
+    }
+    before.check(&f, &d, "415").await;
+    let audited = d.audit(OPERATOR.0).await;
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|r| r["inputs"]["status"] == 415)
+            .count(),
+        3,
+        "{audited:#?}"
+    );
+    let ok = d
+        .client
+        .post(&url)
+        .bearer_auth(OPERATOR.1)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
+        .body(r#"{"reason":"INC-1","ttl":"5m"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    d.shutdown().await;
+}
+
+/// Ensures a 60 KB name in the path is refused with 404 before authentication, the role
+/// check or the audit: nothing is recorded and nothing changes, whoever calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_names_are_refused_before_anything() {
+    let f = Fixture::new().await;
+    let d = f.start(true).await;
+    let before = Unchanged::take(&f, &d).await;
+    let all_before = d.get("/v1/audit?limit=10000", VIEWER.1).await.body["records"]
+        .as_array()
+        .unwrap()
+        .len();
+    let long = "x".repeat(60 * 1024);
+    let just_over = "y".repeat(failoverd::api::MAX_NAME + 1);
+    for name in [&long, &just_over] {
+        for (auth, m, p) in [
+            (None, "POST", format!("/v1/playbooks/{name}/freeze")),
+            (
+                Some(VIEWER.1),
+                "POST",
+                format!("/v1/playbooks/{name}/failover"),
+            ),
+            (
+                Some(OPERATOR.1),
+                "POST",
+                format!("/v1/playbooks/{name}/freeze"),
+            ),
+            (Some(OPERATOR.1), "DELETE", format!("/v1/overrides/{name}")),
+            (Some(VIEWER.1), "GET", format!("/v1/playbooks/{name}")),
+        ] {
+            let auth = auth.map(|t| format!("Bearer {t}"));
+            let r = d
+                .call(
+                    m,
+                    &p,
+                    auth.as_deref(),
+                    Payload::Json(json!({ "reason": "INC-1" })),
+                )
+                .await;
+            r.assert_error(404, &format!("{m} {} bytes", p.len()));
+            assert!(
+                r.body.to_string().len() < 1024,
+                "the answer echoes the name"
+            );
+        }
+    }
+    before.check(&f, &d, "long names").await;
+    let all_after = d.get("/v1/audit?limit=10000", VIEWER.1).await.body["records"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(all_after, all_before, "a long-name call was audited");
+    d.shutdown().await;
+}
+
+/// Ensures a viewer looping on mutating calls is rate-limited before the role check, and the
+/// audit records it causes stay within its audit budget however many calls it makes; the
+/// 429s and the unaudited refusals are counted in metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_flood_makes_a_bounded_number_of_records() {
+    let f = Fixture::new().await;
+    let d = f.start(true).await;
+    let start = Instant::now();
+    let (mut forbidden, mut limited) = (0, 0);
+    for i in 0..300 {
+        let r = d
+            .send(
+                "POST",
+                "/v1/playbooks/demo/failover",
+                VIEWER.1,
+                json!({ "reason": format!("flood {i}") }),
+            )
+            .await;
+        match r.status {
+            403 => forbidden += 1,
+            429 => limited += 1,
+            s => panic!("unexpected {s}: {r:?}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        limited > 0 && forbidden > 0,
+        "403: {forbidden}, 429: {limited}"
+    );
+    // The rate limit (bursts of 20, 5/s) bounds the 403s; the audit budget (bursts of
+    // AUDIT_REFUSAL_BURST, AUDIT_REFUSALS_PER_MINUTE/min) bounds the records.
+    assert!(
+        f64::from(forbidden) <= 20.0 + 5.0 * secs + 1.0,
+        "{forbidden} 403s in {secs:.1} s"
+    );
+    let audited = d.audit(VIEWER.0).await.len() as f64;
+    let budget = f64::from(failoverd::api::AUDIT_REFUSAL_BURST)
+        + f64::from(failoverd::api::AUDIT_REFUSALS_PER_MINUTE) * secs / 60.0
+        + 1.0;
+    assert!(audited <= budget, "{audited} records, budget {budget:.1}");
+    assert!(audited >= 20.0, "the first refusals are audited: {audited}");
+    assert_eq!(
+        metric(&d, "failoverd_api_rate_limited_total{by=\"identity\"}").await,
+        f64::from(limited)
+    );
+    assert_eq!(
+        metric(&d, "failoverd_api_refusals_unaudited_total").await,
+        f64::from(forbidden) - audited
+    );
+    d.shutdown().await;
+}
+
+/// Ensures failed authentications are counted by reason, and beyond a burst one source
+/// address gets 429 (still JSON) instead of 401, while a valid token from the same address
+/// still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_counted_and_limited() {
+    let f = Fixture::new().await;
+    let d = f.start(true).await;
+    let (mut unauthorized, mut limited) = (0u32, 0u32);
+    let n = failoverd::api::AUTH_FAILURE_BURST + 40;
+    for i in 0..n {
+        let auth = if i % 2 == 0 {
+            Some("Bearer wrong".to_string())
+        } else {
+            None
+        };
+        let r = d
+            .call("GET", "/v1/overrides", auth.as_deref(), Payload::None)
+            .await;
+        match r.status {
+            401 => unauthorized += 1,
+            429 => {
+                r.assert_error(429, "auth flood");
+                limited += 1;
+            }
+            s => panic!("unexpected {s}: {r:?}"),
+        }
+    }
+    assert!(
+        unauthorized >= failoverd::api::AUTH_FAILURE_BURST,
+        "{unauthorized}"
+    );
+    assert!(limited > 0, "no 429 after {n} failed authentications");
+    assert_eq!(
+        metric(&d, "failoverd_api_auth_failures_total{reason=\"invalid\"}").await
+            + metric(&d, "failoverd_api_auth_failures_total{reason=\"missing\"}").await,
+        f64::from(n)
+    );
+    assert_eq!(d.get("/v1/overrides", VIEWER.1).await.status, 200);
+    d.shutdown().await;
+}
+
+/// Ensures the API reports no state before the saved overrides are published: 503 (JSON)
+/// for the override list and the playbooks, then the real list once loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_not_reported_before_it_is_loaded() {
+    use tower::Service;
+    let f = Fixture::new().await;
+    let loaded = vec![Loaded {
+        file: "demo.yaml".into(),
+        playbook: f.pb.clone(),
+    }];
+    let shared = Arc::new(Shared::new(&loaded));
+    let audit_path = f.dir.path().join("audit.jsonl");
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let api = failoverd::api::ApiState::new(
+        shared.clone(),
+        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
+        tx,
+        Arc::new(FileStore::new(f.dir.path().join("routes"))),
+        Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
+        audit_path,
+    );
+    let mut app = failoverd::server::router(shared.clone(), api);
+    let mut get = async |path: &str| {
+        let req = axum::http::Request::get(path)
+            .header("authorization", format!("Bearer {}", VIEWER.1))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.call(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    for p in ["/v1/overrides", "/v1/playbooks", "/v1/playbooks/demo"] {
+        let (status, body) = get(p).await;
+        assert_eq!(status, 503, "{p}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("not loaded"),
+            "{body}"
+        );
+    }
+    shared
+        .state_loaded
+        .store(true, std::sync::atomic::Ordering::Release);
+    let (status, body) = get("/v1/overrides").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["overrides"], json!([]));
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS on the listener.
+
+/// A CA (its PEM) able to issue a server certificate for 127.0.0.1.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes a leaf certificate and key for 127.0.0.1 to `cert` and `key`.
+    fn issue(&self, cert: &Path, key: &Path) {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let c = params.signed_by(&k, &self.issuer).unwrap();
+        // Key first, then the certificate: a reload that sees only one changed keeps the
+        // old pair (the key does not match) until both are in place.
+        std::fs::write(key, k.serialize_pem()).unwrap();
+        std::fs::write(cert, c.pem()).unwrap();
+    }
+
+    /// A client trusting only this CA, opening a new connection per call.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap()])
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+}
+
+/// Ensures `--tls-cert/--tls-key` serve the API over HTTPS with the given certificate (a
+/// client trusting its CA gets 200, one trusting another CA fails the handshake, plain
+/// HTTP gets no answer), and that replacing the files changes the served certificate
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_and_reloads_the_certificate() {
+    let f = Fixture::new().await;
+    let (ca1, ca2) = (Ca::new("ca-one"), Ca::new("ca-two"));
+    let (cert, key) = (f.dir.path().join("tls.crt"), f.dir.path().join("tls.key"));
+    ca1.issue(&cert, &key);
+    let loaded = vec![Loaded {
+        file: "demo.yaml".into(),
+        playbook: f.pb.clone(),
+    }];
+    let shared = Arc::new(Shared::new(&loaded));
+    let audit_path = f.dir.path().join("audit.jsonl");
+    let rt = Runtime {
+        playbooks: loaded,
+        store: Arc::new(FileStore::new(f.dir.path().join("routes"))),
+        audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
+        overrides: OverrideStore::open(&f.dir.path().join("overrides.json")).unwrap(),
+        prometheus: None,
+        prometheus_client: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(failoverd::cli::serve_with_limits(
+        rt,
+        shared.clone(),
+        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
+        audit_path,
+        listener,
+        stop_rx,
+        None,
+        failoverd::server::ListenerOptions {
+            max_connections: None,
+            tls: Some(failoverd::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+        },
+    ));
+    let url = format!("https://{addr}/v1/overrides");
+    let get = |c: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            c.get(&url)
+                .bearer_auth(VIEWER.1)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    wait_until(
+        "HTTPS answers with the first certificate",
+        Duration::from_secs(10),
+        || {
+            let c = ca1.client();
+            async move { get(c).await.ok() == Some(200) }
+        },
+    )
+    .await;
+    assert!(
+        get(ca2.client()).await.is_err(),
+        "a client trusting another CA connected"
+    );
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP answered on the TLS listener: {plain:?}"
+    );
+
+    // Rotate: the second CA's certificate replaces the first, no restart.
+    ca2.issue(&cert, &key);
+    wait_until(
+        "the new certificate is served",
+        Duration::from_secs(10),
+        || {
+            let c = ca2.client();
+            async move { get(c).await.ok() == Some(200) }
+        },
+    )
+    .await;
+    assert!(
+        get(ca1.client()).await.is_err(),
+        "the old certificate is still served"
+    );
+
+    // A broken replacement keeps the one in force.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(ca2.client()).await.ok(), Some(200));
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("daemon did not stop")
+        .unwrap()
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Listener timeouts.
+
+/// Ensures the listener drops a connection that sends nothing, one that trickles its headers
+/// (slowloris) and a kept-alive one left idle after an answer, once the 10 s header-read
+/// timeout has passed (checked with a 20 s bound), while answering a prompt request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new().await;
+    let d = f.start(true).await;
+    let addr = d.addr;
+    let closed_within = |mut s: tokio::net::TcpStream, trickle: bool| async move {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                r = s.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return Some(start.elapsed()),
+                    Ok(_) => {}
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if trickle {
+                        let _ = s.write_all(b"a").await;
+                    }
+                }
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
+        }
+    };
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    kept.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "a prompt request is answered");
+    let (a, b, c) = tokio::join!(
+        closed_within(silent, false),
+        closed_within(slow, true),
+        closed_within(kept, false)
+    );
+    for (what, t) in [("silent", a), ("slowloris", b), ("idle kept-alive", c)] {
+        let t = t.unwrap_or_else(|| panic!("{what} connection still open after 20 s"));
+        assert!(
+            t >= Duration::from_secs(8),
+            "{what} connection closed after {t:?}, before the timeout"
+        );
+    }
+    d.shutdown().await;
+}
+
+/// Ensures `GET /v1/audit` reads run at most `AUDIT_READS` at once: with every turn taken a
+/// read waits, then answers 503 (JSON); once a turn is free it answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reads_are_bounded_in_number() {
+    use tower::Service;
+    let f = Fixture::new().await;
+    let loaded = vec![Loaded {
+        file: "demo.yaml".into(),
+        playbook: f.pb.clone(),
+    }];
+    let shared = Arc::new(Shared::new(&loaded));
+    let audit_path = f.dir.path().join("audit.jsonl");
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let api = failoverd::api::ApiState::new(
+        shared.clone(),
+        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
+        tx,
+        Arc::new(FileStore::new(f.dir.path().join("routes"))),
+        Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
+        audit_path,
+    );
+    let turns = api.audit_reads.clone();
+    let mut app = failoverd::server::router(shared, api);
+    let mut get = async || {
+        let req = axum::http::Request::get("/v1/audit?limit=5")
+            .header("authorization", format!("Bearer {}", VIEWER.1))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.call(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let held = turns
+        .clone()
+        .try_acquire_many_owned(u32::try_from(failoverd::api::AUDIT_READS).unwrap())
+        .unwrap();
+    let (status, body) = get().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("audit log reads"),
+        "{body}"
+    );
+    drop(held);
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["records"].is_array(), "{body}");
+}
