@@ -74,8 +74,8 @@ async fn operator_calls(addr: SocketAddr) -> (Duration, Duration) {
     }
     samples.sort();
     (
-        percentile(&samples, 50.0).unwrap(),
-        percentile(&samples, 99.0).unwrap(),
+        percentile(&samples, 50).unwrap(),
+        percentile(&samples, 99).unwrap(),
     )
 }
 

@@ -107,8 +107,8 @@ async fn measure(addr: SocketAddr, path: &str, expect: usize) -> (Duration, Dura
     }
     samples.sort();
     (
-        percentile(&samples, 50.0).unwrap(),
-        percentile(&samples, 99.0).unwrap(),
+        percentile(&samples, 50).unwrap(),
+        percentile(&samples, 99).unwrap(),
     )
 }
 
