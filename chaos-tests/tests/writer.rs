@@ -196,3 +196,160 @@ async fn a_stalled_virtual_service_delays_no_other_write() {
         assert_eq!(written[0].after, storm.route(i), "{pb}: audit vs object");
     }
 }
+
+const TOKEN: &str = "writer-test-operator-token";
+
+/// A token file with one operator, for `--tokens`.
+fn tokens_file(storm: &Storm) -> String {
+    let path = storm.dir.path().join("tokens.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "- {{ identity: \"oncall@test\", role: operator, sha256: \"{}\" }}\n",
+            failoverd::auth::hash_token(TOKEN)
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `POST path` with the operator token and a JSON body (HTTP/1.0, bounded to 30 s): status
+/// and body.
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!(
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("POST answered within 30 s")
+        .expect("POST exchange");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Ensures an operator failback accepted while a write to the playbook is in flight survives
+/// the overrides being rebuilt meanwhile (an override expiring, here another playbook's 1 s
+/// freeze) and is applied right after that write: the caller's answer comes once the
+/// failback is written, and the audit holds it. The write in flight is a reassert of the
+/// failed-over route after someone reverted it (drift), its updates answered 2.5 s late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_operator_command_survives_an_override_rebuild() {
+    let mut storm = Storm::new(2, Timing::FAST).await.unwrap();
+    let tokens = tokens_file(&storm);
+    let mut d = storm.spawn("queued", &["--tokens", &tokens]).unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    storm.primary.stop();
+    let found = |action: &'static str, outcome: &'static str| {
+        move |records: &[Record]| {
+            records
+                .iter()
+                .find(|r| r.playbook == "pb-0000" && r.action == action && r.outcome == outcome)
+                .cloned()
+        }
+    };
+    sc_wait(
+        &storm,
+        "pb-0000 failed over",
+        Duration::from_secs(15),
+        found("failover", "written"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    // From now on pb-0000's updates take 2.5 s in the API server (inside the 3 s request
+    // timeout); a GitOps-style revert makes failoverd reassert its route.
+    storm
+        .emu
+        .stall_writes_to(&object_name(0), Duration::from_millis(2500));
+    storm
+        .emu
+        .mutate("VirtualService", "bench", &object_name(0), |o| {
+            o["spec"]["http"][0]["route"] =
+                serde_json::json!([{ "destination": { "host": "web-0000.bench.svc.cluster.local" } }]);
+        })
+        .unwrap();
+    sc_wait(
+        &storm,
+        "the reassert in flight",
+        Duration::from_secs(15),
+        found("reassert", "intent"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    // A freeze on the other playbook that ends while the write is in flight: its expiry
+    // rebuilds every playbook's overrides.
+    let (code, body) = post(
+        d.addr,
+        "/v1/playbooks/pb-0001/freeze",
+        r#"{"reason":"short freeze","ttl":"1s"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post(
+        d.addr,
+        "/v1/playbooks/pb-0000/failback",
+        r#"{"reason":"INC-1: back to the primary","force":true}"#,
+    )
+    .await;
+    // However the call was answered, the reassert ends (and is recorded) first.
+    sc_wait(
+        &storm,
+        "the reassert's outcome",
+        Duration::from_secs(15),
+        |records| {
+            records
+                .iter()
+                .find(|r| {
+                    r.playbook == "pb-0000" && r.action == "reassert" && r.outcome != "intent"
+                })
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let records = audit::read_all(&storm.paths.audit).unwrap();
+    let seq_of = |pred: &dyn Fn(&Record) -> bool| records.iter().find(|r| pred(r)).map(|r| r.seq);
+    let expired = seq_of(&|r| r.action == "override-expired" && r.playbook == "pb-0001");
+    let reassert_ended =
+        seq_of(&|r| r.playbook == "pb-0000" && r.action == "reassert" && r.outcome != "intent");
+    // The precondition: the rebuild really happened while the command waited.
+    assert!(
+        expired.is_some() && expired < reassert_ended,
+        "the freeze must expire before the reassert ends (expired {expired:?}, reassert outcome {reassert_ended:?}); failback answered {code} {body}: {records:#?}"
+    );
+    assert_eq!(code, 200, "{body}\n{}", d.logs());
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["written"], true, "{reply:#}");
+    assert_eq!(reply["routing"]["to"], "primary", "{reply:#}");
+    let failback = records
+        .iter()
+        .find(|r| {
+            r.playbook == "pb-0000" && r.action == "operator-failback" && r.outcome == "written"
+        })
+        .unwrap_or_else(|| panic!("no operator-failback written: {records:#?}"));
+    assert!(
+        reassert_ended < Some(failback.seq),
+        "applied after the write in flight"
+    );
+    assert_eq!(failback.actor, "oncall@test");
+    storm.emu.stall_writes_to(&object_name(0), Duration::ZERO);
+    d.terminate(Duration::from_secs(30)).unwrap();
+    audit::verify(&storm.paths.audit).unwrap();
+}

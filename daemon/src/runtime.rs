@@ -341,6 +341,13 @@ struct Guarded {
     overrides: Overrides,
     /// Operator calls waiting for the write they caused.
     waiters: Vec<(oneshot::Sender<ControlResult>, String, Option<String>)>,
+    /// An operator command (a failback) not decided yet, because a write was in flight or a
+    /// retry was due later. Kept here, not in `overrides` (rebuilt on every expiry and
+    /// takeover), so it is applied after the write whatever happens to the overrides.
+    command: Option<Command>,
+    /// The caller of `command`: answered once it is decided, or with an error when it can no
+    /// longer apply (leadership lost, shutdown). Never a 200 for a command not applied.
+    command_waiter: Option<Waiter>,
     /// An intent found in the audit log at start with no outcome after it (failoverd stopped
     /// between the two): resolved from the store when the route is first read.
     open_intent: Option<Record>,
@@ -349,6 +356,9 @@ struct Guarded {
     /// The last move was written but its outcome record is still owed to the audit log.
     unrecorded: bool,
 }
+
+/// An operator call's reply channel, its message and the override it created.
+type Waiter = (oneshot::Sender<ControlResult>, String, Option<String>);
 
 struct WriteJob {
     idx: usize,
@@ -529,6 +539,8 @@ pub async fn run(
             backoff: MIN_BACKOFF,
             overrides: Overrides::default(),
             waiters: Vec::new(),
+            command: None,
+            command_waiter: None,
             open_intent: None,
             audit_blocked: false,
             unrecorded: false,
@@ -640,6 +652,9 @@ pub async fn run(
                     // At once, not at the next tick: a failover the standby already saw
                     // coming is pending, and every millisecond here is on the users.
                     read_and_step(&reread, &mut guarded, rt.store.as_ref(), &mut ov_store, &mut orphaned_drills, &log, &job_tx, &shared, &clock).await;
+                } else {
+                    // A standby writes nothing: a command still queued here will never apply.
+                    drop_queued_commands(&mut guarded, 503, "this replica lost leadership before the command applied; nothing was written for it (ask the new leader)");
                 }
             }
             Some(found) = drift_rx.recv() => {
@@ -703,6 +718,11 @@ pub async fn run(
     while let Some(done) = done_rx.recv().await {
         finish_write(&mut guarded, done, &shared, &clock);
     }
+    drop_queued_commands(
+        &mut guarded,
+        503,
+        "failoverd shut down before the command applied; nothing was written for it",
+    );
     writer.await?;
     Ok(())
 }
@@ -1096,6 +1116,13 @@ async fn step(
     }
     let obs = g.observations(clock);
     let now = clock.now();
+    // A queued operator command is decided now; its caller (if waiting) hears the result.
+    g.overrides.command = g.command.take();
+    let waiter = if g.overrides.command.is_some() {
+        g.command_waiter.take()
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     let d: Decision = engine::decide(&g.pb, &state, &obs, &g.overrides, now);
     shared
@@ -1238,7 +1265,49 @@ async fn step(
             g.state = Some(d.state);
         }
     }
+    if let Some(w) = waiter {
+        answer_queued(g, w, &outcome, shared);
+    }
     outcome
+}
+
+/// Answers the caller of a command that was queued behind a write, now that it is decided:
+/// refused (409), waiting for the write it caused, or done without a write.
+fn answer_queued(g: &mut Guarded, w: Waiter, outcome: &StepOutcome, shared: &Shared) {
+    let (tx, message, created) = w;
+    if let Some(r) = &outcome.refused {
+        let _ = tx.send(Err(refuse(
+            409,
+            format!("{message}: refused when it came to apply after the write in flight: {r}"),
+        )));
+    } else if outcome.write_queued {
+        g.waiters.push((tx, message, created));
+    } else if !shared.leader.is_leader() {
+        let _ = tx.send(Err(refuse(
+            503,
+            format!(
+                "{message}: not applied, this replica lost leadership first; nothing was written"
+            ),
+        )));
+    } else {
+        let _ = tx.send(Ok(ControlReply {
+            message,
+            override_id: created,
+            routing: g.state.as_ref().map(|s| s.routing),
+            written: false,
+        }));
+    }
+}
+
+/// Drops every queued operator command that can no longer apply, answering its caller with
+/// `status` and `why` (never a silent success).
+fn drop_queued_commands(guarded: &mut [Guarded], status: u16, why: &str) {
+    for g in guarded.iter_mut() {
+        g.command = None;
+        if let Some((tx, message, _)) = g.command_waiter.take() {
+            let _ = tx.send(Err(refuse(status, format!("{message}, but {why}"))));
+        }
+    }
 }
 
 /// The fleet blast-radius rule (see [`crate::engine::fleet`]): records where this playbook
@@ -1570,6 +1639,13 @@ async fn writer_died(
     error!(
         exit = EXIT_WRITER_DIED,
         "the routing writer task is gone ({why}): no move can be written; exiting for the supervisor to restart failoverd"
+    );
+    drop_queued_commands(
+        guarded,
+        503,
+        &format!(
+            "failoverd's routing writer is gone ({why}); nothing was written; failoverd is restarting"
+        ),
     );
     for g in guarded.iter_mut() {
         for (tx, message, _) in g.waiters.drain(..) {
@@ -2360,7 +2436,21 @@ async fn handle_control(
         &actor.identity,
     );
     g.overrides = store.for_playbook(&name, now);
-    g.overrides.command = command;
+    let queued = command.is_some();
+    if let Some(c) = command {
+        if let Some((tx, earlier, _)) = g.command_waiter.take() {
+            let _ = tx.send(Err(refuse(
+                409,
+                format!("{earlier}: superseded by a later operator command before it could apply; nothing was written for it"),
+            )));
+        }
+        g.command = Some(c);
+    }
+    if queued && g.pending {
+        // Decided right after the write in flight; the caller hears how it ended then.
+        g.command_waiter = Some((reply, message, created));
+        return;
+    }
     if g.pending {
         // The command stays queued and is decided right after the write in flight.
         let _ = reply.send(Ok(ControlReply {
@@ -2375,6 +2465,12 @@ async fn handle_control(
     }
     let out = step(idx, g, jobs, shared, clock).await;
     let g = &mut guarded[idx];
+    if g.command.is_some() {
+        // Not decided yet (a retry is due later, or the route is being read again): the
+        // caller is answered when it is.
+        g.command_waiter = Some((reply, message, created));
+        return;
+    }
     if let Some(r) = out.refused {
         let _ = reply.send(Err(refuse(409, r)));
     } else if out.write_queued {
