@@ -13,7 +13,12 @@
 //!
 //! `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench storm`
 //! (`N=1000` for a larger fleet; `INTERVAL_MS`, `THRESHOLD` change the probes, default
-//! 250 ms × 2). Bounded: each storm waits at most 120 s.
+//! 250 ms × 2; `KUBE_QPS`, `KUBE_BURST` the client-side rate limit). Bounded: each storm
+//! waits at most 120 s.
+//!
+//! A move is three requests (read, update, read-back) from one write bucket: at the default
+//! 50/s with a burst of 100, N moves need at least (3N − 100) / 50 s of tokens (4 s for
+//! N = 100), whatever the writer does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime};
@@ -47,16 +52,20 @@ fn summary(what: &str, mut v: Vec<Duration>) -> String {
 /// One storm; `stalled`: the playbook whose object's updates stall.
 async fn storm(n: usize, timing: Timing, stalled: Option<usize>) -> Vec<Duration> {
     let mut storm = Storm::new(n, timing).await.unwrap();
-    let mut d = storm
-        .spawn(
-            if stalled.is_some() {
-                "stalled"
-            } else {
-                "storm"
-            },
-            &[],
-        )
-        .unwrap();
+    // `KUBE_QPS` / `KUBE_BURST` change the client-side rate limit (default 50 / 100).
+    let mut extra: Vec<String> = Vec::new();
+    for (var, flag) in [("KUBE_QPS", "--kube-qps"), ("KUBE_BURST", "--kube-burst")] {
+        if let Ok(v) = std::env::var(var) {
+            extra.extend([flag.to_string(), v]);
+        }
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let name = if stalled.is_some() {
+        "stalled"
+    } else {
+        "storm"
+    };
+    let mut d = storm.spawn(name, &extra).unwrap();
     d.wait_ready(Duration::from_secs(120)).await.unwrap();
     // Let the first probe round and the start-up reads settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -154,8 +163,11 @@ async fn main() {
     };
     let goal = timing.detection() + Duration::from_secs(3);
     println!(
-        "storm: {n} playbooks, probes {:?} × {}, kubernetes store (emulator), default rate limit, audit on; goal: every route within {goal:?}",
-        timing.interval, timing.threshold
+        "storm: {n} playbooks, probes {:?} × {}, kubernetes store (emulator), rate limit {}/s burst {}, audit on; goal: every route within {goal:?}",
+        timing.interval,
+        timing.threshold,
+        std::env::var("KUBE_QPS").unwrap_or_else(|_| "50".into()),
+        std::env::var("KUBE_BURST").unwrap_or_else(|_| "100".into())
     );
     println!("all primaries down:");
     let plain = storm(n, timing, None).await;
