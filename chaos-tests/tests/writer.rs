@@ -250,11 +250,13 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, Strin
 /// freeze) and is applied right after that write: the caller's answer comes once the
 /// failback is written, and the audit holds it. The write in flight is a reassert of the
 /// failed-over route after someone reverted it (drift), its updates answered 2.5 s late.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_operator_command_survives_an_override_rebuild() {
+/// Two storm playbooks with an operator token, both failed over; then pb-0000's updates
+/// answered 2.5 s late (inside the 3 s request timeout) and its route reverted by someone
+/// else, so failoverd's reassert of it is in flight when this returns.
+async fn reassert_in_flight(name: &str) -> (Storm, chaos_tests::Daemon) {
     let mut storm = Storm::new(2, Timing::FAST).await.unwrap();
     let tokens = tokens_file(&storm);
-    let mut d = storm.spawn("queued", &["--tokens", &tokens]).unwrap();
+    let mut d = storm.spawn(name, &["--tokens", &tokens]).unwrap();
     d.wait_ready(Duration::from_secs(30)).await.unwrap();
     storm.primary.stop();
     let found = |action: &'static str, outcome: &'static str| {
@@ -273,16 +275,13 @@ async fn a_queued_operator_command_survives_an_override_rebuild() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    // From now on pb-0000's updates take 2.5 s in the API server (inside the 3 s request
-    // timeout); a GitOps-style revert makes failoverd reassert its route.
     storm
         .emu
         .stall_writes_to(&object_name(0), Duration::from_millis(2500));
     storm
         .emu
         .mutate("VirtualService", "bench", &object_name(0), |o| {
-            o["spec"]["http"][0]["route"] =
-                serde_json::json!([{ "destination": { "host": "web-0000.bench.svc.cluster.local" } }]);
+            o["spec"]["http"][0]["route"] = serde_json::json!([{ "destination": { "host": "web-0000.bench.svc.cluster.local" } }]);
         })
         .unwrap();
     sc_wait(
@@ -293,6 +292,12 @@ async fn a_queued_operator_command_survives_an_override_rebuild() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    (storm, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_operator_command_survives_an_override_rebuild() {
+    let (storm, mut d) = reassert_in_flight("queued").await;
     // A freeze on the other playbook that ends while the write is in flight: its expiry
     // rebuilds every playbook's overrides.
     let (code, body) = post(
@@ -351,5 +356,65 @@ async fn a_queued_operator_command_survives_an_override_rebuild() {
     assert_eq!(failback.actor, "oncall@test");
     storm.emu.stall_writes_to(&object_name(0), Duration::ZERO);
     d.terminate(Duration::from_secs(30)).unwrap();
+    audit::verify(&storm.paths.audit).unwrap();
+}
+
+/// Ensures a failback queued behind a write in flight that can no longer apply (failoverd is
+/// shut down first) is answered with a JSON error (503), never a 200: the write in flight
+/// finishes and is recorded, the failback is not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_command_that_cannot_apply_is_answered_with_an_error() {
+    let (storm, mut d) = reassert_in_flight("queued-shutdown").await;
+    let addr = d.addr;
+    let call = tokio::spawn(async move {
+        post(
+            addr,
+            "/v1/playbooks/pb-0000/failback",
+            r#"{"reason":"INC-2: back to the primary","force":true}"#,
+        )
+        .await
+    });
+    // The call is queued (accepted and audited) before the shutdown starts.
+    sc_wait(
+        &storm,
+        "the failback accepted",
+        Duration::from_secs(10),
+        |records| {
+            records
+                .iter()
+                .find(|r| r.action == "override-failback" && r.outcome == "accepted")
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (code, body) = call.await.unwrap();
+    let status = d.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}\n{}", d.logs());
+    assert_eq!(code, 503, "{body}\n{}", d.logs());
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shut down before the command applied"),
+        "{err:#}"
+    );
+    let records = audit::read_all(&storm.paths.audit).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.playbook == "pb-0000" && r.action == "reassert" && r.outcome != "intent"),
+        "the write in flight finished and was recorded: {records:#?}"
+    );
+    assert!(
+        !records.iter().any(|r| r.action == "operator-failback"),
+        "no failback was attempted: {records:#?}"
+    );
     audit::verify(&storm.paths.audit).unwrap();
 }
