@@ -110,6 +110,22 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>) -> Vec<Duration
     };
     let updates = storm.first_updates(fault);
     {
+        // Playbooks whose move is in the API server but has no `written` record: what the
+        // audit says about them instead (a seam if it is `failed` or `unchanged`).
+        let records = failoverd::audit::read_all(&storm.paths.audit).unwrap_or_default();
+        for (i, t) in records_written.iter().enumerate() {
+            if t.is_none() && !skip.contains(&i) {
+                let pb = format!("pb-{i:04}");
+                let outcomes: Vec<String> = records
+                    .iter()
+                    .filter(|r| r.playbook == pb)
+                    .map(|r| format!("{}: {}", r.action, r.outcome))
+                    .collect();
+                println!("  {pb} has no `written` record: {outcomes:?}");
+            }
+        }
+    }
+    {
         let records = failoverd::audit::read_all(&storm.paths.audit).unwrap_or_default();
         let intents: Vec<Duration> = records
             .iter()
