@@ -35,6 +35,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod rig;
 pub use percentile::percentile;
+pub mod storm;
 pub use prometheus::Prometheus;
 
 /// The demo playbook (`playbooks/examples/demo.yaml`), with its stand-in URLs on

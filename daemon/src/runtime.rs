@@ -1,5 +1,6 @@
 //! The daemon's moving parts: probes feed a controller that runs the engine; every routing
-//! write and audit record goes through one writer task.
+//! write and audit record goes through the writer, which appends audit records in order and
+//! writes each VirtualService in its own lane (lanes run concurrently, see [`WRITE_CONCURRENCY`]).
 //!
 //! ```text
 //! probes ──results──► controller (decide) ──jobs──► writer (audit, store, audit) ──done──┐
@@ -37,8 +38,10 @@ use crate::slo::{self, PromClient, SloResult};
 /// How often time-driven rules (failback `after`, dwell expiry, stale results) are checked.
 /// Probe results trigger a decision at once; this tick only bounds the lateness of the rest.
 const TICK: Duration = Duration::from_millis(250);
-/// One routing write may take this long before it counts as failed: long enough for a slow
-/// API server, short enough to retry inside the 30 s failover budget.
+/// A routing write still running after this long is reported as in flight (a warning, and
+/// the playbook's status error), then again every period. It is never abandoned: a write
+/// dropped while it may still land would leave the audit saying `failed` for a move that
+/// happened. The stores bound their own attempts (the kubernetes store within 8 s).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay after a failed write; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -342,6 +345,13 @@ struct Guarded {
     overrides: Overrides,
     /// Operator calls waiting for the write they caused.
     waiters: Vec<(oneshot::Sender<ControlResult>, String, Option<String>)>,
+    /// An operator command (a failback) not decided yet, because a write was in flight or a
+    /// retry was due later. Kept here, not in `overrides` (rebuilt on every expiry and
+    /// takeover), so it is applied after the write whatever happens to the overrides.
+    command: Option<Command>,
+    /// The caller of `command`: answered once it is decided, or with an error when it can no
+    /// longer apply (leadership lost, shutdown). Never a 200 for a command not applied.
+    command_waiter: Option<Waiter>,
     /// An intent found in the audit log at start with no outcome after it (failoverd stopped
     /// between the two): resolved from the store when the route is first read.
     open_intent: Option<Record>,
@@ -354,6 +364,9 @@ struct Guarded {
     /// is decided, so the controller never acts on a routing the store no longer holds.
     reread: bool,
 }
+
+/// An operator call's reply channel, its message and the override it created.
+type Waiter = (oneshot::Sender<ControlResult>, String, Option<String>);
 
 struct WriteJob {
     idx: usize,
@@ -534,6 +547,8 @@ pub async fn run(
             backoff: MIN_BACKOFF,
             overrides: Overrides::default(),
             waiters: Vec::new(),
+            command: None,
+            command_waiter: None,
             open_intent: None,
             audit_blocked: false,
             unrecorded: false,
@@ -647,6 +662,9 @@ pub async fn run(
                     // At once, not at the next tick: a failover the standby already saw
                     // coming is pending, and every millisecond here is on the users.
                     read_and_step(&reread, &mut guarded, rt.store.as_ref(), &mut ov_store, &mut orphaned_drills, &log, &job_tx, &shared, &clock).await;
+                } else {
+                    // A standby writes nothing: a command still queued here will never apply.
+                    drop_queued_commands(&mut guarded, 503, "this replica lost leadership before the command applied; nothing was written for it (ask the new leader)");
                 }
             }
             Some(found) = drift_rx.recv() => {
@@ -711,6 +729,11 @@ pub async fn run(
     while let Some(done) = done_rx.recv().await {
         finish_write(&mut guarded, done, &shared, &clock);
     }
+    drop_queued_commands(
+        &mut guarded,
+        503,
+        "failoverd shut down before the command applied; nothing was written for it",
+    );
     writer.await?;
     Ok(())
 }
@@ -1155,6 +1178,13 @@ async fn step(
     }
     let obs = g.observations(clock);
     let now = clock.now();
+    // A queued operator command is decided now; its caller (if waiting) hears the result.
+    g.overrides.command = g.command.take();
+    let waiter = if g.overrides.command.is_some() {
+        g.command_waiter.take()
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     let d: Decision = engine::decide(&g.pb, &state, &obs, &g.overrides, now);
     shared
@@ -1304,7 +1334,49 @@ async fn step(
             g.state = Some(d.state);
         }
     }
+    if let Some(w) = waiter {
+        answer_queued(g, w, &outcome, shared);
+    }
     outcome
+}
+
+/// Answers the caller of a command that was queued behind a write, now that it is decided:
+/// refused (409), waiting for the write it caused, or done without a write.
+fn answer_queued(g: &mut Guarded, w: Waiter, outcome: &StepOutcome, shared: &Shared) {
+    let (tx, message, created) = w;
+    if let Some(r) = &outcome.refused {
+        let _ = tx.send(Err(refuse(
+            409,
+            format!("{message}: refused when it came to apply after the write in flight: {r}"),
+        )));
+    } else if outcome.write_queued {
+        g.waiters.push((tx, message, created));
+    } else if !shared.leader.is_leader() {
+        let _ = tx.send(Err(refuse(
+            503,
+            format!(
+                "{message}: not applied, this replica lost leadership first; nothing was written"
+            ),
+        )));
+    } else {
+        let _ = tx.send(Ok(ControlReply {
+            message,
+            override_id: created,
+            routing: g.state.as_ref().map(|s| s.routing),
+            written: false,
+        }));
+    }
+}
+
+/// Drops every queued operator command that can no longer apply, answering its caller with
+/// `status` and `why` (never a silent success).
+fn drop_queued_commands(guarded: &mut [Guarded], status: u16, why: &str) {
+    for g in guarded.iter_mut() {
+        g.command = None;
+        if let Some((tx, message, _)) = g.command_waiter.take() {
+            let _ = tx.send(Err(refuse(status, format!("{message}, but {why}"))));
+        }
+    }
 }
 
 /// The fleet blast-radius rule (see [`crate::engine::fleet`]): records where this playbook
@@ -1569,12 +1641,17 @@ fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Cl
 }
 
 async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    audit_record(log, entry).await.map(|_| ())
+}
+
+/// [`audit`], returning the record written (its `seq` is how an outcome names its intent).
+async fn audit_record(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<Record, String> {
     let log = log.clone();
     tokio::task::spawn_blocking(move || {
         let mut log = log
             .lock()
             .map_err(|_| "audit log lock poisoned".to_string())?;
-        log.append(entry).map(|_| ()).map_err(|e| e.to_string())
+        log.append(entry).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -1625,6 +1702,13 @@ async fn writer_died(
     error!(
         exit = EXIT_WRITER_DIED,
         "the routing writer task is gone ({why}): no move can be written; exiting for the supervisor to restart failoverd"
+    );
+    drop_queued_commands(
+        guarded,
+        503,
+        &format!(
+            "failoverd's routing writer is gone ({why}); nothing was written; failoverd is restarting"
+        ),
     );
     for g in guarded.iter_mut() {
         for (tx, message, _) in g.waiters.drain(..) {
@@ -1722,6 +1806,21 @@ fn audit_event(shared: &Shared, kind: EventKind, idx: Option<usize>, reason: &st
     }
 }
 
+/// How many routing writes may be in flight at once, each to a different VirtualService:
+/// enough that a storm of failovers is written in parallel (the kubernetes store's token
+/// bucket still paces the requests), few enough that a slow API server is not flooded.
+pub const WRITE_CONCURRENCY: usize = 16;
+
+/// The writer: appends audit records in the order they were sent, and hands each routing
+/// write to the lane of its VirtualService (`namespace/name`). A lane writes its object's
+/// moves strictly in order, one at a time; lanes run concurrently (at most
+/// [`WRITE_CONCURRENCY`] writes in flight), so one stalled object delays no other. The audit
+/// chain stays one ordered chain (the log's mutex): intents and outcomes of different objects
+/// may interleave, and each outcome names its intent (`inputs.intentSeq`).
+///
+/// Returns once every lane has finished its last write (the controller dropped the job
+/// sender): nothing in flight is abandoned. A lane that panics takes the writer with it, so
+/// the controller sees the writer gone (see [`writer_died`]).
 async fn writer(
     store: Arc<dyn RoutingStore>,
     log: Arc<Mutex<AuditLog>>,
@@ -1729,154 +1828,244 @@ async fn writer(
     done: mpsc::Sender<Done>,
     shared: Arc<Shared>,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
+    // Unbounded, yet bounded in practice: the controller has at most one write in flight per
+    // playbook, so a lane never holds more jobs than playbooks share its object.
+    let mut lanes: std::collections::HashMap<String, mpsc::UnboundedSender<Box<WriteJob>>> =
+        std::collections::HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                match job {
+                    Job::Audit(entry) => {
+                        if let Err(e) = audit(&log, *entry).await {
+                            shared.metrics.audit_errors.inc();
+                            error!(error = %e, "audit append failed");
+                        }
+                    }
+                    Job::AuditOwed(entry) => {
+                        if let Err(e) = audit_owed(&log, *entry).await {
+                            shared.metrics.audit_errors.inc();
+                            warn!(error = %e, "audit record kept: written first once the log takes appends again");
+                        }
+                    }
+                    Job::Write(job) => {
+                        let key = job.pb.spec.virtual_service.to_string();
+                        let lane = lanes.entry(key.clone()).or_insert_with(|| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            tasks.spawn(
+                                lane(rx, store.clone(), log.clone(), done.clone(), shared.clone(), permits.clone())
+                                    .instrument(info_span!("lane", object = %key)),
+                            );
+                            tx
+                        });
+                        // A lane only ends when its sender is dropped (below) or the
+                        // controller is gone; either way there is no one left to tell.
+                        let _ = lane.send(job);
+                    }
+                }
+            }
+            Some(ended) = tasks.join_next() => {
+                if let Err(e) = ended && e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
+    // Shutdown: every lane finishes the writes it holds (each is bounded by its store's own
+    // budget) and reports them before the writer returns.
+    drop(lanes);
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// One VirtualService's writes, in the order the controller sent them.
+async fn lane(
+    mut jobs: mpsc::UnboundedReceiver<Box<WriteJob>>,
+    store: Arc<dyn RoutingStore>,
+    log: Arc<Mutex<AuditLog>>,
+    done: mpsc::Sender<Done>,
+    shared: Arc<Shared>,
+    permits: Arc<tokio::sync::Semaphore>,
+) {
     while let Some(job) = jobs.recv().await {
-        let job = match job {
-            Job::Audit(entry) => {
-                if let Err(e) = audit(&log, *entry).await {
-                    shared.metrics.audit_errors.inc();
-                    error!(error = %e, "audit append failed");
-                }
-                continue;
-            }
-            Job::AuditOwed(entry) => {
-                if let Err(e) = audit_owed(&log, *entry).await {
-                    shared.metrics.audit_errors.inc();
-                    warn!(error = %e, "audit record kept: written first once the log takes appends again");
-                }
-                continue;
-            }
-            Job::Write(job) => job,
+        // Never closed, so this only fails if the writer is gone.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
         };
-        let started = Instant::now();
-        let name = job.pb.name().to_string();
-        let actor = job
-            .actor
-            .as_ref()
-            .map_or("engine".to_string(), |a| a.identity.clone());
-        let reason = match &job.actor {
-            Some(a) if a.reason != job.reason => {
-                format!("{} (operator reason: {})", job.reason, a.reason)
-            }
-            _ => job.reason.clone(),
-        };
-        let entry = |outcome: String, before: Value, after: Value| Entry {
+        let finished = write_one(job, store.as_ref(), &log, &shared).await;
+        drop(permit);
+        if done.send(finished).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// One routing write: intent record, the store write (awaited to its real end), outcome
+/// record naming the intent.
+async fn write_one(
+    job: Box<WriteJob>,
+    store: &dyn RoutingStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+) -> Done {
+    let started = Instant::now();
+    let name = job.pb.name().to_string();
+    let actor = job
+        .actor
+        .as_ref()
+        .map_or("engine".to_string(), |a| a.identity.clone());
+    let reason = match &job.actor {
+        Some(a) if a.reason != job.reason => {
+            format!("{} (operator reason: {})", job.reason, a.reason)
+        }
+        _ => job.reason.clone(),
+    };
+    let entry = |outcome: String, before: Value, after: Value, intent: Option<u64>| {
+        let mut inputs = json!({
+            "from": job.from, "to": job.to, "forced": job.forced, "signals": job.inputs,
+        });
+        if let Some(seq) = intent {
+            inputs["intentSeq"] = json!(seq);
+        }
+        Entry {
             actor: actor.clone(),
             action: job.kind.as_str().to_string(),
             playbook: name.clone(),
             reason: reason.clone(),
-            inputs: json!({
-                "from": job.from, "to": job.to, "forced": job.forced, "signals": job.inputs,
-            }),
+            inputs,
             before,
             after,
             outcome,
-        };
-        // A standby (or a leader whose lease lapsed) attempts nothing, so records nothing.
-        if !shared.leader.is_leader() {
-            let _ = done
-                .send(Done {
-                    job,
-                    result: Err(StoreError::Fenced.to_string()),
-                    label: "fenced",
-                    elapsed: started.elapsed(),
-                    unrecorded: None,
-                })
-                .await;
-            continue;
         }
-        // An action that cannot be audited is not performed. It is decided again every round
-        // (see `finish_write`); the episode is announced once (see `audit_watch`), so a full
-        // disk logs one error, not one per round.
-        let was_available = shared.audit_health.unavailable().is_none();
-        if let Err(e) = audit(&log, entry("intent".into(), Value::Null, Value::Null)).await {
+    };
+    // A standby (or a leader whose lease lapsed) attempts nothing, so records nothing.
+    if !shared.leader.is_leader() {
+        return Done {
+            job,
+            result: Err(StoreError::Fenced.to_string()),
+            label: "fenced",
+            elapsed: started.elapsed(),
+            unrecorded: None,
+        };
+    }
+    // An action that cannot be audited is not performed. It is decided again every round
+    // (see `finish_write`); the episode is announced once (see `audit_watch`), so a full
+    // disk logs one error, not one per round.
+    let was_available = shared.audit_health.unavailable().is_none();
+    let intent = match audit_record(log, entry("intent".into(), Value::Null, Value::Null, None))
+        .await
+    {
+        Ok(r) => r.seq,
+        Err(e) => {
             shared.metrics.audit_errors.inc();
             if was_available {
                 error!(playbook = %name, to = %job.to, error = %e, "audit append failed; routing write not performed (retried every round)");
             } else {
                 debug!(playbook = %name, to = %job.to, error = %e, "audit log still refuses appends; routing write not performed");
             }
-            let _ = done
-                .send(Done {
-                    job,
-                    result: Err(format!("audit log unavailable: {e}")),
-                    label: "audit",
-                    elapsed: started.elapsed(),
-                    unrecorded: None,
-                })
-                .await;
-            continue;
-        }
-        let result = match tokio::time::timeout(
-            WRITE_TIMEOUT,
-            store.write(&job.pb, job.to, job.next.last_move),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Io {
-                context: format!("write timed out after {WRITE_TIMEOUT:?}"),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            }),
-        };
-        // What became of the intent is owed to the chain: when the log refuses it now, it is
-        // kept in order and written before anything later, and the move is reported as
-        // not recorded until then (a crash meanwhile is resolved from the store at start).
-        let mut unrecorded = None;
-        let (label, res) = match result {
-            Ok(out) => {
-                let outcome = if out.changed { "written" } else { "unchanged" };
-                if let Err(e) = audit_owed(&log, entry(outcome.into(), out.before, out.after)).await
-                {
-                    shared.metrics.audit_errors.inc();
-                    error!(playbook = %name, error = %e, "routing written but its audit record is not: kept, and written first once the log takes appends again");
-                    unrecorded = Some(e);
-                }
-                ("ok", Ok(()))
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if let Err(e) = audit_owed(
-                    &log,
-                    entry(format!("failed: {msg}"), Value::Null, Value::Null),
-                )
-                .await
-                {
-                    shared.metrics.audit_errors.inc();
-                    error!(playbook = %name, error = %e, "audit record of a failed write kept for later");
-                }
-                (e.metric_label(), Err(msg))
-            }
-        };
-        let elapsed = started.elapsed();
-        match &res {
-            Ok(())
-                if matches!(
-                    job.kind,
-                    MoveKind::Failover | MoveKind::Switch | MoveKind::FailbackAborted
-                ) =>
-            {
-                warn!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
-            }
-            Ok(()) => {
-                info!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
-            }
-            Err(e) => {
-                error!(playbook = %name, kind = job.kind.as_str(), to = %job.to, error = %e, "routing write failed; will retry")
-            }
-        }
-        if done
-            .send(Done {
+            return Done {
                 job,
-                result: res,
-                label,
-                elapsed,
-                unrecorded,
-            })
-            .await
-            .is_err()
-        {
-            break;
+                result: Err(format!("audit log unavailable: {e}")),
+                label: "audit",
+                elapsed: started.elapsed(),
+                unrecorded: None,
+            };
         }
+    };
+    // Never dropped while it may still land: past WRITE_TIMEOUT the write is reported as in
+    // flight (log, status) and awaited to its real end, so the outcome recorded is what the
+    // store did. The store bounds its own attempts (the kubernetes store settles a lost
+    // answer by reading the object back within its budget).
+    let result = {
+        let write = store.write(&job.pb, job.to, job.next.last_move);
+        tokio::pin!(write);
+        let mut waited = Duration::ZERO;
+        loop {
+            match tokio::time::timeout(WRITE_TIMEOUT, &mut write).await {
+                Ok(r) => break r,
+                Err(_) => {
+                    waited += WRITE_TIMEOUT;
+                    let secs = waited.as_secs();
+                    warn!(playbook = %name, to = %job.to, seconds = secs, "routing write still in flight; waiting for its real outcome");
+                    set_status(shared, job.idx, |s| {
+                        s.error = Some(format!(
+                            "write in flight for {secs}s ({} → {}); its real outcome is recorded when it ends",
+                            job.from, job.to
+                        ))
+                    });
+                }
+            }
+        }
+    };
+    // What became of the intent is owed to the chain: when the log refuses it now, it is
+    // kept in order and written before anything later, and the move is reported as
+    // not recorded until then (a crash meanwhile is resolved from the store at start).
+    let mut unrecorded = None;
+    let (label, res) = match result {
+        Ok(out) => {
+            let outcome = if out.changed { "written" } else { "unchanged" };
+            if let Err(e) = audit_owed(
+                log,
+                entry(outcome.into(), out.before, out.after, Some(intent)),
+            )
+            .await
+            {
+                shared.metrics.audit_errors.inc();
+                error!(playbook = %name, error = %e, "routing written but its audit record is not: kept, and written first once the log takes appends again");
+                unrecorded = Some(e);
+            }
+            ("ok", Ok(()))
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if let Err(e) = audit_owed(
+                log,
+                entry(
+                    format!("failed: {msg}"),
+                    Value::Null,
+                    Value::Null,
+                    Some(intent),
+                ),
+            )
+            .await
+            {
+                shared.metrics.audit_errors.inc();
+                error!(playbook = %name, error = %e, "audit record of a failed write kept for later");
+            }
+            (e.metric_label(), Err(msg))
+        }
+    };
+    let elapsed = started.elapsed();
+    match &res {
+        Ok(())
+            if matches!(
+                job.kind,
+                MoveKind::Failover | MoveKind::Switch | MoveKind::FailbackAborted
+            ) =>
+        {
+            warn!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
+        }
+        Ok(()) => {
+            info!(playbook = %name, kind = job.kind.as_str(), to = %job.to, ms = elapsed.as_millis() as u64, "{}", job.reason)
+        }
+        Err(e) => {
+            error!(playbook = %name, kind = job.kind.as_str(), to = %job.to, error = %e, "routing write failed; will retry")
+        }
+    }
+    Done {
+        job,
+        result: res,
+        label,
+        elapsed,
+        unrecorded,
     }
 }
 
@@ -2310,7 +2499,21 @@ async fn handle_control(
         &actor.identity,
     );
     g.overrides = store.for_playbook(&name, now);
-    g.overrides.command = command;
+    let queued = command.is_some();
+    if let Some(c) = command {
+        if let Some((tx, earlier, _)) = g.command_waiter.take() {
+            let _ = tx.send(Err(refuse(
+                409,
+                format!("{earlier}: superseded by a later operator command before it could apply; nothing was written for it"),
+            )));
+        }
+        g.command = Some(c);
+    }
+    if queued && g.pending {
+        // Decided right after the write in flight; the caller hears how it ended then.
+        g.command_waiter = Some((reply, message, created));
+        return;
+    }
     if g.pending {
         // The command stays queued and is decided right after the write in flight.
         let _ = reply.send(Ok(ControlReply {
@@ -2325,6 +2528,12 @@ async fn handle_control(
     }
     let out = step(idx, g, jobs, shared, clock).await;
     let g = &mut guarded[idx];
+    if g.command.is_some() {
+        // Not decided yet (a retry is due later, or the route is being read again): the
+        // caller is answered when it is.
+        g.command_waiter = Some((reply, message, created));
+        return;
+    }
     if let Some(r) = out.refused {
         let _ = reply.send(Err(refuse(409, r)));
     } else if out.write_queued {
@@ -2372,6 +2581,190 @@ mod tests {
             last_move: None,
             drift: None,
         }
+    }
+
+    /// A store whose writes take a set time per playbook and log when each starts and ends.
+    #[derive(Debug, Default)]
+    struct SlowStore {
+        delays: std::collections::HashMap<String, Duration>,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl RoutingStore for SlowStore {
+        fn read<'a>(
+            &'a self,
+            _pb: &'a Playbook,
+        ) -> crate::routing::StoreFuture<'a, crate::routing::RouteView> {
+            Box::pin(async { Ok(view(Routing::Primary)) })
+        }
+
+        fn write<'a>(
+            &'a self,
+            pb: &'a Playbook,
+            _to: Routing,
+            _last_move: Option<Timestamp>,
+        ) -> crate::routing::StoreFuture<'a, crate::routing::WriteOutcome> {
+            Box::pin(async move {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("start {}", pb.name()));
+                if let Some(d) = self.delays.get(pb.name()) {
+                    tokio::time::sleep(*d).await;
+                }
+                self.log.lock().unwrap().push(format!("end {}", pb.name()));
+                Ok(crate::routing::WriteOutcome {
+                    before: json!([{ "destination": { "host": "primary" } }]),
+                    after: json!([{ "destination": { "host": "dr" } }]),
+                    changed: true,
+                })
+            })
+        }
+
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    /// The demo playbook renamed `name`, routing VirtualService `demo/<object>`.
+    fn playbook(name: &str, object: &str) -> Loaded {
+        let text = crate::demo::PLAYBOOK
+            .replacen("name: demo", &format!("name: {name}"), 1)
+            .replacen(
+                "virtualService: { namespace: demo, name: web }",
+                &format!("virtualService: {{ namespace: demo, name: {object} }}"),
+                1,
+            );
+        let playbook = crate::playbook::parse("test.yaml", &text).unwrap();
+        assert_eq!(playbook.name(), name);
+        assert_eq!(playbook.spec.virtual_service.name, object);
+        Loaded {
+            file: "test.yaml".into(),
+            playbook,
+        }
+    }
+
+    fn failover_job(idx: usize, pb: &Arc<Playbook>) -> Job {
+        let to = Routing::Failover { target: 0 };
+        Job::Write(Box::new(WriteJob {
+            idx,
+            pb: pb.clone(),
+            from: Routing::Primary,
+            to,
+            kind: MoveKind::Failover,
+            reason: "primary down".into(),
+            forced: false,
+            actor: None,
+            inputs: Value::Null,
+            next: State::resume(to, Timestamp::UNIX_EPOCH),
+        }))
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        shared: Arc<Shared>,
+        store: Arc<SlowStore>,
+        jobs: mpsc::Sender<Job>,
+        done: mpsc::Receiver<Done>,
+        writer: tokio::task::JoinHandle<()>,
+    }
+
+    fn rig(playbooks: &[Loaded], delays: &[(&str, Duration)]) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = Arc::new(Mutex::new(AuditLog::open(&path).unwrap()));
+        let shared = Arc::new(Shared::new(playbooks));
+        let store = Arc::new(SlowStore {
+            delays: delays.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+            log: Mutex::default(),
+        });
+        let (jobs, job_rx) = mpsc::channel(16);
+        let (done_tx, done) = mpsc::channel(16);
+        let writer = tokio::spawn(writer(store.clone(), log, job_rx, done_tx, shared.clone()));
+        Rig {
+            _dir: dir,
+            path,
+            shared,
+            store,
+            jobs,
+            done,
+            writer,
+        }
+    }
+
+    /// Checks every outcome names an earlier intent of its playbook, once.
+    fn outcomes_name_their_intents(records: &[Record]) {
+        let mut open = std::collections::HashMap::new();
+        for r in records {
+            if r.outcome == "intent" {
+                open.insert(r.seq, r.playbook.clone());
+            } else {
+                let seq = r.inputs["intentSeq"].as_u64().unwrap();
+                assert_eq!(open.remove(&seq), Some(r.playbook.clone()), "{r:?}");
+            }
+        }
+        assert!(open.is_empty(), "intents without outcome: {open:?}");
+    }
+
+    /// Ensures a write still running when WRITE_TIMEOUT passes is not abandoned: the status
+    /// says it is in flight, and once it ends the audit holds its real outcome (`written`,
+    /// naming its intent), no `failed`.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_past_the_timeout_is_recorded_with_its_real_outcome() {
+        let pbs = [playbook("slow", "web")];
+        let mut r = rig(&pbs, &[("slow", WRITE_TIMEOUT + Duration::from_secs(2))]);
+        r.jobs
+            .send(failover_job(0, &r.shared.playbooks[0]))
+            .await
+            .unwrap();
+        tokio::time::sleep(WRITE_TIMEOUT + Duration::from_secs(1)).await;
+        let error = r.shared.snapshot()[0].error.clone().unwrap_or_default();
+        assert!(error.starts_with("write in flight for 10s"), "{error}");
+        assert!(r.done.try_recv().is_err(), "reported before it ended");
+        let done = r.done.recv().await.unwrap();
+        assert_eq!((done.result, done.label), (Ok(()), "ok"));
+        drop(r.jobs);
+        r.writer.await.unwrap();
+        let records = crate::audit::read_all(&r.path).unwrap();
+        let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["intent", "written"]);
+        outcomes_name_their_intents(&records);
+    }
+
+    /// Ensures lanes: a write to another object goes ahead while one object's write is
+    /// stalled, and a second write to the stalled object starts only after the first ends.
+    #[tokio::test(start_paused = true)]
+    async fn one_object_stalled_delays_only_its_own_later_writes() {
+        let pbs = [
+            playbook("a1", "web-a"),
+            playbook("b", "web-b"),
+            playbook("a2", "web-a"),
+        ];
+        let stall = Duration::from_secs(60);
+        let mut r = rig(&pbs, &[("a1", stall)]);
+        let started = Instant::now();
+        for (i, pb) in r.shared.playbooks.clone().iter().enumerate() {
+            r.jobs.send(failover_job(i, pb)).await.unwrap();
+        }
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let d = r.done.recv().await.unwrap();
+            order.push((d.job.pb.name().to_string(), started.elapsed()));
+        }
+        assert_eq!(order[0].0, "b");
+        assert!(order[0].1 < Duration::from_secs(1), "{order:?}");
+        assert_eq!(
+            order.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["b", "a1", "a2"]
+        );
+        let log = r.store.log.lock().unwrap().clone();
+        let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+        assert!(pos("end b") < pos("end a1"), "{log:?}");
+        assert!(pos("end a1") < pos("start a2"), "{log:?}");
+        drop(r.jobs);
+        r.writer.await.unwrap();
+        outcomes_name_their_intents(&crate::audit::read_all(&r.path).unwrap());
     }
 
     /// Ensures an intent without an outcome is closed as `written` when the store holds the
