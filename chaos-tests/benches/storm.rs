@@ -43,9 +43,9 @@ fn summary(what: &str, mut v: Vec<Duration>) -> String {
     format!(
         "{what}: n={} p50 {} p99 {} max {}",
         v.len(),
-        p(50.0),
-        p(99.0),
-        p(100.0)
+        p(50),
+        p(99),
+        p(100)
     )
 }
 
