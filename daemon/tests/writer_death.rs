@@ -5,21 +5,18 @@
 //! The daemon runs in a child process (this test binary re-run with one ignored test) because
 //! the exit is the behaviour under test.
 
-use std::net::SocketAddr;
+mod inproc;
+
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use failoverd::audit::AuditLog;
-use failoverd::auth::{Tokens, hash_token};
 use failoverd::engine::Routing;
-use failoverd::overrides::OverrideStore;
-use failoverd::playbook::{self, Loaded, Playbook};
+use failoverd::playbook::Playbook;
 use failoverd::routing::FileStore;
 use failoverd::routing::{RouteView, RoutingStore, StoreFuture, WriteOutcome};
-use failoverd::runtime::{EXIT_WRITER_DIED, Runtime, Shared};
-use failoverd::standin::StandIn;
-use tokio::sync::watch;
+use failoverd::runtime::EXIT_WRITER_DIED;
+use inproc::InProc;
 
 const TOKEN: &str = "writer-death-operator";
 const CHILD_ENV: &str = "FAILOVERD_TEST_WRITER_DEATH_CHILD";
@@ -56,59 +53,9 @@ async fn writer_death_child() {
         std::env::var_os(CHILD_ENV).is_some(),
         "run only as the child of writer_death_exits_non_zero"
     );
-    let _ = rustls::crypto::ring::default_provider().install_default();
     failoverd::cli::init_tracing(failoverd::cli::LogFormat::Text, None, "info");
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let primary = StandIn::start("primary", loopback).await.unwrap();
-    let dr = StandIn::start("dr", loopback).await.unwrap();
-    let text = failoverd::demo::PLAYBOOK
-        .replace("127.0.0.1:18081", &primary.addr().to_string())
-        .replace("127.0.0.1:18082", &dr.addr().to_string());
-    let pb = playbook::parse("demo.yaml", &text).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileStore::new(dir.path().join("routes"));
-    let vs_path = files.path(&pb);
-    std::fs::create_dir_all(vs_path.parent().unwrap()).unwrap();
-    std::fs::write(&vs_path, failoverd::demo::VIRTUAL_SERVICE).unwrap();
-    std::fs::write(
-        dir.path().join("tokens.yaml"),
-        format!(
-            "- {{ identity: \"oncall@test\", role: operator, sha256: \"{}\" }}\n",
-            hash_token(TOKEN)
-        ),
-    )
-    .unwrap();
-    let loaded = vec![Loaded {
-        file: "demo.yaml".into(),
-        playbook: pb,
-    }];
-    let shared = Arc::new(Shared::new(&loaded));
-    let audit_path = dir.path().join("audit.jsonl");
-    let rt = Runtime {
-        playbooks: loaded,
-        store: Arc::new(PanickingStore(files)),
-        audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-        overrides: OverrideStore::open(&dir.path().join("overrides.json")).unwrap(),
-        prometheus: None,
-        prometheus_client: None,
-    };
-    let tokens = Tokens::load(&dir.path().join("tokens.yaml")).unwrap();
-    let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(failoverd::cli::serve(
-        rt,
-        shared.clone(),
-        Arc::new(tokens),
-        audit_path,
-        listener,
-        stop_rx,
-    ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !shared.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "daemon never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let d = InProc::start(|files| Arc::new(PanickingStore(files)), Some(TOKEN)).await;
+    let addr = d.addr;
     println!("READY");
     let reply = reqwest::Client::new()
         .post(format!("http://{addr}/v1/playbooks/demo/failover"))
