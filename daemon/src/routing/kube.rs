@@ -6,7 +6,8 @@
 //! on what is there now, and sent again, with backoff, inside the write budget. Before any
 //! request leaves, the whole new object is checked against the official Istio CRD schema and
 //! istiod's webhook rules ([`super::istio`]), so failoverd never sends a VirtualService the
-//! mesh would reject. After the write the object is read back and compared.
+//! mesh would reject. After the write the object the API server stored (the update's
+//! answer) is compared with what was meant.
 //!
 //! The object is handled as JSON (`DynamicObject`), never as a typed struct: a typed
 //! VirtualService would silently drop every field it does not model on the way back.
@@ -56,8 +57,9 @@ impl Default for KubeOptions {
             kubeconfig: None,
             context: None,
             // client-go's defaults are 5/10, tuned for controllers that list a lot. failoverd
-            // sends ~3 requests per move; 50/s lets 100 playbooks fail over in a few seconds
-            // without one burst of 300 requests at an API server that may itself be struggling.
+            // sends 2 requests per move (read, update); 50/s lets 100 playbooks fail over in a
+            // few seconds without one burst of 200 requests at an API server that may itself
+            // be struggling.
             qps: 50,
             burst: 100,
             request_timeout: Duration::from_secs(3),
@@ -71,7 +73,7 @@ pub struct KubeStore {
     client: kube::Client,
     /// `networking.istio.io/v1`, or `v1beta1` on clusters whose Istio serves no v1 yet.
     resource: OnceCell<ApiResource>,
-    /// Writes and their own reads (the read before an update, the read-back after it).
+    /// Writes and their own reads (the read before an update).
     limiter: Arc<DefaultDirectRateLimiter>,
     /// Every other read (start, takeover, drift re-reads, the API's route views) has a bucket
     /// of its own, as large as the write bucket: a dashboard or a re-read storm can never
@@ -309,16 +311,17 @@ impl KubeStore {
             before: before.clone(),
             state: sent_state,
         });
-        match timed(
+        let stored = match timed(
             self.request_limit(deadline),
             api.replace(&pb.spec.virtual_service.name, &params, &obj),
         )
         .await
         {
-            // Answered: it landed. `unanswered` stays set, so if the read-back below fails
-            // the next attempt (or the settling read) finds the object carrying this state
-            // and reports the move written, never `unchanged` or `failed`.
-            Ok(_) => {}
+            // Answered: it landed, and the answer is the object as the API server stored it
+            // (after admission), which is the read-back. `unanswered` stays set, so if that
+            // answer cannot be read the next attempt (or the settling read) finds the object
+            // carrying this state and reports the move written, never `unchanged` or `failed`.
+            Ok(stored) => stored,
             // A 4xx is the server refusing this update: it did not land (an earlier
             // unanswered one still may have, which `unanswered` keeps).
             Err(TimedError::Kube(kube::Error::Api(status)))
@@ -332,10 +335,13 @@ impl KubeStore {
                 ));
             }
             Err(e) => return Err(map_err(e, &object, "update", ns)),
-        }
-        let read_back = self
-            .get(&api, pb, &self.limiter, self.request_limit(deadline))
-            .await?;
+        };
+        // The update's answer is the read-back: one request fewer per move than a GET after
+        // it (a third of the rate limit when many playbooks fail over at once).
+        let read_back = serde_json::to_value(&stored).map_err(|e| StoreError::Malformed {
+            object: object.clone(),
+            message: format!("cannot represent the update's answer as JSON: {e}"),
+        })?;
         let got = read_back.pointer(&pointer).cloned().unwrap_or(Value::Null);
         let read_routing = view(&read_back, pb)?.routing;
         if got != after || read_routing != to {
