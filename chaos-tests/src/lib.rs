@@ -155,6 +155,27 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
+/// Asserts that `failoverd audit verify FILE` (the real CLI, an oracle independent of the
+/// daemon that wrote the log) exits 0, with its output in the panic message otherwise.
+pub fn assert_audit_verifies(path: &Path) {
+    let out = run_cli(
+        [
+            std::ffi::OsStr::new("audit"),
+            "verify".as_ref(),
+            path.as_os_str(),
+        ],
+        Duration::from_secs(10),
+    )
+    .expect("running failoverd audit verify");
+    assert!(
+        out.status.success(),
+        "audit verify failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `failoverd ARGS...` to completion (at most `timeout`; killed after that) and
 /// returns its exit status and output.
 pub fn run_cli<I, S>(args: I, timeout: Duration) -> anyhow::Result<Output>

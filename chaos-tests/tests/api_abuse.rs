@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, Scenario, failoverd_bin, free_addr, http_get, run_cli};
+use chaos_tests::{Daemon, Scenario, assert_audit_verifies, failoverd_bin, free_addr, http_get};
 use failoverd::auth::hash_token;
 use failoverd::engine::Routing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -255,12 +255,7 @@ async fn flood_of_refused_calls_is_bounded() {
     eprintln!("failover written {took:?} after the fault");
     assert!(d.is_running());
     assert_eq!(http_get(addr, "/healthz", 5 * SEC).await.unwrap().0, 200);
-    let out = run_cli(
-        ["audit", "verify", s.paths.audit.to_str().unwrap()],
-        10 * SEC,
-    )
-    .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    assert_audit_verifies(&s.paths.audit);
 }
 
 /// `failoverd run` started through `sh -c 'ulimit -n 1024; exec ...'` (soft and hard limit

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, DaemonPaths, POLL, Scenario, run_cli, wait_for};
+use chaos_tests::{Daemon, DaemonPaths, POLL, Scenario, assert_audit_verifies, wait_for};
 use failoverd::audit::{AuditLog, Entry, Record};
 use failoverd::engine::Routing;
 use serde_json::Value;
@@ -34,7 +34,6 @@ const FAILOVER_WITHIN: Duration = Duration::from_secs(10);
 const AFTER_FREE_WITHIN: Duration = Duration::from_secs(4);
 /// How long a held move is watched to stay held.
 const HOLD_FOR: Duration = Duration::from_secs(3);
-const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A webhook receiver on loopback: the `event` of every body it was sent.
 struct Hook {
@@ -208,18 +207,6 @@ fn summary(recs: &[Record]) -> Vec<String> {
         .collect()
 }
 
-/// `failoverd audit verify FILE` exits 0 (and says there is no torn tail).
-fn assert_verifies(path: &Path) {
-    let out = run_cli(["audit", "verify", path.to_str().unwrap()], CLI_TIMEOUT).unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Sequence numbers 1..=n, each once, in file order (read here, not through the daemon).
 fn assert_no_sequence_reused(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -350,7 +337,7 @@ async fn full_disk_holds_the_move_until_space_returns() {
         log_before,
         "a failed append left bytes in the log"
     );
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
     assert_eq!(metric(&d, "failoverd_audit_available").await, Some(0.0));
     assert!(
         metric(&d, "failoverd_audit_write_errors_total")
@@ -414,7 +401,7 @@ async fn full_disk_holds_the_move_until_space_returns() {
     assert_eq!(hook.count("audit-recovered"), 1);
     let status = d.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d.logs());
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
     assert_no_sequence_reused(&paths.audit);
     let recs = records(&paths);
     assert_one_failover_recorded(&recs);
@@ -447,7 +434,7 @@ async fn kill9_on_a_full_disk_starts_again() {
     s.primary.stop();
     wait_audit_unavailable(&d, FAILOVER_WITHIN).await;
     d.kill().unwrap();
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
 
     let mut d2 = Daemon::spawn(&paths, "second").unwrap();
     ok(d2.wait_ready(10 * SEC).await, &d2);
@@ -467,7 +454,7 @@ async fn kill9_on_a_full_disk_starts_again() {
     );
     let status = d2.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d2.logs());
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
     assert_no_sequence_reused(&paths.audit);
     assert_one_failover_recorded(&records(&paths));
 }
@@ -536,7 +523,7 @@ async fn outcome_that_did_not_fit_is_recorded_once_space_returns() {
         "{:?}",
         summary(&recs)
     );
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
 
     fs.free();
     ok(
@@ -550,7 +537,7 @@ async fn outcome_that_did_not_fit_is_recorded_once_space_returns() {
     );
     let status = d.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d.logs());
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
     assert_no_sequence_reused(&paths.audit);
     let recs = records(&paths);
     assert_one_failover_recorded(&recs);
@@ -601,7 +588,7 @@ async fn kill9_with_an_owed_outcome_is_resolved_from_the_store() {
     assert_eq!(rec.actor, "failoverd");
     let status = d2.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d2.logs());
-    assert_verifies(&paths.audit);
+    assert_audit_verifies(&paths.audit);
     assert_no_sequence_reused(&paths.audit);
     assert_one_failover_recorded(&records(&paths));
 }

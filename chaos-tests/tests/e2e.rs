@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chaos_tests::{DEMO_PLAYBOOK, DR_HOST, Daemon, FAST_FAILBACK, Scenario, run_cli};
+use chaos_tests::{
+    DEMO_PLAYBOOK, DR_HOST, Daemon, FAST_FAILBACK, Scenario, assert_audit_verifies, run_cli,
+};
 use failoverd::audit::Record;
 use failoverd::engine::Routing;
 use failoverd::routing::{ORIGINAL_ROUTE, STATE};
@@ -39,18 +41,6 @@ fn actions(records: &[Record]) -> Vec<String> {
         .iter()
         .map(|r| format!("{}:{}", r.action, r.outcome))
         .collect()
-}
-
-/// `failoverd audit verify FILE` exits 0.
-fn assert_audit_verifies(path: &Path) {
-    let out = run_cli(["audit", "verify", path.to_str().unwrap()], CLI_TIMEOUT).unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs `f`; on error, panics with the daemon's logs attached.
