@@ -1410,7 +1410,8 @@ async fn act(
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl or target", body = ErrorBody),
         (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down, this replica is a standby, or (leader election) the cluster did not keep the change", body = ErrorBody),
+        (status = 507, description = "Leader election: the cluster's override storage is full (delete overrides or resume playbooks first)", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
     )
 )]
@@ -1449,7 +1450,8 @@ async fn failover(
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl or target given", body = ErrorBody),
         (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down, this replica is a standby, or (leader election) the cluster did not keep the change", body = ErrorBody),
+        (status = 507, description = "Leader election: the cluster's override storage is full (delete overrides or resume playbooks first)", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
     )
 )]
@@ -1487,7 +1489,8 @@ async fn failback(
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl, target or force given", body = ErrorBody),
         (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down, this replica is a standby, or (leader election) the cluster did not keep the change", body = ErrorBody),
+        (status = 507, description = "Leader election: the cluster's override storage is full (delete overrides or resume playbooks first)", body = ErrorBody),
     )
 )]
 async fn freeze(
@@ -1524,7 +1527,8 @@ async fn freeze(
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
         (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
+        (status = 503, description = "failoverd is shutting down, this replica is a standby, or (leader election) the cluster did not keep the change", body = ErrorBody),
+        (status = 507, description = "Leader election: the cluster's override storage is full (delete overrides or resume playbooks first)", body = ErrorBody),
     )
 )]
 async fn resume(
@@ -1590,7 +1594,8 @@ async fn list_overrides(State(state): State<ApiState>, headers: HeaderMap) -> Ap
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
         (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is starting (saved overrides not loaded yet) or shutting down", body = ErrorBody),
+        (status = 503, description = "failoverd is starting (saved overrides not loaded yet) or shutting down, this replica is a standby, or (leader election) the cluster did not keep the change", body = ErrorBody),
+        (status = 507, description = "Leader election: the cluster's override storage is full (delete overrides or resume playbooks first)", body = ErrorBody),
     )
 )]
 async fn delete_override(

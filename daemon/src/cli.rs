@@ -824,7 +824,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reload_stop,
     );
     shared.leader = leadership.clone();
-    leadership.spawn_mirror(rx.clone());
     {
         // failoverd_leader follows the lease (the fence itself is checked at each write).
         let gauge = shared.metrics.leader.clone();

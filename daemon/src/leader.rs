@@ -105,90 +105,9 @@ pub struct Leadership {
     tx: watch::Sender<bool>,
     /// Where the leader keeps state the next leader needs (operator overrides).
     cluster: Option<ClusterState>,
-    /// The latest override set to mirror into the cluster (coalesced: only the newest counts).
-    overrides_tx: watch::Sender<Option<String>>,
 }
 
-/// State kept in the cluster so a new leader starts from the old leader's decisions: the
-/// annotations of a second Lease, `<lease>-state`, in failoverd's namespace (RBAC already
-/// grants leases there; no ConfigMap rights needed).
-#[derive(Clone, Debug)]
-pub struct ClusterState {
-    api: Api<Lease>,
-    name: String,
-}
-
-/// Annotation (on the state Lease) holding the operator overrides as JSON.
-pub const OVERRIDES_ANNOTATION: &str = "failoverd.dev/overrides";
-
-impl ClusterState {
-    /// State beside the election Lease `config.name` (as `<name>-state`).
-    pub fn new(client: kube::Client, config: &ElectionConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            name: format!("{}-state", config.name),
-        }
-    }
-
-    /// The annotation's value, if the state Lease and the annotation exist.
-    pub async fn load(&self, key: &str) -> Result<Option<String>, String> {
-        let lease = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(lease
-            .and_then(|l| l.metadata.annotations)
-            .and_then(|mut a| a.remove(key)))
-    }
-
-    /// Sets the annotation (creating the state Lease if missing), guarded by resourceVersion
-    /// and retried on conflict.
-    pub async fn save(&self, key: &str, value: &str) -> Result<(), String> {
-        let pp = PostParams {
-            dry_run: false,
-            field_manager: Some("failoverd".into()),
-        };
-        for _ in 0..3 {
-            let current = self
-                .api
-                .get_opt(&self.name)
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = match current {
-                None => {
-                    let mut lease = Lease {
-                        metadata: ObjectMeta {
-                            name: Some(self.name.clone()),
-                            ..Default::default()
-                        },
-                        spec: None,
-                    };
-                    lease
-                        .metadata
-                        .annotations
-                        .get_or_insert_default()
-                        .insert(key.into(), value.into());
-                    self.api.create(&pp, &lease).await.map(|_| ())
-                }
-                Some(mut lease) => {
-                    lease
-                        .metadata
-                        .annotations
-                        .get_or_insert_default()
-                        .insert(key.into(), value.into());
-                    self.api.replace(&self.name, &pp, &lease).await.map(|_| ())
-                }
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("state lease kept changing (3 conflicts)".into())
-    }
-}
+pub use crate::overrides::kept::ClusterState;
 
 impl Leadership {
     /// No election: this replica is the only writer.
@@ -211,64 +130,13 @@ impl Leadership {
             }),
             tx: watch::channel(!elected).0,
             cluster,
-            overrides_tx: watch::channel(None).0,
         }
     }
 
-    /// Hands the current override set (JSON) to the mirror task, when this replica leads
-    /// and keeps state in the cluster. Never blocks.
-    pub fn mirror_overrides(&self, json: impl FnOnce() -> String) {
-        if self.cluster.is_some() && self.is_leader() {
-            self.overrides_tx.send_replace(Some(json()));
-        }
-    }
-
-    /// The override set the last leader left in the cluster (`Ok(None)`: none recorded, or
-    /// no cluster state configured).
-    pub async fn load_overrides(&self) -> Result<Option<String>, String> {
-        match &self.cluster {
-            // Bounded: the controller waits for this before deciding anything as leader.
-            Some(c) => tokio::time::timeout(Duration::from_secs(5), c.load(OVERRIDES_ANNOTATION))
-                .await
-                .unwrap_or_else(|_| Err("timed out after 5s".into())),
-            None => Ok(None),
-        }
-    }
-
-    /// Writes each new override set into the cluster while this replica leads; retries a
-    /// failed write every second until it lands or a newer set replaces it.
-    pub fn spawn_mirror(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let Some(cluster) = self.cluster.clone() else {
-            return;
-        };
-        let me = self.clone();
-        let mut rx = self.overrides_tx.subscribe();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait_for(|v| *v) => return,
-                    changed = rx.changed() => if changed.is_err() { return },
-                }
-                let Some(json) = rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                for attempt in 1u32..=30 {
-                    if !me.is_leader() {
-                        break;
-                    }
-                    match cluster.save(OVERRIDES_ANNOTATION, &json).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            warn!(attempt, error = %e, "cannot save the overrides in the cluster; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            if rx.has_changed().unwrap_or(false) {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        });
+    /// Where the leader keeps operator overrides for the next one (None: without leader
+    /// election, or without cluster state: only in this replica's state file).
+    pub fn cluster(&self) -> Option<&ClusterState> {
+        self.cluster.as_ref()
     }
 
     /// True when leader election is on.

@@ -30,7 +30,7 @@ use crate::engine::{
 };
 use crate::metrics::{Metrics, labels};
 use crate::notify::{Condition, Event, EventKind, Notifier};
-use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, new_id};
+use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, kept, new_id};
 use crate::playbook::{Loaded, Playbook, Target};
 use crate::routing::{RoutingStore, StoreError};
 use crate::slo::{self, PromClient, SloResult};
@@ -2147,42 +2147,76 @@ async fn end_orphaned_drills(
     *names = waiting;
 }
 
-/// On takeover: replaces this replica's overrides with the set the last leader kept in the
-/// cluster (a freeze set through the old leader must hold on the new one), and audits it.
+/// On takeover: merges this replica's overrides with the ones the cluster keeps, by id (a
+/// freeze acknowledged by the old leader holds here; one it deleted does not come back), and
+/// audits what was adopted.
 async fn adopt_cluster_overrides(
     store: &mut OverrideStore,
     log: &Arc<Mutex<AuditLog>>,
     shared: &Shared,
     clock: &Clock,
 ) {
-    let outcome = match shared.leader.load_overrides().await {
-        Ok(None) => {
-            // Nothing kept yet (the first leader, or no cluster state): this replica's own
-            // set stands, and goes to the cluster for the next leader.
-            publish_overrides(store, shared);
-            format!(
-                "no overrides kept in the cluster; this replica's own {} stand",
-                store.all().len()
-            )
-        }
-        Ok(Some(json)) => match serde_json::from_str::<Vec<OverrideRecord>>(&json) {
-            Ok(records) => {
+    let outcome = match shared.leader.cluster() {
+        None => format!(
+            "no overrides kept in the cluster; this replica's own {} stand",
+            store.all().len()
+        ),
+        Some(cluster) => match cluster.load().await {
+            Err(e) => format!("failed: cannot read the cluster's overrides: {e}"),
+            Ok(kept) => {
                 let now = clock.now();
-                let live: Vec<OverrideRecord> =
-                    records.into_iter().filter(|r| r.until > now).collect();
-                let n = live.len();
-                match store.replace(live) {
-                    Ok(()) => {
-                        publish_overrides(store, shared);
-                        format!("adopted {n} override(s) kept in the cluster by the last leader")
-                    }
-                    Err(e) => format!("failed: cannot persist the cluster's overrides: {e}"),
+                let merged = kept::merge(store.all(), &kept, now);
+                let n = merged.records.len();
+                let mut outcome =
+                    format!("adopted {n} override(s) kept in the cluster by the last leader");
+                if !merged.dropped.is_empty() {
+                    outcome.push_str(&format!(
+                        "; dropped {} this replica still had but the cluster had deleted ({})",
+                        merged.dropped.len(),
+                        merged.dropped.join(", ")
+                    ));
                 }
+                if !kept.problems.is_empty() {
+                    error!(problems = ?kept.problems, "kept overrides that cannot be read were ignored");
+                    outcome.push_str(&format!(
+                        "; ignored {} unreadable: {}",
+                        kept.problems.len(),
+                        kept.problems.join("; ")
+                    ));
+                }
+                if !merged.write_back.is_empty() {
+                    let change = kept::Change {
+                        upsert: merged.write_back.clone(),
+                        delete: Vec::new(),
+                        by: "failoverd".into(),
+                    };
+                    match cluster
+                        .keep(&change, now, || shared.leader.is_leader())
+                        .await
+                    {
+                        Ok(()) => outcome.push_str(&format!(
+                            "; kept {} of this replica's own in the cluster",
+                            change.upsert.len()
+                        )),
+                        Err(e) => {
+                            error!(error = %e, "cannot keep this replica's own overrides in the cluster");
+                            outcome.push_str(&format!(
+                                "; {} of this replica's own are not kept in the cluster: {e}",
+                                change.upsert.len()
+                            ));
+                        }
+                    }
+                }
+                if let Err(e) = store.replace(merged.records.clone()) {
+                    error!(error = %e, "cannot write the adopted overrides to the state file; in force from memory");
+                    store.set_unsaved(merged.records);
+                    outcome.push_str(&format!("; state file not written: {e}"));
+                }
+                outcome
             }
-            Err(e) => format!("failed: the cluster's overrides are not valid JSON: {e}"),
         },
-        Err(e) => format!("failed: cannot read the cluster's overrides: {e}"),
     };
+    publish_overrides(store, shared);
     if outcome.starts_with("failed") {
         error!("{outcome}; keeping this replica's own overrides");
     } else {
@@ -2205,14 +2239,38 @@ async fn adopt_cluster_overrides(
     }
 }
 
+/// Persists an operator's change to the override set before it is acknowledged: with leader
+/// election the cluster first (the next leader starts from it; fenced like routing writes),
+/// then this replica's state file. Nothing changes here when the cluster refused.
+async fn persist_overrides(
+    store: &mut OverrideStore,
+    records: Vec<OverrideRecord>,
+    by: &str,
+    shared: &Shared,
+    clock: &Clock,
+) -> Result<(), ControlError> {
+    let Some(cluster) = shared.leader.cluster() else {
+        return store
+            .replace(records)
+            .map_err(|e| refuse(500, format!("cannot persist the override: {e}")));
+    };
+    let change = kept::Change::between(store.all(), &records, by);
+    cluster
+        .keep(&change, clock.now(), || shared.leader.is_leader())
+        .await
+        .map_err(|e| refuse(e.status(), e.to_string()))?;
+    if let Err(e) = store.replace(records.clone()) {
+        // The cluster holds it, so it is in force (the next leader would apply it too).
+        error!(error = %e, "cannot write the override state file; the cluster keeps the change, in force from memory");
+        store.set_unsaved(records);
+    }
+    Ok(())
+}
+
 fn publish_overrides(store: &OverrideStore, shared: &Shared) {
     if let Ok(mut o) = shared.overrides.write() {
         *o = store.all().to_vec();
     }
-    // With leader election the set is also kept in the cluster, for the next leader.
-    shared
-        .leader
-        .mirror_overrides(|| serde_json::to_string(store.all()).unwrap_or_default());
     shared.list_version.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -2466,20 +2524,13 @@ async fn handle_control(
         )));
         return;
     }
-    if let Err(e) = store.replace(records) {
+    if let Err(e) = persist_overrides(store, records, &actor.identity, shared, clock).await {
         let _ = audit(
             log,
-            audit_entry(
-                &name,
-                format!("failed: cannot persist overrides: {e}"),
-                Value::Null,
-            ),
+            audit_entry(&name, format!("failed: {}", e.error), Value::Null),
         )
         .await;
-        let _ = reply.send(Err(refuse(
-            500,
-            format!("cannot persist the override: {e}"),
-        )));
+        let _ = reply.send(Err(e));
         return;
     }
     publish_overrides(store, shared);

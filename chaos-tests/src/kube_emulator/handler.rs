@@ -809,7 +809,27 @@ fn check_type(t: &Target, obj: &Value) -> Result<(), Status> {
 }
 
 /// Schema + webhook validation of the object as served in the request's version.
+/// apimachinery's `TotalAnnotationSizeLimitB`: the keys and values of one object's
+/// annotations together may hold at most 256 KiB, whatever the kind.
+const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
+
 fn validate(t: &Target, obj: &Value, name: &str) -> Result<(), Status> {
+    if let Some(a) = obj["metadata"]["annotations"].as_object() {
+        let total: usize = a
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if total > TOTAL_ANNOTATION_SIZE_LIMIT {
+            return Err(Status::invalid(
+                t.res,
+                name,
+                vec![(
+                    "metadata.annotations".into(),
+                    format!("Too long: may not be more than {TOTAL_ANNOTATION_SIZE_LIMIT} bytes"),
+                )],
+            ));
+        }
+    }
     let violations = match t.res.kind {
         "VirtualService" => istio::check_virtual_service(obj),
         "DestinationRule" => istio::check_destination_rule(obj),

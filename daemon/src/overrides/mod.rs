@@ -1,7 +1,10 @@
 //! Operator overrides (freezes and failover holds), persisted so they survive restarts.
 //!
 //! The file is JSON, replaced atomically on every change, and written before the change is
-//! acknowledged to the caller.
+//! acknowledged to the caller. With leader election the cluster keeps them too
+//! ([`kept`]), before the change is acknowledged, so the next leader starts from them.
+
+pub mod kept;
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +102,12 @@ impl OverrideStore {
         atomic_write(&self.path, &bytes)?;
         self.records = records;
         Ok(())
+    }
+
+    /// Sets the set in memory although it could not be persisted here: the cluster holds
+    /// it (leader election), so it is in force; the file catches up on the next change.
+    pub fn set_unsaved(&mut self, records: Vec<OverrideRecord>) {
+        self.records = records;
     }
 
     /// The engine's view of one playbook's overrides at `now` (latest of each kind wins).
