@@ -10,8 +10,8 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
-pub mod drift;
 pub mod drill;
 pub mod engine;
 pub mod leader;
@@ -22,8 +22,13 @@ pub mod overrides;
 pub mod playbook;
 pub mod reload;
 pub mod routing;
-pub mod runtime;
+pub mod runtime {
+    //! The control loop and the types every room shares, under their former path.
+    pub use crate::control::*;
+    pub use crate::shared::*;
+}
 pub mod server;
+pub mod shared;
 pub mod slo;
 pub mod standin;
 pub mod tls;

@@ -14,7 +14,9 @@ use tracing::debug;
 
 use crate::engine::Routing;
 use crate::routing::{RouteView, RoutingStore};
-use crate::runtime::Shared;
+use crate::shared::Shared;
+
+use super::*;
 
 /// How often failed-over routes are re-read when no change notice arrives.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -113,3 +115,102 @@ pub fn spawn(
         }
     })
 }
+
+/// Acts on a route changed by someone else while failed over: audit and count it, then
+/// `onDrift: reassert` writes failoverd's routing again and `respect` freezes the playbook.
+pub(super) async fn handle_drift(
+    found: drift::Found,
+    guarded: &mut [Guarded],
+    ov_store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let Some(g) = guarded.get_mut(found.idx) else {
+        return;
+    };
+    let Some(state) = g.state.clone() else {
+        return;
+    };
+    // A write in flight, or a move since the check started, explains the difference. A
+    // standby leaves drift to the leader.
+    if g.pending || state.routing != found.believed || !shared.leader.is_leader() {
+        return;
+    }
+    let name = g.pb.name().to_string();
+    if g.overrides.freeze.is_some() {
+        // Frozen: an operator is in charge; leave their route alone, say so quietly.
+        debug!(playbook = %name, "route changed outside failoverd while frozen: {}", found.detail);
+        return;
+    }
+    let on_drift = g.pb.spec.on_drift;
+    let action = match on_drift {
+        crate::playbook::OnDrift::Reassert => "reassert",
+        crate::playbook::OnDrift::Respect => "respect",
+    };
+    shared
+        .metrics
+        .drift
+        .get_or_create(&labels([("playbook", &name), ("action", action)]))
+        .inc();
+    warn!(playbook = %name, action, "route changed outside failoverd: {}", found.detail);
+    let reason = format!("route changed outside failoverd: {}", found.detail);
+    let _ = jobs
+        .send(Job::Audit(Box::new(Entry {
+            actor: "failoverd".into(),
+            action: "drift".into(),
+            playbook: name.clone(),
+            reason: reason.clone(),
+            after: found.route.clone(),
+            outcome: format!("onDrift: {action}"),
+            ..Entry::default()
+        })))
+        .await;
+    match on_drift {
+        crate::playbook::OnDrift::Reassert => {
+            let job = WriteJob {
+                idx: found.idx,
+                pb: g.pb.clone(),
+                from: state.routing,
+                to: state.routing,
+                kind: MoveKind::Reassert,
+                reason: format!(
+                    "{reason}; writing {} again (onDrift: reassert)",
+                    state.routing
+                ),
+                forced: false,
+                actor: None,
+                inputs: json!({ "drift": found.detail, "found": found.route }),
+                next: state,
+            };
+            g.pending = true;
+            if jobs.send(Job::Write(Box::new(job))).await.is_err() {
+                g.pending = false;
+            }
+        }
+        crate::playbook::OnDrift::Respect => {
+            // A freeze through the operator path: persisted, audited and announced like one.
+            let (reply, _) = oneshot::channel();
+            let msg = Control {
+                playbook: Some(name),
+                kind: ControlKind::Freeze {
+                    ttl: RESPECT_FREEZE,
+                },
+                actor: Actor {
+                    identity: "failoverd".into(),
+                    reason: format!("{reason}; respecting it (onDrift: respect)"),
+                },
+                reply,
+            };
+            Box::pin(handle_control(
+                msg, guarded, ov_store, log, jobs, shared, clock,
+            ))
+            .await;
+        }
+    }
+}
+
+/// How long `onDrift: respect` freezes a playbook: long enough for whoever changed the
+/// route to finish; an operator resumes it earlier with `failoverd resume`.
+pub(super) const RESPECT_FREEZE: Duration = Duration::from_secs(24 * 3600);

@@ -1,0 +1,529 @@
+//! Operator commands (the override API, drills, `onDrift: respect`) and the override set: validated
+//! and audited here, kept in the cluster and the state file before they are acknowledged.
+
+use super::*;
+
+/// A failover hold placed by a drill (its actor is `drill:<name>`).
+pub(super) fn is_drill_hold(r: &OverrideRecord) -> bool {
+    r.kind == OverrideKind::Failover && r.actor.starts_with(crate::drill::ACTOR_PREFIX)
+}
+
+/// Ends drills the last leader was running (see `orphaned_drills` in [`run`]): a failback as
+/// the drill would have made it, once the playbook's route has been read again; when the
+/// primary is not healthy enough for that (or the route is already back), the drill's hold
+/// is released and the engine decides as after any hold. Names still waiting for their
+/// route stay in `names`.
+pub(super) async fn end_orphaned_drills(
+    names: &mut Vec<String>,
+    guarded: &mut [Guarded],
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let mut waiting = Vec::new();
+    for name in std::mem::take(names) {
+        let ready = guarded
+            .iter()
+            .any(|g| g.pb.name() == name && g.state.is_some() && !g.pending);
+        if !ready {
+            waiting.push(name);
+            continue;
+        }
+        let holds: Vec<OverrideRecord> = store
+            .all()
+            .iter()
+            .filter(|r| r.playbook == name && is_drill_hold(r))
+            .cloned()
+            .collect();
+        let Some(first) = holds.first() else {
+            continue;
+        };
+        let actor = Actor {
+            identity: first.actor.clone(),
+            reason: "the drill ran on the previous leader, which is gone; ended on takeover".into(),
+        };
+        warn!(playbook = %name, drill = %first.actor, "a drill from the previous leader holds this playbook; failing back");
+        let (tx, mut rx) = oneshot::channel();
+        let failback = Control {
+            playbook: Some(name.clone()),
+            kind: ControlKind::Failback { force: false },
+            actor: actor.clone(),
+            reply: tx,
+        };
+        handle_control(failback, guarded, store, log, jobs, shared, clock).await;
+        // A refusal is answered at once; an accepted failback answers after its write.
+        if let Ok(Err(refused)) = rx.try_recv() {
+            info!(playbook = %name, reason = %refused.error, "no failback now; releasing the drill's hold instead");
+            for h in holds {
+                let (tx, _rx) = oneshot::channel();
+                let release = Control {
+                    playbook: None,
+                    kind: ControlKind::DeleteOverride { id: h.id },
+                    actor: actor.clone(),
+                    reply: tx,
+                };
+                handle_control(release, guarded, store, log, jobs, shared, clock).await;
+            }
+        }
+    }
+    *names = waiting;
+}
+
+/// On takeover: merges this replica's overrides with the ones the cluster keeps, by id (a
+/// freeze acknowledged by the old leader holds here; one it deleted does not come back), and
+/// audits what was adopted.
+pub(super) async fn adopt_cluster_overrides(
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let outcome = match shared.leader.cluster() {
+        None => format!(
+            "no overrides kept in the cluster; this replica's own {} stand",
+            store.all().len()
+        ),
+        Some(cluster) => match cluster.load().await {
+            Err(e) => format!("failed: cannot read the cluster's overrides: {e}"),
+            Ok(kept) => {
+                let now = clock.now();
+                let merged = kept::merge(store.all(), &kept, now);
+                let n = merged.records.len();
+                let mut outcome =
+                    format!("adopted {n} override(s) kept in the cluster by the last leader");
+                if !merged.dropped.is_empty() {
+                    outcome.push_str(&format!(
+                        "; dropped {} this replica still had but the cluster had deleted ({})",
+                        merged.dropped.len(),
+                        merged.dropped.join(", ")
+                    ));
+                }
+                if !kept.problems.is_empty() {
+                    error!(problems = ?kept.problems, "kept overrides that cannot be read were ignored");
+                    outcome.push_str(&format!(
+                        "; ignored {} unreadable: {}",
+                        kept.problems.len(),
+                        kept.problems.join("; ")
+                    ));
+                }
+                if !merged.write_back.is_empty() {
+                    let change = kept::Change {
+                        upsert: merged.write_back.clone(),
+                        delete: Vec::new(),
+                        by: "failoverd".into(),
+                    };
+                    match cluster
+                        .keep(&change, now, || shared.leader.is_leader())
+                        .await
+                    {
+                        Ok(()) => outcome.push_str(&format!(
+                            "; kept {} of this replica's own in the cluster",
+                            change.upsert.len()
+                        )),
+                        Err(e) => {
+                            error!(error = %e, "cannot keep this replica's own overrides in the cluster");
+                            outcome.push_str(&format!(
+                                "; {} of this replica's own are not kept in the cluster: {e}",
+                                change.upsert.len()
+                            ));
+                        }
+                    }
+                }
+                if let Err(e) = store.replace(merged.records.clone()) {
+                    error!(error = %e, "cannot write the adopted overrides to the state file; in force from memory");
+                    store.set_unsaved(merged.records);
+                    outcome.push_str(&format!("; state file not written: {e}"));
+                }
+                outcome
+            }
+        },
+    };
+    publish_overrides(store, shared);
+    if outcome.starts_with("failed") {
+        error!("{outcome}; keeping this replica's own overrides");
+    } else {
+        info!("{outcome}");
+    }
+    if let Err(e) = audit(
+        log,
+        Entry {
+            actor: "failoverd".into(),
+            action: "takeover".into(),
+            reason: "became the leader".into(),
+            outcome,
+            ..Entry::default()
+        },
+    )
+    .await
+    {
+        shared.metrics.audit_errors.inc();
+        error!(error = %e, "audit append failed");
+    }
+}
+
+/// Persists an operator's change to the override set before it is acknowledged: with leader
+/// election the cluster first (the next leader starts from it; fenced like routing writes),
+/// then this replica's state file. Nothing changes here when the cluster refused.
+pub(super) async fn persist_overrides(
+    store: &mut OverrideStore,
+    records: Vec<OverrideRecord>,
+    by: &str,
+    shared: &Shared,
+    clock: &Clock,
+) -> Result<(), ControlError> {
+    let Some(cluster) = shared.leader.cluster() else {
+        return store
+            .replace(records)
+            .map_err(|e| refuse(500, format!("cannot persist the override: {e}")));
+    };
+    let change = kept::Change::between(store.all(), &records, by);
+    cluster
+        .keep(&change, clock.now(), || shared.leader.is_leader())
+        .await
+        .map_err(|e| refuse(e.status(), e.to_string()))?;
+    if let Err(e) = store.replace(records.clone()) {
+        // The cluster holds it, so it is in force (the next leader would apply it too).
+        error!(error = %e, "cannot write the override state file; the cluster keeps the change, in force from memory");
+        store.set_unsaved(records);
+    }
+    Ok(())
+}
+
+pub(super) fn publish_overrides(store: &OverrideStore, shared: &Shared) {
+    if let Ok(mut o) = shared.overrides.write() {
+        *o = store.all().to_vec();
+    }
+    shared.list_version.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Drops overrides whose time is up, auditing each; true when any expired.
+pub(super) async fn expire_overrides(
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+    clock: &Clock,
+) -> bool {
+    let now = clock.now();
+    let (expired, keep): (Vec<_>, Vec<_>) =
+        store.all().iter().cloned().partition(|r| r.until <= now);
+    if expired.is_empty() {
+        return false;
+    }
+    if let Err(e) = store.replace(keep) {
+        error!(error = %e, "cannot persist override expiry; will retry");
+        return false;
+    }
+    for r in expired {
+        info!(playbook = %r.playbook, id = %r.id, kind = ?r.kind, "override expired; automation takes over");
+        if let Some(idx) = shared.index(&r.playbook) {
+            let msg = format!(
+                "{:?} override {} by {} ended; automation takes over",
+                r.kind, r.id, r.actor
+            );
+            shared.event(
+                idx,
+                EventKind::OverrideExpired,
+                None,
+                None,
+                &msg,
+                Value::Null,
+                "failoverd",
+            );
+        }
+        let entry = Entry {
+            actor: "failoverd".into(),
+            action: "override-expired".into(),
+            playbook: r.playbook.clone(),
+            reason: format!(
+                "{:?} override {} by {} ended ({})",
+                r.kind, r.id, r.actor, r.reason
+            ),
+            inputs: serde_json::to_value(&r).unwrap_or(Value::Null),
+            outcome: "noted".into(),
+            ..Entry::default()
+        };
+        if let Err(e) = audit(log, entry).await {
+            shared.metrics.audit_errors.inc();
+            error!(error = %e, "audit append failed");
+        }
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn handle_control(
+    msg: Control,
+    guarded: &mut [Guarded],
+    store: &mut OverrideStore,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let Control {
+        playbook,
+        kind,
+        actor,
+        reply,
+    } = msg;
+    if !shared.leader.is_leader() {
+        let leader = shared
+            .leader
+            .holder()
+            .unwrap_or_else(|| "not known yet".into());
+        let _ = reply.send(Err(refuse(
+            503,
+            format!("this replica is a standby and does not write; the leader is `{leader}`"),
+        )));
+        return;
+    }
+    let now = clock.now();
+    let action = kind.action();
+    let audit_entry = |playbook: &str, outcome: String, inputs: Value| Entry {
+        actor: actor.identity.clone(),
+        action: action.into(),
+        playbook: playbook.to_string(),
+        reason: actor.reason.clone(),
+        inputs,
+        outcome,
+        ..Entry::default()
+    };
+    // Resolve the playbook (DeleteOverride finds it through the override).
+    let name = match (&kind, &playbook) {
+        (ControlKind::DeleteOverride { id }, _) => match store.all().iter().find(|r| &r.id == id) {
+            Some(r) => r.playbook.clone(),
+            None => {
+                let _ = reply.send(Err(refuse(404, format!("no override with id `{id}`"))));
+                return;
+            }
+        },
+        (_, Some(p)) => p.clone(),
+        (_, None) => {
+            let _ = reply.send(Err(refuse(404, "no playbook named")));
+            return;
+        }
+    };
+    let Some(idx) = guarded.iter().position(|g| g.pb.name() == name) else {
+        let _ = reply.send(Err(refuse(404, format!("no playbook named `{name}`"))));
+        return;
+    };
+    let g = &mut guarded[idx];
+    let inputs = json!({ "request": format!("{kind:?}") });
+    let Some(state) = g.state.clone() else {
+        let _ = reply.send(Err(refuse(
+            409,
+            format!("playbook `{name}` is inactive: its VirtualService could not be read"),
+        )));
+        return;
+    };
+    // A drill's failover is re-checked here, in the one controller, so an incident cannot
+    // slip in between the drill's own check and its move.
+    if let Some(why) =
+        crate::drill::refuse_drill_failover(&actor, &kind, &name, &state, store.all())
+    {
+        let _ = reply.send(Err(refuse(409, why)));
+        return;
+    }
+    let obs = g.observations(clock);
+    let mut records: Vec<OverrideRecord> = store.all().to_vec();
+    let mut created = None;
+    let mut command = None;
+    let checked: Result<String, ControlError> = match &kind {
+        ControlKind::Failover { target, force, ttl } => {
+            engine::check_operator_failover(&g.pb, &obs, *target, *force, now)
+                .map_err(|e| refuse(409, e))
+                .map(|t| {
+                    records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
+                    let rec = OverrideRecord {
+                        id: new_id(),
+                        playbook: name.clone(),
+                        kind: OverrideKind::Failover,
+                        actor: actor.identity.clone(),
+                        reason: actor.reason.clone(),
+                        created: now,
+                        until: add(now, *ttl),
+                        target: Some(t),
+                        force: *force,
+                    };
+                    let msg = format!("failover to failover[{t}] held until {}", rec.until);
+                    created = Some(rec.id.clone());
+                    records.push(rec);
+                    msg
+                })
+        }
+        ControlKind::Failback { force } => {
+            let primary = engine::verdict(&g.pb, &obs, Target::Primary, now);
+            if state.routing == Routing::Primary {
+                Err(refuse(409, "already on the primary route"))
+            } else if !force && !primary.is_healthy() {
+                Err(refuse(
+                    409,
+                    format!(
+                        "primary is not known healthy ({}); use force to fail back anyway",
+                        engine::describe(&primary)
+                    ),
+                ))
+            } else {
+                records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
+                command = Some(Command::Failback {
+                    by: actor.clone(),
+                    force: *force,
+                });
+                Ok("failback to the original route".to_string())
+            }
+        }
+        ControlKind::Freeze { ttl } => {
+            records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Freeze));
+            let rec = OverrideRecord {
+                id: new_id(),
+                playbook: name.clone(),
+                kind: OverrideKind::Freeze,
+                actor: actor.identity.clone(),
+                reason: actor.reason.clone(),
+                created: now,
+                until: add(now, *ttl),
+                target: None,
+                force: false,
+            };
+            let msg = format!("automation frozen until {}", rec.until);
+            created = Some(rec.id.clone());
+            records.push(rec);
+            Ok(msg)
+        }
+        ControlKind::Resume => {
+            let before = records.len();
+            records.retain(|r| r.playbook != name);
+            if records.len() == before {
+                Err(refuse(
+                    409,
+                    format!("playbook `{name}` has no freeze or hold to release"),
+                ))
+            } else {
+                Ok("freezes and holds released; automation in control".to_string())
+            }
+        }
+        ControlKind::DeleteOverride { id } => {
+            records.retain(|r| &r.id != id);
+            Ok(format!("override {id} removed"))
+        }
+    };
+    let message = match checked {
+        Ok(m) => m,
+        Err(e) => {
+            // Authenticated refusals are audited too.
+            if let Err(err) = audit(
+                log,
+                audit_entry(&name, format!("refused: {}", e.error), inputs),
+            )
+            .await
+            {
+                shared.metrics.audit_errors.inc();
+                error!(error = %err, "audit append failed");
+            }
+            shared.event(
+                idx,
+                EventKind::Refused,
+                Some(state.routing),
+                None,
+                &format!("{action} by {} refused: {}", actor.identity, e.error),
+                Value::Null,
+                &actor.identity,
+            );
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    // Audit first: a call that cannot be audited is not performed.
+    let mut accepted = inputs.clone();
+    if let Some(id) = &created {
+        accepted["overrideId"] = json!(id);
+    }
+    if let Err(e) = audit(log, audit_entry(&name, "accepted".into(), accepted)).await {
+        shared.metrics.audit_errors.inc();
+        let _ = reply.send(Err(refuse(
+            500,
+            format!("cannot audit the call, so it was not performed: {e}"),
+        )));
+        return;
+    }
+    if let Err(e) = persist_overrides(store, records, &actor.identity, shared, clock).await {
+        let _ = audit(
+            log,
+            audit_entry(&name, format!("failed: {}", e.error), Value::Null),
+        )
+        .await;
+        let _ = reply.send(Err(e));
+        return;
+    }
+    publish_overrides(store, shared);
+    info!(playbook = %name, actor = %actor.identity, action, "{message}: {}", actor.reason);
+    let kind = if matches!(kind, ControlKind::Freeze { .. }) {
+        EventKind::Freeze
+    } else {
+        EventKind::Override
+    };
+    shared.event(
+        idx,
+        kind,
+        Some(state.routing),
+        None,
+        &format!("{message} (by {}: {})", actor.identity, actor.reason),
+        Value::Null,
+        &actor.identity,
+    );
+    g.overrides = store.for_playbook(&name, now);
+    let queued = command.is_some();
+    if let Some(c) = command {
+        if let Some((tx, earlier, _)) = g.command_waiter.take() {
+            let _ = tx.send(Err(refuse(
+                409,
+                format!("{earlier}: superseded by a later operator command before it could apply; nothing was written for it"),
+            )));
+        }
+        g.command = Some(c);
+    }
+    if queued && g.pending {
+        // Decided right after the write in flight; the caller hears how it ended then.
+        g.command_waiter = Some((reply, message, created));
+        return;
+    }
+    if g.pending {
+        // The command stays queued and is decided right after the write in flight.
+        let _ = reply.send(Ok(ControlReply {
+            message: format!(
+                "{message}; a routing write is in flight, the change applies right after it"
+            ),
+            override_id: created,
+            routing: Some(state.routing),
+            written: false,
+        }));
+        return;
+    }
+    let out = step(idx, g, jobs, shared, clock).await;
+    let g = &mut guarded[idx];
+    if g.command.is_some() {
+        // Not decided yet (a retry is due later, or the route is being read again): the
+        // caller is answered when it is.
+        g.command_waiter = Some((reply, message, created));
+        return;
+    }
+    if let Some(r) = out.refused {
+        let _ = reply.send(Err(refuse(409, r)));
+    } else if out.write_queued {
+        g.waiters.push((reply, message, created));
+    } else {
+        let _ = reply.send(Ok(ControlReply {
+            message,
+            override_id: created,
+            routing: g.state.as_ref().map(|s| s.routing),
+            written: false,
+        }));
+    }
+}
+
+pub(super) fn add(now: Timestamp, d: Duration) -> Timestamp {
+    now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}

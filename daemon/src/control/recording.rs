@@ -1,0 +1,121 @@
+//! Audit records from the controller, and the audit log's availability told to on-call.
+
+use super::*;
+
+pub(super) async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    audit_record(log, entry).await.map(|_| ())
+}
+
+/// [`audit`], returning the record written (its `seq` is how an outcome names its intent).
+pub(super) async fn audit_record(
+    log: &Arc<Mutex<AuditLog>>,
+    entry: Entry,
+) -> Result<Record, String> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut log = log
+            .lock()
+            .map_err(|_| "audit log lock poisoned".to_string())?;
+        log.append(entry).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// [`AuditLog::append_owed`] off the async threads: the record is written now or kept.
+pub(super) async fn audit_owed(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut log = log
+            .lock()
+            .map_err(|_| "audit log lock poisoned".to_string())?;
+        log.append_owed(entry)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Once per tick: while the audit log refuses appends, tries one (owed records first) so the
+/// episode ends as soon as the log takes them again; announces each episode once (error line,
+/// event `audit-unavailable`) and its end (`audit-recovered`). Metrics and `/readyz` follow
+/// the log's [`AuditHealth`] directly.
+pub(super) async fn audit_watch(
+    log: &Arc<Mutex<AuditLog>>,
+    announced: &mut bool,
+    guarded: &mut [Guarded],
+    shared: &Shared,
+) {
+    let health = &shared.audit_health;
+    if let Some(u) = health.unavailable() {
+        // Each round, one append that also writes the owed records first: it ends the episode
+        // as soon as the log takes appends again, even with no move waiting, and leaves in
+        // the chain when appends were refused (records that are not moves' — a refused call,
+        // a note — may be missing from that time; moves were held, none is missing).
+        let note = Entry {
+            actor: "failoverd".into(),
+            action: "audit-unavailable".into(),
+            reason: format!(
+                "the audit log refused appends from {} until this record ({}); no move was made without its intent meanwhile, other records of that time may be missing",
+                u.since, u.error
+            ),
+            outcome: "noted".into(),
+            ..Entry::default()
+        };
+        if audit(log, note).await.is_ok() {
+            info!(
+                "the audit log takes appends again; records kept meanwhile are written, in order"
+            );
+        }
+    }
+    if health.owed() == 0 {
+        for (i, g) in guarded.iter_mut().enumerate().filter(|(_, g)| g.unrecorded) {
+            g.unrecorded = false;
+            set_status(shared, i, |s| s.error = None);
+        }
+    }
+    // The playbook whose move waits on the log, if any, names the event.
+    let blocked = guarded.iter().position(|g| g.audit_blocked);
+    match (health.unavailable(), *announced) {
+        (Some(u), false) => {
+            *announced = true;
+            let reason = format!(
+                "audit appends fail since {}: {}; moves are not made until the log takes appends (retried every round)",
+                u.since, u.error
+            );
+            error!(owed = health.owed(), "{reason}");
+            audit_event(shared, EventKind::AuditUnavailable, blocked, &reason);
+        }
+        (None, true) => {
+            *announced = false;
+            info!("the audit log takes appends again; moves held for it proceed");
+            audit_event(
+                shared,
+                EventKind::AuditRecovered,
+                blocked,
+                "the audit log takes appends again",
+            );
+        }
+        _ => {}
+    }
+}
+
+/// An audit event, about the blocked playbook when there is one, else daemon-wide.
+pub(super) fn audit_event(shared: &Shared, kind: EventKind, idx: Option<usize>, reason: &str) {
+    match idx {
+        Some(i) => shared.event(i, kind, None, None, reason, Value::Null, "failoverd"),
+        None => shared.notifier.notify(Event {
+            kind,
+            time: Timestamp::now(),
+            playbook: String::new(),
+            service: String::new(),
+            namespace: String::new(),
+            from: None,
+            to: None,
+            reason: reason.to_string(),
+            signals: Value::Null,
+            actor: "failoverd".to_string(),
+        }),
+    }
+}

@@ -1,0 +1,289 @@
+//! What every room shares, below all of them: the clock the controller runs on, the status
+//! table the API and the drills read, and the operator commands they send the controller.
+//! Nothing here decides or writes; the control loop ([`crate::control`]) does.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::audit::AuditHealth;
+use crate::engine::{Actor, MoveKind, Observation, Phase, Routing};
+use crate::metrics::Metrics;
+use crate::notify::{Event, EventKind, Notifier};
+use crate::overrides::OverrideRecord;
+use crate::playbook::{Loaded, Playbook};
+
+/// Monotonic clock mapped to wall time once at start, so the engine sees timestamps that
+/// never jump with NTP.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base: Instant,
+    base_ts: Timestamp,
+}
+
+impl Clock {
+    /// Starts the clock now.
+    pub fn start() -> Self {
+        Self {
+            base: Instant::now(),
+            base_ts: Timestamp::now(),
+        }
+    }
+
+    /// The timestamp of a monotonic instant.
+    pub fn ts(&self, at: Instant) -> Timestamp {
+        let d = at.saturating_duration_since(self.base);
+        self.base_ts
+            .checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(self.base_ts)
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        self.ts(Instant::now())
+    }
+}
+
+/// One move, as shown in status.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// When the write completed.
+    pub time: Timestamp,
+    /// What kind of move.
+    pub kind: MoveKind,
+    /// Routing before.
+    pub from: Routing,
+    /// Routing after.
+    pub to: Routing,
+    /// Why.
+    pub reason: String,
+    /// Who (`engine` or an operator).
+    pub actor: String,
+}
+
+/// What the daemon shows about one playbook.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybookStatus {
+    /// Playbook name.
+    pub name: String,
+    /// Life-cycle phase (None until the store has been read).
+    pub phase: Option<Phase>,
+    /// Current routing as failoverd knows it.
+    pub routing: Option<Routing>,
+    /// The last decision's explanation.
+    pub explain: String,
+    /// The last error on this playbook (store, audit), if any.
+    pub error: Option<String>,
+    /// Latest observation per signal.
+    pub signals: Vec<Observation>,
+    /// Recent moves, newest last.
+    pub transitions: VecDeque<Transition>,
+}
+
+/// State shared with the HTTP server.
+#[derive(Debug)]
+pub struct Shared {
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// True once every probe has reported at least once.
+    pub ready: AtomicBool,
+    /// True once the saved overrides are loaded and published: until then the API serves
+    /// nothing that reports state (503), so an empty list never reads as "not frozen".
+    pub state_loaded: AtomicBool,
+    /// Per-playbook status, in playbook order.
+    pub status: RwLock<Vec<PlaybookStatus>>,
+    /// The playbooks, in the same order.
+    pub playbooks: Vec<Arc<Playbook>>,
+    /// Active overrides (a copy of the persisted set).
+    pub overrides: RwLock<Vec<OverrideRecord>>,
+    /// Where events for on-call go (never blocks).
+    pub notifier: Notifier,
+    /// Playbook reload outcome (the refused set's problems, for `/readyz`).
+    pub reload: Arc<crate::reload::ReloadStatus>,
+    /// Bumped whenever something `GET /v1/playbooks` shows changes (phase, routing,
+    /// explanation, error, overrides), so the API can serve a cached body in between.
+    pub list_version: std::sync::atomic::AtomicU64,
+    /// The fleet blast-radius rule's bookkeeping (`maxConcurrentFailovers`; off by default).
+    pub fleet: Mutex<crate::engine::fleet::FleetGuard>,
+    /// Whether this replica may write routing (always, without leader election).
+    pub leader: Arc<crate::leader::Leadership>,
+    /// Whether the audit log takes appends (for `/readyz` and `failoverd_audit_available`);
+    /// [`run`] attaches it to the log.
+    pub audit_health: Arc<AuditHealth>,
+}
+
+impl Shared {
+    /// Status for a set of playbooks, not ready yet.
+    pub fn new(playbooks: &[Loaded]) -> Self {
+        let metrics = Metrics::new();
+        let reload = crate::reload::ReloadStatus::new(&metrics);
+        let audit_health = Arc::new(AuditHealth::with_gauge(metrics.audit_available.clone()));
+        Self {
+            audit_health,
+            metrics,
+            reload,
+            ready: AtomicBool::new(false),
+            state_loaded: AtomicBool::new(false),
+            status: RwLock::new(
+                playbooks
+                    .iter()
+                    .map(|l| PlaybookStatus {
+                        name: l.playbook.name().to_string(),
+                        phase: None,
+                        routing: None,
+                        explain: "starting".into(),
+                        error: None,
+                        signals: Vec::new(),
+                        transitions: VecDeque::new(),
+                    })
+                    .collect(),
+            ),
+            playbooks: playbooks
+                .iter()
+                .map(|l| Arc::new(l.playbook.clone()))
+                .collect(),
+            overrides: RwLock::new(Vec::new()),
+            notifier: Notifier::none(),
+            list_version: std::sync::atomic::AtomicU64::new(1),
+            fleet: Mutex::new(crate::engine::fleet::FleetGuard::new(playbooks.len(), 0)),
+            leader: Arc::new(crate::leader::Leadership::always()),
+        }
+    }
+
+    /// Sends an event about playbook `idx` to on-call (never blocks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn event(
+        &self,
+        idx: usize,
+        kind: EventKind,
+        from: Option<Routing>,
+        to: Option<Routing>,
+        reason: &str,
+        signals: Value,
+        actor: &str,
+    ) {
+        let Some(pb) = self.playbooks.get(idx) else {
+            return;
+        };
+        self.notifier.notify(Event {
+            kind,
+            time: Timestamp::now(),
+            playbook: pb.name().to_string(),
+            service: pb.spec.virtual_service.to_string(),
+            namespace: pb.spec.virtual_service.namespace.clone(),
+            from: from.map(|r| r.to_string()),
+            to: to.map(|r| r.to_string()),
+            reason: reason.to_string(),
+            signals,
+            actor: actor.to_string(),
+        });
+    }
+
+    /// A copy of the status table.
+    pub fn snapshot(&self) -> Vec<PlaybookStatus> {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Index of a playbook by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.playbooks.iter().position(|p| p.name() == name)
+    }
+}
+
+/// What an operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlKind {
+    /// Fail over (to `target`, or the first healthy target) and hold it for `ttl`.
+    Failover {
+        /// Failover target index.
+        target: Option<usize>,
+        /// Route there even if not known healthy.
+        force: bool,
+        /// How long the hold lasts.
+        ttl: Duration,
+    },
+    /// Return to the original route now.
+    Failback {
+        /// Even if the primary is not known healthy.
+        force: bool,
+    },
+    /// Stop automatic moves for `ttl`.
+    Freeze {
+        /// How long.
+        ttl: Duration,
+    },
+    /// Release freezes and holds.
+    Resume,
+    /// Remove one override by id.
+    DeleteOverride {
+        /// Its id.
+        id: String,
+    },
+}
+
+impl ControlKind {
+    pub(crate) fn action(&self) -> &'static str {
+        match self {
+            ControlKind::Failover { .. } => "override-failover",
+            ControlKind::Failback { .. } => "override-failback",
+            ControlKind::Freeze { .. } => "override-freeze",
+            ControlKind::Resume => "override-resume",
+            ControlKind::DeleteOverride { .. } => "override-delete",
+        }
+    }
+}
+
+/// A successful operator call.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlReply {
+    /// What happened.
+    pub message: String,
+    /// The override created, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_id: Option<String>,
+    /// Routing after the call.
+    pub routing: Option<Routing>,
+    /// True when the call wrote the routing store.
+    pub written: bool,
+}
+
+/// A refused or failed operator call.
+#[derive(Clone, Debug)]
+pub struct ControlError {
+    /// HTTP status: 404 unknown, 409 refused by a rule, 500 failed.
+    pub status: u16,
+    /// One-line error.
+    pub error: String,
+}
+
+pub(crate) type ControlResult = Result<ControlReply, ControlError>;
+
+/// An operator call on its way to the controller.
+#[derive(Debug)]
+pub struct Control {
+    /// The playbook (None for `DeleteOverride`).
+    pub playbook: Option<String>,
+    /// What to do.
+    pub kind: ControlKind,
+    /// Who and why.
+    pub actor: Actor,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ControlResult>,
+}
+
+pub(crate) fn refuse(status: u16, error: impl Into<String>) -> ControlError {
+    ControlError {
+        status,
+        error: error.into(),
+    }
+}
