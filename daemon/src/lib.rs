@@ -29,7 +29,8 @@ pub mod runtime {
 }
 pub mod server;
 pub mod shared;
-pub mod slo;
+pub mod signals;
+pub use signals as slo;
 pub mod standin;
 pub mod tls;
 pub mod validate;
