@@ -180,6 +180,17 @@ async fn request(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
+    request_within(5 * SEC, addr, method, path, body).await
+}
+
+/// [`request`] bounded to `limit`.
+async fn request_within(
+    limit: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         let req = match body {
@@ -198,7 +209,7 @@ async fn request(
         s.read_to_end(&mut buf).await?;
         anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
     };
-    let text = tokio::time::timeout(5 * SEC, exchange).await??;
+    let text = tokio::time::timeout(limit, exchange).await??;
     let code = text
         .split_whitespace()
         .nth(1)
@@ -744,4 +755,88 @@ async fn acknowledged_overrides_survive_twenty_leader_kills() {
         acknowledged >= 10,
         "only {acknowledged} of 20 calls acknowledged"
     );
+}
+
+/// `failoverd_probe_results_total` summed over its series.
+async fn probe_results(r: &Replica) -> u64 {
+    let (_, body) = request(r.addr, "GET", "/metrics", None).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("failoverd_probe_results_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Ensures an operator call waiting for the cluster to keep its override does not stop the
+/// controller, and is never acknowledged without the cluster: every write to the state Lease
+/// stalls (an API server that takes updates to that object and never finishes them). Probe
+/// results keep being taken in meanwhile; the call is answered 503 at the end of its 5 s
+/// budget, naming the uncertainty, and the leader lists nothing new.
+#[tokio::test]
+async fn the_controller_keeps_deciding_while_an_override_waits_for_the_cluster() {
+    let emu = cluster().await;
+    let sc = Scenario::new(&[]).await.unwrap();
+    let mut a = Replica::spawn(&sc, &emu, "replica-a");
+    a.wait_ready().await;
+    a.wait_leader(1, 20 * SEC).await;
+    // The state Lease exists once the first override is kept (a create is not stalled).
+    let (code, text) = request(
+        a.addr,
+        "POST",
+        "/v1/playbooks/demo/freeze",
+        Some(r#"{"reason":"first","ttl":"1h"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    let listed = listed_overrides(&a).await;
+    emu.stall_writes_to(&format!("{LEASE_NAME}-state"), 60 * SEC);
+    let addr = a.addr;
+    let sent = Instant::now();
+    let call = tokio::spawn(async move {
+        request_within(
+            15 * SEC,
+            addr,
+            "POST",
+            "/v1/playbooks/demo/freeze",
+            Some(r#"{"reason":"slow API server","ttl":"1h"}"#),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = probe_results(&a).await;
+    tokio::time::sleep(3 * SEC).await;
+    let during = probe_results(&a).await;
+    if call.is_finished() {
+        let answer = call.await.unwrap();
+        panic!(
+            "answered before its budget ran out ({:?}): {answer:?}\n{}",
+            sent.elapsed(),
+            a.logs()
+        );
+    }
+    assert!(
+        during > before,
+        "no probe result taken in while the override waited ({before} → {during})\n{}",
+        a.logs()
+    );
+    let (code, text) = call.await.unwrap().unwrap();
+    assert_eq!(code, 503, "{text}\n{}", a.logs());
+    assert!(text.contains("may or may not hold it"), "{text}");
+    assert_eq!(listed_overrides(&a).await, listed);
+    assert!(
+        kept_overrides(&emu).is_some_and(|s| !s.contains("slow API server")),
+        "{:?}",
+        kept_overrides(&emu)
+    );
+    emu.stall_writes_to(&format!("{LEASE_NAME}-state"), Duration::ZERO);
+    // Calls made after it are taken again.
+    let (code, text) = request(
+        a.addr,
+        "POST",
+        "/v1/playbooks/demo/resume",
+        Some(r#"{"reason":"API server back"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
 }

@@ -1,6 +1,8 @@
 //! Operator commands (the override API, drills, `onDrift: respect`) and the override set: validated
 //! and audited here, kept in the cluster and the state file before they are acknowledged.
 
+use std::collections::VecDeque;
+
 use super::*;
 
 /// A failover hold placed by a drill (its actor is `drill:<name>`).
@@ -16,7 +18,7 @@ pub(super) fn is_drill_hold(r: &OverrideRecord) -> bool {
 pub(super) async fn end_orphaned_drills(
     names: &mut Vec<String>,
     guarded: &mut [Guarded],
-    store: &mut OverrideStore,
+    store: &mut Book,
     log: &Arc<Mutex<AuditLog>>,
     jobs: &mpsc::Sender<Job>,
     shared: &Shared,
@@ -24,9 +26,11 @@ pub(super) async fn end_orphaned_drills(
 ) {
     let mut waiting = Vec::new();
     for name in std::mem::take(names) {
-        let ready = guarded
-            .iter()
-            .any(|g| g.pb.name() == name && g.state.is_some() && !g.pending);
+        // Not while another change is being kept: a refusal must be seen at once below.
+        let ready = !store.keeping
+            && guarded
+                .iter()
+                .any(|g| g.pb.name() == name && g.state.is_some() && !g.pending);
         if !ready {
             waiting.push(name);
             continue;
@@ -163,34 +167,6 @@ pub(super) async fn adopt_cluster_overrides(
     }
 }
 
-/// Persists an operator's change to the override set before it is acknowledged: with leader
-/// election the cluster first (the next leader starts from it; fenced like routing writes),
-/// then this replica's state file. Nothing changes here when the cluster refused.
-pub(super) async fn persist_overrides(
-    store: &mut OverrideStore,
-    records: Vec<OverrideRecord>,
-    by: &str,
-    shared: &Shared,
-    clock: &Clock,
-) -> Result<(), ControlError> {
-    let Some(cluster) = shared.leader.cluster() else {
-        return store
-            .replace(records)
-            .map_err(|e| refuse(500, format!("cannot persist the override: {e}")));
-    };
-    let change = kept::Change::between(store.all(), &records, by);
-    cluster
-        .keep(&change, clock.now(), || shared.leader.is_leader())
-        .await
-        .map_err(|e| refuse(e.status(), e.to_string()))?;
-    if let Err(e) = store.replace(records.clone()) {
-        // The cluster holds it, so it is in force (the next leader would apply it too).
-        error!(error = %e, "cannot write the override state file; the cluster keeps the change, in force from memory");
-        store.set_unsaved(records);
-    }
-    Ok(())
-}
-
 pub(super) fn publish_overrides(store: &OverrideStore, shared: &Shared) {
     if let Ok(mut o) = shared.overrides.write() {
         *o = store.all().to_vec();
@@ -256,12 +232,17 @@ pub(super) async fn expire_overrides(
 pub(super) async fn handle_control(
     msg: Control,
     guarded: &mut [Guarded],
-    store: &mut OverrideStore,
+    store: &mut Book,
     log: &Arc<Mutex<AuditLog>>,
     jobs: &mpsc::Sender<Job>,
     shared: &Shared,
     clock: &Clock,
 ) {
+    if store.keeping {
+        // One change at a time is kept, in the order the calls came.
+        store.deferred.push_back(msg);
+        return;
+    }
     let Control {
         playbook,
         kind,
@@ -448,32 +429,205 @@ pub(super) async fn handle_control(
         )));
         return;
     }
-    if let Err(e) = persist_overrides(store, records, &actor.identity, shared, clock).await {
-        let _ = audit(
-            log,
-            audit_entry(&name, format!("failed: {}", e.error), Value::Null),
-        )
-        .await;
-        let _ = reply.send(Err(e));
+    let accepted = Accepted {
+        name,
+        idx,
+        action,
+        freeze: matches!(kind, ControlKind::Freeze { .. }),
+        actor,
+        reply,
+        message,
+        created,
+        command,
+        change: kept::Change::between(store.all(), &records, ""),
+    };
+    let Some(cluster) = shared.leader.cluster() else {
+        // One replica: the state file, written before the reply.
+        if let Err(e) = store.replace(records) {
+            refused_after_acceptance(
+                accepted,
+                refuse(500, format!("cannot persist the override: {e}")),
+                log,
+            )
+            .await;
+            return;
+        }
+        finish_accepted(accepted, guarded, store, jobs, shared, clock).await;
         return;
+    };
+    // Leader election: the cluster keeps it first (the next leader starts from it). The
+    // loop goes on deciding meanwhile; commands wait behind this one (see `Book`).
+    let mut accepted = accepted;
+    accepted.change.by = accepted.actor.identity.clone();
+    let cluster = cluster.clone();
+    let leader = shared.leader.clone();
+    let tx = store.kept_tx.clone();
+    store.keeping = true;
+    tokio::spawn(async move {
+        let result = cluster
+            .keep(&accepted.change, now, || leader.is_leader())
+            .await;
+        let _ = tx.send((Box::new(accepted), result)).await;
+    });
+}
+
+/// An operator call accepted (validated and audited) and waiting for its change to the
+/// override set to be kept.
+pub(super) struct Accepted {
+    name: String,
+    idx: usize,
+    action: &'static str,
+    freeze: bool,
+    actor: Actor,
+    reply: oneshot::Sender<ControlResult>,
+    message: String,
+    created: Option<String>,
+    command: Option<Command>,
+    change: kept::Change,
+}
+
+/// What the cluster said about an accepted call's change.
+pub(super) type KeptDone = (Box<Accepted>, Result<(), kept::KeepError>);
+
+/// The override set and the operator calls around it: at most one change is being kept
+/// in the cluster at a time, and calls made meanwhile (by drift handling or a drill's end)
+/// wait here in order; the API's calls wait in the control channel.
+pub(super) struct Book {
+    store: OverrideStore,
+    /// A change is being kept in the cluster; its outcome arrives on `kept_tx`'s channel.
+    pub(super) keeping: bool,
+    deferred: VecDeque<Control>,
+    kept_tx: mpsc::Sender<KeptDone>,
+}
+
+impl Book {
+    pub(super) fn new(store: OverrideStore, kept_tx: mpsc::Sender<KeptDone>) -> Self {
+        Self {
+            store,
+            keeping: false,
+            deferred: VecDeque::new(),
+            kept_tx,
+        }
     }
+
+    /// Answers the calls still waiting (leadership lost, shutdown): nothing was done for them.
+    pub(super) fn refuse_deferred(&mut self, status: u16, why: &str) {
+        for c in self.deferred.drain(..) {
+            let _ = c.reply.send(Err(refuse(status, why)));
+        }
+    }
+}
+
+impl std::ops::Deref for Book {
+    type Target = OverrideStore;
+    fn deref(&self) -> &OverrideStore {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for Book {
+    fn deref_mut(&mut self) -> &mut OverrideStore {
+        &mut self.store
+    }
+}
+
+/// The cluster answered for an accepted call: applies its change (to the set as it is now,
+/// by id) and finishes the call, or answers why not; then runs the calls that waited.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn kept_done(
+    done: KeptDone,
+    guarded: &mut [Guarded],
+    book: &mut Book,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let (accepted, result) = done;
+    book.keeping = false;
+    match result {
+        Err(e) => {
+            let status = e.status();
+            refused_after_acceptance(*accepted, refuse(status, e.to_string()), log).await;
+        }
+        Ok(()) => {
+            let records = accepted.change.applied_to(book.all());
+            if let Err(e) = book.store.replace(records.clone()) {
+                // The cluster holds it, so it is in force (the next leader would apply it).
+                error!(error = %e, "cannot write the override state file; the cluster keeps the change, in force from memory");
+                book.store.set_unsaved(records);
+            }
+            finish_accepted(*accepted, guarded, book, jobs, shared, clock).await;
+        }
+    }
+    while !book.keeping {
+        let Some(next) = book.deferred.pop_front() else {
+            break;
+        };
+        Box::pin(handle_control(
+            next, guarded, book, log, jobs, shared, clock,
+        ))
+        .await;
+    }
+}
+
+/// An accepted call whose change could not be kept: audited as failed, the caller told why.
+async fn refused_after_acceptance(a: Accepted, e: ControlError, log: &Arc<Mutex<AuditLog>>) {
+    let _ = audit(
+        log,
+        Entry {
+            actor: a.actor.identity.clone(),
+            action: a.action.into(),
+            playbook: a.name.clone(),
+            reason: a.actor.reason.clone(),
+            outcome: format!("failed: {}", e.error),
+            ..Entry::default()
+        },
+    )
+    .await;
+    let _ = a.reply.send(Err(e));
+}
+
+/// The rest of an accepted call once its change is kept: announce it, hand the engine the
+/// new overrides (and the queued command), and answer the caller when the call is decided.
+async fn finish_accepted(
+    a: Accepted,
+    guarded: &mut [Guarded],
+    store: &OverrideStore,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let Accepted {
+        name,
+        idx,
+        action,
+        freeze,
+        actor,
+        reply,
+        message,
+        created,
+        command,
+        change: _,
+    } = a;
     publish_overrides(store, shared);
     info!(playbook = %name, actor = %actor.identity, action, "{message}: {}", actor.reason);
-    let kind = if matches!(kind, ControlKind::Freeze { .. }) {
-        EventKind::Freeze
-    } else {
-        EventKind::Override
-    };
+    let g = &mut guarded[idx];
+    let routing = g.state.as_ref().map(|s| s.routing);
     shared.event(
         idx,
-        kind,
-        Some(state.routing),
+        if freeze {
+            EventKind::Freeze
+        } else {
+            EventKind::Override
+        },
+        routing,
         None,
         &format!("{message} (by {}: {})", actor.identity, actor.reason),
         Value::Null,
         &actor.identity,
     );
-    g.overrides = store.for_playbook(&name, now);
+    g.overrides = store.for_playbook(&name, clock.now());
     let queued = command.is_some();
     if let Some(c) = command {
         if let Some((tx, earlier, _)) = g.command_waiter.take() {
@@ -496,7 +650,7 @@ pub(super) async fn handle_control(
                 "{message}; a routing write is in flight, the change applies right after it"
             ),
             override_id: created,
-            routing: Some(state.routing),
+            routing,
             written: false,
         }));
         return;

@@ -121,7 +121,7 @@ pub fn spawn(
 pub(super) async fn handle_drift(
     found: drift::Found,
     guarded: &mut [Guarded],
-    ov_store: &mut OverrideStore,
+    ov_store: &mut Book,
     log: &Arc<Mutex<AuditLog>>,
     jobs: &mpsc::Sender<Job>,
     shared: &Shared,

@@ -335,7 +335,8 @@ pub async fn run(
         )
         .instrument(info_span!("writer")),
     );
-    let mut ov_store = rt.overrides;
+    let (kept_tx, mut kept_rx) = mpsc::channel::<KeptDone>(1);
+    let mut ov_store = Book::new(rt.overrides, kept_tx);
     expire_overrides(&mut ov_store, &log, &shared, &clock).await;
     publish_overrides(&ov_store, &shared);
     shared.state_loaded.store(true, Ordering::Release);
@@ -413,12 +414,17 @@ pub async fn run(
                 } else {
                     // A standby writes nothing: a command still queued here will never apply.
                     drop_queued_commands(&mut guarded, 503, "this replica lost leadership before the command applied; nothing was written for it (ask the new leader)");
+                    ov_store.refuse_deferred(503, "this replica lost leadership before the command applied; nothing was done for it (ask the new leader)");
                 }
             }
             Some(found) = drift_rx.recv() => {
                 handle_drift(found, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
             }
-            Some(msg) = control.recv() => {
+            Some(done) = kept_rx.recv() => {
+                kept_done(done, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
+            }
+            // While a change is being kept in the cluster, calls wait in the channel.
+            Some(msg) = control.recv(), if !ov_store.keeping => {
                 handle_control(msg, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
             }
             Some(r) = slo_rx.recv() => {
@@ -472,6 +478,26 @@ pub async fn run(
     if let Some(t) = slo_task {
         let _ = t.await;
     }
+    // A change being kept in the cluster is finished (bounded by its budget): the cluster
+    // may hold it already, so its caller hears how it ended rather than nothing.
+    if ov_store.keeping
+        && let Some(done) = kept_rx.recv().await
+    {
+        kept_done(
+            done,
+            &mut guarded,
+            &mut ov_store,
+            &log,
+            &job_tx,
+            &shared,
+            &clock,
+        )
+        .await;
+    }
+    ov_store.refuse_deferred(
+        503,
+        "failoverd shut down before the command applied; nothing was done for it",
+    );
     drop(job_tx);
     // A write in flight completes (and is audited) before the process exits.
     while let Some(done) = done_rx.recv().await {

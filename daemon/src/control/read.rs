@@ -10,7 +10,7 @@ pub(super) async fn read_and_step(
     idxs: &[usize],
     guarded: &mut [Guarded],
     store: &dyn RoutingStore,
-    overrides: &mut OverrideStore,
+    overrides: &mut Book,
     orphaned_drills: &mut Vec<String>,
     log: &Arc<Mutex<AuditLog>>,
     jobs: &mpsc::Sender<Job>,

@@ -105,6 +105,21 @@ impl Change {
         }
     }
 
+    /// `records` with this change made (by id): what the set is once the cluster kept it,
+    /// whatever else changed the set meanwhile (an expiry).
+    pub fn applied_to(&self, records: &[OverrideRecord]) -> Vec<OverrideRecord> {
+        let mut out: Vec<OverrideRecord> = records
+            .iter()
+            .filter(|r| {
+                !self.delete.iter().any(|d| d.id == r.id)
+                    && !self.upsert.iter().any(|u| u.id == r.id)
+            })
+            .cloned()
+            .collect();
+        out.extend(self.upsert.iter().cloned());
+        out
+    }
+
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
         self.upsert.is_empty() && self.delete.is_empty()
@@ -522,6 +537,20 @@ mod tests {
             })
         );
         assert!(set.problems.is_empty());
+    }
+
+    #[test]
+    fn a_change_applies_by_id_to_the_set_as_it_is_now() {
+        let (x, y, z) = (
+            rec("ov-1", 0, 100),
+            rec("ov-2", 1, 100),
+            rec("ov-3", 2, 100),
+        );
+        // Decided while the set was [x, y]: replace x with z.
+        let c = Change::between(&[x.clone(), y.clone()], &[y.clone(), z.clone()], "a");
+        // Meanwhile y expired and left the set.
+        assert_eq!(c.applied_to(std::slice::from_ref(&x)), vec![z.clone()]);
+        assert_eq!(c.applied_to(&[x, y.clone()]), vec![y, z]);
     }
 
     #[test]
