@@ -829,6 +829,22 @@ async fn the_controller_keeps_deciding_while_an_override_waits_for_the_cluster()
         kept_overrides(&emu)
     );
     emu.stall_writes_to(&format!("{LEASE_NAME}-state"), Duration::ZERO);
+    // Once writes go through again the leader finds out the update never landed (its own
+    // write at that version lands first), and the audit says so.
+    let found = wait_for(
+        "the unanswered update settled in the audit",
+        20 * SEC,
+        || {
+            audit::read_all(&a.audit)
+                .ok()?
+                .into_iter()
+                .find(|r| r.action == "found" && r.playbook == "demo")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    assert!(found.outcome.starts_with("did not land"), "{found:?}");
+    assert_eq!(listed_overrides(&a).await, listed);
     // Calls made after it are taken again.
     let (code, text) = request(
         a.addr,
@@ -839,4 +855,61 @@ async fn the_controller_keeps_deciding_while_an_override_waits_for_the_cluster()
     .await
     .unwrap();
     assert_eq!(code, 200, "{text}");
+}
+
+/// Ensures an override update that the API server takes but answers only after failoverd
+/// gave up (the call was answered 503 "may or may not") is found once it lands: the leader
+/// puts it in force and audits it, so the leader, its audit and the cluster agree.
+#[tokio::test]
+async fn an_override_update_that_lands_after_the_call_gave_up_is_found_and_in_force() {
+    let emu = cluster().await;
+    let sc = Scenario::new(&[]).await.unwrap();
+    let mut a = Replica::spawn(&sc, &emu, "replica-a");
+    a.wait_ready().await;
+    a.wait_leader(1, 20 * SEC).await;
+    let (code, text) = request(
+        a.addr,
+        "POST",
+        "/v1/playbooks/demo/freeze",
+        Some(r#"{"reason":"first","ttl":"1h"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    // Every write to the state Lease is handled 6 s late, even after its client has gone.
+    emu.stall_writes_detached_to(&format!("{LEASE_NAME}-state"), 6 * SEC);
+    let (code, text) = request_within(
+        15 * SEC,
+        a.addr,
+        "POST",
+        "/v1/playbooks/demo/freeze",
+        Some(r#"{"reason":"landed late","ttl":"1h"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 503, "{text}\n{}", a.logs());
+    assert!(text.contains("may or may not hold it"), "{text}");
+    let found = wait_for("the late update found in the audit", 30 * SEC, || {
+        audit::read_all(&a.audit)
+            .ok()?
+            .into_iter()
+            .find(|r| r.action == "found" && r.playbook == "demo")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    emu.stall_writes_detached_to(&format!("{LEASE_NAME}-state"), Duration::ZERO);
+    assert!(found.outcome.starts_with("landed"), "{found:?}");
+    let kept = kept_overrides(&emu).unwrap_or_default();
+    assert!(kept.contains("landed late"), "{kept}");
+    // The leader lists exactly what the cluster keeps: the late freeze replaced the first.
+    let (_, body) = request(a.addr, "GET", "/v1/overrides", None).await.unwrap();
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let reasons: Vec<&str> = listed["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["landed late"], "{body}");
+    assert!(!kept.contains("\"first\""), "{kept}");
 }

@@ -251,25 +251,41 @@ async fn serve(
         return Ok(r);
     }
     // Per-object write faults, looked up by the name in the path.
-    let (stall, late) = if write {
+    let (stall, late, detached) = if write {
         let segs: Vec<&str> = req.uri().path().split('/').skip(1).collect();
         let name = parse_target(&segs).and_then(|t| t.name);
         let f = shared.faults();
-        name.map_or((None, None), |n| {
+        name.map_or((None, None, None), |n| {
             (
                 f.stall_writes.get(&n).copied(),
                 f.answer_writes_late.get(&n).copied(),
+                f.stall_writes_detached.get(&n).copied(),
             )
         })
     } else {
-        (None, None)
+        (None, None, None)
     };
     if let Some(d) = stall {
         tokio::time::sleep(d).await;
     }
-    let answer = match route(&shared, req).await {
-        Ok(r) => r,
-        Err(s) => respond(s.code, &s.body()),
+    let answer = if let Some(d) = detached {
+        // Handled on its own task: a client that gives up does not cancel it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let answer = match route(&shared, req).await {
+                Ok(r) => r,
+                Err(s) => respond(s.code, &s.body()),
+            };
+            let _ = tx.send(answer);
+        });
+        rx.await.map_err(|_| Dropped)?
+    } else {
+        match route(&shared, req).await {
+            Ok(r) => r,
+            Err(s) => respond(s.code, &s.body()),
+        }
     };
     if let Some(d) = late {
         tokio::time::sleep(d).await;

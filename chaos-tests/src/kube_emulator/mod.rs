@@ -119,6 +119,8 @@ pub(crate) struct Faults {
     /// Writes to objects of this name wait this long before they are handled (an admission
     /// webhook timing out, a lock held by another controller): the commit itself is late.
     pub stall_writes: HashMap<String, Duration>,
+    /// Like `stall_writes`, but the write is handled even if its client has gone by then.
+    pub stall_writes_detached: HashMap<String, Duration>,
     /// Writes to objects of this name are handled at once but answered this long after (the
     /// commit landed; its answer is late, as when a client gives up on a slow response).
     pub answer_writes_late: HashMap<String, Duration>,
@@ -463,6 +465,18 @@ impl Emulator {
             f.stall_writes.remove(name);
         } else {
             f.stall_writes.insert(name.to_string(), d);
+        }
+    }
+
+    /// Makes every write to an object named `name` wait `d` and then be handled even if its
+    /// client gave up meanwhile — what an API server may do with a request whose client
+    /// timed out (zero turns it off).
+    pub fn stall_writes_detached_to(&self, name: &str, d: Duration) {
+        let mut f = self.shared.faults();
+        if d.is_zero() {
+            f.stall_writes_detached.remove(name);
+        } else {
+            f.stall_writes_detached.insert(name.to_string(), d);
         }
     }
 

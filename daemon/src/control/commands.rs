@@ -467,7 +467,7 @@ pub(super) async fn handle_control(
         let result = cluster
             .keep(&accepted.change, now, || leader.is_leader())
             .await;
-        let _ = tx.send((Box::new(accepted), result)).await;
+        let _ = tx.send(KeptDone::Done(Box::new(accepted), result)).await;
     });
 }
 
@@ -487,7 +487,19 @@ pub(super) struct Accepted {
 }
 
 /// What the cluster said about an accepted call's change.
-pub(super) type KeptDone = (Box<Accepted>, Result<(), kept::KeepError>);
+pub(super) enum KeptDone {
+    /// The keep ended: kept, or why not.
+    Done(Box<Accepted>, Result<(), kept::KeepError>),
+    /// A change whose call was answered "may or may not" was found out.
+    Settled {
+        /// The change.
+        change: kept::Change,
+        /// Its playbook.
+        playbook: String,
+        /// How it ended.
+        how: kept::Settled,
+    },
+}
 
 /// The override set and the operator calls around it: at most one change is being kept
 /// in the cluster at a time, and calls made meanwhile (by drift handling or a drill's end)
@@ -543,10 +555,39 @@ pub(super) async fn kept_done(
     shared: &Shared,
     clock: &Clock,
 ) {
-    let (accepted, result) = done;
+    let (accepted, result) = match done {
+        KeptDone::Done(accepted, result) => (accepted, result),
+        KeptDone::Settled {
+            change,
+            playbook,
+            how,
+        } => {
+            settled(
+                change, playbook, how, guarded, book, log, jobs, shared, clock,
+            )
+            .await;
+            return;
+        }
+    };
     book.keeping = false;
     match result {
         Err(e) => {
+            if let (kept::KeepError::Unknown(u), Some(cluster)) = (&e, shared.leader.cluster()) {
+                // Its update may still land: find out, and audit what became of it.
+                let (cluster, u, leader) = (cluster.clone(), u.clone(), shared.leader.clone());
+                let (change, playbook) = (accepted.change.clone(), accepted.name.clone());
+                let tx = book.kept_tx.clone();
+                tokio::spawn(async move {
+                    let how = cluster.settle(&change, &u, || leader.is_leader()).await;
+                    let _ = tx
+                        .send(KeptDone::Settled {
+                            change,
+                            playbook,
+                            how,
+                        })
+                        .await;
+                });
+            }
             let status = e.status();
             refused_after_acceptance(*accepted, refuse(status, e.to_string()), log).await;
         }
@@ -568,6 +609,64 @@ pub(super) async fn kept_done(
             next, guarded, book, log, jobs, shared, clock,
         ))
         .await;
+    }
+}
+
+/// A change answered "may or may not" was found out: when it landed it is in force (the
+/// cluster holds it; the next leader would apply it), and either way the audit says so.
+#[allow(clippy::too_many_arguments)]
+async fn settled(
+    change: kept::Change,
+    playbook: String,
+    how: kept::Settled,
+    guarded: &mut [Guarded],
+    book: &mut Book,
+    log: &Arc<Mutex<AuditLog>>,
+    jobs: &mpsc::Sender<Job>,
+    shared: &Shared,
+    clock: &Clock,
+) {
+    let outcome = match how {
+        kept::Settled::Landed => {
+            let records = change.applied_to(book.all());
+            if let Err(e) = book.store.replace(records.clone()) {
+                error!(error = %e, "cannot write the override state file; in force from memory");
+                book.store.set_unsaved(records);
+            }
+            publish_overrides(book, shared);
+            "landed in the cluster after all: in force"
+        }
+        kept::Settled::NotLanded => "did not land in the cluster: nothing changed",
+        kept::Settled::Unknown => "still unknown after 90 s: read the state Lease",
+    };
+    warn!(playbook = %playbook, by = %change.by, "an override change answered 503 (update unanswered) {outcome}");
+    let ids = |rs: &[OverrideRecord]| rs.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    if let Err(e) = audit(
+        log,
+        Entry {
+            actor: "failoverd".into(),
+            action: "found".into(),
+            playbook: playbook.clone(),
+            reason: format!(
+                "the override change by {} was answered 503: its update to the cluster went unanswered",
+                change.by
+            ),
+            inputs: json!({ "created": ids(&change.upsert), "deleted": ids(&change.delete) }),
+            outcome: outcome.into(),
+            ..Entry::default()
+        },
+    )
+    .await
+    {
+        shared.metrics.audit_errors.inc();
+        error!(error = %e, "audit append failed");
+    }
+    if how == kept::Settled::Landed
+        && let Some(idx) = guarded.iter().position(|g| g.pb.name() == playbook)
+    {
+        let g = &mut guarded[idx];
+        g.overrides = book.for_playbook(&playbook, clock.now());
+        step(idx, g, jobs, shared, clock).await;
     }
 }
 

@@ -335,7 +335,7 @@ pub async fn run(
         )
         .instrument(info_span!("writer")),
     );
-    let (kept_tx, mut kept_rx) = mpsc::channel::<KeptDone>(1);
+    let (kept_tx, mut kept_rx) = mpsc::channel::<KeptDone>(16);
     let mut ov_store = Book::new(rt.overrides, kept_tx);
     expire_overrides(&mut ov_store, &log, &shared, &clock).await;
     publish_overrides(&ov_store, &shared);
@@ -480,9 +480,10 @@ pub async fn run(
     }
     // A change being kept in the cluster is finished (bounded by its budget): the cluster
     // may hold it already, so its caller hears how it ended rather than nothing.
-    if ov_store.keeping
-        && let Some(done) = kept_rx.recv().await
-    {
+    while ov_store.keeping {
+        let Some(done) = kept_rx.recv().await else {
+            break;
+        };
         kept_done(
             done,
             &mut guarded,

@@ -312,9 +312,35 @@ pub enum KeepError {
     /// The cluster refused or could not be reached; nothing was kept.
     Failed(String),
     /// An update was sent and its answer never came; reading back did not show it, and it
-    /// could still land.
-    Unknown(String),
+    /// could still land (see [`ClusterState::settle`]).
+    Unknown(Unsettled),
 }
+
+/// What is needed to find out later whether unanswered updates landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsettled {
+    /// The last error seen.
+    pub why: String,
+    /// The `resourceVersion`s the unanswered updates carried: one can land only while the
+    /// object is still at that version.
+    pub versions: Vec<String>,
+}
+
+/// How unanswered updates ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The object shows the change: it is kept after all.
+    Landed,
+    /// The object moved past every version they carried without showing it: they can
+    /// never land.
+    NotLanded,
+    /// Still unknown when [`SETTLE_FOR`] ran out.
+    Unknown,
+}
+
+/// How long [`ClusterState::settle`] keeps finding out (the API server gives up on a request
+/// after 60 s by default).
+pub const SETTLE_FOR: Duration = Duration::from_secs(90);
 
 impl std::fmt::Display for KeepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,9 +354,10 @@ impl std::fmt::Display for KeepError {
                 write!(f, "this replica lost leadership before the cluster kept it")
             }
             KeepError::Failed(e) => write!(f, "the cluster did not keep it: {e}"),
-            KeepError::Unknown(e) => write!(
+            KeepError::Unknown(u) => write!(
                 f,
-                "the cluster may or may not hold it (an update went unanswered: {e}); read GET /v1/overrides on the leader"
+                "the cluster may or may not hold it (an update went unanswered: {}); failoverd finds out and audits it; read GET /v1/overrides on the leader",
+                u.why
             ),
         }
     }
@@ -416,7 +443,7 @@ impl ClusterState {
             dry_run: false,
             field_manager: Some("failoverd".into()),
         };
-        let mut unanswered = false;
+        let mut unanswered: Vec<String> = Vec::new();
         let mut last = String::from("no attempt finished within the budget");
         while Instant::now() < deadline {
             let current = match within(deadline, self.api.get_opt(&self.name)).await {
@@ -435,7 +462,7 @@ impl ClusterState {
                 .as_ref()
                 .and_then(|l| l.metadata.annotations.clone())
                 .unwrap_or_default();
-            if unanswered && holds(&annotations, change) {
+            if !unanswered.is_empty() && holds(&annotations, change) {
                 // The update that went unanswered landed.
                 return Ok(());
             }
@@ -443,6 +470,10 @@ impl ClusterState {
             if !fence() {
                 return Err(KeepError::NotLeader);
             }
+            let version = current
+                .as_ref()
+                .and_then(|l| l.metadata.resource_version.clone())
+                .unwrap_or_default();
             let sent = match current {
                 None => {
                     let lease = Lease {
@@ -464,22 +495,68 @@ impl ClusterState {
                 Ok(_) => return Ok(()),
                 Err(Sent::Conflict) => last = "the state Lease kept changing".into(),
                 Err(Sent::Refused(e)) => {
-                    if !unanswered {
+                    if unanswered.is_empty() {
                         return Err(KeepError::Failed(e));
                     }
                     last = e;
                 }
                 Err(Sent::Unanswered) => {
-                    unanswered = true;
+                    unanswered.push(version);
                     last = format!("an update got no answer within {REQUEST_DEADLINE:?}");
                 }
             }
         }
-        Err(if unanswered {
-            KeepError::Unknown(last)
-        } else {
+        Err(if unanswered.is_empty() {
             KeepError::Failed(last)
+        } else {
+            KeepError::Unknown(Unsettled {
+                why: last,
+                versions: unanswered,
+            })
         })
+    }
+
+    /// Finds out whether unanswered updates of `change` landed, within [`SETTLE_FOR`]: reads
+    /// the object every second; while it is still at a version one of them carried, this
+    /// leader writes it unchanged at that version (only while `fence` holds), which either
+    /// lands first — then none of them can any more — or conflicts because one did.
+    pub async fn settle(
+        &self,
+        change: &Change,
+        unsettled: &Unsettled,
+        fence: impl Fn() -> bool,
+    ) -> Settled {
+        let pp = PostParams {
+            dry_run: false,
+            field_manager: Some("failoverd".into()),
+        };
+        let until = Instant::now() + SETTLE_FOR;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let deadline = Instant::now() + REQUEST_DEADLINE;
+            let Ok(Some(lease)) = within(deadline, self.api.get_opt(&self.name)).await else {
+                continue;
+            };
+            let annotations = lease.metadata.annotations.clone().unwrap_or_default();
+            if holds(&annotations, change) {
+                return Settled::Landed;
+            }
+            let version = lease.metadata.resource_version.clone().unwrap_or_default();
+            if !unsettled.versions.contains(&version) {
+                return Settled::NotLanded;
+            }
+            if !fence() {
+                continue;
+            }
+            let deadline = Instant::now() + REQUEST_DEADLINE;
+            if within(deadline, self.api.replace(&self.name, &pp, &lease))
+                .await
+                .is_ok()
+            {
+                return Settled::NotLanded;
+            }
+        }
+        Settled::Unknown
     }
 }
 
