@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! The override API over real HTTP on 127.0.0.1, against the daemon run in-process
-//! (`failoverd::cli::serve`) with stand-in primary and DR services, a temporary file store
+//! (`failoverd::app::serve`) with stand-in primary and DR services, a temporary file store
 //! holding the demo VirtualService, and the demo playbook pointed at the stand-ins.
 //!
 //! Every JSON answer of a documented operation is checked against the OpenAPI document
@@ -152,13 +152,14 @@ impl Fixture {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(failoverd::cli::serve(
+        let task = tokio::spawn(failoverd::app::serve(
             rt,
             shared.clone(),
             Arc::new(tokens),
             audit_path,
             listener,
             stop_rx,
+            failoverd::app::ServeOptions::default(),
         ));
         let d = Daemon {
             addr,
@@ -1699,20 +1700,22 @@ async fn tls_serves_and_reloads_the_certificate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(failoverd::cli::serve_with_limits(
+    let task = tokio::spawn(failoverd::app::serve(
         rt,
         shared.clone(),
         Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
         audit_path,
         listener,
         stop_rx,
-        None,
-        failoverd::server::ListenerOptions {
-            max_connections: None,
-            tls: Some(failoverd::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
+        failoverd::app::ServeOptions {
+            drills: None,
+            listener: failoverd::server::ListenerOptions {
+                max_connections: None,
+                tls: Some(failoverd::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+            },
         },
     ));
     let url = format!("https://{addr}/v1/overrides");

@@ -84,13 +84,14 @@ impl InProc {
         let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(failoverd::cli::serve(
+        let task = tokio::spawn(failoverd::app::serve(
             rt,
             shared.clone(),
             Arc::new(tokens),
             audit_path.clone(),
             listener,
             stop_rx,
+            failoverd::app::ServeOptions::default(),
         ));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !shared.ready.load(std::sync::atomic::Ordering::Relaxed) {

@@ -317,13 +317,14 @@ impl Daemon {
         };
         let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(failoverd::cli::serve(
+        let task = tokio::spawn(failoverd::app::serve(
             rt,
             shared.clone(),
             Arc::new(Tokens::none()),
             audit_path,
             listener,
             stop_rx,
+            failoverd::app::ServeOptions::default(),
         ));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !shared.ready.load(Ordering::Relaxed) {
