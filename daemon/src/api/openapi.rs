@@ -165,6 +165,10 @@ pub mod schema {
         pub at: String,
         /// A result older than this is stale.
         pub max_age: StdDuration,
+        /// The values behind the latest result (an SLO's ratios per window), for
+        /// explanations; absent when there are none.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        pub detail: String,
     }
 
     /// Why traffic moved.
@@ -185,6 +189,9 @@ pub mod schema {
         OperatorFailover,
         /// An operator's failback.
         OperatorFailback,
+        /// The same routing written again after someone else changed the route (`onDrift:
+        /// reassert`): not a new move.
+        Reassert,
     }
 
     /// One move.
@@ -387,4 +394,333 @@ pub fn openapi_json() -> String {
 )]
 pub(super) async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The mirror types in [`schema`] describe JSON that other modules' types produce. These
+    //! tests hold the document to those real types: each schema's field names (and each
+    //! string enum's values) must be exactly what values of the real type serialize to, so
+    //! a field added, renamed or dropped on either side fails here.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeSet, VecDeque};
+    use std::time::Duration;
+
+    use jiff::Timestamp;
+    use serde::Serialize;
+    use serde_json::{Value, json};
+
+    use crate::audit::Record;
+    use crate::engine::{Health, MoveKind, Observation, Phase, Routing, SignalKind};
+    use crate::overrides::{OverrideKind, OverrideRecord};
+    use crate::playbook::Target;
+    use crate::runtime::{ControlReply, PlaybookStatus, Transition};
+
+    fn doc() -> Value {
+        serde_json::from_str(&super::openapi_json()).unwrap()
+    }
+
+    fn component<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        let s = &doc["components"]["schemas"][name];
+        assert!(s.is_object(), "no component schema `{name}`");
+        s
+    }
+
+    /// Every property name a schema allows, through `$ref`, `oneOf`/`anyOf`/`allOf`.
+    fn field_names(doc: &Value, schema: &Value, out: &mut BTreeSet<String>) {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            let name = r.trim_start_matches("#/components/schemas/");
+            return field_names(doc, component(doc, name), out);
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            for s in schema
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                field_names(doc, s, out);
+            }
+        }
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            out.extend(props.keys().cloned());
+        }
+    }
+
+    /// Every string value a schema allows (string enums), through `oneOf`.
+    fn enum_values(schema: &Value, out: &mut BTreeSet<String>) {
+        for s in schema
+            .get("oneOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            enum_values(s, out);
+        }
+        for v in schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.extend(v.as_str().map(String::from));
+        }
+    }
+
+    /// The keys of the serialized real values, all variants together.
+    fn real_keys<T: Serialize>(values: &[T]) -> BTreeSet<String> {
+        values
+            .iter()
+            .flat_map(|v| match serde_json::to_value(v).unwrap() {
+                Value::Object(m) => m.keys().cloned().collect::<Vec<_>>(),
+                other => panic!("expected an object, got {other}"),
+            })
+            .collect()
+    }
+
+    fn real_strings<T: Serialize>(values: &[T]) -> BTreeSet<String> {
+        values
+            .iter()
+            .map(|v| match serde_json::to_value(v).unwrap() {
+                Value::String(s) => s,
+                other => panic!("expected a string, got {other}"),
+            })
+            .collect()
+    }
+
+    fn assert_fields<T: Serialize>(name: &str, values: &[T]) {
+        let doc = doc();
+        let mut documented = BTreeSet::new();
+        field_names(&doc, component(&doc, name), &mut documented);
+        assert_eq!(
+            documented,
+            real_keys(values),
+            "schema `{name}`: documented fields (left) differ from what the real type serializes (right)"
+        );
+    }
+
+    fn assert_strings(name: &str, real: BTreeSet<String>) {
+        let doc = doc();
+        let mut documented = BTreeSet::new();
+        enum_values(component(&doc, name), &mut documented);
+        assert_eq!(
+            documented, real,
+            "schema `{name}`: documented values (left) differ from the real type's (right)"
+        );
+    }
+
+    fn t() -> Timestamp {
+        "2026-11-03T10:00:00Z".parse().unwrap()
+    }
+
+    // Each list below names every variant of the real enum; the exhaustive `match` makes a
+    // new variant a compile error here instead of a gap in the check.
+
+    fn routings() -> Vec<Routing> {
+        let all = vec![
+            Routing::Primary,
+            Routing::Failover { target: 0 },
+            Routing::Split {
+                target: 0,
+                primary_percent: 50,
+            },
+        ];
+        for r in &all {
+            match r {
+                Routing::Primary | Routing::Failover { .. } | Routing::Split { .. } => {}
+            }
+        }
+        all
+    }
+
+    fn phases() -> Vec<Phase> {
+        let all = vec![
+            Phase::Normal,
+            Phase::Suspect { since: t() },
+            Phase::FailedOver {
+                target: 0,
+                since: t(),
+            },
+            Phase::Recovering {
+                target: 0,
+                since: t(),
+            },
+            Phase::FailingBack {
+                target: 0,
+                step: 1,
+                since: t(),
+            },
+            Phase::Frozen { until: Some(t()) },
+        ];
+        for p in &all {
+            match p {
+                Phase::Normal
+                | Phase::Suspect { .. }
+                | Phase::FailedOver { .. }
+                | Phase::Recovering { .. }
+                | Phase::FailingBack { .. }
+                | Phase::Frozen { .. } => {}
+            }
+        }
+        all
+    }
+
+    fn healths() -> Vec<Health> {
+        let all = vec![
+            Health::Healthy,
+            Health::Unhealthy("connect: connection refused".into()),
+            Health::Unknown("no data".into()),
+        ];
+        for h in &all {
+            match h {
+                Health::Healthy | Health::Unhealthy(_) | Health::Unknown(_) => {}
+            }
+        }
+        all
+    }
+
+    fn move_kinds() -> Vec<MoveKind> {
+        let all = vec![
+            MoveKind::Failover,
+            MoveKind::Switch,
+            MoveKind::FailbackStep,
+            MoveKind::Failback,
+            MoveKind::FailbackAborted,
+            MoveKind::OperatorFailover,
+            MoveKind::OperatorFailback,
+            MoveKind::Reassert,
+        ];
+        for k in &all {
+            match k {
+                MoveKind::Failover
+                | MoveKind::Switch
+                | MoveKind::FailbackStep
+                | MoveKind::Failback
+                | MoveKind::FailbackAborted
+                | MoveKind::OperatorFailover
+                | MoveKind::OperatorFailback
+                | MoveKind::Reassert => {}
+            }
+        }
+        all
+    }
+
+    fn observation() -> Observation {
+        Observation {
+            signal: "primary-health".into(),
+            kind: SignalKind::Probe,
+            target: Target::Primary,
+            health: Health::Healthy,
+            streak: 3,
+            streak_since: t(),
+            at: t(),
+            max_age: Duration::from_secs(5),
+            // Serialized only when not empty: set, so the field shows.
+            detail: "3 of 3 probes".into(),
+        }
+    }
+
+    fn transition() -> Transition {
+        Transition {
+            time: t(),
+            kind: MoveKind::Failover,
+            from: Routing::Primary,
+            to: Routing::Failover { target: 0 },
+            reason: "primary unhealthy".into(),
+            actor: "engine".into(),
+        }
+    }
+
+    /// Ensures the routing, phase and health schemas name exactly the real enums' fields.
+    #[test]
+    fn engine_schemas_match_the_engine_types() {
+        assert_fields("Routing", &routings());
+        assert_fields("Phase", &phases());
+        assert_fields("Health", &healths());
+        assert_fields("Observation", &[observation()]);
+        assert_fields("StdDuration", &[Duration::from_millis(1500)]);
+        assert_strings(
+            "PhaseName",
+            phases().iter().map(|p| p.name().to_string()).collect(),
+        );
+        assert_strings("MoveKind", real_strings(&move_kinds()));
+        let kinds = [SignalKind::Probe, SignalKind::Slo];
+        for k in &kinds {
+            match k {
+                SignalKind::Probe | SignalKind::Slo => {}
+            }
+        }
+        assert_strings("SignalKind", real_strings(&kinds));
+    }
+
+    /// Ensures the status, transition and control-reply schemas name exactly the runtime's
+    /// fields (optional ones set, so they serialize).
+    #[test]
+    fn runtime_schemas_match_the_runtime_types() {
+        assert_fields("Transition", &[transition()]);
+        assert_fields(
+            "PlaybookStatus",
+            &[PlaybookStatus {
+                name: "demo".into(),
+                phase: Some(Phase::Normal),
+                routing: Some(Routing::Primary),
+                explain: "all healthy".into(),
+                error: Some("store unreachable".into()),
+                signals: vec![observation()],
+                transitions: VecDeque::from([transition()]),
+            }],
+        );
+        assert_fields(
+            "ControlReply",
+            &[ControlReply {
+                message: "failed over".into(),
+                override_id: Some("ov-1".into()),
+                routing: Some(Routing::Failover { target: 0 }),
+                written: true,
+            }],
+        );
+    }
+
+    /// Ensures the override and audit record schemas name exactly the stored records' fields.
+    #[test]
+    fn record_schemas_match_the_stored_records() {
+        let kinds = [OverrideKind::Freeze, OverrideKind::Failover];
+        for k in &kinds {
+            match k {
+                OverrideKind::Freeze | OverrideKind::Failover => {}
+            }
+        }
+        assert_strings("OverrideKind", real_strings(&kinds));
+        assert_fields(
+            "OverrideRecord",
+            &[OverrideRecord {
+                id: "ov-1".into(),
+                playbook: "demo".into(),
+                kind: OverrideKind::Failover,
+                actor: "alice".into(),
+                reason: "INC-1".into(),
+                created: t(),
+                until: t(),
+                target: Some(0),
+                force: true,
+            }],
+        );
+        assert_fields(
+            "AuditRecord",
+            &[Record {
+                seq: 1,
+                time: t(),
+                prev: "0".repeat(64),
+                actor: "engine".into(),
+                action: "failover".into(),
+                playbook: "demo".into(),
+                reason: "primary unhealthy".into(),
+                inputs: json!({}),
+                before: json!({}),
+                after: json!({}),
+                outcome: "written".into(),
+            }],
+        );
+    }
 }
