@@ -16,8 +16,8 @@ use crate::runtime::{Control, ControlKind, ControlReply};
 use super::body::{Body, control_kind, parse_body, read_body, reason_of, require_json};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::guard::{audit_refusal, authenticate, forbidden};
-use super::openapi::schema;
-use super::{ApiState, CALL_TIMEOUT};
+use super::schema;
+use super::state::{ApiState, CALL_TIMEOUT};
 
 pub(super) async fn send(
     state: &ApiState,

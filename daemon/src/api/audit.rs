@@ -12,8 +12,8 @@ use crate::audit::Record;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::guard::authenticate;
-use super::openapi::schema;
-use super::{AUDIT_READ_WAIT, ApiState};
+use super::schema;
+use super::state::{AUDIT_READ_WAIT, ApiState};
 
 /// `GET /v1/audit`: audit records, oldest first.
 #[derive(Debug, Serialize, ToSchema)]

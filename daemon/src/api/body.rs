@@ -14,8 +14,8 @@ use crate::playbook::{Duration as PbDuration, Target};
 use crate::runtime::ControlKind;
 
 use super::error::{ApiError, ApiResult};
-use super::openapi::schema;
-use super::{DEFAULT_TTL, MAX_BODY, MAX_REASON, MAX_TTL};
+use super::schema;
+use super::state::{DEFAULT_TTL, MAX_BODY, MAX_REASON, MAX_TTL};
 
 /// Body of the mutating calls. Only `reason` is required; the other fields apply to some
 /// calls only (see each call) and are refused (422) where they do not.

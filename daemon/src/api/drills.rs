@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Role;
 
-use super::ApiState;
 use super::body::{DrillBody, parse_drill_body, read_body, reason_of, require_json};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::guard::{audit_refusal, authenticate, forbidden};
+use super::state::ApiState;
 
 /// `GET /v1/drills`.
 #[derive(Debug, Serialize, ToSchema)]

@@ -15,7 +15,7 @@ use super::auth::{AuthError, Caller, Role};
 use crate::audit::Entry;
 
 use super::error::{ApiError, ApiResult};
-use super::{ApiState, LIMITER_KEYS, MAX_NAME, MAX_PATH, MAX_REASON};
+use super::state::{ApiState, LIMITER_KEYS, MAX_NAME, MAX_PATH, MAX_REASON};
 
 pub(super) fn is_mutating(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)

@@ -14,12 +14,12 @@ use crate::engine::Actor;
 use crate::overrides::OverrideRecord;
 use crate::runtime::ControlKind;
 
-use super::ApiState;
 use super::actions::send;
 use super::body::{Body, parse_body, read_body, reason_of, require_json};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::guard::{audit_refusal, authenticate, forbidden, require_loaded};
-use super::openapi::schema;
+use super::schema;
+use super::state::ApiState;
 
 /// `GET /v1/overrides`: every active override.
 #[derive(Debug, Serialize, ToSchema)]

@@ -12,10 +12,10 @@ use crate::engine::Routing;
 use crate::overrides::OverrideRecord;
 use crate::runtime::PlaybookStatus;
 
-use super::ApiState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::guard::{authenticate, require_loaded};
-use super::openapi::schema;
+use super::schema;
+use super::state::ApiState;
 
 /// `GET /v1/playbooks`: one line per playbook.
 #[derive(Debug, Serialize, ToSchema)]

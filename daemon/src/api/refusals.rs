@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{REFUSAL_LOG_KEYS, REFUSAL_LOG_WINDOW};
+/// One aggregate log line per key (identity or address) per this window.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Most keys the aggregate refusal log keeps (stale ones are dropped first).
+const REFUSAL_LOG_KEYS: usize = 4096;
 
 /// Refusals that are not audited one by one (rate-limited calls, failed authentications,
 /// refusals beyond an identity's audit budget), logged in aggregate: the first of a window

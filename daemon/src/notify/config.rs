@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::error::{NotifyError, bad};
 use super::event::EventKind;
 use super::template::check_template;
 
@@ -80,23 +81,6 @@ pub struct WebhookConfig {
     /// Events queued before the newest is dropped (default 256).
     #[serde(default)]
     pub queue: Option<usize>,
-}
-
-/// A notify config problem, naming the field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct NotifyError {
-    /// e.g. `notify.webhooks[0].secretFile`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-pub(super) fn bad(field: impl Into<String>, message: impl Into<String>) -> NotifyError {
-    NotifyError {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 fn duration(

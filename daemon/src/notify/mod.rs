@@ -21,12 +21,13 @@
 //!   event that exhausts its attempts (or gets a 4xx other than 408/429) is dead-lettered:
 //!   logged and counted.
 //!
-//! One concern per file: `event` (the data), `config` (with its validation), `template`,
+//! One concern per file: `event` (the data), `error`, `config` (with its validation), `template`,
 //! `signing`, `queue` (bounded queues and metrics), `webhook`, `alertmanager`; this file
 //! is the public surface and the [`Notifier`] that fans events out to the sinks.
 
 mod alertmanager;
 mod config;
+mod error;
 mod event;
 mod queue;
 mod signing;
@@ -41,7 +42,8 @@ use jiff::Timestamp;
 use tokio::task::AbortHandle;
 use tracing::warn;
 
-pub use config::{AlertmanagerConfig, NotifyConfig, NotifyError, Resolved, WebhookConfig};
+pub use config::{AlertmanagerConfig, NotifyConfig, Resolved, WebhookConfig};
+pub use error::NotifyError;
 pub use event::{Condition, Event, EventKind};
 pub use queue::{SinkSnapshot, SinkStats};
 pub use signing::{SIGNATURE_HEADER, sign, signature_header, verify};
@@ -50,7 +52,7 @@ pub use webhook::{BODY_VERSION, webhook_body};
 
 use crate::metrics::Metrics;
 use alertmanager::{AmHandle, AmMsg, AmState, AmTarget, am_manager, am_sender};
-use config::bad;
+use error::bad;
 use queue::{NotifyMetrics, Pending, Queue, http_client, lock, watch_queues};
 use webhook::{Hook, webhook_task};
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::config::{NotifyError, bad};
+use super::error::{NotifyError, bad};
 use super::event::Event;
 
 /// Placeholders a template may use.
