@@ -14,7 +14,7 @@ use crate::engine::Actor;
 use crate::runtime::{Control, ControlKind, ControlReply};
 
 use super::body::{Body, control_kind, parse_body, read_body, reason_of, require_json};
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ActionRefusals, ApiError, ApiResult, ErrorBody, MutatingRefusals};
 use super::guard::{audit_refusal, authenticate, forbidden};
 use super::schema;
 use super::state::{ApiState, CALL_TIMEOUT};
@@ -132,18 +132,10 @@ pub(super) async fn act(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done: the routing write completed (or the hold is recorded)", body = schema::ControlReply),
-        (status = 400, description = "Body is not JSON", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
-        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
-        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        MutatingRefusals,
+        ActionRefusals,
         (status = 409, description = "Refused by a rule (target missing or not known healthy, playbook inactive)", body = ErrorBody),
-        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl or target", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
-        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
     )
 )]
@@ -171,18 +163,10 @@ pub(super) async fn failover(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done: the original route is written back", body = schema::ControlReply),
-        (status = 400, description = "Body is not JSON", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
-        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
-        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        MutatingRefusals,
+        ActionRefusals,
         (status = 409, description = "Refused by a rule (already on the primary, primary not known healthy, playbook inactive)", body = ErrorBody),
-        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl or target given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
-        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
     )
 )]
@@ -209,18 +193,10 @@ pub(super) async fn failback(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Frozen", body = schema::ControlReply),
-        (status = 400, description = "Body is not JSON", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
-        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
-        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        MutatingRefusals,
+        ActionRefusals,
         (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
-        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, bad ttl, target or force given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
-        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
     )
 )]
 pub(super) async fn freeze(
@@ -246,18 +222,10 @@ pub(super) async fn freeze(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Released", body = schema::ControlReply),
-        (status = 400, description = "Body is not JSON", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
-        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
-        (status = 404, description = "No playbook with that name", body = ErrorBody),
+        MutatingRefusals,
+        ActionRefusals,
         (status = 409, description = "Refused by a rule (nothing to release, playbook inactive)", body = ErrorBody),
-        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
-        (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
-        (status = 503, description = "failoverd is shutting down", body = ErrorBody),
     )
 )]
 pub(super) async fn resume(

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Role;
 use crate::audit::Record;
 
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, ReadRefusals};
 use super::guard::authenticate;
 use super::schema;
 use super::state::{AUDIT_READ_WAIT, ApiState};
@@ -53,9 +53,7 @@ pub(super) struct AuditQuery {
     responses(
         (status = 200, description = "The matching records", body = AuditRecords),
         (status = 400, description = "Unknown or malformed query parameter", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
         (status = 500, description = "The audit log cannot be read", body = ErrorBody),
         (status = 503, description = "Too many audit log reads at once", body = ErrorBody),
     )

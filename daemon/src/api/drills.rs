@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Role;
 
 use super::body::{DrillBody, parse_drill_body, read_body, reason_of, require_json};
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, MutatingRefusals, ReadRefusals};
 use super::guard::{audit_refusal, authenticate, forbidden};
 use super::state::ApiState;
 
@@ -68,9 +68,7 @@ pub(super) fn no_drill(name: &str) -> ApiError {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The drills", body = DrillList),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
     )
 )]
 pub(super) async fn list_drills(
@@ -95,9 +93,7 @@ pub(super) async fn list_drills(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The runs", body = DrillRuns),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
         (status = 404, description = "No drill with that name", body = ErrorBody),
     )
 )]
@@ -145,9 +141,7 @@ pub(super) struct RunQuery {
         (status = 200, description = "The report (JSON, or Markdown with `format=md`)",
             content((crate::drill::report::Run = "application/json"), (String = "text/markdown"))),
         (status = 400, description = "Unknown query parameter or format", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
         (status = 404, description = "No drill or run with that name and id", body = ErrorBody),
     )
 )]
@@ -208,16 +202,10 @@ pub(super) async fn get_drill_run(
     security(("bearer" = [])),
     responses(
         (status = 202, description = "Started", body = DrillStarted),
-        (status = 400, description = "Body is not JSON", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
-        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        MutatingRefusals,
         (status = 404, description = "No drill with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook failed over, frozen, held, in another drill, primary not healthy; blocked date or outside windows without force)", body = ErrorBody),
-        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, reason too long", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 503, description = "This replica is a standby: drills run on the leader", body = ErrorBody),
     )
 )]

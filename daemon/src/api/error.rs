@@ -61,3 +61,61 @@ impl IntoResponse for ApiError {
 }
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
+
+// The refusals many operations share, documented once. These types only describe
+// responses in the OpenAPI document (`responses(...)` of a handler); the answers
+// themselves are [`ApiError`]s.
+
+/// Refusals of every viewer read: authentication and its per-address limit.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: it only describes responses
+pub(super) enum ReadRefusals {
+    #[response(status = 401, description = "No, invalid or unconfigured bearer token",
+        headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`")))]
+    Unauthenticated(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Too many failed authentications from this address"
+    )]
+    TooManyFailures(ErrorBody),
+}
+
+/// Refusals of every mutating call: body, authentication, role and rate limits.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: it only describes responses
+pub(super) enum MutatingRefusals {
+    #[response(status = 400, description = "Body is not JSON")]
+    NotJson(ErrorBody),
+    #[response(status = 401, description = "No, invalid or unconfigured bearer token",
+        headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`")))]
+    Unauthenticated(ErrorBody),
+    #[response(status = 403, description = "The caller's role is below operator")]
+    Forbidden(ErrorBody),
+    #[response(status = 413, description = "Body larger than 16 KiB")]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 415,
+        description = "A body that is not `Content-Type: application/json`"
+    )]
+    NotJsonType(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Too many mutating calls by this identity, or failed authentications from this address"
+    )]
+    TooMany(ErrorBody),
+}
+
+/// Further refusals of the playbook actions (failover, failback, freeze, resume).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: it only describes responses
+pub(super) enum ActionRefusals {
+    #[response(status = 404, description = "No playbook with that name")]
+    NoPlaybook(ErrorBody),
+    #[response(
+        status = 500,
+        description = "The call could not be audited or persisted, so it was not performed"
+    )]
+    NotRecorded(ErrorBody),
+    #[response(status = 503, description = "failoverd is shutting down")]
+    ShuttingDown(ErrorBody),
+}

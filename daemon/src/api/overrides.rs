@@ -16,7 +16,7 @@ use crate::runtime::ControlKind;
 
 use super::actions::send;
 use super::body::{Body, parse_body, read_body, reason_of, require_json};
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, MutatingRefusals, ReadRefusals};
 use super::guard::{audit_refusal, authenticate, forbidden, require_loaded};
 use super::schema;
 use super::state::ApiState;
@@ -40,9 +40,7 @@ pub struct OverrideList {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The active overrides", body = OverrideList),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
     )
 )]
@@ -75,16 +73,10 @@ pub(super) async fn list_overrides(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Removed", body = schema::ControlReply),
-        (status = 400, description = "Body is not JSON", body = ErrorBody),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 415, description = "A body that is not `Content-Type: application/json`", body = ErrorBody),
-        (status = 403, description = "The caller's role is below operator", body = ErrorBody),
+        MutatingRefusals,
         (status = 404, description = "No override with that id", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
-        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 422, description = "Body does not fit: unknown field, missing, empty or too long reason, ttl, target or force given", body = ErrorBody),
-        (status = 429, description = "Too many mutating calls by this identity, or failed authentications from this address", body = ErrorBody),
         (status = 500, description = "The call could not be audited or persisted, so it was not performed", body = ErrorBody),
         (status = 503, description = "failoverd is starting (saved overrides not loaded yet) or shutting down", body = ErrorBody),
     )

@@ -12,7 +12,7 @@ use crate::engine::Routing;
 use crate::overrides::OverrideRecord;
 use crate::runtime::PlaybookStatus;
 
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, ReadRefusals};
 use super::guard::{authenticate, require_loaded};
 use super::schema;
 use super::state::ApiState;
@@ -87,9 +87,7 @@ pub struct StoreView {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The playbooks", body = PlaybookList),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
     )
 )]
@@ -164,9 +162,7 @@ pub(super) fn json_bytes(body: axum::body::Bytes) -> Response {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The playbook", body = PlaybookDetail),
-        (status = 401, description = "No, invalid or unconfigured bearer token", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`"))),
-        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
     )
