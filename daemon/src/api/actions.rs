@@ -14,7 +14,9 @@ use crate::engine::Actor;
 use crate::runtime::{Control, ControlKind, ControlReply};
 
 use super::body::{Body, control_kind, parse_body, read_body, reason_of, require_json};
-use super::error::{ActionRefusals, ApiError, ApiResult, ErrorBody, MutatingRefusals};
+use super::error::{
+    ActionRefusals, ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals,
+};
 use super::guard::{audit_refusal, authenticate, forbidden};
 use super::schema;
 use super::state::{ApiState, CALL_TIMEOUT};
@@ -132,6 +134,7 @@ pub(super) async fn act(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done: the routing write completed (or the hold is recorded)", body = schema::ControlReply),
+        AuthRefusals,
         MutatingRefusals,
         ActionRefusals,
         (status = 409, description = "Refused by a rule (target missing or not known healthy, playbook inactive)", body = ErrorBody),
@@ -163,6 +166,7 @@ pub(super) async fn failover(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done: the original route is written back", body = schema::ControlReply),
+        AuthRefusals,
         MutatingRefusals,
         ActionRefusals,
         (status = 409, description = "Refused by a rule (already on the primary, primary not known healthy, playbook inactive)", body = ErrorBody),
@@ -193,6 +197,7 @@ pub(super) async fn failback(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Frozen", body = schema::ControlReply),
+        AuthRefusals,
         MutatingRefusals,
         ActionRefusals,
         (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),
@@ -222,6 +227,7 @@ pub(super) async fn freeze(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Released", body = schema::ControlReply),
+        AuthRefusals,
         MutatingRefusals,
         ActionRefusals,
         (status = 409, description = "Refused by a rule (nothing to release, playbook inactive)", body = ErrorBody),

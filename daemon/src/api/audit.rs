@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Role;
 use crate::audit::Record;
 
-use super::error::{ApiError, ApiResult, ErrorBody, ReadRefusals};
+use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, ReadRefusals};
 use super::guard::authenticate;
 use super::schema;
 use super::state::{AUDIT_READ_WAIT, ApiState};
@@ -53,6 +53,7 @@ pub(super) struct AuditQuery {
     responses(
         (status = 200, description = "The matching records", body = AuditRecords),
         (status = 400, description = "Unknown or malformed query parameter", body = ErrorBody),
+        AuthRefusals,
         ReadRefusals,
         (status = 500, description = "The audit log cannot be read", body = ErrorBody),
         (status = 503, description = "Too many audit log reads at once", body = ErrorBody),

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Role;
 
 use super::body::{DrillBody, parse_drill_body, read_body, reason_of, require_json};
-use super::error::{ApiError, ApiResult, ErrorBody, MutatingRefusals, ReadRefusals};
+use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals, ReadRefusals};
 use super::guard::{audit_refusal, authenticate, forbidden};
 use super::state::ApiState;
 
@@ -68,6 +68,7 @@ pub(super) fn no_drill(name: &str) -> ApiError {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The drills", body = DrillList),
+        AuthRefusals,
         ReadRefusals,
     )
 )]
@@ -93,6 +94,7 @@ pub(super) async fn list_drills(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The runs", body = DrillRuns),
+        AuthRefusals,
         ReadRefusals,
         (status = 404, description = "No drill with that name", body = ErrorBody),
     )
@@ -141,6 +143,7 @@ pub(super) struct RunQuery {
         (status = 200, description = "The report (JSON, or Markdown with `format=md`)",
             content((crate::drill::report::Run = "application/json"), (String = "text/markdown"))),
         (status = 400, description = "Unknown query parameter or format", body = ErrorBody),
+        AuthRefusals,
         ReadRefusals,
         (status = 404, description = "No drill or run with that name and id", body = ErrorBody),
     )
@@ -202,6 +205,7 @@ pub(super) async fn get_drill_run(
     security(("bearer" = [])),
     responses(
         (status = 202, description = "Started", body = DrillStarted),
+        AuthRefusals,
         MutatingRefusals,
         (status = 404, description = "No drill with that name", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook failed over, frozen, held, in another drill, primary not healthy; blocked date or outside windows without force)", body = ErrorBody),

@@ -66,13 +66,20 @@ pub(super) type ApiResult<T> = Result<T, ApiError>;
 // responses in the OpenAPI document (`responses(...)` of a handler); the answers
 // themselves are [`ApiError`]s.
 
-/// Refusals of every viewer read: authentication and its per-address limit.
+/// The refusal of every call without a valid token.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // never built: it only describes responses
-pub(super) enum ReadRefusals {
+pub(super) enum AuthRefusals {
     #[response(status = 401, description = "No, invalid or unconfigured bearer token",
         headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`")))]
     Unauthenticated(ErrorBody),
+}
+
+/// The further refusal of every viewer read: the per-address limit on failed
+/// authentications.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: it only describes responses
+pub(super) enum ReadRefusals {
     #[response(
         status = 429,
         description = "Too many failed authentications from this address"
@@ -80,15 +87,12 @@ pub(super) enum ReadRefusals {
     TooManyFailures(ErrorBody),
 }
 
-/// Refusals of every mutating call: body, authentication, role and rate limits.
+/// Further refusals of every mutating call: body, role and rate limits.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // never built: it only describes responses
 pub(super) enum MutatingRefusals {
     #[response(status = 400, description = "Body is not JSON")]
     NotJson(ErrorBody),
-    #[response(status = 401, description = "No, invalid or unconfigured bearer token",
-        headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"failoverd\"`")))]
-    Unauthenticated(ErrorBody),
     #[response(status = 403, description = "The caller's role is below operator")]
     Forbidden(ErrorBody),
     #[response(status = 413, description = "Body larger than 16 KiB")]

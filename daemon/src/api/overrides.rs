@@ -16,7 +16,7 @@ use crate::runtime::ControlKind;
 
 use super::actions::send;
 use super::body::{Body, parse_body, read_body, reason_of, require_json};
-use super::error::{ApiError, ApiResult, ErrorBody, MutatingRefusals, ReadRefusals};
+use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals, ReadRefusals};
 use super::guard::{audit_refusal, authenticate, forbidden, require_loaded};
 use super::schema;
 use super::state::ApiState;
@@ -40,6 +40,7 @@ pub struct OverrideList {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The active overrides", body = OverrideList),
+        AuthRefusals,
         ReadRefusals,
         (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
     )
@@ -73,6 +74,7 @@ pub(super) async fn list_overrides(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Removed", body = schema::ControlReply),
+        AuthRefusals,
         MutatingRefusals,
         (status = 404, description = "No override with that id", body = ErrorBody),
         (status = 409, description = "Refused by a rule (playbook inactive)", body = ErrorBody),

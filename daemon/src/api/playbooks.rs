@@ -12,7 +12,7 @@ use crate::engine::Routing;
 use crate::overrides::OverrideRecord;
 use crate::runtime::PlaybookStatus;
 
-use super::error::{ApiError, ApiResult, ErrorBody, ReadRefusals};
+use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, ReadRefusals};
 use super::guard::{authenticate, require_loaded};
 use super::schema;
 use super::state::ApiState;
@@ -87,6 +87,7 @@ pub struct StoreView {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The playbooks", body = PlaybookList),
+        AuthRefusals,
         ReadRefusals,
         (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
     )
@@ -162,6 +163,7 @@ pub(super) fn json_bytes(body: axum::body::Bytes) -> Response {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The playbook", body = PlaybookDetail),
+        AuthRefusals,
         ReadRefusals,
         (status = 503, description = "Starting: the saved overrides are not loaded yet", body = ErrorBody),
         (status = 404, description = "No playbook with that name", body = ErrorBody),
