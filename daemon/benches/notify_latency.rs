@@ -12,6 +12,8 @@
 
 #[path = "../tests/notify_support/mod.rs"]
 mod notify_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 

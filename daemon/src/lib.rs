@@ -4,14 +4,19 @@
 //! [`routing`] store, and every move is recorded in the [`audit`] log.
 
 pub mod api;
+pub mod app;
 pub mod audit;
-pub mod audit_read;
-pub mod auth;
+/// Audit reads for `GET /v1/audit` (kept at its old path).
+pub use api::audit_read;
+/// API tokens (kept at its old path).
+pub use api::auth;
 pub mod cli;
-pub mod client;
+/// The override API's command-line client (kept at its old path).
+pub use cli::client;
 pub mod config;
 pub mod control;
-pub mod demo;
+/// The demo (kept at its old path).
+pub use cli::demo;
 pub mod drill;
 pub mod engine;
 pub mod leader;
@@ -27,10 +32,12 @@ pub mod runtime {
     pub use crate::control::*;
     pub use crate::shared::*;
 }
-pub mod server;
+/// The HTTP listener (kept at its old path).
+pub use api::server;
 pub mod shared;
 pub mod signals;
 pub use signals as slo;
 pub mod standin;
-pub mod tls;
+/// TLS on the API listener (kept at its old path).
+pub use api::tls;
 pub mod validate;

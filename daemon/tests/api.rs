@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! The override API over real HTTP on 127.0.0.1, against the daemon run in-process
-//! (`failoverd::cli::serve`) with stand-in primary and DR services, a temporary file store
+//! (`failoverd::app::serve`) with stand-in primary and DR services, a temporary file store
 //! holding the demo VirtualService, and the demo playbook pointed at the stand-ins.
 //!
 //! Every JSON answer of a documented operation is checked against the OpenAPI document
@@ -15,16 +15,17 @@ use std::time::{Duration, Instant};
 
 use failoverd::audit::AuditLog;
 use failoverd::auth::{Tokens, hash_token};
-use failoverd::overrides::OverrideStore;
-use failoverd::playbook::{self, Loaded, Playbook};
+use failoverd::playbook::Playbook;
 use failoverd::routing::FileStore;
-use failoverd::runtime::{Runtime, Shared};
+use failoverd::runtime::Shared;
 use failoverd::standin::StandIn;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+mod support;
 
 const OPERATOR: (&str, &str) = ("alice@oncall", "operator-token-alice");
 const VIEWER: (&str, &str) = ("bob@readonly", "viewer-token-bob");
@@ -48,14 +49,6 @@ const READS: [&str; 4] = [
     "/v1/audit",
 ];
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/examples")
-}
-
-fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Stand-ins, temporary directory (store, audit, state, tokens) and the playbook: what
 /// outlives one daemon run.
 struct Fixture {
@@ -69,23 +62,15 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        install_crypto();
-        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let primary = StandIn::start("primary", loopback).await.unwrap();
-        let dr = StandIn::start("dr", loopback).await.unwrap();
-        let text = std::fs::read_to_string(examples().join("demo.yaml"))
-            .unwrap()
-            .replace("127.0.0.1:18081", &primary.addr().to_string())
-            .replace("127.0.0.1:18082", &dr.addr().to_string());
-        let pb = playbook::parse("demo.yaml", &text).unwrap();
-        assert!(pb.validate("demo.yaml").is_empty());
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path().join("routes"));
-        let vs_path = store.path(&pb);
-        std::fs::create_dir_all(vs_path.parent().unwrap()).unwrap();
-        let original_vs =
-            std::fs::read_to_string(examples().join("demo-virtualservice.yaml")).unwrap();
-        std::fs::write(&vs_path, &original_vs).unwrap();
+        let support::Demo {
+            dir,
+            primary,
+            dr,
+            pb,
+            vs_path,
+            ..
+        } = support::Demo::new().await;
+        let original_vs = failoverd::demo::VIRTUAL_SERVICE.to_string();
         let tokens: String = [(OPERATOR, "operator"), (VIEWER, "viewer"), (ADMIN, "admin")]
             .iter()
             .map(|((id, tok), role)| {
@@ -128,39 +113,40 @@ impl Fixture {
             .to_string()
     }
 
+    /// The API's state on this fixture without a running controller (its inbox is dropped):
+    /// for tests that call the router directly.
+    fn api_state(&self) -> (Arc<Shared>, failoverd::api::ApiState) {
+        let shared = Arc::new(Shared::new(&support::loaded(&self.pb)));
+        let audit_path = self.dir.path().join("audit.jsonl");
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let api = failoverd::api::ApiState::new(
+            shared.clone(),
+            Arc::new(Tokens::load(&self.dir.path().join("tokens.yaml")).unwrap()),
+            tx,
+            Arc::new(FileStore::new(self.dir.path().join("routes"))),
+            Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
+            audit_path,
+        );
+        (shared, api)
+    }
+
     /// Starts the daemon (with the token file, or without any) and waits until it is ready.
     async fn start(&self, with_tokens: bool) -> Daemon {
-        let loaded = vec![Loaded {
-            file: "demo.yaml".into(),
-            playbook: self.pb.clone(),
-        }];
+        let loaded = support::loaded(&self.pb);
         let shared = Arc::new(Shared::new(&loaded));
-        let audit_path = self.dir.path().join("audit.jsonl");
-        let rt = Runtime {
-            playbooks: loaded,
-            store: Arc::new(FileStore::new(self.dir.path().join("routes"))),
-            audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-            overrides: OverrideStore::open(&self.dir.path().join("overrides.json")).unwrap(),
-            prometheus: None,
-            prometheus_client: None,
-        };
+        let (rt, audit_path) = support::runtime(
+            loaded,
+            Arc::new(FileStore::new(self.dir.path().join("routes"))),
+            self.dir.path(),
+        );
         let tokens = if with_tokens {
             Tokens::load(&self.dir.path().join("tokens.yaml")).unwrap()
         } else {
             Tokens::none()
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(failoverd::cli::serve(
-            rt,
-            shared.clone(),
-            Arc::new(tokens),
-            audit_path,
-            listener,
-            stop_rx,
-        ));
-        let d = Daemon {
+        let support::Served { addr, stop, task } =
+            support::serve_ready(rt, &shared, tokens, audit_path, Duration::from_secs(10)).await;
+        Daemon {
             addr,
             stop,
             task,
@@ -171,13 +157,7 @@ impl Fixture {
                 .build()
                 .unwrap(),
             doc: serde_json::from_str(&failoverd::api::openapi_json()).unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !shared.ready.load(std::sync::atomic::Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "daemon never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        d
     }
 }
 
@@ -1582,21 +1562,7 @@ async fn failed_authentications_are_counted_and_limited() {
 async fn state_is_not_reported_before_it_is_loaded() {
     use tower::Service;
     let f = Fixture::new().await;
-    let loaded = vec![Loaded {
-        file: "demo.yaml".into(),
-        playbook: f.pb.clone(),
-    }];
-    let shared = Arc::new(Shared::new(&loaded));
-    let audit_path = f.dir.path().join("audit.jsonl");
-    let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let api = failoverd::api::ApiState::new(
-        shared.clone(),
-        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
-        tx,
-        Arc::new(FileStore::new(f.dir.path().join("routes"))),
-        Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-        audit_path,
-    );
+    let (shared, api) = f.api_state();
     let mut app = failoverd::server::router(shared.clone(), api);
     let mut get = async |path: &str| {
         let req = axum::http::Request::get(path)
@@ -1682,37 +1648,32 @@ async fn tls_serves_and_reloads_the_certificate() {
     let (ca1, ca2) = (Ca::new("ca-one"), Ca::new("ca-two"));
     let (cert, key) = (f.dir.path().join("tls.crt"), f.dir.path().join("tls.key"));
     ca1.issue(&cert, &key);
-    let loaded = vec![Loaded {
-        file: "demo.yaml".into(),
-        playbook: f.pb.clone(),
-    }];
+    let loaded = support::loaded(&f.pb);
     let shared = Arc::new(Shared::new(&loaded));
-    let audit_path = f.dir.path().join("audit.jsonl");
-    let rt = Runtime {
-        playbooks: loaded,
-        store: Arc::new(FileStore::new(f.dir.path().join("routes"))),
-        audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-        overrides: OverrideStore::open(&f.dir.path().join("overrides.json")).unwrap(),
-        prometheus: None,
-        prometheus_client: None,
-    };
+    let (rt, audit_path) = support::runtime(
+        loaded,
+        Arc::new(FileStore::new(f.dir.path().join("routes"))),
+        f.dir.path(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(failoverd::cli::serve_with_limits(
+    let task = tokio::spawn(failoverd::app::serve(
         rt,
         shared.clone(),
         Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
         audit_path,
         listener,
         stop_rx,
-        None,
-        failoverd::server::ListenerOptions {
-            max_connections: None,
-            tls: Some(failoverd::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
+        failoverd::app::ServeOptions {
+            drills: None,
+            listener: failoverd::server::ListenerOptions {
+                max_connections: None,
+                tls: Some(failoverd::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+            },
         },
     ));
     let url = format!("https://{addr}/v1/overrides");
@@ -1845,21 +1806,7 @@ async fn idle_and_slow_connections_are_dropped() {
 async fn audit_reads_are_bounded_in_number() {
     use tower::Service;
     let f = Fixture::new().await;
-    let loaded = vec![Loaded {
-        file: "demo.yaml".into(),
-        playbook: f.pb.clone(),
-    }];
-    let shared = Arc::new(Shared::new(&loaded));
-    let audit_path = f.dir.path().join("audit.jsonl");
-    let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let api = failoverd::api::ApiState::new(
-        shared.clone(),
-        Arc::new(Tokens::load(&f.dir.path().join("tokens.yaml")).unwrap()),
-        tx,
-        Arc::new(FileStore::new(f.dir.path().join("routes"))),
-        Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-        audit_path,
-    );
+    let (shared, api) = f.api_state();
     let turns = api.audit_reads.clone();
     let mut app = failoverd::server::router(shared, api);
     let mut get = async || {

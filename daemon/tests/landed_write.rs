@@ -4,6 +4,7 @@
 //! adopts what the store holds and says so in the audit log.
 
 mod inproc;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

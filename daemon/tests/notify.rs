@@ -8,6 +8,7 @@
 //! Tests that need Alertmanager fail (with the install command) when it is missing.
 
 mod notify_support;
+mod support;
 
 use std::time::{Duration, Instant};
 

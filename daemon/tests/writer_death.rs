@@ -6,6 +6,7 @@
 //! the exit is the behaviour under test.
 
 mod inproc;
+mod support;
 
 use std::process::Command;
 use std::sync::Arc;

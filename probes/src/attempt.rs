@@ -1,8 +1,6 @@
 //! One probe attempt, and the HTTP client the attempts share.
 
-use std::error::Error;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::error_text::{describe, describe_io, io_cause, is_local_exhaustion};
+use crate::tls::load_ca;
 use crate::{HttpProbe, Outcome, ProbeError, ProbeKind, ProbeResult, ProbeSpec, TcpProbe};
 
 /// Redirects followed at most when `follow_redirects` is set.
@@ -122,27 +122,6 @@ pub fn http_client_for(http: &HttpProbe) -> Result<reqwest::Client, ProbeError> 
     builder
         .build()
         .map_err(|e| ProbeError::ClientBuild(describe(&e)))
-}
-
-/// Reads a PEM bundle of CA certificates (at least one).
-pub(crate) fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), describe_io(&e)))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in file", path.display()));
-    }
-    Ok(certs)
-}
-
-/// A TLS server name must be a DNS name (it replaces the URL's host for SNI).
-pub(crate) fn check_server_name(name: &str) -> Result<(), String> {
-    match rustls::pki_types::ServerName::try_from(name) {
-        Ok(rustls::pki_types::ServerName::DnsName(_)) => Ok(()),
-        Ok(_) => Err(format!("{name:?} is an IP address, not a DNS name")),
-        Err(_) => Err(format!("{name:?} is not a valid DNS name")),
-    }
 }
 
 /// With `serverName`, the request URL carries the server name (so rustls sends it as
@@ -419,63 +398,4 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn timed_out(timeout: Duration) -> Outcome {
     Outcome::Unhealthy(format!("timeout after {}ms", timeout.as_millis()))
-}
-
-/// Errors that mean this host ran out of something (file descriptors, buffers, memory,
-/// ephemeral ports): the attempt did not really happen, so the target must not be
-/// blamed for it.
-pub(crate) fn is_local_exhaustion(e: &io::Error) -> bool {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::OutOfMemory | io::ErrorKind::AddrNotAvailable
-    ) {
-        return true;
-    }
-    // ENFILE and EMFILE have these values on Linux, macOS and the BSDs; ENOBUFS differs.
-    #[cfg(unix)]
-    {
-        const ENFILE: i32 = 23;
-        const EMFILE: i32 = 24;
-        #[cfg(target_os = "linux")]
-        const ENOBUFS: i32 = 105;
-        #[cfg(not(target_os = "linux"))]
-        const ENOBUFS: i32 = 55;
-        matches!(e.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS))
-    }
-    #[cfg(not(unix))]
-    false
-}
-
-/// The first `io::Error` in an error's source chain, if any.
-pub(crate) fn io_cause<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        current = err.source();
-    }
-    None
-}
-
-/// A short reason for a reqwest error. Its own `Display` is "error sending request for
-/// url (...)", which hides the cause, so use the I/O cause or the innermost source.
-pub(crate) fn describe(e: &(dyn Error + 'static)) -> String {
-    if let Some(io) = io_cause(e) {
-        return describe_io(io);
-    }
-    let mut innermost = e;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    innermost.to_string()
-}
-
-/// "Connection refused (os error 111)" → "connection refused".
-pub(crate) fn describe_io(e: &io::Error) -> String {
-    let text = e.to_string();
-    match (e.raw_os_error(), text.rfind(" (os error ")) {
-        (Some(_), Some(at)) => text[..at].to_lowercase(),
-        _ => text,
-    }
 }

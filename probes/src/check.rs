@@ -1,8 +1,7 @@
 //! Load-time validation of probe definitions, so a bad URL or address is reported
 //! when the playbook is read rather than discovered (or panicking) at run time.
 
-use std::net::{Ipv6Addr, SocketAddr};
-
+use crate::address::check_address;
 use crate::{HttpProbe, ProbeError, ProbeKind, ProbeSpec};
 
 /// Checks a probe kind without running it.
@@ -83,7 +82,7 @@ fn check_http_options(http: &HttpProbe) -> Result<(), ProbeError> {
                 "only applies to https:// URLs".to_owned(),
             ));
         }
-        crate::attempt::load_ca(path).map_err(|e| invalid("caFile", e))?;
+        crate::tls::load_ca(path).map_err(|e| invalid("caFile", e))?;
     }
     if let Some(name) = &http.server_name {
         if !https {
@@ -92,7 +91,7 @@ fn check_http_options(http: &HttpProbe) -> Result<(), ProbeError> {
                 "only applies to https:// URLs".to_owned(),
             ));
         }
-        crate::attempt::check_server_name(name).map_err(|e| invalid("serverName", e))?;
+        crate::tls::check_server_name(name).map_err(|e| invalid("serverName", e))?;
     }
     if http.insecure_skip_verify && http.ca_file.is_some() {
         return Err(invalid(
@@ -132,46 +131,5 @@ fn check_statuses(url: &str, expect_status: &[u16]) -> Result<(), ProbeError> {
     match expect_status.iter().find(|s| !(100..=599).contains(*s)) {
         Some(bad) => Err(invalid(format!("{bad} is not an HTTP status (100..=599)"))),
         None => Ok(()),
-    }
-}
-
-pub(crate) fn check_address(address: &str) -> Result<(), ProbeError> {
-    let invalid = |reason: &str| ProbeError::InvalidAddress {
-        address: address.to_owned(),
-        reason: reason.to_owned(),
-    };
-    // IP literals (including bracketed IPv6) are fully handled by std.
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        return if addr.port() == 0 {
-            Err(invalid("port must be in 1..=65535"))
-        } else {
-            Ok(())
-        };
-    }
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("expected host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid("port must be a number in 1..=65535"))?;
-    if port == 0 {
-        return Err(invalid("port must be in 1..=65535"));
-    }
-    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return match inner.parse::<Ipv6Addr>() {
-            Ok(_) => Ok(()),
-            Err(_) => Err(invalid("bracketed host is not an IPv6 address")),
-        };
-    }
-    // A DNS name: reject what can never resolve rather than model full RFC 1123.
-    let bad_char = |c: char| c.is_whitespace() || matches!(c, ':' | '/' | '[' | ']' | '@');
-    if host.is_empty() {
-        Err(invalid("empty host"))
-    } else if host.contains(bad_char) {
-        Err(invalid(
-            "host contains characters not allowed in a host name (IPv6 needs [brackets])",
-        ))
-    } else {
-        Ok(())
     }
 }

@@ -21,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Load-time checks: `host:port` address, authority and server name usable, TLS options
 /// only with `tls`, CA file readable.
 pub(crate) fn check(grpc: &GrpcProbe) -> Result<(), ProbeError> {
-    crate::check::check_address(&grpc.address)?;
+    crate::address::check_address(&grpc.address)?;
     let invalid = |field: &'static str, reason: String| ProbeError::InvalidGrpcOption {
         address: grpc.address.clone(),
         field,
@@ -47,7 +47,7 @@ pub(crate) fn check(grpc: &GrpcProbe) -> Result<(), ProbeError> {
         read_ca(path).map_err(|e| invalid("caFile", e))?;
     }
     if let Some(name) = &grpc.server_name {
-        crate::attempt::check_server_name(name).map_err(|e| invalid("serverName", e))?;
+        crate::tls::check_server_name(name).map_err(|e| invalid("serverName", e))?;
     }
     if grpc.insecure_skip_verify && grpc.ca_file.is_some() {
         return Err(invalid(
@@ -60,7 +60,7 @@ pub(crate) fn check(grpc: &GrpcProbe) -> Result<(), ProbeError> {
 
 fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, String> {
     // The same parse as the HTTP probe's caFile, so both reject the same files.
-    crate::attempt::load_ca(path)?;
+    crate::tls::load_ca(path)?;
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -92,7 +92,7 @@ pub(crate) fn endpoint(grpc: &GrpcProbe) -> Result<Endpoint, String> {
         } else {
             endpoint.tls_config(tls.with_native_roots())
         }
-        .map_err(|e| format!("tls: {}", crate::attempt::describe(&e)))?;
+        .map_err(|e| format!("tls: {}", crate::error_text::describe(&e)))?;
     }
     Ok(endpoint)
 }
@@ -148,12 +148,12 @@ fn service_label(service: &str) -> String {
 }
 
 fn classify_connect(e: &tonic::transport::Error) -> Outcome {
-    if let Some(io) = crate::attempt::io_cause(e)
-        && crate::attempt::is_local_exhaustion(io)
+    if let Some(io) = crate::error_text::io_cause(e)
+        && crate::error_text::is_local_exhaustion(io)
     {
-        return Outcome::Unknown(format!("local: {}", crate::attempt::describe_io(io)));
+        return Outcome::Unknown(format!("local: {}", crate::error_text::describe_io(io)));
     }
-    Outcome::Unhealthy(format!("connect: {}", crate::attempt::describe(e)))
+    Outcome::Unhealthy(format!("connect: {}", crate::error_text::describe(e)))
 }
 
 fn classify_status(service: &str, s: &tonic::Status) -> Outcome {

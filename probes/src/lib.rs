@@ -10,12 +10,15 @@
 //! Prometheus text and OpenMetrics formats) and [`scrape`] (series selection, counter
 //! increases with resets, and an error-ratio signal over a window of scrapes).
 
+mod address;
 mod attempt;
 mod check;
+mod error_text;
 pub mod exposition;
 mod grpc;
 mod schedule;
 pub mod scrape;
+mod tls;
 mod window;
 
 use std::path::PathBuf;

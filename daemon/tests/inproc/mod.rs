@@ -5,15 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use failoverd::audit::AuditLog;
 use failoverd::auth::{Tokens, hash_token};
-use failoverd::overrides::OverrideStore;
-use failoverd::playbook::{self, Loaded, Playbook};
+use failoverd::playbook::Playbook;
 use failoverd::routing::{FileStore, RoutingStore};
-use failoverd::runtime::{Runtime, Shared};
+use failoverd::runtime::Shared;
 use failoverd::standin::StandIn;
 use tokio::sync::watch;
 
@@ -45,19 +43,14 @@ impl InProc {
         wrap: impl FnOnce(FileStore) -> Arc<dyn RoutingStore>,
         token: Option<&str>,
     ) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let primary = StandIn::start("primary", loopback).await.unwrap();
-        let dr = StandIn::start("dr", loopback).await.unwrap();
-        let text = failoverd::demo::PLAYBOOK
-            .replace("127.0.0.1:18081", &primary.addr().to_string())
-            .replace("127.0.0.1:18082", &dr.addr().to_string());
-        let pb = playbook::parse("demo.yaml", &text).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let files = FileStore::new(dir.path().join("routes"));
-        let vs_path = files.path(&pb);
-        std::fs::create_dir_all(vs_path.parent().unwrap()).unwrap();
-        std::fs::write(&vs_path, failoverd::demo::VIRTUAL_SERVICE).unwrap();
+        let crate::support::Demo {
+            dir,
+            primary,
+            dr,
+            pb,
+            store: files,
+            ..
+        } = crate::support::Demo::new().await;
         let tokens = match token {
             Some(t) => format!(
                 "- {{ identity: \"oncall@test\", role: operator, sha256: \"{}\" }}\n",
@@ -66,37 +59,18 @@ impl InProc {
             None => "[]\n".into(),
         };
         std::fs::write(dir.path().join("tokens.yaml"), tokens).unwrap();
-        let loaded = vec![Loaded {
-            file: "demo.yaml".into(),
-            playbook: pb.clone(),
-        }];
+        let loaded = crate::support::loaded(&pb);
         let shared = Arc::new(Shared::new(&loaded));
-        let audit_path = dir.path().join("audit.jsonl");
-        let rt = Runtime {
-            playbooks: loaded,
-            store: wrap(files.clone()),
-            audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-            overrides: OverrideStore::open(&dir.path().join("overrides.json")).unwrap(),
-            prometheus: None,
-            prometheus_client: None,
-        };
+        let (rt, audit_path) = crate::support::runtime(loaded, wrap(files.clone()), dir.path());
         let tokens = Tokens::load(&dir.path().join("tokens.yaml")).unwrap();
-        let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(failoverd::cli::serve(
+        let crate::support::Served { addr, stop, task } = crate::support::serve_ready(
             rt,
-            shared.clone(),
-            Arc::new(tokens),
+            &shared,
+            tokens,
             audit_path.clone(),
-            listener,
-            stop_rx,
-        ));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !shared.ready.load(std::sync::atomic::Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "daemon never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Duration::from_secs(20),
+        )
+        .await;
         Self {
             shared,
             audit_path,

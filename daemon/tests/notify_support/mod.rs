@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,23 +14,19 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use failoverd::audit::AuditLog;
 use failoverd::auth::Tokens;
 use failoverd::engine::Routing;
 use failoverd::notify::Notifier;
-use failoverd::overrides::OverrideStore;
-use failoverd::playbook::{self, Loaded, Playbook};
+use failoverd::playbook::Playbook;
 use failoverd::routing::{FileStore, RoutingStore};
-use failoverd::runtime::{Runtime, Shared};
+use failoverd::runtime::Shared;
 use failoverd::standin::StandIn;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::support::install_crypto;
 
 /// One request a receiver got.
 #[derive(Clone, Debug)]
@@ -264,10 +260,6 @@ pub fn am_alerts(hit: &Hit) -> Vec<(String, String, String, String)> {
         .unwrap_or_default()
 }
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/examples")
-}
-
 /// The daemon in-process on the demo playbook, with stand-ins and a temporary file store.
 pub struct Daemon {
     pub primary: StandIn,
@@ -284,52 +276,27 @@ impl Daemon {
     /// Starts it with `notifier` built by `make` (given the daemon's metrics) and waits
     /// until ready.
     pub async fn start(make: impl FnOnce(&Shared) -> Notifier) -> Self {
-        install_crypto();
-        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let primary = StandIn::start("primary", loopback).await.unwrap();
-        let dr = StandIn::start("dr", loopback).await.unwrap();
-        let text = std::fs::read_to_string(examples().join("demo.yaml"))
-            .unwrap()
-            .replace("127.0.0.1:18081", &primary.addr().to_string())
-            .replace("127.0.0.1:18082", &dr.addr().to_string());
-        let pb = playbook::parse("demo.yaml", &text).unwrap();
-        assert!(pb.validate("demo.yaml").is_empty());
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path().join("routes"));
-        let vs_path = store.path(&pb);
-        std::fs::create_dir_all(vs_path.parent().unwrap()).unwrap();
-        std::fs::copy(examples().join("demo-virtualservice.yaml"), &vs_path).unwrap();
-        let loaded = vec![Loaded {
-            file: "demo.yaml".into(),
-            playbook: pb.clone(),
-        }];
+        let crate::support::Demo {
+            dir,
+            primary,
+            dr,
+            pb,
+            store,
+            ..
+        } = crate::support::Demo::new().await;
+        let loaded = crate::support::loaded(&pb);
         let mut shared = Shared::new(&loaded);
         shared.notifier = make(&shared);
         let shared = Arc::new(shared);
-        let audit_path = dir.path().join("audit.jsonl");
-        let rt = Runtime {
-            playbooks: loaded,
-            store: Arc::new(store.clone()),
-            audit: Arc::new(Mutex::new(AuditLog::open(&audit_path).unwrap())),
-            overrides: OverrideStore::open(&dir.path().join("overrides.json")).unwrap(),
-            prometheus: None,
-            prometheus_client: None,
-        };
-        let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(failoverd::cli::serve(
+        let (rt, audit_path) = crate::support::runtime(loaded, Arc::new(store.clone()), dir.path());
+        let crate::support::Served { stop, task, .. } = crate::support::serve_ready(
             rt,
-            shared.clone(),
-            Arc::new(Tokens::none()),
+            &shared,
+            Tokens::none(),
             audit_path,
-            listener,
-            stop_rx,
-        ));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !shared.ready.load(Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "daemon never became ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            Duration::from_secs(20),
+        )
+        .await;
         Self {
             primary,
             dr,

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::app::ServeOptions;
 use crate::audit::{self, AuditLog};
 use crate::auth::Tokens;
 use crate::engine::Routing;
@@ -24,9 +25,10 @@ use crate::runtime::{Runtime, Shared};
 use crate::standin::StandIn;
 
 /// The example playbook the demo runs (ports are replaced with free ones at start).
-pub const PLAYBOOK: &str = include_str!("../../playbooks/examples/demo.yaml");
+pub const PLAYBOOK: &str = include_str!("../../../playbooks/examples/demo.yaml");
 /// The VirtualService the demo starts from.
-pub const VIRTUAL_SERVICE: &str = include_str!("../../playbooks/examples/demo-virtualservice.yaml");
+pub const VIRTUAL_SERVICE: &str =
+    include_str!("../../../playbooks/examples/demo-virtualservice.yaml");
 
 /// Longest the demo waits for any one stage before it gives up (exit 1).
 const STAGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,13 +109,14 @@ pub async fn run() -> anyhow::Result<()> {
         prometheus_client: None,
     };
     // The demo drives no operator calls, so the API runs without tokens (refusing all).
-    let daemon = tokio::spawn(crate::cli::serve(
+    let daemon = tokio::spawn(crate::app::serve(
         rt,
         shared.clone(),
         Arc::new(Tokens::none()),
         audit_path.clone(),
         listener,
         stop_rx,
+        ServeOptions::default(),
     ));
 
     println!(

@@ -1,0 +1,141 @@
+//! One-shot commands that check things and exit: `validate`, `audit verify`, `plan`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::RunArgs;
+use crate::audit;
+use crate::config::StoreSpec;
+use crate::engine::Routing;
+use crate::playbook::{self, Problems};
+use crate::routing::{self, FileStore};
+
+pub(super) async fn validate(
+    paths: &[PathBuf],
+    config: Option<PathBuf>,
+    prometheus: Option<&str>,
+) -> ExitCode {
+    let checked = match config {
+        // Exactly what `run --config FILE [--prometheus URL]` checks before it starts.
+        Some(config) => RunArgs {
+            config: Some(config),
+            prometheus: prometheus.map(String::from),
+            ..RunArgs::default()
+        }
+        .checked_settings()
+        .and_then(|s| crate::validate::check(&s))
+        .map(|set| (set.playbooks, set.drills)),
+        None => crate::validate::check_paths(paths),
+    };
+    let (loaded, drills) = match checked {
+        Ok(set) => set,
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{} problem(s)", problems.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    for l in &loaded {
+        println!("{}: ok ({})", l.file.display(), l.playbook.name());
+    }
+    for d in &drills {
+        println!("{}: ok (drill {})", d.file.display(), d.name());
+    }
+    let has_slos = loaded.iter().any(|l| !l.playbook.spec.slos.is_empty());
+    if prometheus.is_some() && has_slos {
+        let http = match reqwest::Client::builder().build() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot build an HTTP client: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let problems =
+            crate::slo::check_live(&loaded, prometheus, &crate::slo::PromClient::new(http)).await;
+        for (pb, slo, p) in &problems {
+            eprintln!("playbook {pb}: slos {slo}: {p}");
+        }
+        if !problems.is_empty() {
+            eprintln!("{} problem(s) against the live Prometheus", problems.len());
+            return ExitCode::FAILURE;
+        }
+        println!("every SLO query runs on the live Prometheus");
+    }
+    ExitCode::SUCCESS
+}
+
+pub(super) fn verify(file: &std::path::Path) -> ExitCode {
+    match audit::verify(file) {
+        Ok(v) => {
+            println!("{}: {} records, chain intact", file.display(), v.records);
+            if let Some(n) = v.torn_tail {
+                println!(
+                    "{}: torn last line ({n} bytes): a write cut short by a crash; failoverd removes it (and records that) when it next opens the log",
+                    file.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(super) async fn plan(
+    path: &std::path::Path,
+    store: &StoreSpec,
+    failback: bool,
+    target: Option<usize>,
+) -> anyhow::Result<()> {
+    let loaded = playbook::load_file(path).map_err(|p| anyhow::anyhow!("{}", Problems(p)))?;
+    let pb = &loaded.playbook;
+    let (name, mut vs) = match store {
+        StoreSpec::File(dir) => {
+            let file = FileStore::new(dir).path(pb);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let name = file.display().to_string();
+            let vs: serde_json::Value = serde_saphyr::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}", playbook::yaml_problem(&name, &e)))?;
+            (name, vs)
+        }
+        StoreSpec::Kubernetes(options) => {
+            let store = crate::routing::kube::KubeStore::connect(options.clone()).await?;
+            let vs = store.object(pb).await?;
+            (format!("kubernetes:{}", pb.spec.virtual_service), vs)
+        }
+    };
+    let text = serde_saphyr::to_string(&vs)?;
+    let current = routing::view(&vs, pb)?;
+    let to = if failback {
+        Routing::Primary
+    } else {
+        let t = target.unwrap_or(0);
+        if pb.destination(playbook::Target::Failover(t)).is_none() {
+            anyhow::bail!("failover[{t}] does not exist in {}", path.display());
+        }
+        Routing::Failover { target: t }
+    };
+    routing::apply(&mut vs, pb, to, None)?;
+    let before = serde_saphyr::to_string(&serde_saphyr::from_str::<serde_json::Value>(&text)?)?;
+    let after = serde_saphyr::to_string(&vs)?;
+    println!("# playbook {}: {} -> {to}", pb.name(), current.routing);
+    if !failback {
+        println!(
+            "# at run time the first failover target known healthy wins; this plans failover[{}]",
+            target.unwrap_or(0)
+        );
+    }
+    if before == after {
+        println!("# no change: the store already holds this routing");
+        return Ok(());
+    }
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    print!(
+        "{}",
+        diff.unified_diff().context_radius(3).header(&name, &name)
+    );
+    Ok(())
+}

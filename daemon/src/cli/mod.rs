@@ -1,0 +1,363 @@
+//! The command line: one binary for the daemon, its checks and its demo.
+//!
+//! `mod.rs` holds the arguments and the dispatch; `run` starts the daemon from them,
+//! `commands` the one-shot checks (`validate`, `audit verify`, `plan`), `client` the
+//! override API's client commands and `demo` the self-contained demo. The daemon itself
+//! is wired in [`crate::app`], below both `run` and the demo.
+
+pub mod client;
+mod commands;
+pub mod demo;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use run::RunArgs;
+
+use crate::config::StoreSpec;
+use crate::playbook;
+use client::Conn;
+use commands::{plan, validate, verify};
+use run::run;
+
+/// failoverd: emergency failover control for services on an Istio mesh.
+#[derive(Debug, Parser)]
+#[command(name = "failoverd", version, about)]
+pub struct Cli {
+    /// Log format: `text` (human; colours on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `failoverd=debug`.
+    #[arg(long, global = true, env = "FAILOVERD_LOG")]
+    pub log: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Validate playbook files or directories, or (`--config FILE`) the whole configuration
+    /// set exactly as `run --config FILE` checks it; prints `file:line:col: message` per
+    /// problem and exits 1 when there is one.
+    Validate {
+        /// Files or directories (playbooks and drills).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        paths: Vec<PathBuf>,
+        /// The daemon's config file: check everything `run --config FILE` would (playbooks,
+        /// drills, SLO and drill servers, store directory, token file, notification sinks,
+        /// config keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also run every SLO query against this live Prometheus (and each SLO's own server);
+        /// with --config it is also the default server, as `run --prometheus`.
+        #[arg(long)]
+        prometheus: Option<String>,
+    },
+    /// Show the exact routing change a failover (or failback) would write; writes nothing.
+    Plan {
+        /// The playbook file.
+        playbook: PathBuf,
+        /// Where the VirtualService lives: `file:DIR` or `kubernetes`.
+        #[arg(long)]
+        store: StoreSpec,
+        /// Kubeconfig for `--store kubernetes`.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context for `--store kubernetes`.
+        #[arg(long)]
+        context: Option<String>,
+        /// Plan the failback instead of the failover.
+        #[arg(long)]
+        failback: bool,
+        /// Failover target index (default 0; at run time the first *healthy* target wins).
+        #[arg(long)]
+        target: Option<usize>,
+    },
+    /// A self-contained run: stand-in services on loopback, a temporary file store, a fault
+    /// and a recovery, shown as a live timeline.
+    Demo,
+    /// Audit log tools.
+    Audit {
+        /// Audit subcommand.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the playbook JSON Schema.
+    Schema,
+    /// Show every playbook's state (or one playbook's, in detail).
+    Status {
+        /// One playbook.
+        name: Option<String>,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Explain one playbook: state, signals, overrides, recent moves, audit trail.
+    Why {
+        /// The playbook.
+        name: String,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Force a failover and hold it for a TTL (operator role).
+    Failover {
+        /// The playbook.
+        name: String,
+        /// Why (goes into the audit log).
+        #[arg(long)]
+        reason: String,
+        /// How long to hold (default 1h, at most 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// `failover[N]` or N (default: the first healthy target).
+        #[arg(long)]
+        target: Option<String>,
+        /// Route there even if failoverd believes it unhealthy.
+        #[arg(long)]
+        force: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Return to the original route now (operator role).
+    Failback {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Even if the primary is not known healthy.
+        #[arg(long)]
+        force: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop automatic moves for a while, like a silence (operator role).
+    Freeze {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// How long (default 1h, at most 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Chaos drills (client of the override API).
+    Drill {
+        /// Drill subcommand.
+        #[command(subcommand)]
+        command: DrillCommand,
+    },
+    /// Release freezes and holds: automation back in control (operator role).
+    Resume {
+        /// The playbook.
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `drill` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Start a drill now (operator role); with --wait, follow it and print its report.
+    Run {
+        /// The drill (`metadata.name`).
+        name: String,
+        /// Why (goes into the audit log and the report).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Run on a blocked date or outside the allowed windows (never past a safety rule).
+        #[arg(long)]
+        force: bool,
+        /// Wait for the verdict and print the report; exit 0 only when it passed.
+        #[arg(long)]
+        wait: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the drill JSON Schema.
+    Schema,
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Validate {
+            paths,
+            config,
+            prometheus,
+        } => {
+            return validate(&paths, config, prometheus.as_deref()).await;
+        }
+        Command::Plan {
+            playbook,
+            store,
+            kubeconfig,
+            context,
+            failback,
+            target,
+        } => {
+            plan(
+                &playbook,
+                &store.with_kube(kubeconfig, context, None, None),
+                failback,
+                target,
+            )
+            .await
+        }
+        Command::Demo => demo::run().await,
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => return verify(&file),
+        Command::Status { name, conn } => return client::status(&conn, name.as_deref()).await,
+        Command::Why { name, conn } => return client::why(&conn, &name).await,
+        Command::Failover {
+            name,
+            reason,
+            ttl,
+            target,
+            force,
+            conn,
+        } => {
+            return client::act(
+                &conn,
+                "failover",
+                &name,
+                client::body(&reason, ttl.as_deref(), target.as_deref(), force),
+            )
+            .await;
+        }
+        Command::Failback {
+            name,
+            reason,
+            force,
+            conn,
+        } => {
+            return client::act(
+                &conn,
+                "failback",
+                &name,
+                client::body(&reason, None, None, force),
+            )
+            .await;
+        }
+        Command::Freeze {
+            name,
+            reason,
+            ttl,
+            conn,
+        } => {
+            return client::act(
+                &conn,
+                "freeze",
+                &name,
+                client::body(&reason, ttl.as_deref(), None, false),
+            )
+            .await;
+        }
+        Command::Drill {
+            command:
+                DrillCommand::Run {
+                    name,
+                    reason,
+                    force,
+                    wait,
+                    conn,
+                },
+        } => return client::drill_run(&conn, &name, reason.as_deref(), force, wait).await,
+        Command::Drill {
+            command: DrillCommand::Schema,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::drill::spec::json_schema())
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Resume { name, reason, conn } => {
+            return client::act(
+                &conn,
+                "resume",
+                &name,
+                client::body(&reason, None, None, false),
+            )
+            .await;
+        }
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&playbook::json_schema()).unwrap_or_default()
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("failoverd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts logging to stderr.
+pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            // Control characters in fields (a `reason` with a newline) are escaped, so no
+            // caller can forge a log line.
+            let ansi = std::io::stderr().is_terminal();
+            builder
+                .with_ansi(ansi)
+                .with_writer(crate::log_escape::Escaping { ansi })
+                .init()
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! `failoverd run`: the flags (merged over the config file and checked), then the start
+//! of the daemon from them: store, audit, leadership, reload watcher and notifier, handed
+//! to [`crate::app::serve`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::app::{ServeOptions, serve};
+use crate::audit::AuditLog;
+use crate::config::{FileConfig, Settings, StoreSpec};
+use crate::overrides::OverrideStore;
+use crate::playbook::{self, Problems};
+use crate::runtime::{Runtime, Shared};
+
+/// `run` flags; each may also come from `--config`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// YAML config file with the keys below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Playbook directory (or file).
+    #[arg(long)]
+    pub playbooks: Option<PathBuf>,
+    /// Route store: `file:DIR` or `kubernetes`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Kubeconfig for `--store kubernetes` (default: in-cluster, else $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for `--store kubernetes` (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Kubernetes API requests per second, shared by all playbooks (default 50).
+    #[arg(long)]
+    pub kube_qps: Option<u32>,
+    /// Kubernetes API requests allowed in a burst above --kube-qps (default 100).
+    #[arg(long)]
+    pub kube_burst: Option<u32>,
+    /// HTTP listen address (health, readiness, metrics).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Audit log file (JSON Lines, hash-chained).
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    /// Token file for the override API (YAML: `- { identity, role, sha256 }`).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Override state file (default: `overrides.json` beside the audit log).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Default Prometheus server for SLOs (a playbook SLO may name its own `server`).
+    #[arg(long)]
+    pub prometheus: Option<String>,
+    /// Hold every automatic failover when more than this many playbooks are breaching or
+    /// failed over at once (blast radius; 0, the default, turns the rule off).
+    #[arg(long)]
+    pub max_concurrent_failovers: Option<usize>,
+    /// Elect a leader among replicas on a Lease (needs `--store kubernetes`); identity from
+    /// `POD_NAME`. Timing from `leaderElection:` in the config file.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Most API connections open at once (default 512; lowered to fit the open-file limit
+    /// after the probes' share).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Serve the API over HTTPS with this certificate chain (PEM; re-read when it changes).
+    /// Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Merges flags over the config file; a problem refuses the start
+    /// (`refusing to start: invalid config` and the located problems).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.checked_settings()
+            .map_err(|p| anyhow::anyhow!("refusing to start: invalid config\n{p}"))
+    }
+
+    /// Merges flags over the config file. Each problem names the key and, when the value
+    /// came from the config file, the file, line and column; a value from a flag names the
+    /// flag. Notification sinks are checked here too (URLs, durations, templates, secret
+    /// files), so a bad sink refuses the start instead of failing at 3 a.m.
+    pub fn checked_settings(&self) -> Result<Settings, Problems> {
+        let cfg = self.config.as_deref();
+        let file = match cfg {
+            Some(p) => FileConfig::load(p).map_err(|p| Problems(vec![p]))?,
+            None => FileConfig::default(),
+        };
+        let named = crate::validate::screen_named_files(&file, cfg);
+        if !named.is_empty() {
+            return Err(Problems(named));
+        }
+        // A key's problem: located in the config file, or naming the flag it came from.
+        let at = |from_flag: bool, key: &str, flag: &str, message: String| {
+            if from_flag || cfg.is_none() {
+                playbook::Problem {
+                    file: flag.into(),
+                    line: 0,
+                    column: 0,
+                    field: key.into(),
+                    message,
+                }
+            } else {
+                crate::validate::config_problem(cfg, key, message)
+            }
+        };
+        let mut problems = Vec::new();
+        let playbooks = self.playbooks.clone().or(file.playbooks.clone());
+        if playbooks.is_none() {
+            problems.push(at(
+                true,
+                "playbooks",
+                "--playbooks",
+                "no playbooks: pass --playbooks DIR or `playbooks:` in --config (or try `failoverd demo`)".into(),
+            ));
+        }
+        let store = match self.store.clone().or(file.store.clone()) {
+            None => {
+                problems.push(at(
+                    true,
+                    "store",
+                    "--store",
+                    "no store: pass --store file:DIR or --store kubernetes".into(),
+                ));
+                None
+            }
+            Some(s) => match s.parse::<StoreSpec>() {
+                Ok(store) => Some(store.with_kube(
+                    self.kubeconfig.clone().or(file.kubeconfig.clone()),
+                    self.context.clone().or(file.kube_context.clone()),
+                    self.kube_qps.or(file.kube_qps),
+                    self.kube_burst.or(file.kube_burst),
+                )),
+                Err(e) => {
+                    problems.push(at(self.store.is_some(), "store", "--store", e));
+                    None
+                }
+            },
+        };
+        let listen_text = self
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = match listen_text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(at(
+                    self.listen.is_some(),
+                    "listen",
+                    "--listen",
+                    format!("invalid listen address `{listen_text}`: {e}"),
+                ));
+                None
+            }
+        };
+        let audit = self.audit.clone().or(file.audit.clone());
+        if audit.is_none() {
+            problems.push(at(
+                true,
+                "audit",
+                "--audit",
+                "no audit log: pass --audit FILE".into(),
+            ));
+        }
+        if let Some(n) = &file.notify
+            && let Err(e) = n.resolve()
+        {
+            problems.push(crate::validate::config_problem(cfg, &e.field, e.message));
+        }
+        let leader_election = match file
+            .leader_election
+            .clone()
+            .unwrap_or_default()
+            .resolve(self.leader_elect)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(at(false, "leaderElection", "--leader-elect", e));
+                None
+            }
+        };
+        if leader_election.is_some() && !matches!(store, Some(StoreSpec::Kubernetes(_)) | None) {
+            problems.push(at(
+                !file.leader_election.as_ref().is_some_and(|l| l.enabled),
+                "leaderElection",
+                "--leader-elect",
+                "leader election needs `--store kubernetes` (the Lease lives in the cluster)"
+                    .into(),
+            ));
+        }
+        let external_url = match &file.external_url {
+            Some(u) => match reqwest::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                Ok(_) => {
+                    problems.push(at(
+                        false,
+                        "externalUrl",
+                        "--config",
+                        format!("invalid URL `{u}`: the scheme must be http or https"),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(at(
+                        false,
+                        "externalUrl",
+                        "--config",
+                        format!("invalid URL `{u}`: {e}"),
+                    ));
+                    None
+                }
+            },
+            None => listen.map(|l| format!("http://{l}")),
+        };
+        let prometheus_client = match file.prometheus_client.as_ref().map(|c| c.build()) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                problems.push(at(false, "prometheusClient", "--config", e.to_string()));
+                None
+            }
+        };
+        let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
+            (playbooks, store, listen, audit, external_url)
+        else {
+            return Err(Problems(problems));
+        };
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let state = self
+            .state
+            .clone()
+            .or(file.state)
+            .unwrap_or_else(|| audit.with_file_name("overrides.json"));
+        Ok(Settings {
+            config: self.config.clone(),
+            playbooks: vec![playbooks],
+            store,
+            listen,
+            audit,
+            tokens: self.tokens.clone().or(file.tokens),
+            state,
+            prometheus: self.prometheus.clone().or(file.prometheus),
+            prometheus_client,
+            notify: file.notify,
+            external_url,
+            max_concurrent_failovers: self
+                .max_concurrent_failovers
+                .or(file.max_concurrent_failovers)
+                .unwrap_or(0),
+            leader_election,
+            max_connections: self.max_connections.or(file.max_connections),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => file.tls.map(|t| crate::tls::TlsFiles {
+                    cert: t.cert_file,
+                    key: t.key_file,
+                }),
+            },
+        })
+    }
+}
+
+pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    // The one gate (the same as reload's and `failoverd validate --config`'s).
+    let set = crate::validate::check(&settings)
+        .map_err(|p| anyhow::anyhow!("refusing to start: the configuration set is invalid\n{p}"))?;
+    let crate::validate::ValidSet {
+        playbooks: loaded,
+        drills,
+        tokens,
+        notify,
+    } = set;
+    // With election, the Lease is held through the same client as the routing writes, the
+    // store checks the lease before every write it sends, and operator overrides are kept in
+    // the cluster for the next leader.
+    let mut leadership = Arc::new(crate::leader::Leadership::always());
+    let (store, kube_client): (Arc<dyn crate::routing::RoutingStore>, Option<kube::Client>) =
+        match &settings.store {
+            StoreSpec::Kubernetes(options) => {
+                let mut s = crate::routing::kube::KubeStore::connect(options.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("store kubernetes: {e}"))?;
+                if let Some(election) = &settings.leader_election {
+                    leadership = Arc::new(crate::leader::Leadership::elected(Some(
+                        crate::leader::ClusterState::new(s.client().clone(), election),
+                    )));
+                    s.set_fence(leadership.clone());
+                }
+                let client = s.client().clone();
+                (Arc::new(s), Some(client))
+            }
+            other => (other.open().await?, None),
+        };
+    if settings.tokens.is_none() {
+        warn!(
+            "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
+        );
+    }
+    let audit = AuditLog::open(&settings.audit)?;
+    let overrides = OverrideStore::open(&settings.state)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    info!(
+        playbooks = loaded.len(),
+        store = %store.describe(),
+        listen = %listener.local_addr()?,
+        audit = %settings.audit.display(),
+        "failoverd starting"
+    );
+    let (tx, rx) = watch::channel(false);
+    let reload_stop = tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown signal received");
+        let _ = tx.send(true);
+        // A second signal aborts at once (the drain is stuck).
+        shutdown_signal().await;
+        error!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    // Status first (it keeps its own shared copy of each playbook), then the playbooks move
+    // into the runtime: at a thousand playbooks every extra copy is megabytes.
+    let mut shared = Shared::new(&loaded);
+    let n_playbooks = loaded.len();
+    let rt = Runtime {
+        playbooks: loaded,
+        store,
+        audit: Arc::new(Mutex::new(audit)),
+        overrides,
+        prometheus: settings.prometheus.clone(),
+        prometheus_client: settings.prometheus_client.clone(),
+    };
+    // The watcher re-reads the config (and so the files it names) from the same arguments
+    // and runs the same gate as above, so a reload never re-executes into a refused start.
+    let mut watched = settings.playbooks.clone();
+    watched.extend(settings.config.clone());
+    let gate_args = args.clone();
+    let running = settings.clone();
+    crate::reload::spawn_watcher(
+        watched,
+        Arc::new(move || {
+            let new = gate_args.checked_settings()?;
+            let restart = crate::validate::check_restart(&running, &new);
+            match crate::validate::check(&new) {
+                Ok(set) if restart.is_empty() => Ok(set.playbooks.len()),
+                Ok(_) => Err(Problems(restart)),
+                Err(mut p) => {
+                    p.0.extend(restart);
+                    Err(p)
+                }
+            }
+        }),
+        shared.reload.clone(),
+        reload_stop,
+    );
+    shared.leader = leadership.clone();
+    {
+        // failoverd_leader follows the lease (the fence itself is checked at each write).
+        let gauge = shared.metrics.leader.clone();
+        let mut changes = leadership.subscribe();
+        gauge.set(i64::from(*changes.borrow_and_update()));
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                gauge.set(i64::from(*changes.borrow_and_update()));
+            }
+        });
+    }
+    if let (Some(election), Some(client)) = (&settings.leader_election, kube_client) {
+        info!(identity = %election.identity, lease = %format!("{}/{}", election.namespace, election.name), "leader election on: standby until the lease is won");
+        let election = election.clone();
+        let stop = rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::leader::run(client, election, leadership, stop).await {
+                // Lost the lease: stop at once and restart clean; the new leader rebuilds
+                // state from the cluster. Never write on a stale belief.
+                error!("leadership lost: {e}; exiting so the replica restarts as a standby");
+                std::process::exit(3);
+            }
+        });
+    }
+    shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
+        n_playbooks,
+        settings.max_concurrent_failovers,
+    ));
+    if let Some(n) = notify {
+        shared.notifier = crate::notify::Notifier::start_resolved(
+            n,
+            &settings.external_url,
+            Some(&shared.metrics),
+        )
+        .map_err(|e| anyhow::anyhow!("refusing to start: invalid config: {e}"))?;
+        info!(notifier = ?shared.notifier, "notifications enabled");
+    }
+    // Drill reports and in-flight records live beside the override state.
+    let drill_dir = settings
+        .state
+        .parent()
+        .map_or_else(|| PathBuf::from("drills"), |p| p.join("drills"));
+    let result = serve(
+        rt,
+        Arc::new(shared),
+        Arc::new(tokens),
+        settings.audit.clone(),
+        listener,
+        rx,
+        ServeOptions {
+            drills: Some((drills, drill_dir)),
+            listener: crate::server::ListenerOptions {
+                max_connections: settings.max_connections,
+                tls: settings.tls.clone(),
+            },
+        },
+    )
+    .await;
+    // A valid changed playbook set: drained above, now start over with it (same PID).
+    if result.is_ok() && crate::reload::restart_requested() {
+        info!("restarting with the new playbook set");
+        let e = crate::reload::reexec();
+        anyhow::bail!("cannot restart with the new playbook set: {e}");
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

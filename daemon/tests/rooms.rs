@@ -1,0 +1,174 @@
+#![allow(clippy::unwrap_used)]
+//! The layout rules of the rooms, read from the source text: inside each room (a folder
+//! module of the daemon, or the flat `probes` crate) the files' imports of each other form
+//! no circle, and no file is longer than the room limit. A circle means two files that
+//! cannot be read or changed apart; the fix is to move the shared piece into a leaf file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Longest source file a room may hold (issue 20: "no source file above ~800 lines").
+const MAX_LINES: usize = 800;
+
+/// The daemon's folder rooms checked here (add a room once it is split).
+const DAEMON_ROOMS: [&str; 3] = ["api", "notify", "cli"];
+
+fn daemon_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// The files of one folder, by module name, with their text up to the unit tests (a test
+/// module may import anything from its parent).
+fn room_files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            out.insert(name, code);
+        }
+    }
+    out
+}
+
+/// Which sibling modules each file names through one of `prefixes` (`super::`,
+/// `crate::api::`, ...). The folder's root file (`mod.rs` / `lib.rs`) declares the others
+/// and is left out.
+fn sibling_graph(
+    files: &BTreeMap<String, String>,
+    root: &str,
+    prefixes: &[String],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let names: BTreeSet<&str> = files.keys().map(String::as_str).collect();
+    let mut graph = BTreeMap::new();
+    for (name, text) in files.iter().filter(|(n, _)| n.as_str() != root) {
+        let mut deps = BTreeSet::new();
+        for prefix in prefixes {
+            for (at, _) in text.match_indices(prefix.as_str()) {
+                let rest = &text[at + prefix.len()..];
+                let ident: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if ident != *name && ident != root && names.contains(ident.as_str()) {
+                    deps.insert(ident);
+                }
+            }
+        }
+        graph.insert(name.clone(), deps);
+    }
+    graph
+}
+
+/// One circle in `graph`, if there is any.
+fn find_circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        node: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut circle = path[at..].to_vec();
+            circle.push(node.to_string());
+            return Some(circle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(graph, next, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(graph, n, &mut Vec::new(), &mut done))
+}
+
+fn long_files(dir: &Path) -> Vec<(String, usize)> {
+    room_files(dir)
+        .keys()
+        .filter_map(|name| {
+            let path = dir.join(format!("{name}.rs"));
+            let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+            (lines > MAX_LINES).then(|| (path.display().to_string(), lines))
+        })
+        .collect()
+}
+
+/// Ensures the files inside each daemon room import each other without a circle.
+#[test]
+fn daemon_rooms_have_no_import_circles() {
+    for room in DAEMON_ROOMS {
+        let files = room_files(&daemon_src().join(room));
+        assert!(
+            files.len() > 2,
+            "room {room} has too few files to be a folder"
+        );
+        let prefixes = ["super::".to_string(), format!("crate::{room}::")];
+        let graph = sibling_graph(&files, "mod", &prefixes);
+        assert_eq!(
+            find_circle(&graph),
+            None,
+            "import circle in daemon/src/{room}/"
+        );
+    }
+}
+
+/// Ensures the probes crate's modules import each other without a circle.
+#[test]
+fn probes_modules_have_no_import_circles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes/src");
+    let files = room_files(&dir);
+    let graph = sibling_graph(&files, "lib", &["crate::".to_string()]);
+    assert_eq!(find_circle(&graph), None, "import circle in probes/src/");
+}
+
+/// Ensures no file of a checked room is longer than [`MAX_LINES`].
+#[test]
+fn room_files_stay_short() {
+    let mut long = Vec::new();
+    for room in DAEMON_ROOMS {
+        long.extend(long_files(&daemon_src().join(room)));
+    }
+    long.extend(long_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes/src"),
+    ));
+    assert!(long.is_empty(), "files above {MAX_LINES} lines: {long:?}");
+}
+
+/// The checker itself finds a circle where there is one (so the tests above can fail).
+#[test]
+fn the_checker_finds_a_planted_circle() {
+    let files: BTreeMap<String, String> = [
+        ("mod", "mod a; mod b; mod c;"),
+        ("a", "use super::b::X;"),
+        ("b", "use super::c::Y;"),
+        ("c", "fn f() { crate::room::a::g() }"),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_string(), t.to_string()))
+    .collect();
+    let prefixes = ["super::".to_string(), "crate::room::".to_string()];
+    let circle = find_circle(&sibling_graph(&files, "mod", &prefixes)).unwrap();
+    assert_eq!(circle, ["a", "b", "c", "a"]);
+    let mut acyclic = files.clone();
+    acyclic.insert("c".into(), "fn f() {}".into());
+    assert_eq!(
+        find_circle(&sibling_graph(&acyclic, "mod", &prefixes)),
+        None
+    );
+}
