@@ -30,7 +30,8 @@ async fn setup() -> (Emulator, tempfile::TempDir, ClusterState) {
         .unwrap();
     let state = ClusterState::new(
         Client::try_from(config).unwrap(),
-        &ElectionConfig::default(),
+        &ElectionConfig::default().namespace,
+        &ElectionConfig::default().name,
     );
     (emu, dir, state)
 }

@@ -13,9 +13,10 @@ use tracing::info;
 
 use crate::api::ApiState;
 use crate::auth::Tokens;
+use crate::control::{self, Runtime};
 use crate::drill::LoadedDrill;
-use crate::runtime::{self, Runtime, Shared};
 use crate::server::ListenerOptions;
+use crate::shared::Shared;
 
 /// What [`serve`] can do beyond the runtime and the API; the default is what the demo and
 /// most tests want: no drills, the default connection cap, plain HTTP.
@@ -108,7 +109,7 @@ pub async fn serve(
         tls,
         shutdown.clone(),
     ));
-    let result = runtime::run(rt, shared, control_rx, shutdown).await;
+    let result = control::run(rt, shared, control_rx, shutdown).await;
     http.await??;
     info!("stopped");
     result

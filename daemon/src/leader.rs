@@ -103,25 +103,20 @@ pub struct Leadership {
     elected: bool,
     held: Mutex<Held>,
     tx: watch::Sender<bool>,
-    /// Where the leader keeps state the next leader needs (operator overrides).
-    cluster: Option<ClusterState>,
 }
-
-pub use crate::overrides::kept::ClusterState;
 
 impl Leadership {
     /// No election: this replica is the only writer.
     pub fn always() -> Self {
-        Self::new(false, None)
+        Self::new(false)
     }
 
-    /// Election enabled; not the leader until the lease is won. `cluster`: where the leader
-    /// keeps operator overrides for the next one (None: only in this replica's state file).
-    pub fn elected(cluster: Option<ClusterState>) -> Self {
-        Self::new(true, cluster)
+    /// Election enabled; not the leader until the lease is won.
+    pub fn elected() -> Self {
+        Self::new(true)
     }
 
-    fn new(elected: bool, cluster: Option<ClusterState>) -> Self {
+    fn new(elected: bool) -> Self {
         Self {
             elected,
             held: Mutex::new(Held {
@@ -129,14 +124,7 @@ impl Leadership {
                 holder: None,
             }),
             tx: watch::channel(!elected).0,
-            cluster,
         }
-    }
-
-    /// Where the leader keeps operator overrides for the next one (None: without leader
-    /// election, or without cluster state: only in this replica's state file).
-    pub fn cluster(&self) -> Option<&ClusterState> {
-        self.cluster.as_ref()
     }
 
     /// True when leader election is on.
@@ -391,7 +379,7 @@ mod tests {
     async fn without_election_this_replica_always_leads() {
         let l = Leadership::always();
         assert!(l.is_leader());
-        let e = Leadership::elected(None);
+        let e = Leadership::elected();
         assert!(!e.is_leader());
         // The fence looks at the clock: a lease held until a past instant is not held.
         e.set(

@@ -8,7 +8,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-type Labels = Vec<(&'static str, String)>;
+/// A metric family's label set.
+pub type Labels = Vec<(&'static str, String)>;
 
 /// All metrics, registered once at start-up.
 #[derive(Debug)]

@@ -19,72 +19,23 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::playbook::Problems;
-
-/// Label set of the reload counter (as `crate::metrics`).
-type Labels = Vec<(&'static str, String)>;
+pub use crate::shared::ReloadStatus;
+use crate::shared::{APPLIED_ENV, result_label};
 
 /// How often the files are compared: cheap (a few small files), and quick enough that an
 /// operator sees the result of an edit at once.
 pub const POLL: Duration = Duration::from_secs(2);
 
-/// Environment variable carrying the count of applied reloads across the re-exec, so the
-/// counter stays monotonic for the process's whole life.
-const APPLIED_ENV: &str = "FAILOVERD_RELOADS_APPLIED";
-
 /// Set when a valid changed set was found and the daemon is draining to restart with it.
 static RESTART: AtomicBool = AtomicBool::new(false);
-
-/// Reload outcome visible to `/readyz` and metrics.
-#[derive(Debug)]
-pub struct ReloadStatus {
-    /// The problems of the last refused set (one per line), None when the last check passed.
-    pub last_error: RwLock<Option<String>>,
-    /// `failoverd_playbook_reload_total{result}`: applied, invalid.
-    pub total: Family<Labels, Counter>,
-    /// `failoverd_playbook_reload_failed`: 1 while the files on disk are an invalid set.
-    pub failed: Gauge,
-}
-
-impl ReloadStatus {
-    /// Uses the registered metrics and seeds the applied count carried over a re-exec.
-    pub fn new(metrics: &crate::metrics::Metrics) -> Arc<Self> {
-        let s = Arc::new(Self {
-            last_error: RwLock::new(None),
-            total: metrics.playbook_reload.clone(),
-            failed: metrics.playbook_reload_failed.clone(),
-        });
-        let applied: u64 = std::env::var(APPLIED_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        s.total
-            .get_or_create(&result_label("applied"))
-            .inc_by(applied);
-        // Present from the start, so a dashboard sees 0 rather than no series.
-        let _ = s.total.get_or_create(&result_label("invalid"));
-        s
-    }
-
-    /// The refused set's problems, if the last check refused one.
-    pub fn error(&self) -> Option<String> {
-        self.last_error.read().ok().and_then(|e| e.clone())
-    }
-}
-
-fn result_label(result: &str) -> Labels {
-    crate::metrics::labels([("result", result)])
-}
 
 /// A hash of the names and contents of every playbook file: changes whenever a file is
 /// added, removed, renamed or edited (mtimes alone miss same-second edits and ConfigMap

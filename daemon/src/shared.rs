@@ -1,6 +1,6 @@
 //! What every room shares, below all of them: the clock the controller runs on, the status
 //! table the API and the drills read, and the operator commands they send the controller.
-//! Nothing here decides or writes; the control loop ([`crate::control`]) does.
+//! Nothing here decides or writes; the control loop (`control/`) does.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
@@ -15,10 +15,13 @@ use tokio::time::Instant;
 
 use crate::audit::AuditHealth;
 use crate::engine::{Actor, MoveKind, Observation, Phase, Routing};
-use crate::metrics::Metrics;
+use crate::metrics::{Labels, Metrics};
 use crate::notify::{Event, EventKind, Notifier};
 use crate::overrides::OverrideRecord;
 use crate::playbook::{Loaded, Playbook};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Monotonic clock mapped to wall time once at start, so the engine sees timestamps that
 /// never jump with NTP.
@@ -108,7 +111,7 @@ pub struct Shared {
     /// Where events for on-call go (never blocks).
     pub notifier: Notifier,
     /// Playbook reload outcome (the refused set's problems, for `/readyz`).
-    pub reload: Arc<crate::reload::ReloadStatus>,
+    pub reload: Arc<ReloadStatus>,
     /// Bumped whenever something `GET /v1/playbooks` shows changes (phase, routing,
     /// explanation, error, overrides), so the API can serve a cached body in between.
     pub list_version: std::sync::atomic::AtomicU64,
@@ -116,6 +119,9 @@ pub struct Shared {
     pub fleet: Mutex<crate::engine::fleet::FleetGuard>,
     /// Whether this replica may write routing (always, without leader election).
     pub leader: Arc<crate::leader::Leadership>,
+    /// Where the leader keeps operator overrides for the next one (leader election on):
+    /// written before an override call is acknowledged. None: only the state file.
+    pub kept_overrides: Option<crate::overrides::kept::ClusterState>,
     /// Whether the audit log takes appends (for `/readyz` and `failoverd_audit_available`);
     /// [`run`] attaches it to the log.
     pub audit_health: Arc<AuditHealth>,
@@ -125,7 +131,7 @@ impl Shared {
     /// Status for a set of playbooks, not ready yet.
     pub fn new(playbooks: &[Loaded]) -> Self {
         let metrics = Metrics::new();
-        let reload = crate::reload::ReloadStatus::new(&metrics);
+        let reload = ReloadStatus::new(&metrics);
         let audit_health = Arc::new(AuditHealth::with_gauge(metrics.audit_available.clone()));
         Self {
             audit_health,
@@ -156,6 +162,7 @@ impl Shared {
             list_version: std::sync::atomic::AtomicU64::new(1),
             fleet: Mutex::new(crate::engine::fleet::FleetGuard::new(playbooks.len(), 0)),
             leader: Arc::new(crate::leader::Leadership::always()),
+            kept_overrides: None,
         }
     }
 
@@ -286,4 +293,49 @@ pub(crate) fn refuse(status: u16, error: impl Into<String>) -> ControlError {
         status,
         error: error.into(),
     }
+}
+
+/// Environment variable carrying the count of applied reloads across the re-exec, so the
+/// counter stays monotonic for the process's whole life.
+pub(crate) const APPLIED_ENV: &str = "FAILOVERD_RELOADS_APPLIED";
+
+/// Reload outcome visible to `/readyz` and metrics.
+#[derive(Debug)]
+pub struct ReloadStatus {
+    /// The problems of the last refused set (one per line), None when the last check passed.
+    pub last_error: RwLock<Option<String>>,
+    /// `failoverd_playbook_reload_total{result}`: applied, invalid.
+    pub total: Family<Labels, Counter>,
+    /// `failoverd_playbook_reload_failed`: 1 while the files on disk are an invalid set.
+    pub failed: Gauge,
+}
+
+impl ReloadStatus {
+    /// Uses the registered metrics and seeds the applied count carried over a re-exec.
+    pub fn new(metrics: &crate::metrics::Metrics) -> Arc<Self> {
+        let s = Arc::new(Self {
+            last_error: RwLock::new(None),
+            total: metrics.playbook_reload.clone(),
+            failed: metrics.playbook_reload_failed.clone(),
+        });
+        let applied: u64 = std::env::var(APPLIED_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        s.total
+            .get_or_create(&result_label("applied"))
+            .inc_by(applied);
+        // Present from the start, so a dashboard sees 0 rather than no series.
+        let _ = s.total.get_or_create(&result_label("invalid"));
+        s
+    }
+
+    /// The refused set's problems, if the last check refused one.
+    pub fn error(&self) -> Option<String> {
+        self.last_error.read().ok().and_then(|e| e.clone())
+    }
+}
+
+pub(crate) fn result_label(result: &str) -> Labels {
+    crate::metrics::labels([("result", result)])
 }

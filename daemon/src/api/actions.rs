@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::auth::Role;
 use crate::engine::Actor;
-use crate::runtime::{Control, ControlKind, ControlReply};
+use crate::shared::{Control, ControlKind, ControlReply};
 
 use super::body::{Body, control_kind, parse_body, read_body, reason_of, require_json};
 use super::error::{

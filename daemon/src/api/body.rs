@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::playbook::{Duration as PbDuration, Target};
-use crate::runtime::ControlKind;
+use crate::shared::ControlKind;
 
 use super::error::{ApiError, ApiResult};
 use super::schema;

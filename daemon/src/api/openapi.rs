@@ -112,7 +112,7 @@ mod tests {
     use crate::engine::{Health, MoveKind, Observation, Phase, Routing, SignalKind};
     use crate::overrides::{OverrideKind, OverrideRecord};
     use crate::playbook::Target;
-    use crate::runtime::{ControlReply, PlaybookStatus, Transition};
+    use crate::shared::{ControlReply, PlaybookStatus, Transition};
 
     fn doc() -> Value {
         serde_json::from_str(&super::openapi_json()).unwrap()

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::auth::Role;
 use crate::engine::Actor;
 use crate::overrides::OverrideRecord;
-use crate::runtime::ControlKind;
+use crate::shared::ControlKind;
 
 use super::actions::send;
 use super::body::{Body, parse_body, read_body, reason_of, require_json};

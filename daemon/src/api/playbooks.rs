@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::auth::Role;
 use crate::engine::Routing;
 use crate::overrides::OverrideRecord;
-use crate::runtime::PlaybookStatus;
+use crate::shared::PlaybookStatus;
 
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, ReadRefusals};
 use super::guard::{authenticate, require_loaded};

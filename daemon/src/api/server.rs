@@ -16,7 +16,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::api::ApiState;
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 /// The router for the daemon's HTTP endpoints: open health, readiness and metrics, and the
 /// authenticated `/v1` API.

@@ -14,7 +14,7 @@ use super::auth::Tokens;
 use super::refusals::RefusalLog;
 use crate::audit::AuditLog;
 use crate::routing::RoutingStore;
-use crate::runtime::{Control, Shared};
+use crate::shared::{Control, Shared};
 
 /// Largest request body: a reason and a few fields. Anything bigger is not an override.
 pub const MAX_BODY: usize = 16 * 1024;

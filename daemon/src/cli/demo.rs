@@ -17,11 +17,12 @@ use tokio::sync::watch;
 use crate::app::ServeOptions;
 use crate::audit::{self, AuditLog};
 use crate::auth::Tokens;
+use crate::control::Runtime;
 use crate::engine::Routing;
 use crate::overrides::OverrideStore;
 use crate::playbook;
 use crate::routing::{FileStore, RoutingStore};
-use crate::runtime::{Runtime, Shared};
+use crate::shared::Shared;
 use crate::standin::StandIn;
 
 /// The example playbook the demo runs (ports are replaced with free ones at start).

@@ -11,9 +11,10 @@ use tracing::{error, info, warn};
 use crate::app::{ServeOptions, serve};
 use crate::audit::AuditLog;
 use crate::config::{FileConfig, Settings, StoreSpec};
+use crate::control::Runtime;
 use crate::overrides::OverrideStore;
 use crate::playbook::{self, Problems};
-use crate::runtime::{Runtime, Shared};
+use crate::shared::Shared;
 
 /// `run` flags; each may also come from `--config`.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -290,6 +291,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // store checks the lease before every write it sends, and operator overrides are kept in
     // the cluster for the next leader.
     let mut leadership = Arc::new(crate::leader::Leadership::always());
+    let mut kept_overrides = None;
     let (store, kube_client): (Arc<dyn crate::routing::RoutingStore>, Option<kube::Client>) =
         match &settings.store {
             StoreSpec::Kubernetes(options) => {
@@ -297,9 +299,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .await
                     .map_err(|e| anyhow::anyhow!("store kubernetes: {e}"))?;
                 if let Some(election) = &settings.leader_election {
-                    leadership = Arc::new(crate::leader::Leadership::elected(Some(
-                        crate::leader::ClusterState::new(s.client().clone(), election),
-                    )));
+                    leadership = Arc::new(crate::leader::Leadership::elected());
+                    kept_overrides = Some(crate::overrides::kept::ClusterState::new(
+                        s.client().clone(),
+                        &election.namespace,
+                        &election.name,
+                    ));
                     s.set_fence(leadership.clone());
                 }
                 let client = s.client().clone();
@@ -371,6 +376,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         reload_stop,
     );
     shared.leader = leadership.clone();
+    shared.kept_overrides = kept_overrides;
     {
         // failoverd_leader follows the lease (the fence itself is checked at each write).
         let gauge = shared.metrics.leader.clone();

@@ -84,7 +84,7 @@ pub(super) async fn adopt_cluster_overrides(
     shared: &Shared,
     clock: &Clock,
 ) {
-    let outcome = match shared.leader.cluster() {
+    let outcome = match shared.kept_overrides.as_ref() {
         None => format!(
             "no overrides kept in the cluster; this replica's own {} stand",
             store.all().len()
@@ -441,7 +441,7 @@ pub(super) async fn handle_control(
         command,
         change: kept::Change::between(store.all(), &records, ""),
     };
-    let Some(cluster) = shared.leader.cluster() else {
+    let Some(cluster) = shared.kept_overrides.as_ref() else {
         // One replica: the state file, written before the reply.
         if let Err(e) = store.replace(records) {
             refused_after_acceptance(
@@ -572,7 +572,9 @@ pub(super) async fn kept_done(
     book.keeping = false;
     match result {
         Err(e) => {
-            if let (kept::KeepError::Unknown(u), Some(cluster)) = (&e, shared.leader.cluster()) {
+            if let (kept::KeepError::Unknown(u), Some(cluster)) =
+                (&e, shared.kept_overrides.as_ref())
+            {
                 // Its update may still land: find out, and audit what became of it.
                 let (cluster, u, leader) = (cluster.clone(), u.clone(), shared.leader.clone());
                 let (change, playbook) = (accepted.change.clone(), accepted.name.clone());

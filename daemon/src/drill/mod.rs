@@ -39,7 +39,7 @@ use crate::metrics::labels;
 use crate::overrides::{OverrideKind, OverrideRecord};
 use crate::playbook::{Playbook, Target};
 use crate::routing::{self, RoutingStore};
-use crate::runtime::{Control, ControlError, ControlKind, ControlReply, Shared};
+use crate::shared::{Control, ControlError, ControlKind, ControlReply, Shared};
 use crate::slo::PromClient;
 
 pub use report::{Leg, Run, RunStore, Verdict};

@@ -354,7 +354,7 @@ fn committed_drill_schema_is_current() {
 fn controller_hook_refuses_drill_failover_outside_normal_operation() {
     use crate::engine::{Actor, Routing, State};
     use crate::overrides::{OverrideKind, OverrideRecord};
-    use crate::runtime::ControlKind;
+    use crate::shared::ControlKind;
     let now = ts("2026-11-28T00:00:00Z");
     let drill = Actor {
         identity: "drill:weekly".into(),

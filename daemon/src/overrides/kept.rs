@@ -402,11 +402,11 @@ enum Sent {
 }
 
 impl ClusterState {
-    /// State beside the election Lease `config.name` (as `<name>-state`).
-    pub fn new(client: kube::Client, config: &crate::leader::ElectionConfig) -> Self {
+    /// State beside the election Lease `lease` in `namespace` (as `<lease>-state`).
+    pub fn new(client: kube::Client, namespace: &str, lease: &str) -> Self {
         Self {
-            api: Api::namespaced(client, &config.namespace),
-            name: format!("{}-state", config.name),
+            api: Api::namespaced(client, namespace),
+            name: format!("{lease}-state"),
         }
     }
 
