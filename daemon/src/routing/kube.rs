@@ -626,10 +626,34 @@ impl RoutingStore for KubeStore {
                         kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
                             .default_backoff()
                     );
-                    while let Some(item) = stream.next().await {
+                    // Change notices the drift checker has not taken yet, one per object. The
+                    // watch never waits for the checker (it reads through the API server, so
+                    // a storm of changes backs it up): the cache stays current meanwhile.
+                    let mut pending: std::collections::BTreeSet<(String, String)> =
+                        Default::default();
+                    loop {
+                        while let Some(key) = pending.first().cloned() {
+                            match tx.try_send(key) {
+                                Ok(()) => {
+                                    pending.pop_first();
+                                }
+                                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
+                                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                            }
+                        }
                         if tx.is_closed() {
                             return;
                         }
+                        let item = if pending.is_empty() {
+                            stream.next().await
+                        } else {
+                            // `next()` is cancel-safe: an item not yet taken stays in the stream.
+                            tokio::select! {
+                                item = stream.next() => item,
+                                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                            }
+                        };
+                        let Some(item) = item else { return };
                         let event = match item {
                             Ok(event) => event,
                             Err(e) => {
@@ -645,8 +669,8 @@ impl RoutingStore for KubeStore {
                             Event::Init | Event::InitDone => continue,
                         };
                         let key = (ns.clone(), obj.metadata.name.clone().unwrap_or_default());
-                        if wanted.contains(&key) && tx.send(key).await.is_err() {
-                            return;
+                        if wanted.contains(&key) {
+                            pending.insert(key);
                         }
                     }
                 });
