@@ -267,3 +267,96 @@ async fn dashboard_reads_cost_the_api_server_nothing_during_a_storm() {
     d.kill().unwrap();
     assert_audit_verifies(&storm.paths.audit);
 }
+
+/// Ensures that without a watch cache (the daemon's credentials may not `watch`, so the
+/// cache never lists) a playbook view still sends no request to the API server: it answers
+/// from the controller, says so (`source: controller`, no `route`), and shows the routing
+/// the controller holds, before and after a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_watch_views_come_from_the_controller() {
+    const M: usize = 5;
+    let mut storm = Storm::new(M, Timing::FAST).await.unwrap();
+    // Everything failoverd needs but `watch`.
+    storm.emu.add_token(
+        "no-watch-token",
+        "system:serviceaccount:failoverd:no-watch",
+        vec![
+            chaos_tests::kube_emulator::Rule::new(
+                &["get", "list", "update"],
+                &["networking.istio.io"],
+                &["virtualservices"],
+                &["*"],
+            ),
+            chaos_tests::kube_emulator::Rule::new(
+                &["create", "patch", "update"],
+                &["", "events.k8s.io"],
+                &["events"],
+                &["*"],
+            ),
+        ],
+    );
+    storm
+        .emu
+        .write_kubeconfig(&storm.kubeconfig, "no-watch-token")
+        .unwrap();
+    let tokens = storm.viewer_tokens().unwrap();
+    let mut d = storm
+        .spawn("no-watch", &["--tokens", tokens.to_str().unwrap()])
+        .unwrap();
+    d.wait_ready(Duration::from_secs(60)).await.unwrap();
+
+    let view = |v: &Value| (v["store"]["source"].clone(), v["store"]["routing"].clone());
+    let from = SystemTime::now();
+    let load = Dashboard::start(d.addr, M, RATE, 400, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answers = load.stop().await;
+    let to = SystemTime::now();
+    assert!(answers.len() >= 200, "sent only {}", answers.len());
+    let primary = serde_json::to_value(Routing::Primary).unwrap();
+    for a in &answers {
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        let b = a.body.as_ref().unwrap();
+        assert_eq!(view(b), ("controller".into(), primary.clone()), "{b}");
+        assert!(b["store"].get("route").is_none(), "{b}");
+    }
+    let gets = vs_gets(&storm, from, to);
+    assert!(
+        gets.is_empty(),
+        "views caused VirtualService GETs: {gets:?}"
+    );
+
+    storm.primary.stop();
+    let missing = storm
+        .wait_all(FAILED_OVER, Duration::from_secs(30), &[])
+        .await;
+    assert!(
+        missing.is_empty(),
+        "never failed over: {missing:?}\n{}",
+        d.logs()
+    );
+    let failed_over = serde_json::to_value(FAILED_OVER).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..M {
+        loop {
+            let (code, body) = viewer_get(
+                d.addr,
+                &format!("/v1/playbooks/pb-{i:04}"),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+            assert_eq!(code, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if view(&v) == ("controller".into(), failed_over.clone()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pb-{i:04} never showed the controller's failover: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    d.kill().unwrap();
+    assert_audit_verifies(&storm.paths.audit);
+}
