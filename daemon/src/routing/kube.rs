@@ -812,17 +812,53 @@ impl WatchCache {
     }
 }
 
-/// A watched object as the JSON a GET answers (list items may come without `apiVersion`
-/// and `kind`: they are the watched resource's). None when it cannot be represented.
+/// A watched object reduced to what [`super::view_at`] reads: `apiVersion`, `kind`,
+/// failoverd's annotations and each http route's `name` and `route` (list items may come
+/// without `apiVersion` and `kind`: they are the watched resource's). The view computed from
+/// it is the one a GET of the whole object gives; kept whole, 1,000 objects (managedFields,
+/// other routes' matches and retries) cost the daemon over 10 MiB.
 fn as_json(obj: &DynamicObject, ar: &ApiResource) -> Option<Arc<Value>> {
-    let mut json = serde_json::to_value(obj).ok()?;
-    if let Some(map) = json.as_object_mut() {
-        map.entry("apiVersion")
-            .or_insert_with(|| Value::String(ar.api_version.clone()));
-        map.entry("kind")
-            .or_insert_with(|| Value::String(ar.kind.clone()));
+    let (api_version, kind) = match &obj.types {
+        Some(t) => (t.api_version.clone(), t.kind.clone()),
+        None => (ar.api_version.clone(), ar.kind.clone()),
+    };
+    let annotations: serde_json::Map<String, Value> = obj
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k == super::STATE || *k == super::ORIGINAL_ROUTE)
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut spec = serde_json::Map::new();
+    match obj.data.pointer("/spec/http") {
+        Some(Value::Array(routes)) => {
+            let slim = routes
+                .iter()
+                .map(|r| match r.as_object() {
+                    Some(r) => Value::Object(
+                        r.iter()
+                            .filter(|(k, _)| *k == "name" || *k == "route")
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                    None => r.clone(),
+                })
+                .collect();
+            spec.insert("http".into(), Value::Array(slim));
+        }
+        // Not a list: kept as it is, so the view reports it exactly as a read would.
+        Some(other) => {
+            spec.insert("http".into(), other.clone());
+        }
+        None => {}
     }
-    Some(Arc::new(json))
+    Some(Arc::new(serde_json::json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": { "annotations": annotations },
+        "spec": spec,
+    })))
 }
 
 /// An update that was sent: its answer never came, or it landed and has not been read back.
@@ -987,6 +1023,70 @@ mod tests {
         assert_eq!(a["apiVersion"], "networking.istio.io/v1");
         assert_eq!(a["kind"], "VirtualService");
         assert_eq!(c.get("other-ns", "a"), None);
+    }
+
+    /// The reduced object gives exactly the view the whole object gives (failed over with a
+    /// drifted route, another playbook's route beside it, managedFields and other fields).
+    #[test]
+    fn the_cached_object_gives_the_view_of_the_whole_object() {
+        let pb = crate::playbook::parse(
+            "pb.yaml",
+            "apiVersion: failoverd.dev/v1alpha1
+kind: Playbook
+metadata: { name: web }
+spec:
+  virtualService: { namespace: ns, name: a }
+  route: primary
+  primary: { host: web.ns.svc.cluster.local }
+  failover:
+    - { host: web.dr.svc.cluster.local }
+  probes:
+    - { name: p, target: primary, http: { url: \"http://127.0.0.1:1/\" } }
+    - { name: d, target: \"failover[0]\", http: { url: \"http://127.0.0.1:1/\" } }
+",
+        )
+        .unwrap();
+        let mut whole = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {
+                "name": "a", "namespace": "ns", "resourceVersion": "7",
+                "labels": { "app": "web" },
+                "annotations": { "other": "x" },
+                "managedFields": [{ "manager": "kubectl", "fieldsV1": { "f:spec": {} } }]
+            },
+            "spec": {
+                "hosts": ["web.ns.svc.cluster.local"],
+                "http": [
+                    { "name": "other", "match": [{ "uri": { "prefix": "/x" } }],
+                      "route": [{ "destination": { "host": "x" } }] },
+                    { "name": "primary", "retries": { "attempts": 3 },
+                      "route": [{ "destination": { "host": "web.ns.svc.cluster.local" } }] }
+                ]
+            }
+        });
+        let now = jiff::Timestamp::now();
+        let moved = crate::engine::Routing::Failover { target: 0 };
+        super::super::apply(&mut whole, &pb, moved, Some(now)).unwrap();
+        // Someone edits the route afterwards: the view reports drift.
+        whole["spec"]["http"][1]["route"][0]["destination"]["host"] = json!("elsewhere");
+        let obj: DynamicObject = serde_json::from_value(whole.clone()).unwrap();
+        let cached = as_json(&obj, &ar()).unwrap();
+        let full = super::super::view_at(&whole, &pb, now).unwrap();
+        assert!(full.drift.is_some() && full.routing == moved, "{full:?}");
+        assert_eq!(super::super::view_at(&cached, &pb, now).unwrap(), full);
+        assert!(cached["metadata"].get("managedFields").is_none());
+        // No http list at all: the same error either way.
+        whole["spec"].as_object_mut().unwrap().remove("http");
+        let obj: DynamicObject = serde_json::from_value(whole.clone()).unwrap();
+        assert_eq!(
+            super::super::view_at(&as_json(&obj, &ar()).unwrap(), &pb, now)
+                .unwrap_err()
+                .to_string(),
+            super::super::view_at(&whole, &pb, now)
+                .unwrap_err()
+                .to_string()
+        );
     }
 
     /// Changes and deletions apply; a relist replaces the namespace whole (an object gone
