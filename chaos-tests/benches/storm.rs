@@ -16,9 +16,16 @@
 //! 250 ms × 2; `KUBE_QPS`, `KUBE_BURST` the client-side rate limit). Bounded: each storm
 //! waits at most 120 s.
 //!
-//! A move is three requests (read, update, read-back) from one write bucket: at the default
-//! 50/s with a burst of 100, N moves need at least (3N − 100) / 50 s of tokens (4 s for
-//! N = 100), whatever the writer does.
+//! `DASHBOARD=1` adds a third storm with a dashboard polling `GET /v1/playbooks/{name}`
+//! at 200 req/s across the playbooks (a viewer token; from 1 s before the fault until every
+//! route is written, at most 60,000 calls): its p50/p99 against the plain storm's show
+//! whether viewer reads slow failover writes. `DASHBOARD=only` runs just the plain storm
+//! and the dashboard storm.
+//!
+//! A move is two requests (read, update; the update's answer is the read-back) from one
+//! write bucket: at the default 50/s with a burst of 100, N moves need at least
+//! (2N − 100) / 50 s of tokens (2 s for N = 100, 38 s for N = 1,000), whatever the writer
+//! does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime};
@@ -49,8 +56,9 @@ fn summary(what: &str, mut v: Vec<Duration>) -> String {
     )
 }
 
-/// One storm; `stalled`: the playbook whose object's updates stall.
-async fn storm(n: usize, timing: Timing, stalled: Option<usize>) -> Vec<Duration> {
+/// One storm; `stalled`: the playbook whose object's updates stall; `dashboard`: viewer
+/// load at 200 req/s during it.
+async fn storm(n: usize, timing: Timing, stalled: Option<usize>, dashboard: bool) -> Vec<Duration> {
     let mut storm = Storm::new(n, timing).await.unwrap();
     // `KUBE_QPS` / `KUBE_BURST` change the client-side rate limit (default 50 / 100).
     let mut extra: Vec<String> = Vec::new();
@@ -59,11 +67,15 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>) -> Vec<Duration
             extra.extend([flag.to_string(), v]);
         }
     }
+    if dashboard {
+        let tokens = storm.viewer_tokens().unwrap();
+        extra.extend(["--tokens".to_string(), tokens.display().to_string()]);
+    }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let name = if stalled.is_some() {
-        "stalled"
-    } else {
-        "storm"
+    let name = match (stalled.is_some(), dashboard) {
+        (true, _) => "stalled",
+        (false, true) => "dashboard",
+        (false, false) => "storm",
     };
     let mut d = storm.spawn(name, &extra).unwrap();
     d.wait_ready(Duration::from_secs(120)).await.unwrap();
@@ -71,6 +83,12 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>) -> Vec<Duration
     tokio::time::sleep(Duration::from_secs(2)).await;
     if let Some(i) = stalled {
         storm.emu.stall_writes_to(&object_name(i), STALL);
+    }
+    let load = dashboard.then(|| {
+        chaos_tests::storm::Dashboard::start(d.addr, n, 200, 60_000, Duration::from_secs(300))
+    });
+    if load.is_some() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let fault = SystemTime::now();
     storm.primary.stop();
@@ -108,6 +126,28 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>) -> Vec<Duration
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    if let Some(load) = load {
+        let answers = load.stop().await;
+        let ok = answers.iter().filter(|a| a.status == 200).count();
+        let from_cache = answers
+            .iter()
+            .filter(|a| {
+                a.body
+                    .as_ref()
+                    .is_some_and(|b| b["store"]["source"] == "watch-cache")
+            })
+            .count();
+        let gets = storm
+            .emu
+            .reads()
+            .iter()
+            .filter(|r| r.kind == "VirtualService" && r.verb == "get" && r.time >= fault)
+            .count();
+        println!(
+            "  dashboard: {} calls, {ok} answered 200, {from_cache} from the watch cache; VirtualService GETs the API server saw since the fault: {gets}",
+            answers.len()
+        );
+    }
     let updates = storm.first_updates(fault);
     {
         // Playbooks whose move is in the API server but has no `written` record: what the
@@ -185,8 +225,9 @@ async fn main() {
         std::env::var("KUBE_QPS").unwrap_or_else(|_| "50".into()),
         std::env::var("KUBE_BURST").unwrap_or_else(|_| "100".into())
     );
+    let dashboard = std::env::var("DASHBOARD").ok();
     println!("all primaries down:");
-    let plain = storm(n, timing, None).await;
+    let plain = storm(n, timing, None, false).await;
     let whole = plain.iter().max().copied().unwrap_or_default();
     println!(
         "  whole storm (last written): {whole:.2?} (goal {goal:?}: {})",
@@ -196,8 +237,17 @@ async fn main() {
             "NOT met"
         }
     );
+    if dashboard.is_some() {
+        println!("all primaries down, dashboard 200 req/s of GET /v1/playbooks/{{name}}:");
+        let loaded = storm(n, timing, None, true).await;
+        let whole = loaded.iter().max().copied().unwrap_or_default();
+        println!("  whole storm (last written): {whole:.2?}");
+    }
+    if dashboard.as_deref() == Some("only") {
+        return;
+    }
     println!("all primaries down, pb-0000's updates stalled {STALL:?}:");
-    let stalled = storm(n, timing, Some(0)).await;
+    let stalled = storm(n, timing, Some(0), false).await;
     let whole = stalled.iter().max().copied().unwrap_or_default();
     println!("  whole storm but the stalled one (last written): {whole:.2?}");
 }

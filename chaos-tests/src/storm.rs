@@ -226,3 +226,129 @@ impl Storm {
         }
     }
 }
+
+/// The viewer token [`Storm::viewer_tokens`] writes (role `viewer`: reads only).
+pub const VIEWER_TOKEN: &str = "dashboard-viewer-token";
+
+impl Storm {
+    /// Writes a token file with one viewer ([`VIEWER_TOKEN`]) into the storm's directory and
+    /// returns its path, for `--tokens`.
+    pub fn viewer_tokens(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("tokens.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "- {{ identity: \"dashboard@readonly\", role: viewer, sha256: \"{}\" }}\n",
+                failoverd::auth::hash_token(VIEWER_TOKEN)
+            ),
+        )?;
+        Ok(path)
+    }
+}
+
+/// One dashboard request: `GET /v1/playbooks/pb-NNNN` for playbook `idx`.
+#[derive(Clone, Debug)]
+pub struct DashboardAnswer {
+    /// Which playbook was asked for.
+    pub idx: usize,
+    /// When it was sent.
+    pub sent: SystemTime,
+    /// HTTP status (0: no answer within the client's timeout, or a connection error).
+    pub status: u16,
+    /// The JSON body, if it parsed.
+    pub body: Option<Value>,
+}
+
+/// A dashboard: `rate` requests per second of `GET /v1/playbooks/{name}` across `n`
+/// playbooks in turn, with a viewer token, each on its own connection and in its own task
+/// (a slow answer does not slow the rate). Bounded: at most `max` requests, none sent after
+/// `for_at_most`, and each answer waited for at most 2 s.
+#[derive(Debug)]
+pub struct Dashboard {
+    task: tokio::task::JoinHandle<Vec<DashboardAnswer>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Dashboard {
+    /// Starts the load on the daemon listening at `addr`.
+    pub fn start(addr: SocketAddr, n: usize, rate: u32, max: usize, for_at_most: Duration) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let deadline = Instant::now() + for_at_most;
+            let mut tasks = tokio::task::JoinSet::new();
+            for k in 0..max {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                if Instant::now() > deadline || *stopped.borrow() {
+                    break;
+                }
+                let idx = k % n.max(1);
+                tasks.spawn(async move {
+                    let sent = SystemTime::now();
+                    let path = format!("/v1/playbooks/pb-{idx:04}");
+                    let (status, body) = viewer_get(addr, &path, Duration::from_secs(2))
+                        .await
+                        .unwrap_or((0, String::new()));
+                    DashboardAnswer {
+                        idx,
+                        sent,
+                        status,
+                        body: serde_json::from_str(&body).ok(),
+                    }
+                });
+            }
+            let mut answers = Vec::with_capacity(tasks.len());
+            while let Some(a) = tasks.join_next().await {
+                if let Ok(a) = a {
+                    answers.push(a);
+                }
+            }
+            answers.sort_by_key(|a| a.sent);
+            answers
+        });
+        Self { task, stop }
+    }
+
+    /// Stops sending and returns every answer (each waited for at most 2 s), in send order.
+    pub async fn stop(self) -> Vec<DashboardAnswer> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// `GET path` with the viewer token over a fresh HTTP/1.1 connection (`Connection: close`),
+/// bounded by `timeout`: the status and the body.
+pub async fn viewer_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {VIEWER_TOKEN}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {path}: no answer within {timeout:?}"))??;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: not an HTTP answer"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}

@@ -62,6 +62,10 @@ pub struct FileConfig {
     /// Most API connections open at once (default 512; lowered to fit the open-file limit).
     #[serde(rename = "maxConnections")]
     pub max_connections: Option<usize>,
+    /// Routing writes in flight at once, each to a different VirtualService (default 16,
+    /// 1..=256; see `control::DEFAULT_WRITE_CONCURRENCY`).
+    #[serde(rename = "writeConcurrency")]
+    pub write_concurrency: Option<usize>,
     /// Serve the API over HTTPS (rustls): `{ certFile, keyFile }`, PEM, re-read on change.
     pub tls: Option<TlsConfig>,
 }
@@ -231,6 +235,9 @@ pub struct Settings {
     pub leader_election: Option<ElectionConfig>,
     /// `maxConnections` (None: the default, 512, lowered to fit the open-file limit).
     pub max_connections: Option<usize>,
+    /// `writeConcurrency` / `--write-concurrency` (None: the default, 16); bounds checked by
+    /// the validation gate.
+    pub write_concurrency: Option<usize>,
     /// `tls:` / `--tls-cert` + `--tls-key` (None: plain HTTP).
     pub tls: Option<crate::tls::TlsFiles>,
 }

@@ -27,11 +27,6 @@ pub mod overrides;
 pub mod playbook;
 pub mod reload;
 pub mod routing;
-pub mod runtime {
-    //! The control loop and the types every room shares, under their former path.
-    pub use crate::control::*;
-    pub use crate::shared::*;
-}
 /// The HTTP listener (kept at its old path).
 pub use api::server;
 pub mod shared;

@@ -125,6 +125,9 @@ pub struct Shared {
     /// Whether the audit log takes appends (for `/readyz` and `failoverd_audit_available`);
     /// [`run`] attaches it to the log.
     pub audit_health: Arc<AuditHealth>,
+    /// Routing writes in flight at once (`writeConcurrency`, validated; set before the
+    /// controller runs).
+    pub write_concurrency: usize,
 }
 
 impl Shared {
@@ -163,6 +166,7 @@ impl Shared {
             fleet: Mutex::new(crate::engine::fleet::FleetGuard::new(playbooks.len(), 0)),
             leader: Arc::new(crate::leader::Leadership::always()),
             kept_overrides: None,
+            write_concurrency: crate::control::DEFAULT_WRITE_CONCURRENCY,
         }
     }
 

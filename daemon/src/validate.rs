@@ -376,6 +376,25 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
             }
         }
     }
+    if let Some(n) = settings.write_concurrency
+        && !crate::control::WRITE_CONCURRENCY_RANGE.contains(&n)
+    {
+        let mut p = config_problem(
+            settings.config.as_deref(),
+            "writeConcurrency",
+            format!(
+                "writeConcurrency is {n}: it must be between {} and {} (routing writes in flight at once; default {})",
+                crate::control::WRITE_CONCURRENCY_RANGE.start(),
+                crate::control::WRITE_CONCURRENCY_RANGE.end(),
+                crate::control::DEFAULT_WRITE_CONCURRENCY
+            ),
+        );
+        if p.line == 0 {
+            // Not in the config file: it came from the flag.
+            p.file = "--write-concurrency".into();
+        }
+        problems.push(p);
+    }
     // The API listener's certificate and key, loaded as the start would load them (a pair
     // that does not load refuses the start, so it must refuse the reload too).
     if let Some(files) = &settings.tls
@@ -728,6 +747,7 @@ spec:
                 max_concurrent_failovers: 0,
                 leader_election: None,
                 max_connections: None,
+                write_concurrency: None,
                 tls: None,
             }
         }
@@ -845,6 +865,20 @@ spec:
                     (p, at(&text, "secretFile: /nonexistent"))
                 }),
             ),
+            (
+                "writeConcurrency out of bounds",
+                Box::new(|f, s| {
+                    let text = format!(
+                        "playbooks: {}\nwriteConcurrency: 0\n",
+                        f.path("pb").display()
+                    );
+                    let p = f.write("failoverd.yaml", text.as_bytes());
+                    let cfg: crate::config::FileConfig = serde_saphyr::from_str(&text).unwrap();
+                    s.config = Some(p.clone());
+                    s.write_concurrency = cfg.write_concurrency;
+                    (p, at(&text, "writeConcurrency"))
+                }),
+            ),
         ];
         let mut wrong = Vec::new();
         for (what, setup) in cases {
@@ -870,6 +904,33 @@ spec:
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// `--write-concurrency` outside 1..=256 is refused naming the flag and the bounds; the
+    /// bounds themselves and the default pass.
+    #[test]
+    fn write_concurrency_bounds() {
+        let f = Fixture::new();
+        for bad in [0, 257, 100_000] {
+            let mut s = f.settings();
+            s.write_concurrency = Some(bad);
+            let problems = check(&s).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            let p = problems
+                .0
+                .iter()
+                .find(|p| p.file == "--write-concurrency")
+                .unwrap_or_else(|| panic!("{bad}: no problem names the flag: {problems}"));
+            assert!(
+                p.message.contains(&format!("writeConcurrency is {bad}"))
+                    && p.message.contains("between 1 and 256"),
+                "{p:?}"
+            );
+        }
+        for good in [None, Some(1), Some(16), Some(256)] {
+            let mut s = f.settings();
+            s.write_concurrency = good;
+            assert!(check(&s).is_ok(), "{good:?} refused");
+        }
     }
 
     /// Files that are not regular, missing or too large are refused by name, without

@@ -17,7 +17,7 @@ use failoverd::audit::AuditLog;
 use failoverd::auth::{Tokens, hash_token};
 use failoverd::playbook::Playbook;
 use failoverd::routing::FileStore;
-use failoverd::runtime::Shared;
+use failoverd::shared::Shared;
 use failoverd::standin::StandIn;
 use reqwest::Method;
 use serde_json::{Value, json};

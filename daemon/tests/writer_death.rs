@@ -12,11 +12,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use failoverd::control::EXIT_WRITER_DIED;
 use failoverd::engine::Routing;
 use failoverd::playbook::Playbook;
 use failoverd::routing::FileStore;
 use failoverd::routing::{RouteView, RoutingStore, StoreFuture, WriteOutcome};
-use failoverd::runtime::EXIT_WRITER_DIED;
 use inproc::InProc;
 
 const TOKEN: &str = "writer-death-operator";

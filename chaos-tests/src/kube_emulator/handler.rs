@@ -499,6 +499,15 @@ async fn route(
         )
         .details(json!({"name": target.name.clone().unwrap_or_default(), "group": res.group, "kind": res.plural})));
     }
+    if matches!(verb, "get" | "list" | "watch") {
+        shared.lock().reads.push(super::ReadRecord {
+            time: std::time::SystemTime::now(),
+            verb: verb.to_string(),
+            kind: res.kind.to_string(),
+            namespace: target.ns.clone().unwrap_or_default(),
+            name: target.name.clone().unwrap_or_default(),
+        });
+    }
     match verb {
         "watch" => return Ok(start_watch(shared, &target, &q)),
         "get" => return get(shared, &target).map(|v| respond(200, &v)),

@@ -79,6 +79,22 @@ pub(crate) struct Event {
 
 type Hook = Box<dyn FnOnce(&mut Value) + Send>;
 
+/// One reading request (`get`, `list` or `watch`) that passed authorization, as the
+/// emulator saw it: tests count what a client costs the API server.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// When it arrived.
+    pub time: SystemTime,
+    /// `get`, `list` or `watch`.
+    pub verb: String,
+    /// The resource's kind.
+    pub kind: String,
+    /// Namespace (empty: all namespaces).
+    pub namespace: String,
+    /// Object name (empty for `list` and `watch`).
+    pub name: String,
+}
+
 /// Identity and rules behind a token.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
@@ -96,6 +112,7 @@ pub(crate) struct State {
     /// Who a request without an Authorization header is (None: 401).
     pub anonymous: Option<Identity>,
     pub writes: Vec<WriteRecord>,
+    pub reads: Vec<ReadRecord>,
     pub after_get: Vec<(Key, Hook)>,
     pub uid_seq: u64,
 }
@@ -245,6 +262,7 @@ impl Emulator {
                     rules: vec![Rule::all()],
                 }),
                 writes: Vec::new(),
+                reads: Vec::new(),
                 after_get: Vec::new(),
                 uid_seq: 0,
             }),
@@ -405,6 +423,12 @@ impl Emulator {
     /// answered by fault injection are included with the injected status.
     pub fn writes(&self) -> Vec<WriteRecord> {
         self.shared.lock().writes.clone()
+    }
+
+    /// Every reading request so far (`get`, `list`, `watch`), oldest first: those refused
+    /// before authorization (401, 403) are not included.
+    pub fn reads(&self) -> Vec<ReadRecord> {
+        self.shared.lock().reads.clone()
     }
 
     /// Every stored Event (events.k8s.io/v1 first, then core v1), as stored.

@@ -61,9 +61,16 @@ pub struct PlaybookDetail {
     pub overrides: Vec<OverrideRecord>,
 }
 
-/// The route as read from the store just now: `routing` and `route`, or `error`.
+/// The route as the store holds it: `routing` and `route`, or `error`; `source` says where
+/// it was read. A viewer's read never sends a request to the API server.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StoreView {
+    /// Where this view came from: `store` (the `file` store, read just now), `watch-cache`
+    /// (the `kubernetes` store's watch: the object as last delivered), or `controller` (the
+    /// watch has not synced or lacks the object: the routing failoverd last read or wrote,
+    /// without `route`).
+    #[schema(example = "watch-cache")]
+    pub source: &'static str,
     /// failoverd's routing, from the VirtualService's state annotation.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<schema::Routing>)]
@@ -181,17 +188,32 @@ pub(super) async fn get_playbook(
     })?;
     let status = state.shared.snapshot().into_iter().nth(idx);
     let pb = state.shared.playbooks[idx].clone();
-    let store = match state.store.read(&pb).await {
-        Ok(v) => StoreView {
+    // The watch cache (or, for the file store, the file): never the API server, never a
+    // token a routing write needs. Without it, the controller's last-known routing.
+    let store = match state.store.viewer_read(&pb).await {
+        Some((source, Ok(v))) => StoreView {
+            source: source.as_str(),
             routing: Some(v.routing),
             route: Some(v.route),
             error: None,
         },
-        Err(e) => StoreView {
+        Some((source, Err(e))) => StoreView {
+            source: source.as_str(),
             routing: None,
             route: None,
             error: Some(e.to_string()),
         },
+        None => {
+            let routing = status.as_ref().and_then(|s| s.routing);
+            StoreView {
+                source: crate::routing::ViewSource::Controller.as_str(),
+                routing,
+                route: None,
+                error: routing
+                    .is_none()
+                    .then(|| "the route has not been read yet".to_string()),
+            }
+        }
     };
     let overrides: Vec<_> = state
         .shared

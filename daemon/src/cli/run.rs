@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// after the probes' share).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Routing writes in flight at once, each to a different VirtualService (default 16,
+    /// 1 to 256). Writes to one VirtualService are always one at a time, in order.
+    #[arg(long)]
+    pub write_concurrency: Option<usize>,
     /// Serve the API over HTTPS with this certificate chain (PEM; re-read when it changes).
     /// Needs --tls-key.
     #[arg(long, requires = "tls_key")]
@@ -262,6 +266,7 @@ impl RunArgs {
                 .unwrap_or(0),
             leader_election,
             max_connections: self.max_connections.or(file.max_connections),
+            write_concurrency: self.write_concurrency.or(file.write_concurrency),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
                     cert: cert.clone(),
@@ -400,6 +405,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 std::process::exit(3);
             }
         });
+    }
+    if let Some(n) = settings.write_concurrency {
+        shared.write_concurrency = n;
     }
     shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
         n_playbooks,

@@ -1,6 +1,6 @@
 //! The daemon's moving parts: probes feed a controller that runs the engine; every routing
 //! write and audit record goes through the writer, which appends audit records in order and
-//! writes each VirtualService in its own lane (lanes run concurrently, see [`WRITE_CONCURRENCY`]).
+//! writes each VirtualService in its own lane (lanes run concurrently, see [`DEFAULT_WRITE_CONCURRENCY`]).
 //!
 //! ```text
 //! probes ──results──► controller (decide) ──jobs──► writer (audit, store, audit) ──done──┐
@@ -11,7 +11,7 @@
 //! write done, so a failed write is simply decided again (with backoff) on a later tick.
 
 mod commands;
-mod drift;
+pub mod drift;
 mod read;
 mod recording;
 mod step;
@@ -50,7 +50,9 @@ use recording::*;
 use step::*;
 use writer::*;
 
-pub use writer::{EXIT_WRITER_DIED, WRITE_CONCURRENCY, verdict_word};
+pub use writer::{
+    DEFAULT_WRITE_CONCURRENCY, EXIT_WRITER_DIED, PERMIT_HOLD, WRITE_CONCURRENCY_RANGE, verdict_word,
+};
 
 /// How often time-driven rules (failback `after`, dwell expiry, stale results) are checked.
 /// Probe results trigger a decision at once; this tick only bounds the lateness of the rest.

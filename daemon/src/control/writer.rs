@@ -222,15 +222,27 @@ pub(super) async fn writer_died(
     std::process::exit(EXIT_WRITER_DIED)
 }
 
-/// How many routing writes may be in flight at once, each to a different VirtualService:
-/// enough that a storm of failovers is written in parallel (the kubernetes store's token
-/// bucket still paces the requests), few enough that a slow API server is not flooded.
-pub const WRITE_CONCURRENCY: usize = 16;
+/// How many routing writes may be in flight at once by default (`writeConcurrency`), each
+/// to a different VirtualService: enough that a storm of failovers is written in parallel
+/// (the kubernetes store's token bucket still paces the requests), few enough that a slow
+/// API server is not flooded.
+pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
+
+/// The values `writeConcurrency` may take (checked by the validation gate).
+pub const WRITE_CONCURRENCY_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+
+/// How long one write holds its concurrency permit at most: the `kubernetes` store's
+/// per-request timeout (3 s). A write still running then is stalled on its object (a slow
+/// webhook, a lock): it goes on to its real end without a permit, so stalled objects can
+/// never starve every other object's write of permits. Writes in flight are still bounded:
+/// one per VirtualService (its lane), and the store's token bucket paces their requests.
+pub const PERMIT_HOLD: Duration = Duration::from_secs(3);
 
 /// The writer: appends audit records in the order they were sent, and hands each routing
 /// write to the lane of its VirtualService (`namespace/name`). A lane writes its object's
 /// moves strictly in order, one at a time; lanes run concurrently (at most
-/// [`WRITE_CONCURRENCY`] writes in flight), so one stalled object delays no other. The audit
+/// `writeConcurrency` writes in flight, a stalled one giving its permit up after
+/// [`PERMIT_HOLD`]), so one stalled object delays no other. The audit
 /// chain stays one ordered chain (the log's mutex): intents and outcomes of different objects
 /// may interleave, and each outcome names its intent (`inputs.intentSeq`).
 ///
@@ -244,7 +256,7 @@ pub(super) async fn writer(
     done: mpsc::Sender<Done>,
     shared: Arc<Shared>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
+    let permits = Arc::new(tokio::sync::Semaphore::new(shared.write_concurrency.max(1)));
     // Unbounded, yet bounded in practice: the controller has at most one write in flight per
     // playbook, so a lane never holds more jobs than playbooks share its object.
     let mut lanes: std::collections::HashMap<String, mpsc::UnboundedSender<Box<WriteJob>>> =
@@ -316,8 +328,17 @@ pub(super) async fn lane(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let finished = write_one(job, store.as_ref(), &log, &shared).await;
-        drop(permit);
+        let write = write_one(job, store.as_ref(), &log, &shared);
+        tokio::pin!(write);
+        let finished = tokio::select! {
+            finished = &mut write => finished,
+            () = tokio::time::sleep(PERMIT_HOLD) => {
+                // Stalled: let other objects' writes go, and await this one to its end.
+                drop(permit);
+                debug!("write still running after {PERMIT_HOLD:?}; its permit is released");
+                write.await
+            }
+        };
         if done.send(finished).await.is_err() {
             break;
         }

@@ -86,6 +86,9 @@ pub struct KubeStore {
     server: String,
     /// With leader election: checked immediately before every update is sent.
     fence: Option<Arc<crate::leader::Leadership>>,
+    /// The watched VirtualServices as the watch last delivered them (the API's route views
+    /// read here, never the API server). Replaced by each [`RoutingStore::watch`] call.
+    cache: std::sync::RwLock<Option<Arc<WatchCache>>>,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -137,6 +140,7 @@ impl KubeStore {
             options,
             server,
             fence: None,
+            cache: std::sync::RwLock::new(None),
         }
     }
 
@@ -493,6 +497,25 @@ impl KubeStore {
 }
 
 impl RoutingStore for KubeStore {
+    fn viewer_read<'a>(&'a self, pb: &'a Playbook) -> super::ViewerFuture<'a> {
+        // Never a request: the watch cache, or nothing (the API then answers from the
+        // controller's state). A dashboard costs the API server nothing and takes no token.
+        let cached = self
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.clone())
+            .and_then(|c| {
+                c.get(
+                    &pb.spec.virtual_service.namespace,
+                    &pb.spec.virtual_service.name,
+                )
+            });
+        Box::pin(std::future::ready(
+            cached.map(|vs| (super::ViewSource::WatchCache, view(&vs, pb))),
+        ))
+    }
+
     fn read<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, RouteView> {
         Box::pin(async move {
             let api = self.api(pb).await?;
@@ -572,6 +595,12 @@ impl RoutingStore for KubeStore {
             Arc::new(objects.into_iter().collect());
         let client = self.client.clone();
         let timeout = self.options.request_timeout;
+        // A fresh cache for this set of objects; an earlier watch's tasks keep only their own
+        // (unread) one and stop at their next event, their receiver being gone.
+        let cache = Arc::new(WatchCache::new(wanted.clone()));
+        if let Ok(mut slot) = self.cache.write() {
+            *slot = Some(cache.clone());
+        }
         tokio::spawn(async move {
             // Discovery again here: this task outlives no borrow of the store.
             let ar = loop {
@@ -585,21 +614,63 @@ impl RoutingStore for KubeStore {
             };
             for ns in namespaces {
                 let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-                let (tx, wanted) = (tx.clone(), wanted.clone());
+                let (tx, wanted, cache, ar) =
+                    (tx.clone(), wanted.clone(), cache.clone(), ar.clone());
                 tokio::spawn(async move {
                     use futures::StreamExt;
                     use kube::runtime::WatchStreamExt;
-                    // One watch per namespace; relists and backs off on errors by itself.
+                    use kube::runtime::watcher::Event;
+                    // One watch per namespace; relists and backs off on errors by itself. It
+                    // feeds both the cache and the change notices.
                     let mut stream = std::pin::pin!(
                         kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
                             .default_backoff()
-                            .touched_objects()
                     );
-                    while let Some(item) = stream.next().await {
-                        let Ok(obj) = item else { continue };
-                        let key = (ns.clone(), obj.metadata.name.clone().unwrap_or_default());
-                        if wanted.contains(&key) && tx.send(key).await.is_err() {
+                    // Change notices the drift checker has not taken yet, one per object. The
+                    // watch never waits for the checker (it reads through the API server, so
+                    // a storm of changes backs it up): the cache stays current meanwhile.
+                    let mut pending: std::collections::BTreeSet<(String, String)> =
+                        Default::default();
+                    loop {
+                        while let Some(key) = pending.first().cloned() {
+                            match tx.try_send(key) {
+                                Ok(()) => {
+                                    pending.pop_first();
+                                }
+                                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
+                                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                            }
+                        }
+                        if tx.is_closed() {
                             return;
+                        }
+                        let item = if pending.is_empty() {
+                            stream.next().await
+                        } else {
+                            // `next()` is cancel-safe: an item not yet taken stays in the stream.
+                            tokio::select! {
+                                item = stream.next() => item,
+                                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                            }
+                        };
+                        let Some(item) = item else { return };
+                        let event = match item {
+                            Ok(event) => event,
+                            Err(e) => {
+                                // Until the watch delivers again, what it holds may be stale.
+                                debug!(namespace = ns, error = %e, "watch error; cache not synced");
+                                cache.unsynced(&ns);
+                                continue;
+                            }
+                        };
+                        cache.apply(&ns, &event, &ar);
+                        let obj = match event {
+                            Event::Apply(obj) | Event::Delete(obj) | Event::InitApply(obj) => obj,
+                            Event::Init | Event::InitDone => continue,
+                        };
+                        let key = (ns.clone(), obj.metadata.name.clone().unwrap_or_default());
+                        if wanted.contains(&key) {
+                            pending.insert(key);
                         }
                     }
                 });
@@ -634,6 +705,160 @@ async fn discover(
         version,
         "VirtualService",
     )))
+}
+
+/// The watched VirtualServices as the namespace watches last delivered them: what the API
+/// shows a viewer, at no cost to the API server. Only the objects a playbook names are kept.
+#[derive(Debug)]
+struct WatchCache {
+    /// `(namespace, name)` of every object a playbook names.
+    wanted: Arc<std::collections::HashSet<(String, String)>>,
+    state: std::sync::RwLock<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// The objects, as JSON, by `(namespace, name)`.
+    objects: std::collections::HashMap<(String, String), Arc<Value>>,
+    /// Namespaces whose watch has listed and is delivering (not erroring).
+    synced: std::collections::HashSet<String>,
+    /// A (re)list in progress, per namespace: swapped in whole when it is done, so a relist
+    /// never shows half a namespace and an object deleted meanwhile does not linger.
+    listing: std::collections::HashMap<String, std::collections::HashMap<String, Arc<Value>>>,
+}
+
+impl WatchCache {
+    fn new(wanted: Arc<std::collections::HashSet<(String, String)>>) -> Self {
+        Self {
+            wanted,
+            state: std::sync::RwLock::new(CacheState::default()),
+        }
+    }
+
+    /// The object, if its namespace's watch is synced and holds it.
+    fn get(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
+        let state = self.state.read().ok()?;
+        if !state.synced.contains(ns) {
+            return None;
+        }
+        state
+            .objects
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The namespace's watch failed: serve nothing from it until it delivers again.
+    fn unsynced(&self, ns: &str) {
+        if let Ok(mut state) = self.state.write() {
+            state.synced.remove(ns);
+        }
+    }
+
+    /// Applies one watch event of namespace `ns`.
+    fn apply(
+        &self,
+        ns: &str,
+        event: &kube::runtime::watcher::Event<DynamicObject>,
+        ar: &ApiResource,
+    ) {
+        use kube::runtime::watcher::Event;
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        let wanted = |obj: &DynamicObject| {
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let key = (ns.to_string(), name);
+            self.wanted.contains(&key).then_some(key)
+        };
+        match event {
+            Event::Init => {
+                state.listing.insert(ns.to_string(), Default::default());
+            }
+            Event::InitApply(obj) => {
+                if let Some(key) = wanted(obj)
+                    && let Some(json) = as_json(obj, ar)
+                {
+                    state
+                        .listing
+                        .entry(ns.to_string())
+                        .or_default()
+                        .insert(key.1, json);
+                }
+            }
+            Event::InitDone => {
+                let listed = state.listing.remove(ns).unwrap_or_default();
+                state.objects.retain(|(n, _), _| n != ns);
+                for (name, json) in listed {
+                    state.objects.insert((ns.to_string(), name), json);
+                }
+                state.synced.insert(ns.to_string());
+            }
+            Event::Apply(obj) => {
+                if let Some(key) = wanted(obj) {
+                    match as_json(obj, ar) {
+                        Some(json) => state.objects.insert(key, json),
+                        None => state.objects.remove(&key),
+                    };
+                }
+                state.synced.insert(ns.to_string());
+            }
+            Event::Delete(obj) => {
+                if let Some(key) = wanted(obj) {
+                    state.objects.remove(&key);
+                }
+                state.synced.insert(ns.to_string());
+            }
+        }
+    }
+}
+
+/// A watched object reduced to what [`super::view_at`] reads: `apiVersion`, `kind`,
+/// failoverd's annotations and each http route's `name` and `route` (list items may come
+/// without `apiVersion` and `kind`: they are the watched resource's). The view computed from
+/// it is the one a GET of the whole object gives; kept whole, 1,000 objects (managedFields,
+/// other routes' matches and retries) cost the daemon over 10 MiB.
+fn as_json(obj: &DynamicObject, ar: &ApiResource) -> Option<Arc<Value>> {
+    let (api_version, kind) = match &obj.types {
+        Some(t) => (t.api_version.clone(), t.kind.clone()),
+        None => (ar.api_version.clone(), ar.kind.clone()),
+    };
+    let annotations: serde_json::Map<String, Value> = obj
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k == super::STATE || *k == super::ORIGINAL_ROUTE)
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut spec = serde_json::Map::new();
+    match obj.data.pointer("/spec/http") {
+        Some(Value::Array(routes)) => {
+            let slim = routes
+                .iter()
+                .map(|r| match r.as_object() {
+                    Some(r) => Value::Object(
+                        r.iter()
+                            .filter(|(k, _)| *k == "name" || *k == "route")
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                    None => r.clone(),
+                })
+                .collect();
+            spec.insert("http".into(), Value::Array(slim));
+        }
+        // Not a list: kept as it is, so the view reports it exactly as a read would.
+        Some(other) => {
+            spec.insert("http".into(), other.clone());
+        }
+        None => {}
+    }
+    Some(Arc::new(serde_json::json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": { "annotations": annotations },
+        "spec": spec,
+    })))
 }
 
 /// An update that was sent: its answer never came, or it landed and has not been read back.
@@ -741,5 +966,157 @@ fn map_err(e: TimedError, object: &str, verb: &str, namespace: &str) -> StoreErr
             object,
             message: format!("{verb}: {code} {}: {}", status.reason, status.message),
         },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn ar() -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, "v1", "VirtualService"))
+    }
+
+    /// A list item as the API server sends it: no `apiVersion`/`kind`.
+    fn obj(name: &str, host: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": { "http": [{ "route": [{ "destination": { "host": host } }] }] }
+        }))
+        .unwrap()
+    }
+
+    fn host(cache: &WatchCache, name: &str) -> Option<String> {
+        cache.get("ns", name).map(|v| {
+            v.pointer("/spec/http/0/route/0/destination/host")
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string()
+        })
+    }
+
+    fn cache() -> WatchCache {
+        let wanted = [("ns", "a"), ("ns", "b")]
+            .into_iter()
+            .map(|(n, o)| (n.to_string(), o.to_string()))
+            .collect();
+        WatchCache::new(Arc::new(wanted))
+    }
+
+    /// Nothing is served before the first list is complete; then the wanted objects are,
+    /// with the resource's `apiVersion` and `kind`, and objects no playbook names are not kept.
+    #[test]
+    fn serves_only_after_the_list_and_only_wanted_objects() {
+        let (c, ar) = (cache(), ar());
+        c.apply("ns", &Event::Init, &ar);
+        c.apply("ns", &Event::InitApply(obj("a", "a1")), &ar);
+        c.apply("ns", &Event::InitApply(obj("other", "o1")), &ar);
+        assert_eq!(host(&c, "a"), None, "served before the list was complete");
+        c.apply("ns", &Event::InitDone, &ar);
+        assert_eq!(host(&c, "a").as_deref(), Some("a1"));
+        assert_eq!(host(&c, "other"), None);
+        assert_eq!(host(&c, "b"), None, "an object not in the list");
+        let a = c.get("ns", "a").unwrap();
+        assert_eq!(a["apiVersion"], "networking.istio.io/v1");
+        assert_eq!(a["kind"], "VirtualService");
+        assert_eq!(c.get("other-ns", "a"), None);
+    }
+
+    /// The reduced object gives exactly the view the whole object gives (failed over with a
+    /// drifted route, another playbook's route beside it, managedFields and other fields).
+    #[test]
+    fn the_cached_object_gives_the_view_of_the_whole_object() {
+        let pb = crate::playbook::parse(
+            "pb.yaml",
+            "apiVersion: failoverd.dev/v1alpha1
+kind: Playbook
+metadata: { name: web }
+spec:
+  virtualService: { namespace: ns, name: a }
+  route: primary
+  primary: { host: web.ns.svc.cluster.local }
+  failover:
+    - { host: web.dr.svc.cluster.local }
+  probes:
+    - { name: p, target: primary, http: { url: \"http://127.0.0.1:1/\" } }
+    - { name: d, target: \"failover[0]\", http: { url: \"http://127.0.0.1:1/\" } }
+",
+        )
+        .unwrap();
+        let mut whole = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {
+                "name": "a", "namespace": "ns", "resourceVersion": "7",
+                "labels": { "app": "web" },
+                "annotations": { "other": "x" },
+                "managedFields": [{ "manager": "kubectl", "fieldsV1": { "f:spec": {} } }]
+            },
+            "spec": {
+                "hosts": ["web.ns.svc.cluster.local"],
+                "http": [
+                    { "name": "other", "match": [{ "uri": { "prefix": "/x" } }],
+                      "route": [{ "destination": { "host": "x" } }] },
+                    { "name": "primary", "retries": { "attempts": 3 },
+                      "route": [{ "destination": { "host": "web.ns.svc.cluster.local" } }] }
+                ]
+            }
+        });
+        let now = jiff::Timestamp::now();
+        let moved = crate::engine::Routing::Failover { target: 0 };
+        super::super::apply(&mut whole, &pb, moved, Some(now)).unwrap();
+        // Someone edits the route afterwards: the view reports drift.
+        whole["spec"]["http"][1]["route"][0]["destination"]["host"] = json!("elsewhere");
+        let obj: DynamicObject = serde_json::from_value(whole.clone()).unwrap();
+        let cached = as_json(&obj, &ar()).unwrap();
+        let full = super::super::view_at(&whole, &pb, now).unwrap();
+        assert!(full.drift.is_some() && full.routing == moved, "{full:?}");
+        assert_eq!(super::super::view_at(&cached, &pb, now).unwrap(), full);
+        assert!(cached["metadata"].get("managedFields").is_none());
+        // No http list at all: the same error either way.
+        whole["spec"].as_object_mut().unwrap().remove("http");
+        let obj: DynamicObject = serde_json::from_value(whole.clone()).unwrap();
+        assert_eq!(
+            super::super::view_at(&as_json(&obj, &ar()).unwrap(), &pb, now)
+                .unwrap_err()
+                .to_string(),
+            super::super::view_at(&whole, &pb, now)
+                .unwrap_err()
+                .to_string()
+        );
+    }
+
+    /// Changes and deletions apply; a relist replaces the namespace whole (an object gone
+    /// meanwhile is gone); a watch error stops serving until the watch delivers again.
+    #[test]
+    fn follows_changes_relists_and_errors() {
+        let (c, ar) = (cache(), ar());
+        c.apply("ns", &Event::Init, &ar);
+        c.apply("ns", &Event::InitApply(obj("a", "a1")), &ar);
+        c.apply("ns", &Event::InitApply(obj("b", "b1")), &ar);
+        c.apply("ns", &Event::InitDone, &ar);
+        c.apply("ns", &Event::Apply(obj("a", "a2")), &ar);
+        assert_eq!(host(&c, "a").as_deref(), Some("a2"));
+        c.apply("ns", &Event::Delete(obj("b", "b1")), &ar);
+        assert_eq!(host(&c, "b"), None);
+        c.apply("ns", &Event::Apply(obj("b", "b2")), &ar);
+        // Relist: the old contents are served until it is done, then replaced whole.
+        c.apply("ns", &Event::Init, &ar);
+        c.apply("ns", &Event::InitApply(obj("b", "b3")), &ar);
+        assert_eq!(host(&c, "a").as_deref(), Some("a2"));
+        c.apply("ns", &Event::InitDone, &ar);
+        assert_eq!(
+            host(&c, "a"),
+            None,
+            "deleted during the relist, still served"
+        );
+        assert_eq!(host(&c, "b").as_deref(), Some("b3"));
+        c.unsynced("ns");
+        assert_eq!(host(&c, "b"), None, "served while the watch is failing");
+        c.apply("ns", &Event::Apply(obj("b", "b4")), &ar);
+        assert_eq!(host(&c, "b").as_deref(), Some("b4"));
     }
 }

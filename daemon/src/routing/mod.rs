@@ -163,6 +163,34 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub type ReadAllFuture<'a> =
     Pin<Box<dyn Future<Output = Vec<Result<RouteView, StoreError>>> + Send + 'a>>;
 
+/// Where a route shown to a viewer (`GET /v1/playbooks/{name}`) came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewSource {
+    /// Read from the store just now (the `file` store: a local file).
+    Store,
+    /// The `kubernetes` store's watch cache: the object as the watch last delivered it.
+    WatchCache,
+    /// Not from the store at all: the controller's last-known routing (the cache has not
+    /// synced or lacks the object).
+    Controller,
+}
+
+impl ViewSource {
+    /// The name the API reports (`"store"`, `"watch-cache"`, `"controller"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewSource::Store => "store",
+            ViewSource::WatchCache => "watch-cache",
+            ViewSource::Controller => "controller",
+        }
+    }
+}
+
+/// What [`RoutingStore::viewer_read`] returns: the view and where it came from, or `None`
+/// when the store has nothing to show without a request to a remote backend.
+pub type ViewerFuture<'a> =
+    Pin<Box<dyn Future<Output = Option<(ViewSource, Result<RouteView, StoreError>)>> + Send + 'a>>;
+
 /// Where VirtualServices live. Implementations must never overwrite a concurrent change
 /// blindly and must read back what they wrote.
 pub trait RoutingStore: Send + Sync + std::fmt::Debug {
@@ -187,6 +215,13 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
             }
             out
         })
+    }
+    /// The route for a viewer (the API), never at the cost of a routing write: no token of
+    /// the write bucket, no request to a remote backend. The default reads the store (the
+    /// `file` store reads a local file, without the writer's lock); the `kubernetes` store
+    /// answers from its watch cache, or `None` (the caller then shows the controller's state).
+    fn viewer_read<'a>(&'a self, pb: &'a Playbook) -> ViewerFuture<'a> {
+        Box::pin(async move { Some((ViewSource::Store, self.read(pb).await)) })
     }
     /// A short description for logs (`file:/var/lib/failoverd/routes`).
     fn describe(&self) -> String;

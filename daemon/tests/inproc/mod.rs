@@ -11,7 +11,7 @@ use std::time::Duration;
 use failoverd::auth::{Tokens, hash_token};
 use failoverd::playbook::Playbook;
 use failoverd::routing::{FileStore, RoutingStore};
-use failoverd::runtime::Shared;
+use failoverd::shared::Shared;
 use failoverd::standin::StandIn;
 use tokio::sync::watch;
 

@@ -19,7 +19,7 @@ use failoverd::engine::Routing;
 use failoverd::notify::Notifier;
 use failoverd::playbook::Playbook;
 use failoverd::routing::{FileStore, RoutingStore};
-use failoverd::runtime::Shared;
+use failoverd::shared::Shared;
 use failoverd::standin::StandIn;
 use serde_json::Value;
 use tempfile::TempDir;
