@@ -19,6 +19,7 @@ use crate::auth::Tokens;
 use crate::engine::Routing;
 use crate::overrides::OverrideStore;
 use crate::playbook;
+use crate::playbook::Validate;
 use crate::routing::{FileStore, RoutingStore};
 use crate::runtime::{Runtime, Shared};
 use crate::standin::StandIn;

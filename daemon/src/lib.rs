@@ -13,7 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod drift;
 pub mod drill;
-pub mod engine;
+pub use failoverd_core::engine;
 pub mod leader;
 pub mod log_escape;
 pub mod metrics;

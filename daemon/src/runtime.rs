@@ -31,6 +31,7 @@ use crate::engine::{
 use crate::metrics::{Metrics, labels};
 use crate::notify::{Condition, Event, EventKind, Notifier};
 use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, new_id};
+use crate::playbook::ToProbe;
 use crate::playbook::{Loaded, Playbook, Target};
 use crate::routing::{RoutingStore, StoreError};
 use crate::slo::{self, PromClient, SloResult};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use failoverd::audit::AuditLog;
 use failoverd::auth::{Tokens, hash_token};
 use failoverd::overrides::OverrideStore;
+use failoverd::playbook::Validate;
 use failoverd::playbook::{self, Loaded, Playbook};
 use failoverd::routing::FileStore;
 use failoverd::runtime::{Runtime, Shared};

@@ -19,6 +19,7 @@ use failoverd::auth::Tokens;
 use failoverd::engine::Routing;
 use failoverd::notify::Notifier;
 use failoverd::overrides::OverrideStore;
+use failoverd::playbook::Validate;
 use failoverd::playbook::{self, Loaded, Playbook};
 use failoverd::routing::{FileStore, RoutingStore};
 use failoverd::runtime::{Runtime, Shared};
