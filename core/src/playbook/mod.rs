@@ -1,10 +1,11 @@
 //! Playbooks: the declarative description of how one service fails over and back.
 //!
-//! Loading ([`parse`], [`load_paths`]) and checking ([`Playbook::validate`]) are separate
-//! steps: serde refuses what does not fit the types (unknown fields, bad durations, YAML
-//! syntax), `validate` refuses what fits the types but makes no sense (a probe pointing at a
+//! Parsing ([`parse`]) and checking ([`Playbook::validate_with`]) are separate steps: serde
+//! refuses what does not fit the types (unknown fields, bad durations, YAML syntax),
+//! `validate_with` refuses what fits the types but makes no sense (a probe pointing at a
 //! target that does not exist, a timeout longer than its interval). Both report
-//! [`Problem`]s that name file, line, column and field.
+//! [`Problem`]s that name file, line, column and field. Reading files (and the probe
+//! library's option checks, which read CA files) is the daemon's: `failoverd::playbook`.
 
 mod duration;
 
