@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use failoverd::engine::{Health, Observation, Overrides, SignalKind, State, decide};
-use failoverd::playbook::{self, Target};
+use failoverd::playbook::{self, Target, Validate};
 use jiff::Timestamp;
 
 const PLAYBOOKS: usize = 10_000;

@@ -4,6 +4,9 @@
 //! The chain starts from 64 zeros. `prev` of record N is the SHA-256 (hex) of the exact bytes
 //! of line N-1 without its newline, so editing, removing or reordering any record breaks every
 //! link after it; [`verify`] names the first broken one.
+//!
+//! The record, its hash and the chain arithmetic are [`failoverd_core::audit`] (re-exported
+//! here); this module owns the file: reading, appending, fsync, cutting torn tails.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -12,64 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use failoverd_core::audit::{
+    Chain, Entry, GENESIS, Record, Verified, closes_intent, hash_line, verify_lines,
+};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-/// `prev` of the first record.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// One audit record.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Record {
-    /// Sequence number, from 1, without gaps.
-    pub seq: u64,
-    /// When it was written.
-    pub time: Timestamp,
-    /// SHA-256 (hex) of the previous line.
-    pub prev: String,
-    /// `engine` for automatic moves, else the operator's identity.
-    pub actor: String,
-    /// What happened: `failover`, `failback`, `failback-step`, `stuck`, `audit-recovered`, ...
-    pub action: String,
-    /// The playbook concerned (empty for daemon-wide records).
-    pub playbook: String,
-    /// Why, in words.
-    pub reason: String,
-    /// The observations and values that caused it.
-    #[serde(default)]
-    pub inputs: Value,
-    /// Route before.
-    #[serde(default)]
-    pub before: Value,
-    /// Route after.
-    #[serde(default)]
-    pub after: Value,
-    /// `intent` (about to write), `written`, `unchanged`, `failed: ...`, `refused: ...`, `noted`.
-    pub outcome: String,
-}
-
-/// What a caller fills in; the log adds `seq`, `time` and `prev`.
-#[derive(Clone, Debug, Default)]
-pub struct Entry {
-    /// See [`Record::actor`].
-    pub actor: String,
-    /// See [`Record::action`].
-    pub action: String,
-    /// See [`Record::playbook`].
-    pub playbook: String,
-    /// See [`Record::reason`].
-    pub reason: String,
-    /// See [`Record::inputs`].
-    pub inputs: Value,
-    /// See [`Record::before`].
-    pub before: Value,
-    /// See [`Record::after`].
-    pub after: Value,
-    /// See [`Record::outcome`].
-    pub outcome: String,
-}
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -179,10 +128,6 @@ impl AuditHealth {
     }
 }
 
-fn hash_line(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
-}
-
 /// Result of scanning a log: the chain's tip and a torn tail, if any.
 #[derive(Debug)]
 struct Scan {
@@ -196,20 +141,14 @@ struct Scan {
     unresolved: BTreeMap<String, Record>,
 }
 
-/// True when `rec` says what became of `intent` (same playbook and action, not an intent).
-fn closes_intent(intent: &Record, rec: &Record) -> bool {
-    rec.playbook == intent.playbook && rec.action == intent.action && rec.outcome != "intent"
-}
-
 fn scan(path: &Path) -> Result<Scan, (u64, String)> {
     let file = File::open(path).map_err(|e| (0, format!("cannot open: {e}")))?;
     let mut reader = BufReader::new(file);
-    let mut seq = 0u64;
-    let mut last_hash = GENESIS.to_string();
+    let mut chain = Chain::new();
     let mut offset = 0u64;
     let mut line_no = 0u64;
     let mut buf = Vec::new();
-    let mut unresolved: BTreeMap<String, Record> = BTreeMap::new();
+    let mut torn = None;
     loop {
         buf.clear();
         let n = reader
@@ -220,65 +159,21 @@ fn scan(path: &Path) -> Result<Scan, (u64, String)> {
         }
         line_no += 1;
         if buf.last() != Some(&b'\n') {
-            return Ok(Scan {
-                seq,
-                last_hash,
-                good_len: offset,
-                torn: Some(buf.clone()),
-                unresolved,
-            });
+            torn = Some(buf.clone());
+            break;
         }
-        let line = &buf[..buf.len() - 1];
-        let rec: Record = serde_json::from_slice(line)
-            .map_err(|e| (line_no, format!("record is not valid JSON: {e}")))?;
-        if rec.seq != seq + 1 {
-            return Err((
-                line_no,
-                format!(
-                    "sequence {} where {} was expected (missing or reordered record)",
-                    rec.seq,
-                    seq + 1
-                ),
-            ));
-        }
-        if rec.prev != last_hash {
-            return Err((
-                line_no,
-                format!(
-                    "seq {}: prev hash does not match the previous record (edited, removed or reordered)",
-                    rec.seq
-                ),
-            ));
-        }
-        seq = rec.seq;
-        last_hash = hash_line(line);
+        chain
+            .push(&buf[..buf.len() - 1])
+            .map_err(|problem| (line_no, problem))?;
         offset += n as u64;
-        if rec.outcome == "intent" && !rec.playbook.is_empty() {
-            unresolved.insert(rec.playbook.clone(), rec);
-        } else if unresolved
-            .get(&rec.playbook)
-            .is_some_and(|i| closes_intent(i, &rec))
-        {
-            unresolved.remove(&rec.playbook);
-        }
     }
     Ok(Scan {
-        seq,
-        last_hash,
+        seq: chain.seq(),
+        last_hash: chain.last_hash().to_string(),
         good_len: offset,
-        torn: None,
-        unresolved,
+        torn,
+        unresolved: chain.into_unresolved(),
     })
-}
-
-/// What [`verify`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Verified {
-    /// Number of intact records.
-    pub records: u64,
-    /// Bytes of a torn last line, if any (reported, not an error: the write it held never
-    /// completed, so the action it recorded was never performed).
-    pub torn_tail: Option<usize>,
 }
 
 /// Checks the whole chain. Errors name the first broken line.

@@ -18,7 +18,7 @@ pub mod control;
 /// The demo (kept at its old path).
 pub use cli::demo;
 pub mod drill;
-pub mod engine;
+pub use failoverd_core::engine;
 pub mod leader;
 pub mod log_escape;
 pub mod metrics;

@@ -21,6 +21,7 @@ use crate::control::Runtime;
 use crate::engine::Routing;
 use crate::overrides::OverrideStore;
 use crate::playbook;
+use crate::playbook::Validate;
 use crate::routing::{FileStore, RoutingStore};
 use crate::shared::Shared;
 use crate::standin::StandIn;

@@ -38,6 +38,7 @@ use crate::engine::{
 use crate::metrics::labels;
 use crate::notify::{Condition, Event, EventKind};
 use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, kept, new_id};
+use crate::playbook::ToProbe;
 use crate::playbook::{Loaded, Playbook, Target};
 use crate::routing::{RoutingStore, StoreError};
 use crate::slo::{self, PromClient, SloResult};

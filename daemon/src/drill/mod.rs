@@ -18,7 +18,7 @@
 pub mod budget;
 pub mod report;
 pub mod spec;
-pub mod window;
+pub use failoverd_core::drill::window;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -136,6 +136,7 @@ mod scrape_tests {
     use axum::routing::get;
 
     use super::*;
+    use crate::playbook::Validate;
     use crate::playbook::{Loaded, parse};
 
     fn playbook(url: &str) -> Loaded {

@@ -15,7 +15,7 @@ use failoverd::audit::AuditLog;
 use failoverd::auth::Tokens;
 use failoverd::control::Runtime;
 use failoverd::overrides::OverrideStore;
-use failoverd::playbook::{self, Loaded, Playbook};
+use failoverd::playbook::{self, Loaded, Playbook, Validate};
 use failoverd::routing::{FileStore, RoutingStore};
 use failoverd::shared::Shared;
 use failoverd::standin::StandIn;

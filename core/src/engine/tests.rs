@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 
 use super::*;
+use crate::playbook::test_support::Validate;
 use crate::playbook::{self, Playbook, Target};
 
 const BASE: &str = r#"

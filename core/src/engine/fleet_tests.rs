@@ -13,6 +13,7 @@ use crate::engine::{
     Action, Actor, Command, Decision, Freeze, Health, Hold, MoveKind, Observation, Overrides,
     Routing, SignalKind, State, Verdict, decide, verdict,
 };
+use crate::playbook::test_support::Validate;
 use crate::playbook::{self, Playbook, Target};
 
 #[test]

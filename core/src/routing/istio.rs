@@ -3,8 +3,8 @@
 //! answering 422 Invalid), then the rules of istiod's validating webhook `validation.istio.io`
 //! (answering 400 "admission webhook ... denied the request").
 //!
-//! The schemas are the ones Istio ships (`daemon/schemas/istio-networking-crds.yaml`, see
-//! `daemon/schemas/SOURCE.md` for provenance), compiled once. The schema alone is loose on
+//! The schemas are the ones Istio ships (`core/schemas/istio-networking-crds.yaml`, see
+//! `core/schemas/SOURCE.md` for provenance), compiled once. The schema alone is loose on
 //! purpose (a negative weight passes it), which is why the webhook rules are re-implemented
 //! here from istio/istio `pkg/config/validation`. CEL rules (`x-kubernetes-validations`) are
 //! not evaluated.
