@@ -132,7 +132,7 @@ impl FileConfig {
     /// Reads a config file; errors are located like playbook errors.
     pub fn load(path: &Path) -> Result<Self, Problem> {
         let file = path.display().to_string();
-        let text = crate::validate::read_text(path)?;
+        let text = crate::screen::read_text(path)?;
         serde_saphyr::from_str(&text).map_err(|e| yaml_problem(&file, &e))
     }
 }

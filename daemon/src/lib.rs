@@ -29,6 +29,7 @@ pub mod reload;
 pub mod routing;
 /// The HTTP listener (kept at its old path).
 pub use api::server;
+pub mod screen;
 pub mod shared;
 pub mod signals;
 pub use signals as slo;

@@ -44,14 +44,14 @@ pub fn fingerprint(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     // The same walk as the gate's (a symlink loop is cut, not followed); a path that cannot
     // be walked changes the hash through its problem.
-    let (files, problems) = crate::validate::files(paths);
+    let (files, problems) = crate::screen::files(paths);
     for p in problems {
         p.to_string().hash(&mut h);
     }
     for f in files {
         f.hash(&mut h);
         // Never blocks: a FIFO or device dropped in is hashed by its refusal, not read.
-        match crate::validate::read_regular(&f) {
+        match crate::screen::read_regular(&f) {
             Ok(bytes) => bytes.hash(&mut h),
             Err(e) => e.hash(&mut h),
         }

@@ -166,7 +166,7 @@ impl Shared {
             fleet: Mutex::new(crate::engine::fleet::FleetGuard::new(playbooks.len(), 0)),
             leader: Arc::new(crate::leader::Leadership::always()),
             kept_overrides: None,
-            write_concurrency: crate::control::DEFAULT_WRITE_CONCURRENCY,
+            write_concurrency: DEFAULT_WRITE_CONCURRENCY,
         }
     }
 
@@ -343,3 +343,12 @@ impl ReloadStatus {
 pub(crate) fn result_label(result: &str) -> Labels {
     crate::metrics::labels([("result", result)])
 }
+
+/// How many routing writes may be in flight at once by default (`writeConcurrency`), each
+/// to a different VirtualService: enough that a storm of failovers is written in parallel
+/// (the kubernetes store's token bucket still paces the requests), few enough that a slow
+/// API server is not flooded.
+pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
+
+/// The values `writeConcurrency` may take (checked by the validation gate).
+pub const WRITE_CONCURRENCY_RANGE: std::ops::RangeInclusive<usize> = 1..=256;

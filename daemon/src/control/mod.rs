@@ -51,9 +51,8 @@ use recording::*;
 use step::*;
 use writer::*;
 
-pub use writer::{
-    DEFAULT_WRITE_CONCURRENCY, EXIT_WRITER_DIED, PERMIT_HOLD, WRITE_CONCURRENCY_RANGE, verdict_word,
-};
+pub use crate::shared::{DEFAULT_WRITE_CONCURRENCY, WRITE_CONCURRENCY_RANGE};
+pub use writer::{EXIT_WRITER_DIED, PERMIT_HOLD, verdict_word};
 
 /// How often time-driven rules (failback `after`, dwell expiry, stale results) are checked.
 /// Probe results trigger a decision at once; this tick only bounds the lateness of the rest.

@@ -222,15 +222,6 @@ pub(super) async fn writer_died(
     std::process::exit(EXIT_WRITER_DIED)
 }
 
-/// How many routing writes may be in flight at once by default (`writeConcurrency`), each
-/// to a different VirtualService: enough that a storm of failovers is written in parallel
-/// (the kubernetes store's token bucket still paces the requests), few enough that a slow
-/// API server is not flooded.
-pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
-
-/// The values `writeConcurrency` may take (checked by the validation gate).
-pub const WRITE_CONCURRENCY_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
-
 /// How long one write holds its concurrency permit at most: the `kubernetes` store's
 /// per-request timeout (3 s). A write still running then is stalled on its object (a slow
 /// webhook, a lock): it goes on to its real end without a permit, so stalled objects can
