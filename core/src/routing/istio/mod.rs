@@ -65,7 +65,7 @@ impl std::fmt::Display for Violation {
 /// Validates a whole VirtualService object (apiVersion/kind/metadata/spec JSON) against the
 /// official Istio CRD openAPIV3Schema (the served version named by apiVersion: v1, v1beta1,
 /// v1alpha3) and the istiod validating-webhook rules. Ok(()) or every violation, each naming
-/// the JSON path, e.g. "spec.http[0].route[1].weight: weight -3 < 0".
+/// the JSON path, e.g. `spec.http[0].route[1].weight: weight -3 < 0`.
 pub fn validate_virtual_service(obj: &Value) -> Result<(), Vec<String>> {
     to_result(check_virtual_service(obj))
 }
