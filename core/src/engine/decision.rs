@@ -9,7 +9,10 @@ use jiff::Timestamp;
 use crate::playbook::{FailbackMode, Playbook, Target};
 
 use super::verdicts::{elapsed, round_ms};
-use super::*;
+use super::{
+    Action, Actor, Command, Decision, MoveKind, Observation, Overrides, Phase, Routing, State,
+    Verdict, describe, first_healthy_target, verdict,
+};
 
 struct Ctx<'a> {
     pb: &'a Playbook,
