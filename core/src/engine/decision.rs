@@ -8,11 +8,11 @@ use jiff::Timestamp;
 
 use crate::playbook::{FailbackMode, Playbook, Target};
 
-use super::verdicts::{elapsed, round_ms};
-use super::{
+use super::types::{
     Action, Actor, Command, Decision, MoveKind, Observation, Overrides, Phase, Routing, State,
-    Verdict, describe, first_healthy_target, verdict,
+    Verdict,
 };
+use super::verdicts::{describe, elapsed, first_healthy_target, round_ms, verdict};
 
 struct Ctx<'a> {
     pb: &'a Playbook,

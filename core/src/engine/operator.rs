@@ -4,7 +4,8 @@ use jiff::Timestamp;
 
 use crate::playbook::{Playbook, Target};
 
-use super::{Observation, describe, first_healthy_target, verdict};
+use super::types::Observation;
+use super::verdicts::{describe, first_healthy_target, verdict};
 
 /// Checks an operator failover before it is accepted: the target must exist and, unless
 /// forced, be known healthy. Returns the resolved target index.

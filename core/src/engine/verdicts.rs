@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::playbook::{OnMissing, Playbook, Target};
 
-use super::{Health, Observation, SignalKind, Verdict};
+use super::types::{Health, Observation, SignalKind, Verdict};
 
 pub(super) fn elapsed(now: Timestamp, since: Timestamp) -> StdDuration {
     let d = now.duration_since(since);

@@ -7,9 +7,11 @@
 //! [`Problem`]s that name file, line, column and field. Reading files (and the probe
 //! library's option checks, which read CA files) is the daemon's: `failoverd::playbook`.
 //!
-//! The model types are in `model` (the playbook, its destinations and targets, trigger and
-//! failback) and `signals` (probes and SLOs), parsing in `parse`, the checks in `validate`
-//! and `names`, the problems they report in `problem`.
+//! The model types are in `model` (the playbook, its destinations, trigger and failback),
+//! `signals` (probes and SLOs) and `target` (which destination a signal watches), parsing in
+//! `parse`, the checks in `validate` and `names`, the problems they report in `problem`.
+//! Files name the sibling they import from (`super::model::Playbook`), so the order between
+//! them reads off the imports: `target` ← `signals` ← `model` ← `parse`, `validate`.
 
 mod duration;
 mod model;
@@ -17,12 +19,13 @@ mod names;
 mod parse;
 mod problem;
 mod signals;
+mod target;
 mod validate;
 
 pub use duration::Duration;
 pub use model::{
     Destination, Failback, FailbackMode, Metadata, ObjectRef, OnDrift, OnMissing, Playbook,
-    PlaybookSpec, Target, Trigger,
+    PlaybookSpec, Trigger,
 };
 pub use names::{check_dns_label, check_dns_subdomain, check_host};
 pub use parse::{Loaded, json_schema, parse, yaml_problem};
@@ -31,6 +34,7 @@ pub use signals::{
     BurnRate, GrpcCheck, HttpCheck, ProbeSpec, PromThreshold, RatioSlo, ScrapeSlo, SloSpec,
     TcpCheck, WINDOW_PLACEHOLDER,
 };
+pub use target::Target;
 pub use validate::{MAX_SCRAPE_SAMPLES, ProbeChecks};
 
 /// The `apiVersion` every playbook carries.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{API_VERSION, Playbook, Problem};
+use super::API_VERSION;
+use super::model::Playbook;
+use super::problem::Problem;
 
 /// A parsed and validated playbook with the file it came from.
 #[derive(Clone, Debug)]

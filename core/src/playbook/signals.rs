@@ -8,7 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::{Duration, Target, duration};
+use super::duration::{self, Duration};
+use super::target::Target;
 
 /// An active health probe.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
-use super::{
-    API_VERSION, Destination, GrpcCheck, HttpCheck, OptionProblem, Playbook, Problem, ScrapeSlo,
-    SloSpec, Target, TcpCheck, WINDOW_PLACEHOLDER, check_dns_label, check_dns_subdomain,
-    check_host, duration,
-};
+use super::API_VERSION;
+use super::duration;
+use super::model::{Destination, Playbook};
+use super::names::{check_dns_label, check_dns_subdomain, check_host};
+use super::problem::{OptionProblem, Problem};
+use super::signals::{GrpcCheck, HttpCheck, ScrapeSlo, SloSpec, TcpCheck, WINDOW_PLACEHOLDER};
+use super::target::Target;
 
 impl Playbook {
     /// Checks references and sense; returns every problem found (empty when valid).

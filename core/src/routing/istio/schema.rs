@@ -7,7 +7,8 @@ use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
-use super::{GROUP, Source, VERSIONS, Violation, is_dns1123_subdomain};
+use super::names::is_dns1123_subdomain;
+use super::{GROUP, Source, VERSIONS, Violation};
 
 /// The two CRDs as Istio ships them (two YAML documents).
 const CRDS_YAML: &str = include_str!("../../../schemas/istio-networking-crds.yaml");
