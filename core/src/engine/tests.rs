@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
 use jiff::Timestamp;
-use proptest::prelude::*;
 
 use super::*;
 use crate::playbook::test_support::Validate;
@@ -564,117 +563,6 @@ fn resume_from_split() {
     );
 }
 
-// ---- properties ----
-
-#[derive(Clone, Debug)]
-enum Ev {
-    Tick {
-        dt_ms: u64,
-        p: u8,
-        f0: u8,
-        f1: u8,
-    },
-    Freeze {
-        secs: u64,
-    },
-    Hold {
-        target: usize,
-        secs: u64,
-        force: bool,
-    },
-    Failback {
-        force: bool,
-    },
-}
-
-fn health_of(code: u8) -> Health {
-    match code % 10 {
-        0..=5 => Health::Healthy,
-        6..=8 => Health::Unhealthy("down".into()),
-        _ => Health::Unknown("no data".into()),
-    }
-}
-
-fn ev() -> impl Strategy<Value = Ev> {
-    prop_oneof![
-        20 => (0u64..4000, any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(dt_ms, p, f0, f1)| Ev::Tick { dt_ms, p, f0, f1 }),
-        1 => (1u64..60).prop_map(|secs| Ev::Freeze { secs }),
-        1 => (0usize..2, 1u64..120, any::<bool>()).prop_map(|(target, secs, force)| Ev::Hold { target, secs, force }),
-        1 => any::<bool>().prop_map(|force| Ev::Failback { force }),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    /// Invariants over random sequences of faults, recoveries, overrides and clock advances:
-    /// weights sum to 100; an automatic move never routes to zero healthy destinations nor to a
-    /// destination known unhealthy; automatic moves that start a move are at least `minDwell`
-    /// apart unless an operator intervened; deciding twice on the same inputs adds nothing.
-    #[test]
-    fn engine_invariants(events in proptest::collection::vec(ev(), 1..300), dwell in 0u64..60, steps in 0usize..3) {
-        let steps_yaml = ["[100]", "[10, 50, 100]", "[1, 99, 100]"][steps];
-        let pb = playbook(&[
-            ("minDwell: 120s", &format!("minDwell: {dwell}s")),
-            ("steps: [10, 50, 100]", &format!("steps: {steps_yaml}")),
-            ("after: 60s", "after: 5s"),
-            ("stepInterval: 30s", "stepInterval: 2s"),
-        ]);
-        let mut w = World::default();
-        let mut st = State::default();
-        let mut now = at(0);
-        let mut ov = Overrides::default();
-        let mut last_start: Option<Timestamp> = None;
-        w.probes(Health::Healthy, Health::Healthy, Health::Healthy, now);
-        for e in events {
-            ov.command = None;
-            match e {
-                Ev::Tick { dt_ms, p, f0, f1 } => {
-                    now += jiff::SignedDuration::from_millis(dt_ms as i64);
-                    w.probes(health_of(p), health_of(f0), health_of(f1), now);
-                }
-                Ev::Freeze { secs } => ov.freeze = Some(Freeze { by: actor(), until: Some(now + jiff::SignedDuration::from_secs(secs as i64)) }),
-                Ev::Hold { target, secs, force } => ov.hold = Some(Hold { by: actor(), target, until: now + jiff::SignedDuration::from_secs(secs as i64), force }),
-                Ev::Failback { force } => { ov.hold = None; ov.command = Some(Command::Failback { by: actor(), force }); }
-            }
-            let obs = w.list();
-            let d = decide(&pb, &st, &obs, &ov, now);
-            let again = decide(&pb, &st, &obs, &ov, now);
-            prop_assert_eq!(&d, &again, "decide is not deterministic");
-            for a in &d.actions {
-                let Action::Route { from, to, kind, forced, actor, .. } = a else { continue };
-                prop_assert_eq!(*from, st.routing);
-                let weights = to.weights();
-                prop_assert_eq!(weights.iter().map(|(_, w)| u32::from(*w)).sum::<u32>(), 100);
-                prop_assert!(weights.iter().all(|(_, w)| *w > 0));
-                if *forced {
-                    continue;
-                }
-                let verdicts: Vec<Verdict> = to.targets().map(|t| verdict(&pb, &obs, t, now)).collect();
-                prop_assert!(verdicts.iter().any(Verdict::is_healthy), "{:?} to zero healthy destinations: {:?}", kind, verdicts);
-                prop_assert!(!verdicts.iter().any(|v| matches!(v, Verdict::Unhealthy { .. })), "{:?} to an unhealthy destination: {:?}", kind, verdicts);
-                if actor.is_some() {
-                    last_start = None;
-                } else if kind.starts_move(*from) {
-                    if let Some(prev) = last_start {
-                        let gap = now.duration_since(prev).as_secs_f64();
-                        prop_assert!(gap >= dwell as f64, "{:?} {}s after the previous move, minDwell {}s", kind, gap, dwell);
-                    }
-                    last_start = Some(now);
-                }
-            }
-            st = d.state.clone();
-            // Re-deciding on the applied state with the same inputs is harmless (a one-shot
-            // command is consumed by the round that saw it).
-            if ov.command.is_some() {
-                continue;
-            }
-            let idem = decide(&pb, &st, &obs, &ov, now);
-            prop_assert!(idem.actions.iter().all(|a| !matches!(a, Action::Route { .. })), "second decide moved again: {:?}", idem.actions);
-        }
-    }
-}
-
 /// Ensures an operator hold applies while automation is frozen (freeze stops automation,
 /// not operators).
 #[test]
@@ -789,90 +677,6 @@ fn outside_routings_are_checked_and_never_wrap() {
     assert_eq!(split(0, 250).to_string(), "primary 99% / failover[0] 1%");
 }
 
-/// Ensures the explanation key drops running clocks and nothing else.
-#[test]
-fn explain_key_drops_clocks_only() {
-    let same: &[(&str, &str)] = &[
-        (
-            "primary healthy for 3s 200ms of 5m before failback",
-            "primary healthy for 1m 4s of 5m before failback",
-        ),
-        (
-            "primary unhealthy (p: timeout after 500ms); minDwell holds the route for 1m 59s 900ms",
-            "primary unhealthy (p: timeout after 500ms); minDwell holds the route for 2s",
-        ),
-        (
-            "primary suspect (slo: error ratio 0.3 (for 12s))",
-            "primary suspect (slo: error ratio 0.3 (for 2days 3h))",
-        ),
-        (
-            "failed over; primary unknown: p: no result for 9s",
-            "failed over; primary unknown: p: no result for 31s",
-        ),
-    ];
-    for (a, b) in same {
-        assert_ne!(a, b);
-        assert_eq!(explain_key(a), explain_key(b), "{a} / {b}");
-    }
-    let different: &[(&str, &str)] = &[
-        ("failing over to failover[0]", "failing over to failover[1]"),
-        (
-            "failback at step 1 of 3: 10% on the primary",
-            "failback at step 2 of 3: 50% on the primary",
-        ),
-        (
-            "primary suspect (p: refused (1/3))",
-            "primary suspect (p: refused (2/3))",
-        ),
-        (
-            "primary healthy since 2026-01-01T00:00:00Z",
-            "primary healthy since 2026-01-01T00:00:01Z",
-        ),
-        ("primary unhealthy (a)", "primary unhealthy (b)"),
-    ];
-    for (a, b) in different {
-        assert_ne!(explain_key(a), explain_key(b), "{a} / {b}");
-    }
-    assert_eq!(explain_key("held for 1m 3s 200ms."), "held for ….");
-    assert_eq!(explain_key("µ 5s é"), "µ … é");
-}
-
-/// Ensures a recovering playbook's explanation, which changes every round, keeps one key for
-/// the whole wait: the controller logs it once, then again when failback starts.
-#[test]
-fn recovering_explanations_share_one_key() {
-    let pb = playbook(&[("minDwell: 120s", "minDwell: 0s")]);
-    let mut w = World::default();
-    let mut st = State::default();
-    for s in 0..3 {
-        w.probes(down(), up(), up(), at(s));
-        step(&pb, &mut st, &w, &Overrides::default(), at(s));
-    }
-    assert!(
-        matches!(st.phase, Phase::FailedOver { .. }),
-        "{:?}",
-        st.phase
-    );
-    let mut texts = std::collections::BTreeSet::new();
-    let mut keys = Vec::new();
-    for s in 5..60 {
-        w.probes(up(), up(), up(), at(s));
-        let d = step(&pb, &mut st, &w, &Overrides::default(), at(s));
-        assert!(
-            matches!(st.phase, Phase::Recovering { .. }),
-            "{s}: {:?}",
-            st.phase
-        );
-        texts.insert(d.explain.clone());
-        let key = (d.state.phase.name(), explain_key(&d.explain));
-        if keys.last() != Some(&key) {
-            keys.push(key);
-        }
-    }
-    assert!(texts.len() > 50, "the text carries a clock: {texts:?}");
-    assert_eq!(keys.len(), 1, "{keys:?}");
-}
-
 /// Ensures a saved hold naming a failover target the playbook no longer has (a reload removed
 /// it, or the state file was edited) never routes there, forced or not: the next healthy
 /// target is used, or the engine reports stuck naming the missing target.
@@ -930,3 +734,6 @@ fn stale_after_saturates() {
         StdDuration::MAX
     );
 }
+
+mod explain;
+mod properties;
