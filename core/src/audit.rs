@@ -17,10 +17,12 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// One audit record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = AuditRecord))]
 pub struct Record {
     /// Sequence number, from 1, without gaps.
     pub seq: u64,
     /// When it was written.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub time: Timestamp,
     /// SHA-256 (hex) of the previous line.
     pub prev: String,
@@ -34,12 +36,15 @@ pub struct Record {
     pub reason: String,
     /// The observations and values that caused it.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub inputs: Value,
     /// Route before.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub before: Value,
     /// Route after.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub after: Value,
     /// `intent` (about to write), `written`, `unchanged`, `failed: ...`, `refused: ...`, `noted`.
     pub outcome: String,

@@ -19,3 +19,17 @@ pub mod engine;
 pub mod manifest;
 pub mod playbook;
 pub mod routing;
+
+/// Schema-only types for the API's OpenAPI document: how values of foreign types (here
+/// `std::time::Duration`) look in JSON.
+#[cfg(feature = "openapi")]
+pub mod openapi {
+    /// A duration as seconds and nanoseconds (how `std::time::Duration` serializes).
+    #[derive(Debug, utoipa::ToSchema)]
+    pub struct StdDuration {
+        /// Whole seconds.
+        pub secs: u64,
+        /// Nanoseconds past `secs`.
+        pub nanos: u32,
+    }
+}

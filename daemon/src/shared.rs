@@ -55,10 +55,11 @@ impl Clock {
 }
 
 /// One move, as shown in status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
     /// When the write completed.
+    #[schema(value_type = String, format = DateTime)]
     pub time: Timestamp,
     /// What kind of move.
     pub kind: MoveKind,
@@ -73,12 +74,12 @@ pub struct Transition {
 }
 
 /// What the daemon shows about one playbook.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlaybookStatus {
     /// Playbook name.
     pub name: String,
-    /// Life-cycle phase (None until the store has been read).
+    /// Life-cycle phase (null until the store has been read).
     pub phase: Option<Phase>,
     /// Current routing as failoverd knows it.
     pub routing: Option<Routing>,
@@ -89,6 +90,7 @@ pub struct PlaybookStatus {
     /// Latest observation per signal.
     pub signals: Vec<Observation>,
     /// Recent moves, newest last.
+    #[schema(value_type = Vec<Transition>)]
     pub transitions: VecDeque<Transition>,
 }
 
@@ -254,7 +256,7 @@ impl ControlKind {
 }
 
 /// A successful operator call.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlReply {
     /// What happened.

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::playbook::Target;
 
 /// What one signal (probe or SLO) said last.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "camelCase")]
 pub enum Health {
@@ -37,6 +38,7 @@ impl Health {
 }
 
 /// Whether a signal is an active probe or an SLO.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum SignalKind {
@@ -47,6 +49,7 @@ pub enum SignalKind {
 }
 
 /// The current summary of one signal, as the engine reads it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Observation {
@@ -54,17 +57,24 @@ pub struct Observation {
     pub signal: String,
     /// Probe or SLO.
     pub kind: SignalKind,
-    /// The destination it speaks for.
+    /// The destination it speaks for: `primary` or `failover[N]`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, pattern = r"^(primary|failover\[[0-9]+\])$")
+    )]
     pub target: Target,
     /// The latest result.
     pub health: Health,
     /// Consecutive results of the same kind as the latest, including it.
     pub streak: u32,
     /// When the current streak began.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub streak_since: Timestamp,
     /// When the latest result arrived.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     /// A result older than this is stale and read as Unknown (the probe loop stalled).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::StdDuration))]
     pub max_age: StdDuration,
     /// The values behind the latest result (an SLO's ratios per window), for explanations.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -107,6 +117,7 @@ impl Verdict {
 /// Where traffic goes, in the playbook's terms. The routing store turns this into Istio
 /// destinations; `Primary` means "the original route exactly". Stored in the state
 /// annotation, so its serialised form is a compatibility contract.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "to", rename_all = "camelCase")]
 pub enum Routing {
@@ -117,7 +128,7 @@ pub enum Routing {
         /// Index into `spec.failover`.
         target: usize,
     },
-    /// A failback step: `primary_percent` on the primary, the rest on the failover target.
+    /// A failback step: `primaryPercent` on the primary, the rest on the failover target.
     #[serde(rename_all = "camelCase")]
     Split {
         /// Index into `spec.failover`.
@@ -205,6 +216,7 @@ impl fmt::Display for Routing {
 }
 
 /// Where a playbook is in its life cycle.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "phase", rename_all = "camelCase")]
 pub enum Phase {
@@ -213,6 +225,7 @@ pub enum Phase {
     /// On the primary, primary failing but the trigger not yet met (or no target to go to).
     Suspect {
         /// When the primary started failing.
+        #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
         since: Timestamp,
     },
     /// All traffic on a failover target.
@@ -220,6 +233,7 @@ pub enum Phase {
         /// Index into `spec.failover`.
         target: usize,
         /// When traffic moved there.
+        #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
         since: Timestamp,
     },
     /// Failed over, primary healthy, waiting for `failback.after` (or for an operator).
@@ -227,6 +241,7 @@ pub enum Phase {
         /// Index into `spec.failover`.
         target: usize,
         /// Since when the primary has been healthy.
+        #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
         since: Timestamp,
     },
     /// Traffic returning to the primary in steps.
@@ -236,11 +251,13 @@ pub enum Phase {
         /// Index into `failback.steps` of the step in force.
         step: usize,
         /// When that step was written.
+        #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
         since: Timestamp,
     },
     /// An operator froze automation; routing stays as it is.
     Frozen {
-        /// When the freeze ends (None: until resumed).
+        /// When the freeze ends (null: until resumed).
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
         until: Option<Timestamp>,
     },
 }
@@ -365,6 +382,7 @@ pub struct Overrides {
 }
 
 /// Why traffic moved.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum MoveKind {

@@ -95,8 +95,9 @@ pub(super) async fn openapi_document() -> Response {
 
 #[cfg(test)]
 mod tests {
-    //! The mirror types in `api/schema.rs` describe JSON that other modules' types produce. These
-    //! tests hold the document to those real types: each schema's field names (and each
+    //! The schemas are derived from the real types (`api/schema.rs` re-exports them), with
+    //! hand-written attributes where serde and the schema could part (timestamps, targets,
+    //! durations). These tests hold the document to the JSON: each schema's field names (and each
     //! string enum's values) must be exactly what values of the real type serialize to, so
     //! a field added, renamed or dropped on either side fails here.
     #![allow(clippy::unwrap_used)]

@@ -15,7 +15,7 @@ use crate::engine::{Actor, Freeze, Hold, Overrides};
 use crate::routing::atomic_write;
 
 /// Kind of an override.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OverrideKind {
     /// Automation frozen: no automatic moves.
@@ -25,10 +25,11 @@ pub enum OverrideKind {
 }
 
 /// One active override.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OverrideRecord {
     /// Stable id, e.g. `ov-3f9a1c2b`.
+    #[schema(example = "ov-3f9a1c2b")]
     pub id: String,
     /// The playbook it applies to.
     pub playbook: String,
@@ -39,14 +40,17 @@ pub struct OverrideRecord {
     /// The operator's reason.
     pub reason: String,
     /// When it was created.
+    #[schema(value_type = String, format = DateTime)]
     pub created: Timestamp,
     /// When it ends.
+    #[schema(value_type = String, format = DateTime)]
     pub until: Timestamp,
     /// Failover target index (holds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<usize>,
     /// Route to the target even if failoverd believes it unhealthy (holds only).
     #[serde(default)]
+    #[schema(required = true)]
     pub force: bool,
 }
 
