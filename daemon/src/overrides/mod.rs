@@ -114,14 +114,19 @@ impl OverrideStore {
         self.records = records;
     }
 
-    /// The engine's view of one playbook's overrides at `now` (latest of each kind wins).
+    /// The engine's view of one playbook's overrides at `now` (the most recently created of
+    /// each kind wins).
     pub fn for_playbook(&self, playbook: &str, now: Timestamp) -> Overrides {
         let mut ov = Overrides::default();
-        for r in self
+        let mut live: Vec<&OverrideRecord> = self
             .records
             .iter()
             .filter(|r| r.playbook == playbook && r.until > now)
-        {
+            .collect();
+        // The newest of each kind wins, whatever order the set was assembled in (a change
+        // found in the cluster late is appended after newer ones).
+        live.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        for r in live {
             match r.kind {
                 OverrideKind::Freeze => {
                     ov.freeze = Some(Freeze {
@@ -188,5 +193,21 @@ mod tests {
         );
         std::fs::write(&path, "{").unwrap();
         assert!(OverrideStore::open(&path).is_err());
+    }
+
+    /// Ensures the most recently created hold wins even when an older one comes later in
+    /// the set (a change found in the cluster after newer ones were made).
+    #[test]
+    fn the_newest_override_of_a_kind_wins_whatever_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = OverrideStore::open(&dir.path().join("state.json")).unwrap();
+        let mut newer = rec(OverrideKind::Failover, 1_800_000_100);
+        newer.created = Timestamp::from_second(1_800_000_005).unwrap();
+        newer.target = Some(0);
+        let mut older = rec(OverrideKind::Failover, 1_800_000_100);
+        older.target = Some(1);
+        s.replace(vec![newer, older]).unwrap();
+        let ov = s.for_playbook("web", Timestamp::from_second(1_800_000_010).unwrap());
+        assert_eq!(ov.hold.unwrap().target, 0);
     }
 }
