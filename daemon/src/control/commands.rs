@@ -135,9 +135,8 @@ pub(super) async fn adopt_cluster_overrides(
                         }
                     }
                 }
-                if let Err(e) = store.replace(merged.records.clone()) {
+                if let Err(e) = store.replace_kept(merged.records) {
                     error!(error = %e, "cannot write the adopted overrides to the state file; in force from memory");
-                    store.set_unsaved(merged.records);
                     outcome.push_str(&format!("; state file not written: {e}"));
                 }
                 outcome
@@ -595,10 +594,9 @@ pub(super) async fn kept_done(
         }
         Ok(()) => {
             let records = accepted.change.applied_to(book.all());
-            if let Err(e) = book.store.replace(records.clone()) {
+            if let Err(e) = book.store.replace_kept(records) {
                 // The cluster holds it, so it is in force (the next leader would apply it).
                 error!(error = %e, "cannot write the override state file; the cluster keeps the change, in force from memory");
-                book.store.set_unsaved(records);
             }
             finish_accepted(*accepted, guarded, book, jobs, shared, clock).await;
         }
@@ -631,9 +629,8 @@ async fn settled(
     let outcome = match how {
         kept::Settled::Landed => {
             let records = change.applied_to(book.all());
-            if let Err(e) = book.store.replace(records.clone()) {
+            if let Err(e) = book.store.replace_kept(records) {
                 error!(error = %e, "cannot write the override state file; in force from memory");
-                book.store.set_unsaved(records);
             }
             publish_overrides(book, shared);
             "landed in the cluster after all: in force"

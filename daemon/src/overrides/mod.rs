@@ -99,19 +99,26 @@ impl OverrideStore {
 
     /// Replaces the set and persists it; on failure the old set stays in force.
     pub fn replace(&mut self, records: Vec<OverrideRecord>) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(&records).map_err(std::io::Error::other)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        atomic_write(&self.path, &bytes)?;
+        self.write(&records)?;
         self.records = records;
         Ok(())
     }
 
-    /// Sets the set in memory although it could not be persisted here: the cluster holds
-    /// it (leader election), so it is in force; the file catches up on the next change.
-    pub fn set_unsaved(&mut self, records: Vec<OverrideRecord>) {
+    /// Replaces the set with one the cluster already holds (leader election): it is in force
+    /// even if this replica's file cannot be written (the error is returned for the log; the
+    /// file catches up on the next change).
+    pub fn replace_kept(&mut self, records: Vec<OverrideRecord>) -> std::io::Result<()> {
+        let written = self.write(&records);
         self.records = records;
+        written
+    }
+
+    fn write(&self, records: &[OverrideRecord]) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(records).map_err(std::io::Error::other)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        atomic_write(&self.path, &bytes)
     }
 
     /// The engine's view of one playbook's overrides at `now` (the most recently created of
