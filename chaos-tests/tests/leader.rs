@@ -757,6 +757,41 @@ async fn acknowledged_overrides_survive_twenty_leader_kills() {
     );
 }
 
+/// replica-a alone, leading, with one freeze on `demo` kept in the cluster (so the state
+/// Lease exists: a create is not stalled by the emulator's per-object write faults).
+async fn leader_with_a_freeze(sc: &Scenario, emu: &Emulator) -> Replica {
+    let mut a = Replica::spawn(sc, emu, "replica-a");
+    a.wait_ready().await;
+    a.wait_leader(1, 20 * SEC).await;
+    let (code, text) = request(
+        a.addr,
+        "POST",
+        "/v1/playbooks/demo/freeze",
+        Some(r#"{"reason":"first","ttl":"1h"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    a
+}
+
+/// The `found` record `a` audits once it knows what became of an unanswered override
+/// update on `demo`.
+async fn found_record(a: &Replica, within: Duration) -> audit::Record {
+    wait_for(
+        "the unanswered override update settled in the audit",
+        within,
+        || {
+            audit::read_all(&a.audit)
+                .ok()?
+                .into_iter()
+                .find(|r| r.action == "found" && r.playbook == "demo")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()))
+}
+
 /// `failoverd_probe_results_total` summed over its series.
 async fn probe_results(r: &Replica) -> u64 {
     let (_, body) = request(r.addr, "GET", "/metrics", None).await.unwrap();
@@ -775,19 +810,7 @@ async fn probe_results(r: &Replica) -> u64 {
 async fn the_controller_keeps_deciding_while_an_override_waits_for_the_cluster() {
     let emu = cluster().await;
     let sc = Scenario::new(&[]).await.unwrap();
-    let mut a = Replica::spawn(&sc, &emu, "replica-a");
-    a.wait_ready().await;
-    a.wait_leader(1, 20 * SEC).await;
-    // The state Lease exists once the first override is kept (a create is not stalled).
-    let (code, text) = request(
-        a.addr,
-        "POST",
-        "/v1/playbooks/demo/freeze",
-        Some(r#"{"reason":"first","ttl":"1h"}"#),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, 200, "{text}");
+    let a = leader_with_a_freeze(&sc, &emu).await;
     let listed = listed_overrides(&a).await;
     emu.stall_writes_to(&format!("{LEASE_NAME}-state"), 60 * SEC);
     let addr = a.addr;
@@ -831,18 +854,7 @@ async fn the_controller_keeps_deciding_while_an_override_waits_for_the_cluster()
     emu.stall_writes_to(&format!("{LEASE_NAME}-state"), Duration::ZERO);
     // Once writes go through again the leader finds out the update never landed (its own
     // write at that version lands first), and the audit says so.
-    let found = wait_for(
-        "the unanswered update settled in the audit",
-        20 * SEC,
-        || {
-            audit::read_all(&a.audit)
-                .ok()?
-                .into_iter()
-                .find(|r| r.action == "found" && r.playbook == "demo")
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    let found = found_record(&a, 20 * SEC).await;
     assert!(found.outcome.starts_with("did not land"), "{found:?}");
     assert_eq!(listed_overrides(&a).await, listed);
     // Calls made after it are taken again.
@@ -864,18 +876,7 @@ async fn the_controller_keeps_deciding_while_an_override_waits_for_the_cluster()
 async fn an_override_update_that_lands_after_the_call_gave_up_is_found_and_in_force() {
     let emu = cluster().await;
     let sc = Scenario::new(&[]).await.unwrap();
-    let mut a = Replica::spawn(&sc, &emu, "replica-a");
-    a.wait_ready().await;
-    a.wait_leader(1, 20 * SEC).await;
-    let (code, text) = request(
-        a.addr,
-        "POST",
-        "/v1/playbooks/demo/freeze",
-        Some(r#"{"reason":"first","ttl":"1h"}"#),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, 200, "{text}");
+    let a = leader_with_a_freeze(&sc, &emu).await;
     // Every write to the state Lease is handled 6 s late, even after its client has gone.
     emu.stall_writes_detached_to(&format!("{LEASE_NAME}-state"), 6 * SEC);
     let (code, text) = request_within(
@@ -889,14 +890,7 @@ async fn an_override_update_that_lands_after_the_call_gave_up_is_found_and_in_fo
     .unwrap();
     assert_eq!(code, 503, "{text}\n{}", a.logs());
     assert!(text.contains("may or may not hold it"), "{text}");
-    let found = wait_for("the late update found in the audit", 30 * SEC, || {
-        audit::read_all(&a.audit)
-            .ok()?
-            .into_iter()
-            .find(|r| r.action == "found" && r.playbook == "demo")
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+    let found = found_record(&a, 30 * SEC).await;
     emu.stall_writes_detached_to(&format!("{LEASE_NAME}-state"), Duration::ZERO);
     assert!(found.outcome.starts_with("landed"), "{found:?}");
     let kept = kept_overrides(&emu).unwrap_or_default();
