@@ -755,6 +755,105 @@ async fn acknowledged_overrides_survive_twenty_leader_kills() {
         acknowledged >= 10,
         "only {acknowledged} of 20 calls acknowledged"
     );
+    assert_one_audit_chain(&emu, &replicas).await;
+}
+
+/// The cluster's audit chain head: (seq, hash).
+fn audit_head(emu: &Emulator) -> (u64, String) {
+    let cm = emu
+        .get("v1", "ConfigMap", LEASE_NS, &format!("{LEASE_NAME}-audit"))
+        .expect("the audit chain's head object");
+    let head: Value = serde_json::from_str(cm["data"]["head"].as_str().unwrap()).unwrap();
+    (
+        head["seq"].as_u64().unwrap(),
+        head["hash"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Every whole line of a replica's audit file.
+fn audit_lines(r: &Replica) -> Vec<String> {
+    std::fs::read_to_string(&r.audit)
+        .unwrap_or_default()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| l.trim_end_matches('\n').to_string())
+        .collect()
+}
+
+/// Checks, without failoverd's own code, that every replica's audit file and the cluster's
+/// head are one chain: each file links (seq 1, 2, ... and each `prev` the SHA-256 of the line
+/// before), every file is a prefix of the longest, the head is the longest's last record, and
+/// every VirtualService update the API server took has exactly one `written` record.
+async fn assert_one_audit_chain(emu: &Emulator, replicas: &[Replica]) {
+    use sha2::{Digest, Sha256};
+    let (head_seq, head_hash) = audit_head(emu);
+    // Standbys copy within a second.
+    wait_for(
+        "every replica's file to reach the cluster's head",
+        15 * SEC,
+        || {
+            replicas
+                .iter()
+                .all(|r| audit_lines(r).len() as u64 >= audit_head(emu).0)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: head {head_seq}"));
+    let (head_seq, head_hash) = if audit_head(emu).0 == head_seq {
+        (head_seq, head_hash)
+    } else {
+        audit_head(emu)
+    };
+    let files: Vec<Vec<String>> = replicas.iter().map(audit_lines).collect();
+    for (r, lines) in replicas.iter().zip(&files) {
+        let mut prev = "0".repeat(64);
+        for (i, line) in lines.iter().enumerate() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                v["seq"].as_u64(),
+                Some(i as u64 + 1),
+                "{}: line {}",
+                r.name,
+                i + 1
+            );
+            assert_eq!(
+                v["prev"].as_str(),
+                Some(prev.as_str()),
+                "{}: line {}",
+                r.name,
+                i + 1
+            );
+            prev = hex::encode(Sha256::digest(line.as_bytes()));
+        }
+    }
+    let longest = files.iter().max_by_key(|f| f.len()).unwrap();
+    for (r, f) in replicas.iter().zip(&files) {
+        assert_eq!(
+            &longest[..f.len()],
+            &f[..],
+            "{}: not a prefix of the longest",
+            r.name
+        );
+    }
+    assert_eq!(
+        longest.len() as u64,
+        head_seq,
+        "the cluster's head is the longest file's end"
+    );
+    assert_eq!(
+        hex::encode(Sha256::digest(longest.last().unwrap().as_bytes())),
+        head_hash
+    );
+    let written = longest
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).unwrap()["outcome"] == "written")
+        .count();
+    assert_eq!(
+        written,
+        vs_writes(emu).len(),
+        "every VirtualService update has its `written` record"
+    );
 }
 
 /// replica-a alone, leading, with one freeze on `demo` kept in the cluster (so the state

@@ -19,6 +19,7 @@ pub mod control;
 pub use cli::demo;
 pub mod drill;
 pub use failoverd_core::engine;
+pub mod kube_call;
 pub mod leader;
 pub mod log_escape;
 pub mod metrics;
@@ -32,6 +33,7 @@ pub use api::server;
 pub mod screen;
 pub mod shared;
 pub mod signals;
+pub mod trail;
 pub use signals as slo;
 pub mod standin;
 /// TLS on the API listener (kept at its old path).

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub audit_errors: Counter,
     /// 1 while the audit log takes appends, 0 while it refuses them (no move can be made).
     pub audit_available: Gauge,
+    /// Records the cluster's audit chain holds that this replica's file does not yet (leader
+    /// election only).
+    pub audit_replica_lag: Gauge,
     /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
     pub signal_unknown: Family<Labels, Counter>,
     /// Notification deliveries by sink, event and result
@@ -156,6 +159,12 @@ impl Metrics {
             "Audit appends that failed",
             audit_errors.clone(),
         );
+        let audit_replica_lag = Gauge::default();
+        registry.register(
+            "audit_replica_lag_records",
+            "Records the cluster's audit chain holds that this replica's audit file does not hold yet",
+            audit_replica_lag.clone(),
+        );
         let audit_available = Gauge::default();
         audit_available.set(1);
         registry.register(
@@ -257,6 +266,7 @@ impl Metrics {
             stuck,
             audit_errors,
             audit_available,
+            audit_replica_lag,
         }
     }
 

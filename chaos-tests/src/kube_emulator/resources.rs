@@ -52,6 +52,15 @@ pub(crate) const RESOURCES: &[Res] = &[
         custom: false,
     },
     Res {
+        group: "",
+        versions: &["v1"],
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        short: &["cm"],
+        custom: false,
+    },
+    Res {
         group: "events.k8s.io",
         versions: &["v1"],
         plural: "events",

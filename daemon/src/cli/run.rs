@@ -297,6 +297,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // the cluster for the next leader.
     let mut leadership = Arc::new(crate::leader::Leadership::always());
     let mut kept_overrides = None;
+    let mut chain = None;
     let (store, kube_client): (Arc<dyn crate::routing::RoutingStore>, Option<kube::Client>) =
         match &settings.store {
             StoreSpec::Kubernetes(options) => {
@@ -311,6 +312,15 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                         &election.name,
                     ));
                     s.set_fence(leadership.clone());
+                    // One audit chain for the deployment, held beside the lease.
+                    chain = Some(Arc::new(crate::trail::ClusterChain::new(
+                        s.client().clone(),
+                        &election.namespace,
+                        &election.name,
+                        &election.identity,
+                        leadership.clone(),
+                        crate::trail::DEFAULT_RETENTION,
+                    )));
                 }
                 let client = s.client().clone();
                 (Arc::new(s), Some(client))
@@ -322,7 +332,15 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
         );
     }
-    let audit = AuditLog::open(&settings.audit)?;
+    let mut audit = if chain.is_some() {
+        AuditLog::open_copy(&settings.audit)?
+    } else {
+        AuditLog::open(&settings.audit)?
+    };
+    if let Some(chain) = &chain {
+        audit = join_chain(chain, audit).await?;
+        audit.attach_chain(chain.clone());
+    }
     let overrides = OverrideStore::open(&settings.state)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -381,6 +399,13 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         reload_stop,
     );
     shared.leader = leadership.clone();
+    if let Some(chain) = chain {
+        chain.spawn_replicator(
+            rt.audit.clone(),
+            shared.metrics.audit_replica_lag.clone(),
+            rx.clone(),
+        );
+    }
     shared.kept_overrides = kept_overrides;
     {
         // failoverd_leader follows the lease (the fence itself is checked at each write).
@@ -450,6 +475,32 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("cannot restart with the new playbook set: {e}");
     }
     result
+}
+
+/// Brings the local audit file and the cluster's chain together before anything is
+/// recorded: retried for a minute (the API server may be starting too), then the start fails
+/// (a replica must not record outside the deployment's chain).
+async fn join_chain(chain: &crate::trail::ClusterChain, log: AuditLog) -> anyhow::Result<AuditLog> {
+    let path = log.path().to_path_buf();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut log = Some(log);
+    loop {
+        let current = match log.take() {
+            Some(l) => l,
+            None => AuditLog::open_copy(&path)?,
+        };
+        match chain.reconcile(current).await {
+            Ok(l) => return Ok(l),
+            Err(e) if tokio::time::Instant::now() < until => {
+                warn!(error = %e, chain = %chain.name(), "cannot join the cluster's audit chain yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => anyhow::bail!(
+                "cannot join the cluster's audit chain {}: {e}",
+                chain.name()
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -392,6 +392,7 @@ pub async fn run(
                     // the truth. The last leader's overrides first, then every route is read
                     // again before anything is decided.
                     adopt_cluster_overrides(&mut ov_store, &log, &shared, &clock).await;
+                    adopt_chain_intents(&mut guarded, &log).await;
                     orphaned_drills = ov_store
                         .all()
                         .iter()

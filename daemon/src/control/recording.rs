@@ -119,3 +119,35 @@ pub(super) fn audit_event(shared: &Shared, kind: EventKind, idx: Option<usize>, 
         }),
     }
 }
+
+/// On takeover, after the takeover record (so this replica's file holds the whole chain):
+/// intents the last leader recorded without an outcome (it died between the two) are
+/// resolved from the store when each route is read again, as this replica's own would be at
+/// a restart, so every write the last leader made has its outcome in the chain.
+pub(super) async fn adopt_chain_intents(guarded: &mut [Guarded], log: &Arc<Mutex<AuditLog>>) {
+    let log = log.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        log.lock()
+            .map_err(|_| "audit log lock poisoned".to_string())
+            .and_then(|l| l.unresolved_now().map_err(|e| e.to_string()))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let intents = match found {
+        Ok(i) => i,
+        Err(e) => {
+            error!(error = %e, "cannot read the audit chain for the last leader's open intents");
+            return;
+        }
+    };
+    for intent in intents {
+        if let Some(g) = guarded
+            .iter_mut()
+            .find(|g| g.pb.name() == intent.playbook && g.open_intent.is_none() && !g.pending)
+        {
+            warn!(playbook = %intent.playbook, seq = intent.seq, "the audit chain holds an intent of the last leader with no outcome; resolving it from the store");
+            g.open_intent = Some(intent);
+        }
+    }
+}

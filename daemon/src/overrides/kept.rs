@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::OverrideRecord;
+use crate::kube_call::{Sent, within};
 
 /// Prefix of the one annotation per kept override (the id follows).
 pub const PREFIX: &str = "override.failoverd.dev/";
@@ -39,8 +40,7 @@ pub const KEPT_BYTES_LIMIT: usize = 192 * 1024;
 /// The time one keep (all its requests and retries) may take before the caller is answered.
 pub const KEEP_BUDGET: Duration = Duration::from_secs(5);
 
-/// The most one request to the API server may take inside the budget.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+use crate::kube_call::REQUEST_DEADLINE;
 
 /// One kept entry: a live override or the tombstone of a deleted one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,26 +379,6 @@ impl KeepError {
 pub struct ClusterState {
     api: Api<Lease>,
     name: String,
-}
-
-async fn within<T>(
-    deadline: Instant,
-    f: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Sent> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    match tokio::time::timeout(left.min(REQUEST_DEADLINE), f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(Sent::Conflict),
-        Ok(Err(e)) => Err(Sent::Refused(e.to_string())),
-        Err(_) => Err(Sent::Unanswered),
-    }
-}
-
-/// How one request went wrong.
-enum Sent {
-    Conflict,
-    Refused(String),
-    Unanswered,
 }
 
 impl ClusterState {

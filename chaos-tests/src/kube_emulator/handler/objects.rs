@@ -263,6 +263,9 @@ pub(super) fn check_type(t: &Target, obj: &Value) -> Result<(), Status> {
 /// annotations together may hold at most 256 KiB, whatever the kind.
 pub(super) const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
 
+/// apimachinery's `MaxSecretSize`, which also bounds a ConfigMap's data.
+pub(super) const CONFIGMAP_SIZE_LIMIT: usize = 1024 * 1024;
+
 pub(super) fn validate(t: &Target, obj: &Value, name: &str) -> Result<(), Status> {
     if let Some(a) = obj["metadata"]["annotations"].as_object() {
         let total: usize = a
@@ -276,6 +279,26 @@ pub(super) fn validate(t: &Target, obj: &Value, name: &str) -> Result<(), Status
                 vec![(
                     "metadata.annotations".into(),
                     format!("Too long: may not be more than {TOTAL_ANNOTATION_SIZE_LIMIT} bytes"),
+                )],
+            ));
+        }
+    }
+    if t.res.kind == "ConfigMap" {
+        // apimachinery's ValidateConfigMap: keys and values of `data` and `binaryData`
+        // together at most 1 MiB.
+        let total: usize = ["data", "binaryData"]
+            .iter()
+            .filter_map(|f| obj[f].as_object())
+            .flatten()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if total > CONFIGMAP_SIZE_LIMIT {
+            return Err(Status::invalid(
+                t.res,
+                name,
+                vec![(
+                    "".into(),
+                    format!("Too long: must have at most {CONFIGMAP_SIZE_LIMIT} bytes"),
                 )],
             ));
         }
