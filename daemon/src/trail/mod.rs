@@ -229,7 +229,7 @@ impl ClusterChain {
                 ));
             };
             let open = &read.open;
-            let leading = self.leadership.is_elected() && self.leadership.is_leader();
+            let leading = self.leadership.is_leader();
             let (my_term, pending) = {
                 let st = self.state.lock().map_err(|_| "chain state poisoned")?;
                 (st.term, st.pending.clone())
@@ -238,14 +238,11 @@ impl ClusterChain {
                 && open.head.term > t
             {
                 // Another replica took the chain over: this one was deposed and must not
-                // extend it (nor keep any belief about routing).
-                error!(
-                    term = t,
-                    newer = open.head.term,
-                    leader = %open.head.leader,
-                    "the audit chain has a newer leader; this replica was deposed: exiting"
-                );
-                std::process::exit(3);
+                // extend it.
+                return Err(format!(
+                    "{DEPOSED}: this replica extended the chain as term {t}, the head is at term {} of {}",
+                    open.head.term, open.head.leader
+                ));
             }
             // An earlier update that went unanswered: did it land?
             let mut retry = None;
@@ -695,9 +692,21 @@ impl ClusterChain {
 
 impl ChainStore for ClusterChain {
     fn place(&self, tip: (u64, &str), entry: &Entry) -> Result<Placed, String> {
-        self.handle.block_on(self.place_async(tip, entry))
+        let placed = self.handle.block_on(self.place_async(tip, entry));
+        if let Err(e) = &placed
+            && e.starts_with(DEPOSED)
+        {
+            // A deposed leader must not go on recording, nor keep any belief about routing:
+            // exit as a lost lease does, and restart clean as a standby.
+            error!("{e}; exiting so the replica restarts as a standby");
+            std::process::exit(3);
+        }
+        placed
     }
 }
+
+/// How a refused append of a deposed leader begins (see [`ClusterChain::place_async`]).
+pub const DEPOSED: &str = "deposed";
 
 fn record_seq(line: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Record>(line).ok().map(|r| r.seq)
