@@ -80,7 +80,11 @@ fn cluster_lines(emu: &Emulator) -> Vec<String> {
     let h = head(emu);
     let mut out = Vec::new();
     for s in h["segments"].as_array().unwrap() {
-        let name = format!("{HEAD}-{:012}", s["first"].as_u64().unwrap());
+        let name = format!(
+            "{HEAD}-{:012}-{:012}",
+            s["first"].as_u64().unwrap(),
+            s["last"].as_u64().unwrap()
+        );
         let cm = emu.get("v1", "ConfigMap", NS, &name).expect("segment");
         out.extend(
             cm["data"]["records"]
@@ -350,7 +354,7 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
     assert!(e.contains("record 8"), "{e}");
     std::fs::write(&path, &text).unwrap();
     // An edited record in the first sealed segment.
-    let seg = format!("{HEAD}-{:012}", 1);
+    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
     emu.mutate("ConfigMap", NS, &seg, |cm| {
         let r = cm["data"]["records"]
             .as_str()

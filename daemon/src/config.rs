@@ -97,6 +97,10 @@ pub struct LeaderElectionConfig {
     pub renew_deadline: Option<crate::playbook::Duration>,
     /// How often to renew or check (default 1s).
     pub retry_period: Option<crate::playbook::Duration>,
+    /// How long sealed segments of the deployment's audit chain stay in the cluster,
+    /// counted from their last record (default 90d); every replica's file and the shipped
+    /// log keep them after.
+    pub audit_retention: Option<crate::playbook::Duration>,
 }
 
 impl LeaderElectionConfig {
@@ -122,6 +126,7 @@ impl LeaderElectionConfig {
             lease_duration: self.lease_duration.map_or(d.lease_duration, |x| x.get()),
             renew_deadline: self.renew_deadline.map_or(d.renew_deadline, |x| x.get()),
             retry_period: self.retry_period.map_or(d.retry_period, |x| x.get()),
+            audit_retention: self.audit_retention.map_or(d.audit_retention, |x| x.get()),
         };
         c.validate()?;
         Ok(Some(c))

@@ -37,6 +37,9 @@ pub struct ElectionConfig {
     pub renew_deadline: Duration,
     /// How often the holder renews and the others check.
     pub retry_period: Duration,
+    /// How long sealed segments of the audit chain stay in the cluster (see
+    /// `crate::trail`).
+    pub audit_retention: Duration,
 }
 
 impl Default for ElectionConfig {
@@ -49,6 +52,7 @@ impl Default for ElectionConfig {
             lease_duration: Duration::from_secs(8),
             renew_deadline: Duration::from_secs(5),
             retry_period: Duration::from_secs(1),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -66,6 +70,9 @@ impl ElectionConfig {
         }
         if self.lease_duration.as_secs() < 1 {
             return Err("leader election: leaseDuration must be at least 1s".into());
+        }
+        if self.audit_retention < Duration::from_secs(24 * 3600) {
+            return Err("leader election: auditRetention must be at least 1d".into());
         }
         if self.identity.is_empty() {
             return Err("leader election: identity is empty (set POD_NAME)".into());

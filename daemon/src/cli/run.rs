@@ -319,7 +319,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                         &election.name,
                         &election.identity,
                         leadership.clone(),
-                        crate::trail::DEFAULT_RETENTION,
+                        jiff::SignedDuration::try_from(election.audit_retention)
+                            .unwrap_or(crate::trail::DEFAULT_RETENTION),
                     )));
                 }
                 let client = s.client().clone();

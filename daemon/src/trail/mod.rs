@@ -3,7 +3,7 @@
 //! Every record, whichever replica makes it, is first placed in the cluster: the head object
 //! (ConfigMap `<lease>-audit` in failoverd's namespace) holds the chain's head (seq, hash,
 //! term) and the records not yet sealed; full runs of records are sealed into their own
-//! ConfigMaps (`<lease>-audit-<first seq>`), named by the head. Each append is one update of
+//! ConfigMaps (`<lease>-audit-<first seq>-<last seq>`), named by the head. Each append is one update of
 //! the head object carrying the `resourceVersion` it read, so two appends can never take the
 //! same seq. Only then does the record count, and every replica's file copies it (the
 //! appender at once, the others within a second), so every file is a prefix of the one chain.
@@ -129,8 +129,11 @@ impl ClusterChain {
         &self.name
     }
 
-    fn segment_name(&self, first: u64) -> String {
-        format!("{}-{first:012}", self.name)
+    /// A sealed segment's object: named by its range, so a segment left by an update that
+    /// never landed can only ever be made again with the same records (records the head
+    /// holds never change), and failoverd never has to update one.
+    fn segment_name(&self, s: &Segment) -> String {
+        format!("{}-{:012}-{:012}", self.name, s.first, s.last)
     }
 
     /// Reads the head object (None: the chain has not been started).
@@ -152,7 +155,7 @@ impl ClusterChain {
 
     /// The records of a sealed segment, checked against what the head says of it.
     async fn read_segment(&self, s: &Segment, deadline: Instant) -> Result<Vec<Vec<u8>>, String> {
-        let name = self.segment_name(s.first);
+        let name = self.segment_name(s);
         let object = match within(deadline, self.api.get_opt(&name)).await {
             Ok(Some(o)) => o,
             Ok(None) => {
@@ -364,11 +367,10 @@ impl ClusterChain {
         }
     }
 
-    /// Creates a sealed segment; one already there with the same records is fine (an
-    /// earlier attempt made it), another one is an orphan of a head update that never
-    /// landed (the head does not name it) and is replaced.
+    /// Creates a sealed segment. One already there (an earlier attempt made it) must hold the
+    /// same records; anything else was written by someone else and is refused.
     async fn seal(&self, s: &Segment, records: &[u8], deadline: Instant) -> Result<(), String> {
-        let name = self.segment_name(s.first);
+        let name = self.segment_name(s);
         let data = BTreeMap::from([(
             RECORDS_KEY.to_string(),
             String::from_utf8_lossy(records).into_owned(),
@@ -377,10 +379,6 @@ impl ClusterChain {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(BTreeMap::from([(CHAIN_LABEL.into(), self.name.clone())])),
-                annotations: Some(BTreeMap::from([(
-                    "failoverd.dev/audit-records".into(),
-                    format!("{}..{}", s.first, s.last),
-                )])),
                 ..Default::default()
             },
             data: Some(data.clone()),
@@ -388,20 +386,13 @@ impl ClusterChain {
         };
         match within(deadline, self.api.create(&pp(), &object)).await {
             Ok(_) => Ok(()),
-            Err(Sent::Conflict) => {
-                let Ok(Some(mut there)) = within(deadline, self.api.get_opt(&name)).await else {
-                    return Err(format!("segment {name}: cannot read it back"));
-                };
-                if there.data.as_ref() == Some(&data) {
-                    return Ok(());
-                }
-                there.data = Some(data);
-                there.metadata.annotations = object.metadata.annotations;
-                within(deadline, self.api.replace(&name, &pp(), &there))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("segment {name}: {e:?}"))
-            }
+            Err(Sent::Conflict) => match within(deadline, self.api.get_opt(&name)).await {
+                Ok(Some(there)) if there.data.as_ref() == Some(&data) => Ok(()),
+                Ok(_) => Err(format!(
+                    "segment {name} already exists with other records (written outside failoverd?)"
+                )),
+                Err(e) => Err(format!("segment {name}: cannot read it back: {e:?}")),
+            },
             Err(e) => Err(format!("segment {name}: {e:?}")),
         }
     }
@@ -410,7 +401,7 @@ impl ClusterChain {
     /// object the head no longer names, removed by a later prune of the same name).
     async fn prune(&self, segments: &[Segment]) {
         for s in segments {
-            let name = self.segment_name(s.first);
+            let name = self.segment_name(s);
             let deadline = Instant::now() + REQUEST_DEADLINE;
             if let Err(e) = within(deadline, self.api.delete(&name, &DeleteParams::default())).await
             {
