@@ -22,6 +22,13 @@
 //! whether viewer reads slow failover writes. `DASHBOARD=only` runs just the plain storm
 //! and the dashboard storm.
 //!
+//! `ELECTION=1` adds a storm with two replicas under leader election, so every audit record
+//! is first placed in the cluster's audit chain (issue 15): its fault → written against the
+//! plain storm's is what the chain costs a move; it also prints the standby's replication
+//! lag (most records behind, sampled every 50 ms, and how long after the leader's last
+//! record the standby held it) and what the chain cost etcd (bytes sent and held per
+//! record). `ELECTION=only` runs just the plain storm and that one.
+//!
 //! A move is two requests (read, update; the update's answer is the read-back) from one
 //! write bucket: at the default 50/s with a burst of 100, N moves need at least
 //! (2N − 100) / 50 s of tokens (2 s for N = 100, 38 s for N = 1,000), whatever the writer
@@ -58,7 +65,13 @@ fn summary(what: &str, mut v: Vec<Duration>) -> String {
 
 /// One storm; `stalled`: the playbook whose object's updates stall; `dashboard`: viewer
 /// load at 200 req/s during it.
-async fn storm(n: usize, timing: Timing, stalled: Option<usize>, dashboard: bool) -> Vec<Duration> {
+async fn storm(
+    n: usize,
+    timing: Timing,
+    stalled: Option<usize>,
+    dashboard: bool,
+    election: bool,
+) -> Vec<Duration> {
     let mut storm = Storm::new(n, timing).await.unwrap();
     // `KUBE_QPS` / `KUBE_BURST` change the client-side rate limit (default 50 / 100).
     let mut extra: Vec<String> = Vec::new();
@@ -77,7 +90,23 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>, dashboard: bool
         (false, true) => "dashboard",
         (false, false) => "storm",
     };
-    let mut d = storm.spawn(name, &extra).unwrap();
+    let (mut d, standby) = if election {
+        // Two replicas: the leader (its audit file is the one read below) and a standby
+        // with its own file, copying the chain.
+        let mut leader = storm
+            .spawn_replica("replica-a", &storm.paths.audit, &extra)
+            .unwrap();
+        leader.wait_ready(Duration::from_secs(120)).await.unwrap();
+        wait_metric(&leader, "failoverd_leader", |v| v == 1).await;
+        let standby_audit = storm.dir.path().join("standby").join("audit.jsonl");
+        let mut standby = storm
+            .spawn_replica("replica-b", &standby_audit, &extra)
+            .unwrap();
+        standby.wait_ready(Duration::from_secs(120)).await.unwrap();
+        (leader, Some((standby, standby_audit)))
+    } else {
+        (storm.spawn(name, &extra).unwrap(), None)
+    };
     d.wait_ready(Duration::from_secs(120)).await.unwrap();
     // Let the first probe round and the start-up reads settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -90,6 +119,27 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>, dashboard: bool
     if load.is_some() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // The standby's replication lag, sampled every 50 ms through the storm.
+    let lag = standby.as_ref().map(|(s, _)| {
+        let addr = s.addr;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut max = 0u64;
+            // Bounded: at most 120 s of samples.
+            for _ in 0..2400 {
+                if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(v) = metric(addr, "failoverd_audit_replica_lag_records").await {
+                    max = max.max(v);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            max
+        });
+        (stop, task)
+    });
     let fault = SystemTime::now();
     storm.primary.stop();
     let skip: Vec<usize> = stalled.into_iter().collect();
@@ -190,6 +240,26 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>, dashboard: bool
         "  {}",
         summary("fault → written (audit)", others(&records_written))
     );
+    if let (Some((standby, standby_audit)), Some((stop, task))) = (&standby, lag) {
+        let leader_lines = line_count(&storm.paths.audit);
+        let last = SystemTime::now();
+        let mut caught_up = None;
+        for _ in 0..600 {
+            if line_count(standby_audit) >= leader_lines {
+                caught_up = Some(last.elapsed().unwrap_or_default());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let max_lag = task.await.unwrap_or(0);
+        println!(
+            "  standby: most records behind (sampled every 50 ms) {max_lag}; after the leader's last record it held all {leader_lines} within {} (its replicator runs every second)",
+            caught_up.map_or("30 s: NOT caught up".to_string(), |d| format!("{d:.2?}"))
+        );
+        let _ = standby;
+        etcd_use(&storm);
+    }
     if let Some(i) = stalled {
         let pb = format!("pb-{i:04}");
         let records = failoverd::audit::read_all(&storm.paths.audit).unwrap_or_default();
@@ -202,7 +272,80 @@ async fn storm(n: usize, timing: Timing, stalled: Option<usize>, dashboard: bool
         storm.emu.stall_writes_to(&object_name(i), Duration::ZERO);
     }
     d.kill().unwrap();
+    if let Some((mut s, _)) = standby {
+        s.kill().unwrap();
+    }
     others(&records_written)
+}
+
+/// A gauge or counter from a daemon's `/metrics` (None when the page cannot be read).
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    let (code, body) = chaos_tests::http_get(addr, "/metrics", Duration::from_secs(2))
+        .await
+        .ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (at most 60 s) until `name` on the daemon's `/metrics` satisfies `ok`.
+async fn wait_metric(d: &chaos_tests::Daemon, name: &str, ok: impl Fn(u64) -> bool) {
+    for _ in 0..1200 {
+        if metric(d.addr, name).await.is_some_and(&ok) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never reached the wanted value\n{}", d.logs());
+}
+
+fn line_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// What the audit chain cost the API server (etcd): bytes of every ConfigMap update and
+/// create it took, and bytes the chain's objects hold now, per record.
+fn etcd_use(storm: &Storm) {
+    let writes: Vec<_> = storm
+        .emu
+        .writes()
+        .into_iter()
+        .filter(|w| w.kind == "ConfigMap" && w.status < 300)
+        .collect();
+    let written: usize = writes.iter().map(|w| w.body.len()).sum();
+    let Some(head) = storm
+        .emu
+        .get("v1", "ConfigMap", "failoverd", "failoverd-leader-audit")
+    else {
+        println!("  etcd: no audit chain head object");
+        return;
+    };
+    let h: serde_json::Value =
+        serde_json::from_str(head["data"]["head"].as_str().unwrap_or("{}")).unwrap_or_default();
+    let records = h["seq"].as_u64().unwrap_or(0).max(1) as usize;
+    let mut held = head.to_string().len();
+    for s in h["segments"].as_array().into_iter().flatten() {
+        let name = format!(
+            "failoverd-leader-audit-{:012}-{:012}",
+            s["first"].as_u64().unwrap_or(0),
+            s["last"].as_u64().unwrap_or(0)
+        );
+        held += storm
+            .emu
+            .get("v1", "ConfigMap", "failoverd", &name)
+            .map_or(0, |o| o.to_string().len());
+    }
+    println!(
+        "  etcd: {records} records; {} writes of the chain's ConfigMaps, {written} bytes sent ({} per record); objects now hold {held} bytes ({} per record)",
+        writes.len(),
+        written / records,
+        held / records
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +370,7 @@ async fn main() {
     );
     let dashboard = std::env::var("DASHBOARD").ok();
     println!("all primaries down:");
-    let plain = storm(n, timing, None, false).await;
+    let plain = storm(n, timing, None, false, false).await;
     let whole = plain.iter().max().copied().unwrap_or_default();
     println!(
         "  whole storm (last written): {whole:.2?} (goal {goal:?}: {})",
@@ -239,15 +382,26 @@ async fn main() {
     );
     if dashboard.is_some() {
         println!("all primaries down, dashboard 200 req/s of GET /v1/playbooks/{{name}}:");
-        let loaded = storm(n, timing, None, true).await;
+        let loaded = storm(n, timing, None, true, false).await;
         let whole = loaded.iter().max().copied().unwrap_or_default();
         println!("  whole storm (last written): {whole:.2?}");
+    }
+    if std::env::var("ELECTION").is_ok() {
+        println!(
+            "all primaries down, two replicas under leader election (the audit chain in the cluster):"
+        );
+        let chained = storm(n, timing, None, false, true).await;
+        let whole = chained.iter().max().copied().unwrap_or_default();
+        println!("  whole storm (last written): {whole:.2?}");
+        if std::env::var("ELECTION").as_deref() == Ok("only") {
+            return;
+        }
     }
     if dashboard.as_deref() == Some("only") {
         return;
     }
     println!("all primaries down, pb-0000's updates stalled {STALL:?}:");
-    let stalled = storm(n, timing, Some(0), false).await;
+    let stalled = storm(n, timing, Some(0), false, false).await;
     let whole = stalled.iter().max().copied().unwrap_or_default();
     println!("  whole storm but the stalled one (last written): {whole:.2?}");
 }

@@ -285,6 +285,18 @@ impl Daemon {
         store: &str,
         extra: &[S],
     ) -> anyhow::Result<Self> {
+        Self::spawn_store_env(paths, name, store, extra, &[])
+    }
+
+    /// [`Daemon::spawn_store`] with environment variables set (e.g. `POD_NAME`, a replica's
+    /// identity under leader election).
+    pub fn spawn_store_env<S: AsRef<std::ffi::OsStr>>(
+        paths: &DaemonPaths,
+        name: &str,
+        store: &str,
+        extra: &[S],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&paths.logs)?;
         let addr = free_addr()?;
         let stdout = paths.logs.join(format!("{name}.stdout"));
@@ -301,6 +313,7 @@ impl Daemon {
             .arg(&paths.audit)
             .args(["--log-format", "json"])
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("FAILOVERD_LOG")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout)?)

@@ -162,6 +162,39 @@ impl Storm {
         Daemon::spawn_store(&self.paths, name, "kubernetes", &args)
     }
 
+    /// [`Storm::spawn`] as one replica under leader election (`POD_NAME` = `identity`, Lease
+    /// `failoverd/failoverd-leader`, default timings) with its own audit file `audit`.
+    pub fn spawn_replica(
+        &self,
+        identity: &str,
+        audit: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
+        let config = self.dir.path().join("election.yaml");
+        std::fs::write(
+            &config,
+            "leaderElection:\n  enabled: true\n  namespace: failoverd\n",
+        )?;
+        let kubeconfig = self
+            .kubeconfig
+            .to_str()
+            .context("kubeconfig path is not UTF-8")?;
+        let config = config.to_str().context("config path is not UTF-8")?;
+        let mut args = vec!["--kubeconfig", kubeconfig, "--config", config];
+        args.extend_from_slice(extra);
+        let paths = DaemonPaths {
+            audit: audit.to_path_buf(),
+            ..self.paths.clone()
+        };
+        Daemon::spawn_store_env(
+            &paths,
+            identity,
+            "kubernetes",
+            &args,
+            &[("POD_NAME", identity)],
+        )
+    }
+
     /// Playbook `i`'s VirtualService as the API server holds it.
     pub fn object(&self, i: usize) -> Option<Value> {
         self.emu
