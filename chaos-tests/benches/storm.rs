@@ -254,7 +254,7 @@ async fn storm(
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let max_lag = task.await.unwrap_or(0);
         println!(
-            "  standby: most records behind (sampled every 50 ms) {max_lag}; after the leader's last record it held all {leader_lines} within {} (its replicator runs every second)",
+            "  standby: most records behind at a replicator round (failoverd_audit_replica_lag_records, sampled every 50 ms) {max_lag}; once the leader's file held all {leader_lines} records, the standby's held them {} later (its replicator runs every second)",
             caught_up.map_or("30 s: NOT caught up".to_string(), |d| format!("{d:.2?}"))
         );
         let _ = standby;

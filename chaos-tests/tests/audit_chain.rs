@@ -165,7 +165,7 @@ async fn concurrent_appenders_never_share_a_seq() {
     assert_eq!(h["hash"].as_str(), Some(last.as_str()));
     assert!(h["segments"].as_array().unwrap().len() >= 2, "{h}");
     for (ch, log, path) in &logs {
-        ch.catch_up(log).await.unwrap();
+        ch.catch_up(log, None).await.unwrap();
         assert_eq!(file_lines(path), lines, "{}", path.display());
     }
 }

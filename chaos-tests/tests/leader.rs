@@ -641,6 +641,11 @@ fn takeovers(r: &Replica) -> usize {
 /// leader must list exactly the overrides acknowledged so far. The killed replica comes back
 /// as the standby with its own (stale) state file, which is what a deleted override could
 /// return from.
+///
+/// The audit trail across the same deaths: every fourth killed replica comes back on an
+/// empty audit volume, and at the end every replica's file and the cluster's chain must be
+/// one chain (checked by hashing here), with a `written` record for every VirtualService
+/// update the API server took.
 #[tokio::test]
 async fn acknowledged_overrides_survive_twenty_leader_kills() {
     let emu = cluster().await;
@@ -745,8 +750,12 @@ async fn acknowledged_overrides_survive_twenty_leader_kills() {
             replicas[standby].logs()
         );
         assert!(listed.is_disjoint(&gone));
-        // The killed replica comes back as the standby, with its stale state file.
+        // The killed replica comes back as the standby, with its stale state file; every
+        // fourth time on an empty audit volume, which it must fill from the cluster.
         let name = replicas[leader].name;
+        if round % 4 == 1 {
+            std::fs::remove_file(&replicas[leader].audit).unwrap();
+        }
         replicas[leader] = Replica::spawn(&sc, &emu, name);
         replicas[leader].wait_ready().await;
         leader = standby;

@@ -42,8 +42,8 @@ pub struct Metrics {
     pub audit_errors: Counter,
     /// 1 while the audit log takes appends, 0 while it refuses them (no move can be made).
     pub audit_available: Gauge,
-    /// Records the cluster's audit chain holds that this replica's file does not yet (leader
-    /// election only).
+    /// Records the cluster's audit chain held that this replica's file lacked at the
+    /// replicator's last look (leader election only).
     pub audit_replica_lag: Gauge,
     /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
     pub signal_unknown: Family<Labels, Counter>,
@@ -162,7 +162,7 @@ impl Metrics {
         let audit_replica_lag = Gauge::default();
         registry.register(
             "audit_replica_lag_records",
-            "Records the cluster's audit chain holds that this replica's audit file does not hold yet",
+            "Records the cluster's audit chain held that this replica's audit file lacked, at the replicator's last look (every second, before it copied them)",
             audit_replica_lag.clone(),
         );
         let audit_available = Gauge::default();

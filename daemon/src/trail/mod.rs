@@ -562,7 +562,8 @@ impl ClusterChain {
     }
 
     /// Every second until `stop`: copies what the cluster's chain holds beyond this
-    /// replica's file, and publishes how far behind the file is.
+    /// replica's file, and publishes in `lag` how many records the file lacked when it
+    /// looked.
     pub fn spawn_replicator(
         self: Arc<Self>,
         log: Arc<std::sync::Mutex<AuditLog>>,
@@ -576,11 +577,8 @@ impl ClusterChain {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return,
                 }
-                match self.catch_up(&log).await {
-                    Ok(behind) => {
-                        lag.set(i64::try_from(behind).unwrap_or(i64::MAX));
-                        complained = false;
-                    }
+                match self.catch_up(&log, Some(&lag)).await {
+                    Ok(_) => complained = false,
                     Err(e) if !complained => {
                         complained = true;
                         warn!(error = %e, "cannot copy the cluster's audit chain yet; retried every second");
@@ -591,9 +589,15 @@ impl ClusterChain {
         });
     }
 
-    /// One round of [`ClusterChain::spawn_replicator`]: returns how many records the file
-    /// still lacks.
-    pub async fn catch_up(&self, log: &Arc<std::sync::Mutex<AuditLog>>) -> Result<u64, String> {
+    /// One round of [`ClusterChain::spawn_replicator`]: copies what the file lacks and returns
+    /// how many records it lacked when the round looked (0 when it was at the head). `lag`,
+    /// when given, is set to that number before the copy (so a copy that fails leaves it
+    /// showing the lag).
+    pub async fn catch_up(
+        &self,
+        log: &Arc<std::sync::Mutex<AuditLog>>,
+        lag: Option<&prometheus_client::metrics::gauge::Gauge>,
+    ) -> Result<u64, String> {
         let deadline = Instant::now() + REQUEST_DEADLINE;
         let Some(read) = self.read(deadline).await? else {
             return Ok(0);
@@ -608,21 +612,24 @@ impl ClusterChain {
         })
         .await
         .map_err(|e| e.to_string())??;
-        if tip >= read.open.head.seq {
+        let behind = read.open.head.seq.saturating_sub(tip);
+        if let Some(g) = lag {
+            g.set(i64::try_from(behind).unwrap_or(i64::MAX));
+        }
+        if behind == 0 {
             return Ok(0);
         }
         let lines = self.lines_after(&read.open, tip, deadline).await?;
         let log = log.clone();
-        let head = read.open.head.seq;
         tokio::task::spawn_blocking(move || {
             let mut log = log
                 .lock()
                 .map_err(|_| "audit log lock poisoned".to_string())?;
-            log.copy_lines(&lines).map_err(|e| e.to_string())?;
-            Ok(head.saturating_sub(log.tip().0))
+            log.copy_lines(&lines).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        Ok(behind)
     }
 
     /// The whole cluster copy, checked as one chain, and compared with the file at `path`:
