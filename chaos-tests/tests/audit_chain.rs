@@ -171,10 +171,11 @@ async fn concurrent_appenders_never_share_a_seq() {
 }
 
 /// Ensures a deposed leader cannot extend the chain: replica-a appends as the leader (term
-/// 1); right after its next read of the head, replica-b's takeover lands (term 2, one more
-/// record), so replica-a's update carries a stale resourceVersion. The API server refuses it
-/// (409), replica-a reads the head again, sees the newer term and gives up with the deposed
-/// error (the daemon exits on it). The chain holds a's first record and b's, nothing more.
+/// 1); then replica-b's takeover lands (term 2, one more record), so replica-a's next update,
+/// made from the head as its own last update left it, carries a stale resourceVersion. The
+/// API server refuses it (409), replica-a reads the head again, sees the newer term and gives
+/// up with the deposed error (the daemon exits on it). The chain holds a's first record and
+/// b's, nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_is_refused_by_the_head() {
     let (emu, dir, c) = setup().await;
@@ -188,9 +189,9 @@ async fn a_deposed_leader_is_refused_by_the_head() {
         .await
         .unwrap();
     assert_eq!(head(&emu)["term"], 1);
-    // replica-b's takeover append lands right after a's next GET: one record (seq 2) and
-    // term 2, as b's first append as the leader writes them.
-    emu.after_next_get("ConfigMap", NS, HEAD, |cm| {
+    // replica-b's takeover append lands: one record (seq 2) and term 2, as b's first append
+    // as the leader writes them. replica-a still holds the head as its last update left it.
+    emu.mutate("ConfigMap", NS, HEAD, |cm| {
         let records = cm["data"]["records"].as_str().unwrap().to_string();
         let prev = hex::encode(Sha256::digest(records.trim_end().as_bytes()));
         let line = serde_json::json!({

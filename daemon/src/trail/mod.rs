@@ -72,6 +72,10 @@ struct State {
     /// The term this replica raised when it first appended as the leader.
     term: Option<u64>,
     pending: Option<Pending>,
+    /// The head object as this replica's last update left it: the next append starts from
+    /// it without a read. If another replica wrote since, its `resourceVersion` is stale and
+    /// the update conflicts (409), which is how a deposed leader learns of the new term.
+    cached: Option<Read>,
 }
 
 /// The chain in the cluster. See the module documentation.
@@ -217,7 +221,12 @@ impl ClusterChain {
         let deadline = Instant::now() + APPEND_BUDGET;
         let mut last = String::from("no attempt finished within the budget");
         while Instant::now() < deadline {
-            let read = match self.read(deadline).await {
+            let cached = self.state.lock().ok().and_then(|mut st| st.cached.take());
+            let read = match cached {
+                Some(r) => Ok(Some(r)),
+                None => self.read(deadline).await,
+            };
+            let read = match read {
                 Ok(r) => r,
                 Err(e) => {
                     last = e;
@@ -261,7 +270,7 @@ impl ClusterChain {
                     };
                     self.set_pending(None);
                     if held && p.is_retry_of(entry) {
-                        let lines = self.lines_after(open, tip.0, deadline).await?;
+                        let lines = self.lines_or_own(open, tip.0, &p.line, deadline).await;
                         let record = serde_json::from_slice(&p.line)
                             .map_err(|e| format!("pending record: {e}"))?;
                         return Ok(Placed { record, lines });
@@ -320,7 +329,7 @@ impl ClusterChain {
             let mut object = read.object.clone();
             object.data = Some(next.open.encode());
             match within(deadline, self.api.replace(&self.name, &pp(), &object)).await {
-                Ok(_) => {
+                Ok(written) => {
                     if leading && my_term.is_none() {
                         info!(
                             term,
@@ -329,8 +338,17 @@ impl ClusterChain {
                         self.set_term(term);
                     }
                     self.set_pending(None);
+                    if let Ok(mut st) = self.state.lock() {
+                        st.cached = Some(Read {
+                            open: next.open.clone(),
+                            object: written,
+                        });
+                    }
                     self.prune(&next.pruned).await;
-                    let lines = self.lines_after(&next.open, tip.0, deadline).await?;
+                    // The record is held: from here on nothing may report it as not placed
+                    // (it would be placed again). Lines the copy cannot get now are copied by
+                    // the next append or the replicator.
+                    let lines = self.lines_or_own(&next.open, tip.0, &line, deadline).await;
                     let record: Record =
                         serde_json::from_slice(&line).map_err(|e| e.to_string())?;
                     return Ok(Placed { record, lines });
@@ -353,6 +371,24 @@ impl ClusterChain {
             }
         }
         Err(last)
+    }
+
+    /// [`ClusterChain::lines_after`], or (when it fails) just `own`, the line just placed:
+    /// the copy then stops at the gap and is completed later.
+    async fn lines_or_own(
+        &self,
+        open: &Open,
+        tip: u64,
+        own: &[u8],
+        deadline: Instant,
+    ) -> Vec<Vec<u8>> {
+        match self.lines_after(open, tip, deadline).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot read the records before the one just placed; the file copies them later");
+                vec![own.to_vec()]
+            }
+        }
     }
 
     fn set_pending(&self, p: Option<Pending>) {
