@@ -173,6 +173,94 @@ fn the_checker_finds_a_planted_circle() {
     );
 }
 
+/// The source folders of the workspace's crates, from the daemon's manifest folder.
+const SOURCE_ROOTS: [&str; 4] = ["src", "../core/src", "../probes/src", "../chaos-tests/src"];
+
+/// Every `.rs` file under `dir`, recursively, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether a source file is a unit-test file (`tests.rs`, `*_tests.rs`, or under a `tests/`
+/// folder of a module), where `use super::*` is the idiom.
+fn is_test_file(path: &Path) -> bool {
+    let name = path.file_stem().unwrap().to_string_lossy();
+    name == "tests"
+        || name.ends_with("_tests")
+        || path
+            .parent()
+            .is_some_and(|d| d.components().any(|c| c.as_os_str() == "tests"))
+}
+
+/// The lines (1-based) of `text` that import everything from the parent module, outside the
+/// unit-test module at the end of the file.
+fn parent_globs(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut after_cfg_test = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if after_cfg_test && line.starts_with("mod ") && line.ends_with('{') {
+            break; // the unit tests: they may take all their parent has
+        }
+        // `#[cfg(test)]`, possibly followed by more attributes, then the module.
+        after_cfg_test = line == "#[cfg(test)]" || (after_cfg_test && line.starts_with("#["));
+        let import = line.strip_prefix("pub ").unwrap_or(line);
+        let import = import.strip_prefix("pub(crate) ").unwrap_or(import);
+        let import = import.strip_prefix("pub(super) ").unwrap_or(import);
+        if import.starts_with("use super::*") {
+            out.push(n + 1);
+        }
+    }
+    out
+}
+
+/// Ensures no non-test source file imports its parent with `use super::*`: a file says what it
+/// takes from its room, so its arrows (and any circle) show in the text.
+#[test]
+fn no_file_imports_all_of_its_parent() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    let mut read = 0;
+    for dir in SOURCE_ROOTS {
+        for path in rust_files(&root.join(dir)) {
+            read += 1;
+            if is_test_file(&path) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in parent_globs(&text) {
+                found.push(format!("{}:{line}", path.display()));
+            }
+        }
+    }
+    assert!(read > 100, "only {read} source files found");
+    assert!(found.is_empty(), "`use super::*` outside tests: {found:?}");
+}
+
+/// The glob check finds a planted glob, and leaves the unit tests and test files alone.
+#[test]
+fn the_glob_check_finds_a_planted_glob() {
+    let planted = "//! A room file.\nuse std::sync::Arc;\nuse super::*;\n\nfn f() {}\n";
+    assert_eq!(parent_globs(planted), [3]);
+    assert_eq!(parent_globs("    pub(crate) use super::*;\n"), [1]);
+    let in_tests = "use super::Job;\n\n#[cfg(test)]\n#[allow(clippy::unwrap_used)]\nmod tests {\n    use super::*;\n}\n";
+    assert_eq!(parent_globs(in_tests), Vec::<usize>::new());
+    assert!(is_test_file(Path::new("daemon/src/control/tests.rs")));
+    assert!(is_test_file(Path::new("core/src/engine/tests/explain.rs")));
+    assert!(is_test_file(Path::new("daemon/src/api/auth_tests.rs")));
+    assert!(!is_test_file(Path::new("daemon/src/control/step.rs")));
+}
+
 /// Old paths the daemon keeps as re-exports, and the room each one is.
 const ALIASES: [(&str, &str); 8] = [
     ("slo", "signals"),
