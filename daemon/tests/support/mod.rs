@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test binary uses its own part of the fixtures
 #![allow(clippy::unwrap_used)]
 
+pub mod api;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
