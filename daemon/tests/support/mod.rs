@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod api;
+pub mod playbooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
