@@ -1,0 +1,8 @@
+//! Fixtures shared by the chaos test files of one concern (one place, not one copy per test
+//! file). The harness every chaos test uses (stand-ins, the daemon launcher, the API server
+//! emulator) is the `chaos_tests` library; what sits here serves one group of test files:
+//! `deploy` (the rendered manifests, for `tests/deploy_*.rs`).
+#![allow(dead_code)] // each test binary uses its own part of the fixtures
+#![allow(clippy::unwrap_used)]
+
+pub mod deploy;
