@@ -4,11 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chaos_tests::kube_emulator::{Emulator, Rule};
-use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, failoverd_bin, free_addr, http_get};
+use chaos_tests::{
+    DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, free_addr, http_get, kube_replica_command,
+};
 use serde_json::Value;
 
 mod support;
@@ -203,20 +205,9 @@ async fn the_granted_rbac_is_enough_for_failover_with_leader_election() {
     .expect("config");
     let addr = free_addr().expect("address");
     let log = dir.join("stderr.log");
-    let child = Command::new(failoverd_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--playbooks")
-        .arg(&sc.paths.playbooks)
-        .args(["--store", "kubernetes", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .args(["--listen", &addr.to_string(), "--audit"])
-        .arg(dir.join("audit.jsonl"))
-        .args(["--log-format", "json"])
-        .env("POD_NAME", "failoverd-0")
-        .env_remove("FAILOVERD_LOG")
-        .stdin(Stdio::null())
+    let audit = dir.join("audit.jsonl");
+    let playbooks = &sc.paths.playbooks;
+    let child = kube_replica_command(&config, playbooks, &kubeconfig, addr, &audit, "failoverd-0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()

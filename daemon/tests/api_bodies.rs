@@ -62,6 +62,14 @@ async fn refuse_all(
     }
 }
 
+/// Sends a valid body for `action` to a playbook that does not exist: a 404 JSON error that
+/// changes nothing and is audited as refused.
+async fn refuse_unknown_playbook(f: &Fixture, d: &Daemon, action: &str) {
+    let path = format!("/v1/playbooks/nope/{action}");
+    let body = Payload::Json(json!({ "reason": "INC-1" }));
+    refuse_all(f, d, "POST", &path, &[("unknown playbook", body, 404)]).await;
+}
+
 /// The body refusals every mutating endpoint shares.
 fn common_bad_bodies() -> Vec<(&'static str, Payload, u16)> {
     vec![
@@ -132,18 +140,7 @@ async fn failover_refuses_bad_requests() {
         ));
     }
     refuse_all(&f, &d, "POST", "/v1/playbooks/demo/failover", &cases).await;
-    refuse_all(
-        &f,
-        &d,
-        "POST",
-        "/v1/playbooks/nope/failover",
-        &[(
-            "unknown playbook",
-            Payload::Json(json!({ "reason": "INC-1" })),
-            404,
-        )],
-    )
-    .await;
+    refuse_unknown_playbook(&f, &d, "failover").await;
     d.shutdown().await;
 }
 
@@ -164,18 +161,7 @@ async fn failback_refuses_bad_requests() {
         422,
     ));
     refuse_all(&f, &d, "POST", "/v1/playbooks/demo/failback", &cases).await;
-    refuse_all(
-        &f,
-        &d,
-        "POST",
-        "/v1/playbooks/nope/failback",
-        &[(
-            "unknown playbook",
-            Payload::Json(json!({ "reason": "INC-1" })),
-            404,
-        )],
-    )
-    .await;
+    refuse_unknown_playbook(&f, &d, "failback").await;
     d.shutdown().await;
 }
 
@@ -198,18 +184,7 @@ async fn freeze_refuses_bad_requests() {
         422,
     ));
     refuse_all(&f, &d, "POST", "/v1/playbooks/demo/freeze", &cases).await;
-    refuse_all(
-        &f,
-        &d,
-        "POST",
-        "/v1/playbooks/nope/freeze",
-        &[(
-            "unknown playbook",
-            Payload::Json(json!({ "reason": "INC-1" })),
-            404,
-        )],
-    )
-    .await;
+    refuse_unknown_playbook(&f, &d, "freeze").await;
     d.shutdown().await;
 }
 
@@ -239,18 +214,7 @@ async fn resume_refuses_bad_requests() {
         409,
     ));
     refuse_all(&f, &d, "POST", "/v1/playbooks/demo/resume", &cases).await;
-    refuse_all(
-        &f,
-        &d,
-        "POST",
-        "/v1/playbooks/nope/resume",
-        &[(
-            "unknown playbook",
-            Payload::Json(json!({ "reason": "INC-1" })),
-            404,
-        )],
-    )
-    .await;
+    refuse_unknown_playbook(&f, &d, "resume").await;
     d.shutdown().await;
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::api::{Daemon, Fixture, OPERATOR, Payload, Unchanged, VIEWER};
+use support::api::{Daemon, Fixture, OPERATOR, Payload, Unchanged, VIEWER, viewer_get};
 
 /// Reads one sample of the daemon's `/metrics` (0 when the series does not exist yet).
 async fn metric(d: &Daemon, series: &str) -> f64 {
@@ -227,24 +227,11 @@ async fn failed_authentications_are_counted_and_limited() {
 /// for the override list and the playbooks, then the real list once loaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_is_not_reported_before_it_is_loaded() {
-    use tower::Service;
     let f = Fixture::new().await;
     let (shared, api) = f.api_state();
     let mut app = failoverd::server::router(shared.clone(), api);
-    let mut get = async |path: &str| {
-        let req = axum::http::Request::get(path)
-            .header("authorization", format!("Bearer {}", VIEWER.1))
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = app.call(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
-    };
     for p in ["/v1/overrides", "/v1/playbooks", "/v1/playbooks/demo"] {
-        let (status, body) = get(p).await;
+        let (status, body) = viewer_get(&mut app, p).await;
         assert_eq!(status, 503, "{p}: {body}");
         assert!(
             body["error"].as_str().unwrap().contains("not loaded"),
@@ -254,7 +241,7 @@ async fn state_is_not_reported_before_it_is_loaded() {
     shared
         .state_loaded
         .store(true, std::sync::atomic::Ordering::Release);
-    let (status, body) = get("/v1/overrides").await;
+    let (status, body) = viewer_get(&mut app, "/v1/overrides").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["overrides"], json!([]));
 }
@@ -263,23 +250,11 @@ async fn state_is_not_reported_before_it_is_loaded() {
 /// read waits, then answers 503 (JSON); once a turn is free it answers 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_reads_are_bounded_in_number() {
-    use tower::Service;
     let f = Fixture::new().await;
     let (shared, api) = f.api_state();
     let turns = api.audit_reads.clone();
     let mut app = failoverd::server::router(shared, api);
-    let mut get = async || {
-        let req = axum::http::Request::get("/v1/audit?limit=5")
-            .header("authorization", format!("Bearer {}", VIEWER.1))
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = app.call(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
-    };
+    let mut get = async || viewer_get(&mut app, "/v1/audit?limit=5").await;
     let held = turns
         .clone()
         .try_acquire_many_owned(u32::try_from(failoverd::api::AUDIT_READS).unwrap())

@@ -2,7 +2,7 @@
 //! `failoverd validate --config`: the real binary refuses what `run` refuses, special and
 //! non-UTF-8 files and a FIFO secret file (fixtures: `support::playbooks`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
@@ -154,6 +154,15 @@ fn validate_config_refuses_what_run_refuses() {
     }
 }
 
+/// Makes a FIFO at `path` (with the real `mkfifo`): a file a reader would block on.
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 /// `validate PATH...` (no config) keeps its documented form and now screens files the same
 /// way: a FIFO is refused by name at once (a plain read would block forever), invalid
 /// UTF-8 is located.
@@ -165,13 +174,7 @@ fn validate_paths_refuses_special_and_non_utf8_files() {
     let (code, out, err) = cli(&["validate", pb]);
     assert_eq!(code, 0, "{out}\n{err}");
     let fifo = dir.path().join("fifo.yaml");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     let (code, _, err) = cli(&["validate", pb]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("{}:0:0:", fifo.display())), "{err}");
@@ -196,13 +199,7 @@ fn validate_paths_refuses_special_and_non_utf8_files() {
 fn validate_config_refuses_a_fifo_secret_file() {
     let dir = TempDir::new().unwrap();
     let fifo = dir.path().join("secret");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     let extra = format!(
         "notify:\n  webhooks:\n    - name: a\n      url: \"https://hooks.example/x\"\n      secretFile: {}\n",
         fifo.display()

@@ -7,11 +7,11 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
 use chaos_tests::kube_emulator::{Emulator, Rule, WriteRecord};
-use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, failoverd_bin, free_addr};
+use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, free_addr, kube_replica_command};
 use failoverd::audit;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,26 +67,12 @@ impl Replica {
         let addr = free_addr().unwrap();
         let audit = dir.join("audit.jsonl");
         let stderr = dir.join("stderr.log");
-        let child = Command::new(failoverd_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--playbooks")
-            .arg(&sc.paths.playbooks)
-            .args(["--store", "kubernetes", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--audit")
-            .arg(&audit)
+        let playbooks = &sc.paths.playbooks;
+        let child = kube_replica_command(&config, playbooks, &kubeconfig, addr, &audit, name)
             .arg("--state")
             .arg(dir.join("overrides.json"))
             .arg("--tokens")
             .arg(&tokens)
-            .args(["--log-format", "json"])
-            .env("POD_NAME", name)
-            .env_remove("FAILOVERD_LOG")
-            .stdin(Stdio::null())
             .stdout(File::create(dir.join("stdout.log")).unwrap())
             .stderr(File::create(&stderr).unwrap())
             .spawn()

@@ -441,3 +441,19 @@ pub fn fits(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
     }
     Ok(())
 }
+
+/// `GET path` as the viewer, sent to the router directly (no listener): the status and the
+/// JSON body.
+pub async fn viewer_get(app: &mut axum::Router, path: &str) -> (u16, Value) {
+    use tower::Service;
+    let req = axum::http::Request::get(path)
+        .header("authorization", format!("Bearer {}", VIEWER.1))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.call(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+}
