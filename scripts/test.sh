@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [prometheus]=prometheus   # real Prometheus for the SLO tests (chaos-tests/tests/slo.rs)
   [prometheus-alertmanager]=prometheus-alertmanager   # real Alertmanager (daemon/tests/notify.rs)
-  [kubectl]=kubernetes-client   # real kubectl against the API server emulator (chaos-tests/tests/kube_emulator.rs) and `kubectl kustomize` of deploy/ (chaos-tests/tests/deploy.rs)
-  [promtool]=prometheus   # `promtool check rules` / `test rules` on the alert rules (chaos-tests/tests/deploy.rs)
+  [kubectl]=kubernetes-client   # real kubectl against the API server emulator (chaos-tests/tests/kube_emulator.rs) and `kubectl kustomize` of deploy/ (chaos-tests/tests/deploy_*.rs)
+  [promtool]=prometheus   # `promtool check rules` / `test rules` on the alert rules (chaos-tests/tests/deploy_metrics.rs)
 )
 missing=()
 for bin in "${!NEED[@]}"; do

@@ -10,11 +10,13 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos_tests::kube_emulator::{Emulator, Rule};
-use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, failoverd_bin, free_addr, http_get};
+use chaos_tests::{
+    DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, free_addr, http_get, kube_replica_command,
+};
 use chaos_tests::{percentile, wait_for};
 use serde_json::Value;
 
@@ -46,21 +48,11 @@ impl Replica {
         )
         .unwrap();
         let addr = free_addr().unwrap();
-        let child = Command::new(failoverd_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--playbooks")
-            .arg(&sc.paths.playbooks)
-            .args(["--store", "kubernetes", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["--listen", &addr.to_string(), "--audit"])
-            .arg(dir.join("audit.jsonl"))
+        let audit = dir.join("audit.jsonl");
+        let playbooks = &sc.paths.playbooks;
+        let child = kube_replica_command(&config, playbooks, &kubeconfig, addr, &audit, name)
             .arg("--state")
             .arg(dir.join("overrides.json"))
-            .args(["--log-format", "json"])
-            .env("POD_NAME", name)
-            .env_remove("FAILOVERD_LOG")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(dir.join("stderr.log")).unwrap())
             .spawn()

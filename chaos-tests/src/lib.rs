@@ -149,6 +149,37 @@ fn newest_file(dir: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
     }
 }
 
+/// `failoverd run` as one replica on a cluster: the `kubernetes` store through `kubeconfig`,
+/// `config` and `playbooks`, listening on `addr`, auditing to `audit`, JSON logs, `POD_NAME`
+/// set to `pod` (its identity for leader election) and stdin closed. The caller adds what
+/// else the replica needs (a state file, tokens) and where its output goes.
+pub fn kube_replica_command(
+    config: &Path,
+    playbooks: &Path,
+    kubeconfig: &Path,
+    addr: SocketAddr,
+    audit: &Path,
+    pod: &str,
+) -> Command {
+    let mut cmd = Command::new(failoverd_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--playbooks")
+        .arg(playbooks)
+        .args(["--store", "kubernetes", "--kubeconfig"])
+        .arg(kubeconfig)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--audit")
+        .arg(audit)
+        .args(["--log-format", "json"])
+        .env("POD_NAME", pod)
+        .env_remove("FAILOVERD_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// A free loopback address: binds `127.0.0.1:0` and releases the port again.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;

@@ -10,16 +10,15 @@
 //!
 //! `cargo bench -p failoverd --bench notify_latency` (needs prometheus-alertmanager).
 
-#[path = "../tests/notify_support/mod.rs"]
-mod notify_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
 use failoverd::notify::{Condition, Event, EventKind, Notifier, NotifyConfig};
-use notify_support::{Alertmanager, Daemon, Mode, Receiver, am_alerts, install_crypto};
 use serde_json::json;
+use support::install_crypto;
+use support::notify::{Alertmanager, Daemon, Mode, Receiver, am_alerts};
 
 fn event(kind: EventKind, playbook: &str) -> Event {
     Event {

@@ -189,14 +189,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Ensures the fingerprint changes with an edit, an added file and a removal, and not
-    /// with hidden files or other extensions.
-    #[test]
-    fn fingerprint_follows_playbook_files() {
+    /// A directory holding one playbook file `a.yaml`, as the watched paths, with their
+    /// fingerprint.
+    fn one_file_dir() -> (tempfile::TempDir, Vec<PathBuf>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let paths = vec![dir.path().to_path_buf()];
         std::fs::write(dir.path().join("a.yaml"), "a: 1\n").unwrap();
         let first = fingerprint(&paths);
+        (dir, paths, first)
+    }
+
+    /// Ensures the fingerprint changes with an edit, an added file and a removal, and not
+    /// with hidden files or other extensions.
+    #[test]
+    fn fingerprint_follows_playbook_files() {
+        let (dir, paths, first) = one_file_dir();
         std::fs::write(dir.path().join(".hidden.yaml"), "x").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
         assert_eq!(fingerprint(&paths), first);
@@ -213,10 +220,7 @@ mod tests {
     /// blocking the watcher or being followed; removed, the fingerprint is as before.
     #[test]
     fn fingerprint_never_blocks_or_loops() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = vec![dir.path().to_path_buf()];
-        std::fs::write(dir.path().join("a.yaml"), "a: 1\n").unwrap();
-        let first = fingerprint(&paths);
+        let (dir, paths, first) = one_file_dir();
         let fifo = dir.path().join("f.yaml");
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)

@@ -3,7 +3,6 @@
 //! controller believing the old routing: it reads the route again before deciding anything,
 //! adopts what the store holds and says so in the audit log.
 
-mod inproc;
 mod support;
 
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use failoverd::playbook::Playbook;
 use failoverd::routing::{
     FileStore, RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome,
 };
-use inproc::InProc;
+use support::inproc::InProc;
 
 /// A file store whose writes land and are then reported failed, as when the read-back after
 /// a successful write fails.

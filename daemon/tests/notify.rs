@@ -7,7 +7,6 @@
 //!
 //! Tests that need Alertmanager fail (with the install command) when it is missing.
 
-mod notify_support;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -18,11 +17,10 @@ use failoverd::notify::{
     Condition, Event, EventKind, Notifier, NotifyConfig, SIGNATURE_HEADER, SinkSnapshot,
 };
 use hmac::{Hmac, Mac};
-use notify_support::{
-    Alertmanager, Daemon, Mode, Receiver, am_alerts, closed_port, install_crypto,
-};
 use serde_json::json;
 use sha2::Sha256;
+use support::install_crypto;
+use support::notify::{Alertmanager, Daemon, Mode, Receiver, am_alerts, closed_port};
 
 const LINK: &str = "http://failoverd.test:8080";
 

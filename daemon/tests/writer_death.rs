@@ -5,7 +5,6 @@
 //! The daemon runs in a child process (this test binary re-run with one ignored test) because
 //! the exit is the behaviour under test.
 
-mod inproc;
 mod support;
 
 use std::process::Command;
@@ -17,7 +16,7 @@ use failoverd::engine::Routing;
 use failoverd::playbook::Playbook;
 use failoverd::routing::FileStore;
 use failoverd::routing::{RouteView, RoutingStore, StoreFuture, WriteOutcome};
-use inproc::InProc;
+use support::inproc::InProc;
 
 const TOKEN: &str = "writer-death-operator";
 const CHILD_ENV: &str = "FAILOVERD_TEST_WRITER_DEATH_CHILD";

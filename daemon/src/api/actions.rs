@@ -13,11 +13,12 @@ use super::auth::Role;
 use crate::engine::Actor;
 use crate::shared::{Control, ControlKind, ControlReply};
 
-use super::body::{Body, control_kind, parse_body, read_body, reason_of, require_json};
+use super::body::{Body, control_kind, parse_body, read_body, require_json};
 use super::error::{
     ActionRefusals, ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals,
 };
-use super::guard::{audit_refusal, authenticate, forbidden};
+use super::guard::authenticate;
+use super::operator::as_operator;
 use super::schema;
 use super::state::{ApiState, CALL_TIMEOUT};
 
@@ -76,10 +77,7 @@ pub(super) async fn act(
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers, Role::Viewer)?;
     let audit_action = format!("override-{action}");
-    let result = async {
-        if caller.role < Role::Operator {
-            return Err(forbidden(&caller, Role::Operator));
-        }
+    let checked = async {
         if state.shared.index(&name).is_none() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -91,31 +89,23 @@ pub(super) async fn act(
         let body = parse_body(bytes)?;
         let kind = control_kind(action, &body)?;
         Ok((kind, body.reason.trim().to_string()))
-    }
-    .await;
-    match result {
-        Ok((kind, reason)) => {
-            let actor = Actor {
-                identity: caller.identity.clone(),
-                reason,
-            };
-            send(&state, Some(name), kind, actor).await
-        }
-        Err(e) => {
-            let reason = reason_of(&body);
-            audit_refusal(
-                &state,
-                &caller,
-                &audit_action,
-                &name,
-                &reason,
-                json!({}),
-                &e,
-            )
-            .await;
-            Err(e)
-        }
-    }
+    };
+    let playbook = || name.clone();
+    let (kind, reason) = as_operator(
+        &state,
+        &caller,
+        &body,
+        &audit_action,
+        playbook,
+        json!({}),
+        checked,
+    )
+    .await?;
+    let actor = Actor {
+        identity: caller.identity.clone(),
+        reason,
+    };
+    send(&state, Some(name), kind, actor).await
 }
 
 /// Force a failover

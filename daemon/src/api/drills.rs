@@ -13,9 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Role;
 
-use super::body::{DrillBody, parse_drill_body, read_body, reason_of, require_json};
+use super::body::{DrillBody, parse_drill_body, read_body, require_json};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals, ReadRefusals};
-use super::guard::{audit_refusal, authenticate, forbidden};
+use super::guard::authenticate;
+use super::operator::as_operator;
 use super::state::ApiState;
 
 /// `GET /v1/drills`.
@@ -220,10 +221,7 @@ pub(super) async fn run_drill(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers, Role::Viewer)?;
-    let result = async {
-        if caller.role < Role::Operator {
-            return Err(forbidden(&caller, Role::Operator));
-        }
+    let started = async {
         let d = drills_of(&state)
             .filter(|d| d.exists(&name))
             .ok_or_else(|| no_drill(&name))?;
@@ -245,31 +243,27 @@ pub(super) async fn run_drill(
                 r.error,
             )
         })
-    }
-    .await;
-    match result {
-        Ok(run) => Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(DrillStarted {
-                report: format!("/v1/drills/{}/runs/{}", run.drill, run.id),
-                run_id: run.id,
-                drill: run.drill,
-                mode: run.mode,
-            }),
-        )
-            .into_response()),
-        Err(e) => {
-            audit_refusal(
-                &state,
-                &caller,
-                "drill-run",
-                &name,
-                &reason_of(&body),
-                json!({ "drill": name }),
-                &e,
-            )
-            .await;
-            Err(e)
-        }
-    }
+    };
+    let playbook = || name.clone();
+    let inputs = json!({ "drill": name });
+    let run = as_operator(
+        &state,
+        &caller,
+        &body,
+        "drill-run",
+        playbook,
+        inputs,
+        started,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(DrillStarted {
+            report: format!("/v1/drills/{}/runs/{}", run.drill, run.id),
+            run_id: run.id,
+            drill: run.drill,
+            mode: run.mode,
+        }),
+    )
+        .into_response())
 }

@@ -28,6 +28,7 @@ mod drills;
 mod error;
 mod guard;
 mod openapi;
+mod operator;
 mod overrides;
 mod playbooks;
 mod refusals;

@@ -15,9 +15,10 @@ use crate::overrides::OverrideRecord;
 use crate::shared::ControlKind;
 
 use super::actions::send;
-use super::body::{Body, parse_body, read_body, reason_of, require_json};
+use super::body::{Body, parse_body, read_body, require_json};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals, ReadRefusals};
-use super::guard::{audit_refusal, authenticate, forbidden, require_loaded};
+use super::guard::{authenticate, require_loaded};
+use super::operator::as_operator;
 use super::schema;
 use super::state::ApiState;
 
@@ -91,10 +92,7 @@ pub(super) async fn delete_override(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers, Role::Viewer)?;
-    let result = async {
-        if caller.role < Role::Operator {
-            return Err(forbidden(&caller, Role::Operator));
-        }
+    let checked = async {
         require_loaded(&state)?;
         // Checked here too (the controller checks again) so the refusal is audited.
         let known = state
@@ -119,36 +117,30 @@ pub(super) async fn delete_override(
             ));
         }
         Ok(body.reason.trim().to_string())
-    }
-    .await;
-    match result {
-        Ok(reason) => {
-            let actor = Actor {
-                identity: caller.identity.clone(),
-                reason,
-            };
-            send(&state, None, ControlKind::DeleteOverride { id }, actor).await
-        }
-        Err(e) => {
-            let playbook = state
-                .shared
-                .overrides
-                .read()
-                .ok()
-                .and_then(|o| o.iter().find(|r| r.id == id).map(|r| r.playbook.clone()))
-                .unwrap_or_default();
-            let reason = reason_of(&body);
-            audit_refusal(
-                &state,
-                &caller,
-                "override-delete",
-                &playbook,
-                &reason,
-                json!({ "id": id }),
-                &e,
-            )
-            .await;
-            Err(e)
-        }
-    }
+    };
+    let playbook = || {
+        state
+            .shared
+            .overrides
+            .read()
+            .ok()
+            .and_then(|o| o.iter().find(|r| r.id == id).map(|r| r.playbook.clone()))
+            .unwrap_or_default()
+    };
+    let inputs = json!({ "id": id });
+    let reason = as_operator(
+        &state,
+        &caller,
+        &body,
+        "override-delete",
+        playbook,
+        inputs,
+        checked,
+    )
+    .await?;
+    let actor = Actor {
+        identity: caller.identity.clone(),
+        reason,
+    };
+    send(&state, None, ControlKind::DeleteOverride { id }, actor).await
 }

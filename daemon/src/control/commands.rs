@@ -2,8 +2,27 @@
 //! and audited here, kept in the cluster and the state file before they are acknowledged.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::*;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::audit::{AuditLog, Entry};
+use crate::engine::{self, Actor, Command, Routing};
+use crate::notify::EventKind;
+use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, kept, new_id};
+use crate::playbook::Target;
+use crate::shared::{
+    Clock, Control, ControlError, ControlKind, ControlReply, ControlResult, Shared, refuse,
+};
+
+use super::recording::audit;
+use super::step::step;
+use super::{Guarded, Job};
 
 /// A failover hold placed by a drill (its actor is `drill:<name>`).
 pub(super) fn is_drill_hold(r: &OverrideRecord) -> bool {

@@ -5,18 +5,21 @@
 //! watches its VirtualServices). It only *finds* drift; the controller decides what to do
 //! (the playbook's `onDrift`), so the single writer stays the only task that writes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
 
-use crate::engine::Routing;
+use crate::audit::{AuditLog, Entry};
+use crate::engine::{Actor, MoveKind, Routing};
+use crate::metrics::labels;
 use crate::routing::{RouteView, RoutingStore};
-use crate::shared::Shared;
+use crate::shared::{Clock, Control, ControlKind, Shared};
 
-use super::*;
+use super::commands::{Book, handle_control};
+use super::{Guarded, Job, WriteJob};
 
 /// How often failed-over routes are re-read when no change notice arrives.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -119,7 +122,7 @@ pub fn spawn(
 /// Acts on a route changed by someone else while failed over: audit and count it, then
 /// `onDrift: reassert` writes failoverd's routing again and `respect` freezes the playbook.
 pub(super) async fn handle_drift(
-    found: drift::Found,
+    found: Found,
     guarded: &mut [Guarded],
     ov_store: &mut Book,
     log: &Arc<Mutex<AuditLog>>,

@@ -24,23 +24,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use failover_probes::{Outcome, ProbeKind, ProbeResult, ProbeSpec, ProbeWindow};
-use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::audit::{AuditLog, Entry, Record};
 use crate::engine::{
-    self, Action, Actor, Command, Decision, Health, MoveKind, Observation, Overrides, Phase,
-    Routing, SignalKind, State, Verdict,
+    self, Actor, Command, Health, MoveKind, Observation, Overrides, Routing, SignalKind, State,
 };
 use crate::metrics::labels;
-use crate::notify::{Condition, Event, EventKind};
-use crate::overrides::{OverrideKind, OverrideRecord, OverrideStore, kept, new_id};
+use crate::overrides::OverrideStore;
 use crate::playbook::ToProbe;
 use crate::playbook::{Loaded, Playbook, Target};
-use crate::routing::{RoutingStore, StoreError};
+use crate::routing::RoutingStore;
 use crate::slo::{self, PromClient, SloResult};
 
 use crate::shared::*;

@@ -1,7 +1,23 @@
 //! Reading routes from the store: at start, after a takeover, after a failed write, and
 //! settling an intent left without an outcome.
 
-use super::*;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::audit::{AuditLog, Entry, Record};
+use crate::engine::{Routing, State};
+use crate::metrics::labels;
+use crate::playbook::Playbook;
+use crate::routing::{RoutingStore, StoreError};
+use crate::shared::{Clock, Shared};
+
+use super::commands::{Book, end_orphaned_drills};
+use super::step::{retry_delay, set_status, step};
+use super::{Guarded, Job, MAX_BACKOFF, MIN_BACKOFF};
 
 /// Reads the routes at `idxs` (one bulk read), ends drills left by a dead leader whose routes
 /// are now known, then steps every playbook that has a route.

@@ -1,6 +1,17 @@
 //! Audit records from the controller, and the audit log's availability told to on-call.
 
-use super::*;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use serde_json::Value;
+use tracing::{error, info, warn};
+
+use crate::audit::{AuditLog, Entry, Record};
+use crate::notify::{Event, EventKind};
+use crate::shared::Shared;
+
+use super::Guarded;
+use super::step::set_status;
 
 pub(super) async fn audit(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
     audit_record(log, entry).await.map(|_| ())

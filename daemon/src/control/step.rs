@@ -1,7 +1,24 @@
 //! One decision: the engine run on a playbook's signals, its write queued, and what it tells
 //! on-call (status, metrics, blast radius).
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use failover_probes::Outcome;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::audit::Entry;
+use crate::engine::{self, Action, Decision, MoveKind, Phase, Routing, State, Verdict};
+use crate::metrics::labels;
+use crate::notify::{Condition, EventKind};
+use crate::shared::{Clock, ControlReply, PlaybookStatus, Shared, refuse};
+use crate::signals::SloResult;
+
+use super::{Guarded, Job, Waiter, WriteJob};
 
 /// When to try a failed store operation again. Errors a retry cannot fix (the API server or
 /// istiod rejected the object, a missing RBAC rule, an object failoverd refuses to write)

@@ -1,4 +1,7 @@
 #![allow(clippy::unwrap_used)]
+use jiff::Timestamp;
+use serde_json::json;
+
 use super::*;
 
 fn intent(to: Value) -> Record {

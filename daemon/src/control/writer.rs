@@ -1,7 +1,25 @@
 //! The writer: audit intent, write the VirtualService in its lane, audit the outcome; and the
 //! controller's side of a finished write.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::audit::{AuditLog, Entry};
+use crate::engine::{MoveKind, Verdict};
+use crate::metrics::labels;
+use crate::notify::EventKind;
+use crate::routing::{RoutingStore, StoreError};
+use crate::shared::{Clock, ControlReply, Shared, Transition, refuse};
+
+use super::recording::{audit, audit_owed, audit_record};
+use super::step::{drop_queued_commands, retry_delay, set_phase_metric, set_status};
+use super::{Done, Guarded, HISTORY, Job, MAX_BACKOFF, MIN_BACKOFF, TICK, WRITE_TIMEOUT, WriteJob};
 
 pub(super) fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared, clock: &Clock) {
     let job = done.job;

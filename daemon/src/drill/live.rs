@@ -1,7 +1,22 @@
 //! A live drill: failover for real, hold while the budget allows, restore every playbook
 //! exactly, and recovery of a drill a previous process left in flight.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde_json::Value;
+use tracing::{error, warn};
+
+use crate::engine::Routing;
+use crate::overrides::OverrideKind;
+use crate::playbook::Target;
+use crate::shared::ControlKind;
+use crate::{engine, routing};
+
+use super::report::{Run, Verdict};
+use super::spec::LoadedDrill;
+use super::{Drills, FAILBACK_RETRY, HOLD_MARGIN, RECOVERY_WAIT, WATCH_EVERY};
 
 impl Drills {
     /// Live mode: failover, verify, hold, failback, verify.

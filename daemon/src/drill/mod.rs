@@ -24,25 +24,21 @@ mod run;
 pub use failoverd_core::drill::window;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::Serialize;
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
 
-use crate::audit::{AuditLog, Entry};
+use crate::audit::AuditLog;
 use crate::engine::{self, Actor, Phase, Routing};
-use crate::metrics::labels;
 use crate::overrides::{OverrideKind, OverrideRecord};
-use crate::playbook::{Playbook, Target};
-use crate::routing::{self, RoutingStore};
-use crate::shared::{Control, ControlError, ControlKind, ControlReply, Shared};
+use crate::playbook::Target;
+use crate::routing::RoutingStore;
+use crate::shared::{Control, ControlKind, Shared};
 use crate::slo::PromClient;
 
 pub use report::{Leg, Run, RunStore, Verdict};

@@ -1,7 +1,27 @@
 //! One drill run: the plan run (dry), the calls through the controller, the audit of each
 //! step, the error budget watched, and the schedule that starts runs.
 
-use super::*;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use failoverd_core::drill::window;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::audit::Entry;
+use crate::engine::{Actor, Routing};
+use crate::metrics::labels;
+use crate::overrides::{OverrideKind, OverrideRecord};
+use crate::playbook::{Playbook, Target};
+use crate::shared::{Control, ControlError, ControlKind, ControlReply};
+use crate::{engine, routing};
+
+use super::report::{Run, Verdict};
+use super::spec::LoadedDrill;
+use super::{ACTOR_PREFIX, CALL_TIMEOUT, Drills, Trigger, budget, spec};
 
 impl Drills {
     pub(super) async fn audit_run(&self, run: &Run, action: &str, outcome: &str) {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use failover_probes::Outcome;
 
-use crate::playbook::{SloSpec, WINDOW_PLACEHOLDER};
+use crate::playbook::{RatioSlo, SloSpec, WINDOW_PLACEHOLDER};
 
-use super::*;
+use super::prometheus::{QueryError, Sample};
 
 /// Formats a window the way PromQL writes durations (`30s`, `5m`, `1h30m`).
 pub fn promql_duration(d: Duration) -> String {
@@ -125,4 +125,93 @@ pub fn evaluate(
         };
     };
     evaluate_ratio(r, &get)
+}
+
+pub(super) fn unknown(e: &QueryError, what: &str) -> Evaluation {
+    Evaluation {
+        outcome: Outcome::Unknown(format!("{what}: {e}")),
+        detail: String::new(),
+        unknown_label: Some(e.label()),
+    }
+}
+
+pub(super) fn evaluate_ratio(
+    r: &RatioSlo,
+    get: &dyn Fn(&str) -> Result<Sample, QueryError>,
+) -> Evaluation {
+    let budget = 1.0 - r.objective / 100.0;
+    // Rates are finite and non-negative; anything else (±Inf, a negative rate from a foreign
+    // expression) is no reading, so Unknown: `errors / +Inf` would read as 0, i.e. healthy.
+    let rate = |q: String| -> Result<f64, QueryError> {
+        let v = get(&q)?.value;
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(QueryError::NotFinite(v))
+        }
+    };
+    let ratio = |w: Duration| -> Result<f64, QueryError> {
+        let errors = rate(windowed(&r.errors.value, w))?;
+        let total = rate(windowed(&r.total.value, w))?;
+        // No traffic in the window: nothing failed.
+        let ratio = if total == 0.0 { 0.0 } else { errors / total };
+        if ratio.is_finite() {
+            Ok(ratio)
+        } else {
+            Err(QueryError::NotFinite(ratio))
+        }
+    };
+    let mut parts = Vec::new();
+    let mut first_unknown: Option<Evaluation> = None;
+    let mut breach: Option<String> = None;
+    for b in &r.burn_rates {
+        let (long, short) = (ratio(b.long.get()), ratio(b.short.get()));
+        let limit = b.factor * budget;
+        match (long, short) {
+            (Ok(l), Ok(s)) => {
+                let text = format!(
+                    "error ratio {} over {} and {} over {} (limit {} × {})",
+                    fmt_num(s),
+                    promql_duration(b.short.get()),
+                    fmt_num(l),
+                    promql_duration(b.long.get()),
+                    fmt_num(b.factor),
+                    fmt_num(budget)
+                );
+                if l > limit && s > limit && breach.is_none() {
+                    breach = Some(format!("{text}: both windows above"));
+                }
+                parts.push(text);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                first_unknown.get_or_insert_with(|| {
+                    unknown(
+                        &e,
+                        &format!(
+                            "burn rate {}/{}",
+                            promql_duration(b.long.get()),
+                            promql_duration(b.short.get())
+                        ),
+                    )
+                });
+            }
+        }
+    }
+    let detail = parts.join("; ");
+    match (breach, first_unknown) {
+        (Some(b), _) => Evaluation {
+            outcome: Outcome::Unhealthy(b),
+            detail,
+            unknown_label: None,
+        },
+        (None, Some(mut u)) => {
+            u.detail = detail;
+            u
+        }
+        (None, None) => Evaluation {
+            outcome: Outcome::Healthy,
+            detail,
+            unknown_label: None,
+        },
+    }
 }

@@ -8,7 +8,8 @@ use tokio::time::Instant;
 
 use crate::playbook::{ScrapeSlo, SloSpec};
 
-use super::*;
+use super::SloResult;
+use super::evaluate::{Evaluation, fmt_num, promql_duration};
 
 /// Bounded label for `failoverd_signal_unknown_total{reason}` from a scrape SLO's reason.
 pub(super) fn scrape_unknown_label(reason: &str) -> &'static str {
@@ -138,6 +139,7 @@ mod scrape_tests {
     use super::*;
     use crate::playbook::Validate;
     use crate::playbook::{Loaded, parse};
+    use crate::signals::{PromClient, spawn};
 
     fn playbook(url: &str) -> Loaded {
         let text = format!(

@@ -2,8 +2,17 @@
 //! file): the demo playbook pointed at two loopback stand-ins, a temporary file store
 //! holding the demo VirtualService, the runtime over them, and the daemon served
 //! in-process until its first probe round is in.
+//!
+//! The fixtures of one group of tests sit beside it: `api` (the override API tests),
+//! `playbooks` (loading and validation), `inproc` (a daemon over a wrapped store),
+//! `notify` (receivers, Alertmanager).
 #![allow(dead_code)] // each test binary uses its own part of the fixtures
 #![allow(clippy::unwrap_used)]
+
+pub mod api;
+pub mod inproc;
+pub mod notify;
+pub mod playbooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

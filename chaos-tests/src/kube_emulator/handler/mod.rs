@@ -7,23 +7,17 @@ use objects::*;
 pub(crate) use objects::{competing_write, init_metadata};
 use watch::*;
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use axum::body::{Body, Bytes};
-use failoverd::routing::istio;
-use http_body::Frame;
+use axum::body::Body;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
 
 use super::resources::{self, Res};
-use super::{Event, Key, Shared, State, WriteRecord, record};
+use super::{Shared, WriteRecord};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 3 * 1024 * 1024;

@@ -1,7 +1,15 @@
 //! The objects: paths to keys, GET and LIST with selectors, and the writes (create,
 //! update, patch, delete) with their server-side fields, conflicts and validation.
 
-use super::*;
+use std::sync::Arc;
+
+use failoverd::routing::istio;
+use serde_json::{Value, json};
+
+use crate::kube_emulator::resources::Res;
+use crate::kube_emulator::{Key, Shared, State, record, resources};
+
+use super::{Status, Target};
 
 pub(super) fn parse_target(segs: &[&str]) -> Option<Target> {
     let (group, version, rest) = match segs {

@@ -1,6 +1,21 @@
 //! Watch streams: the event lines of a watch, served from the change log.
 
-use super::*;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use http_body::Frame;
+use hyper::Response;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::kube_emulator::{Event, Shared};
+
+use super::objects::{in_scope, parse_selectors, served};
+use super::{Status, Target, respond};
 
 /// A response body fed from a channel (one chunk per watch event).
 pub(super) struct ChannelBody(mpsc::Receiver<Bytes>);

@@ -1,7 +1,10 @@
 //! The watch cache: the watched VirtualServices as the namespace watches last delivered
 //! them, trimmed to what a route view reads, so viewers cost the API server nothing.
 
-use super::*;
+use std::sync::Arc;
+
+use kube::api::{ApiResource, DynamicObject};
+use serde_json::Value;
 
 /// The watched VirtualServices as the namespace watches last delivered them: what the API
 /// shows a viewer, at no cost to the API server. Only the objects a playbook names are kept.

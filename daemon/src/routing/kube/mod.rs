@@ -11,10 +11,14 @@
 //!
 //! The object is handled as JSON (`DynamicObject`), never as a typed struct: a typed
 //! VirtualService would silently drop every field it does not model on the way back.
+//!
+//! Here: the client, the reads and the watch; the write path is in `write.rs`, the watch
+//! cache in `cache.rs`.
 
 mod cache;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use cache::*;
 
@@ -23,14 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::events::{Recorder, Reporter};
 use serde_json::Value;
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::{RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, apply, view};
+use super::{RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, view};
 use crate::engine::Routing;
 use crate::playbook::Playbook;
 
@@ -240,265 +243,6 @@ impl KubeStore {
         let api = self.api(pb).await?;
         self.get(&api, pb, &self.read_limiter, self.options.request_timeout)
             .await
-    }
-
-    /// The time left before `deadline`, bounded by one request's timeout.
-    fn request_limit(&self, deadline: Instant) -> Duration {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.options.request_timeout)
-    }
-
-    /// One read-modify-write attempt; every request in it ends by `deadline`. `unanswered`
-    /// carries an update sent by an earlier attempt whose answer never came.
-    async fn try_write(
-        &self,
-        pb: &Playbook,
-        to: Routing,
-        last_move: Option<jiff::Timestamp>,
-        deadline: Instant,
-        unanswered: &mut Option<Unanswered>,
-    ) -> Result<WriteOutcome, StoreError> {
-        let object = object_name(pb);
-        let ns = &pb.spec.virtual_service.namespace;
-        let api = self.api(pb).await?;
-        let mut vs = self
-            .get(&api, pb, &self.limiter, self.request_limit(deadline))
-            .await?;
-        let found_state = state_of(&vs);
-        let current = view(&vs, pb)?;
-        let i = super::route_index(&vs, pb)?;
-        let pointer = format!("/spec/http/{i}/route");
-        let before = apply(&mut vs, pb, to, last_move)?;
-        let after = vs.pointer(&pointer).cloned().unwrap_or(Value::Null);
-        if current.routing == to && before == after {
-            // Already there. If an update of ours went unanswered and the object carries the
-            // state it sent, that update landed: this move was written, not found unchanged.
-            if let Some(u) = unanswered.take_if(|u| found_state.is_some() && u.state == found_state)
-            {
-                return Ok(WriteOutcome {
-                    before: u.before,
-                    after,
-                    changed: true,
-                });
-            }
-            return Ok(WriteOutcome {
-                before,
-                after,
-                changed: false,
-            });
-        }
-        // Never send what the API server or istiod would refuse (or, worse, accept and
-        // break the listener with).
-        super::istio::validate_virtual_service(&vs).map_err(|problems| StoreError::Invalid {
-            object: object.clone(),
-            message: problems.join("; "),
-        })?;
-        let sent_state = state_of(&vs);
-        let obj: DynamicObject = serde_json::from_value(vs).map_err(|e| StoreError::Malformed {
-            object: object.clone(),
-            message: format!("cannot build the update: {e}"),
-        })?;
-        // `metadata.resourceVersion` is the one read above: the API server answers 409 if
-        // anybody wrote the object since.
-        let params = PostParams {
-            dry_run: false,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
-        paced(
-            &self.limiter,
-            self.request_limit(deadline),
-            &object,
-            "update",
-        )
-        .await?;
-        if self.fence.as_ref().is_some_and(|f| !f.is_leader()) {
-            return Err(StoreError::Fenced);
-        }
-        // From here until a definite answer, the update may land whatever we do: remember it,
-        // so neither a lost answer nor the budget running out can turn it into `failed`.
-        *unanswered = Some(Unanswered {
-            before: before.clone(),
-            state: sent_state,
-        });
-        let stored = match timed(
-            self.request_limit(deadline),
-            api.replace(&pb.spec.virtual_service.name, &params, &obj),
-        )
-        .await
-        {
-            // Answered: it landed, and the answer is the object as the API server stored it
-            // (after admission), which is the read-back. `unanswered` stays set, so if that
-            // answer cannot be read the next attempt (or the settling read) finds the object
-            // carrying this state and reports the move written, never `unchanged` or `failed`.
-            Ok(stored) => stored,
-            // A 4xx is the server refusing this update: it did not land (an earlier
-            // unanswered one still may have, which `unanswered` keeps).
-            Err(TimedError::Kube(kube::Error::Api(status)))
-                if (400..500).contains(&status.code) =>
-            {
-                return Err(map_err(
-                    TimedError::Kube(kube::Error::Api(status)),
-                    &object,
-                    "update",
-                    ns,
-                ));
-            }
-            Err(e) => return Err(map_err(e, &object, "update", ns)),
-        };
-        // The update's answer is the read-back: one request fewer per move than a GET after
-        // it (a third of the rate limit when many playbooks fail over at once).
-        let read_back = serde_json::to_value(&stored).map_err(|e| StoreError::Malformed {
-            object: object.clone(),
-            message: format!("cannot represent the update's answer as JSON: {e}"),
-        })?;
-        let got = read_back.pointer(&pointer).cloned().unwrap_or(Value::Null);
-        let read_routing = view(&read_back, pb)?.routing;
-        if got != after || read_routing != to {
-            warn!(object, wrote = %after, read = %got, routing = %read_routing, "read back differs from the update");
-            return Err(StoreError::Verify { object });
-        }
-        Ok(WriteOutcome {
-            before,
-            after: got,
-            changed: true,
-        })
-    }
-
-    async fn write_with_budget(
-        &self,
-        pb: &Playbook,
-        to: Routing,
-        last_move: Option<jiff::Timestamp>,
-    ) -> Result<WriteOutcome, StoreError> {
-        let started = Instant::now();
-        // The attempts end early enough to leave one read for settling an unanswered update.
-        let reserve = self.options.request_timeout.min(self.options.budget / 4);
-        let deadline = started + self.options.budget - reserve;
-        let mut backoff = Duration::from_millis(50);
-        let mut attempt = 1u32;
-        let mut unanswered: Option<Unanswered> = None;
-        let err = loop {
-            match self
-                .try_write(pb, to, last_move, deadline, &mut unanswered)
-                .await
-            {
-                Ok(out) => return Ok(out),
-                Err(e) if e.is_retryable() => {
-                    // Jitter so many playbooks retrying after one API blip do not return in step.
-                    let wait = backoff + backoff.mul_f64(rand::random::<f64>() * 0.5);
-                    if Instant::now() + wait >= deadline {
-                        break e;
-                    }
-                    warn!(playbook = pb.name(), attempt, error = %e, wait_ms = wait.as_millis() as u64, "VirtualService write did not land; retrying");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    attempt += 1;
-                }
-                Err(e) => break e,
-            }
-        };
-        let Some(u) = unanswered else {
-            return Err(err);
-        };
-        // An update went out and its answer never came: read what the server holds and
-        // report that, never a failure that may have landed.
-        self.settle(pb, u, err, started + self.options.budget).await
-    }
-
-    /// Finds out whether an unanswered update landed: `written` when the object carries the
-    /// state it sent, the attempt's error when it does not, and `Unavailable` naming the
-    /// unknown outcome when even that read fails.
-    async fn settle(
-        &self,
-        pb: &Playbook,
-        u: Unanswered,
-        err: StoreError,
-        deadline: Instant,
-    ) -> Result<WriteOutcome, StoreError> {
-        let object = object_name(pb);
-        let read = async {
-            let api = self.api(pb).await?;
-            let limit = deadline.saturating_duration_since(Instant::now());
-            self.get(&api, pb, &self.limiter, limit).await
-        };
-        match read.await {
-            Ok(vs) if u.state.is_some() && state_of(&vs) == u.state => {
-                let i = super::route_index(&vs, pb)?;
-                let after = vs
-                    .pointer(&format!("/spec/http/{i}/route"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                warn!(
-                    object,
-                    "an update whose answer was lost had landed; recorded as written"
-                );
-                Ok(WriteOutcome {
-                    before: u.before,
-                    after,
-                    changed: true,
-                })
-            }
-            Ok(_) => Err(err),
-            Err(read_err) => Err(StoreError::Unavailable {
-                object,
-                message: format!(
-                    "outcome unknown: an update was sent but not answered ({err}), and reading the object back failed ({read_err}); the next read shows where the route is"
-                ),
-            }),
-        }
-    }
-
-    /// Publishes a Kubernetes Event on the VirtualService, in the background: an Event is
-    /// for people running `kubectl describe`, and must never delay or fail a move.
-    fn publish_event(&self, pb: &Playbook, to: Routing, result: &Result<WriteOutcome, StoreError>) {
-        let Some(ar) = self.resource.get() else {
-            return;
-        };
-        let (type_, reason, note) = match result {
-            Ok(out) if !out.changed => return,
-            Ok(_) => (
-                EventType::Normal,
-                "RouteChanged",
-                format!("playbook {}: route now {to}", pb.name()),
-            ),
-            Err(e) => (
-                EventType::Warning,
-                "RouteWriteFailed",
-                format!("playbook {}: could not route to {to}: {e}", pb.name()),
-            ),
-        };
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            // The API server caps a note at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
-            action: if to == Routing::Primary {
-                "Failback".into()
-            } else {
-                "Failover".into()
-            },
-            secondary: None,
-        };
-        let reference = ObjectReference {
-            api_version: Some(ar.api_version.clone()),
-            kind: Some("VirtualService".into()),
-            name: Some(pb.spec.virtual_service.name.clone()),
-            namespace: Some(pb.spec.virtual_service.namespace.clone()),
-            ..Default::default()
-        };
-        let recorder = self.recorder.clone();
-        let limiter = self.event_limiter.clone();
-        let timeout = self.options.request_timeout;
-        let object = object_name(pb);
-        tokio::spawn(async move {
-            limiter.until_ready().await;
-            match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(object, error = %e, "cannot publish the Kubernetes Event"),
-                Err(_) => warn!(object, "publishing the Kubernetes Event timed out"),
-            }
-        });
     }
 }
 
@@ -711,24 +455,6 @@ async fn discover(
         version,
         "VirtualService",
     )))
-}
-
-/// An update that was sent: its answer never came, or it landed and has not been read back.
-#[derive(Debug)]
-struct Unanswered {
-    /// The route before it, as the attempt that sent it read it.
-    before: Value,
-    /// The `failoverd.dev/state` annotation it carried. It holds the move's time, so an
-    /// object carrying exactly this value was written by this move.
-    state: Option<Value>,
-}
-
-/// The `failoverd.dev/state` annotation of an object, if any.
-fn state_of(vs: &Value) -> Option<Value> {
-    vs.get("metadata")
-        .and_then(|m| m.get("annotations"))
-        .and_then(|a| a.get(super::STATE))
-        .cloned()
 }
 
 /// Waits for a token of `bucket`, at most `limit`: a request that cannot start in time is

@@ -43,14 +43,14 @@ impl InProc {
         wrap: impl FnOnce(FileStore) -> Arc<dyn RoutingStore>,
         token: Option<&str>,
     ) -> Self {
-        let crate::support::Demo {
+        let super::Demo {
             dir,
             primary,
             dr,
             pb,
             store: files,
             ..
-        } = crate::support::Demo::new().await;
+        } = super::Demo::new().await;
         let tokens = match token {
             Some(t) => format!(
                 "- {{ identity: \"oncall@test\", role: operator, sha256: \"{}\" }}\n",
@@ -59,11 +59,11 @@ impl InProc {
             None => "[]\n".into(),
         };
         std::fs::write(dir.path().join("tokens.yaml"), tokens).unwrap();
-        let loaded = crate::support::loaded(&pb);
+        let loaded = super::loaded(&pb);
         let shared = Arc::new(Shared::new(&loaded));
-        let (rt, audit_path) = crate::support::runtime(loaded, wrap(files.clone()), dir.path());
+        let (rt, audit_path) = super::runtime(loaded, wrap(files.clone()), dir.path());
         let tokens = Tokens::load(&dir.path().join("tokens.yaml")).unwrap();
-        let crate::support::Served { addr, stop, task } = crate::support::serve_ready(
+        let super::Served { addr, stop, task } = super::serve_ready(
             rt,
             &shared,
             tokens,

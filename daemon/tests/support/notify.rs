@@ -1,4 +1,4 @@
-//! Shared by `tests/notify.rs` and `benches/notify_latency.rs`: loopback HTTP receivers
+//! Shared by `tests/notify.rs` and `benches/notify_latency.rs` (through `support`): loopback HTTP receivers
 //! that record or misbehave, a real Alertmanager process, and the in-process daemon on the
 //! demo playbook.
 #![allow(clippy::unwrap_used, dead_code)]
@@ -25,8 +25,6 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-pub use crate::support::install_crypto;
 
 /// One request a receiver got.
 #[derive(Clone, Debug)]
@@ -276,20 +274,20 @@ impl Daemon {
     /// Starts it with `notifier` built by `make` (given the daemon's metrics) and waits
     /// until ready.
     pub async fn start(make: impl FnOnce(&Shared) -> Notifier) -> Self {
-        let crate::support::Demo {
+        let super::Demo {
             dir,
             primary,
             dr,
             pb,
             store,
             ..
-        } = crate::support::Demo::new().await;
-        let loaded = crate::support::loaded(&pb);
+        } = super::Demo::new().await;
+        let loaded = super::loaded(&pb);
         let mut shared = Shared::new(&loaded);
         shared.notifier = make(&shared);
         let shared = Arc::new(shared);
-        let (rt, audit_path) = crate::support::runtime(loaded, Arc::new(store.clone()), dir.path());
-        let crate::support::Served { stop, task, .. } = crate::support::serve_ready(
+        let (rt, audit_path) = super::runtime(loaded, Arc::new(store.clone()), dir.path());
+        let super::Served { stop, task, .. } = super::serve_ready(
             rt,
             &shared,
             Tokens::none(),
