@@ -58,6 +58,22 @@ fn chain(c: &Client, identity: &str, leading: bool) -> Arc<ClusterChain> {
     ))
 }
 
+/// A replica's log at `path`, joined to the chain (as the daemon does at start).
+async fn joined(ch: &ClusterChain, path: &Path) -> AuditLog {
+    ch.reconcile(AuditLog::open_copy(path).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Places `n` records through `ch` and copies them into `log`.
+async fn place_many(ch: &ClusterChain, log: &mut AuditLog, actor: &str, n: usize) {
+    for i in 0..n {
+        let (s, h) = log.tip();
+        let placed = ch.place_async((s, &h), &entry(actor, i)).await.unwrap();
+        log.copy_lines(&placed.lines).unwrap();
+    }
+}
+
 fn entry(actor: &str, i: usize) -> Entry {
     Entry {
         actor: actor.into(),
@@ -136,8 +152,7 @@ async fn concurrent_appenders_never_share_a_seq() {
     let mut logs = Vec::new();
     for name in ["a", "b", "c"] {
         let ch = chain(&c, name, false);
-        let log = AuditLog::open_copy(&dir.path().join(format!("{name}.jsonl"))).unwrap();
-        let mut log = ch.reconcile(log).await.unwrap();
+        let mut log = joined(&ch, &dir.path().join(format!("{name}.jsonl"))).await;
         log.attach_chain(ch.clone());
         let log = Arc::new(std::sync::Mutex::new(log));
         logs.push((
@@ -180,10 +195,7 @@ async fn concurrent_appenders_never_share_a_seq() {
 async fn a_deposed_leader_is_refused_by_the_head() {
     let (emu, dir, c) = setup().await;
     let a = chain(&c, "replica-a", true);
-    let log_a = a
-        .reconcile(AuditLog::open_copy(&dir.path().join("a.jsonl")).unwrap())
-        .await
-        .unwrap();
+    let log_a = joined(&a, &dir.path().join("a.jsonl")).await;
     let (s, h) = log_a.tip();
     a.place_async((s, &h), &entry("replica-a", 0))
         .await
@@ -241,24 +253,11 @@ async fn a_deposed_leader_is_refused_by_the_head() {
 async fn empty_and_forked_replicas_join_the_chain() {
     let (emu, dir, c) = setup().await;
     let leader = chain(&c, "replica-a", true);
-    let mut log = leader
-        .reconcile(AuditLog::open_copy(&dir.path().join("a.jsonl")).unwrap())
-        .await
-        .unwrap();
-    for i in 0..40 {
-        let (s, h) = log.tip();
-        let placed = leader
-            .place_async((s, &h), &entry("replica-a", i))
-            .await
-            .unwrap();
-        log.copy_lines(&placed.lines).unwrap();
-    }
+    let mut log = joined(&leader, &dir.path().join("a.jsonl")).await;
+    place_many(&leader, &mut log, "replica-a", 40).await;
     let empty = dir.path().join("empty.jsonl");
-    let joined = chain(&c, "replica-b", false)
-        .reconcile(AuditLog::open_copy(&empty).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(joined.tip().0, 40);
+    let copy = joined(&chain(&c, "replica-b", false), &empty).await;
+    assert_eq!(copy.tip().0, 40);
     assert_eq!(file_lines(&empty), cluster_lines(&emu));
 
     // A file with its own history (another chain from seq 1).
@@ -269,10 +268,7 @@ async fn empty_and_forked_replicas_join_the_chain() {
     }
     let own_lines = file_lines(&forked);
     drop(own);
-    chain(&c, "replica-c", false)
-        .reconcile(AuditLog::open_copy(&forked).unwrap())
-        .await
-        .unwrap();
+    joined(&chain(&c, "replica-c", false), &forked).await;
     let lines = cluster_lines(&emu);
     assert_eq!(lines.len(), 41);
     check_chain(&lines);
@@ -302,10 +298,7 @@ async fn empty_and_forked_replicas_join_the_chain() {
 async fn an_unanswered_append_that_landed_is_not_placed_twice() {
     let (emu, dir, c) = setup().await;
     let ch = chain(&c, "replica-a", true);
-    let mut log = ch
-        .reconcile(AuditLog::open_copy(&dir.path().join("a.jsonl")).unwrap())
-        .await
-        .unwrap();
+    let mut log = joined(&ch, &dir.path().join("a.jsonl")).await;
     log.attach_chain(ch.clone());
     let log = Arc::new(std::sync::Mutex::new(log));
     emu.answer_writes_late_to(HEAD, Duration::from_secs(3));
@@ -337,15 +330,8 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
     let (emu, dir, c) = setup().await;
     let ch = chain(&c, "replica-a", true);
     let path = dir.path().join("a.jsonl");
-    let mut log = ch
-        .reconcile(AuditLog::open_copy(&path).unwrap())
-        .await
-        .unwrap();
-    for i in 0..40 {
-        let (s, h) = log.tip();
-        let placed = ch.place_async((s, &h), &entry("op", i)).await.unwrap();
-        log.copy_lines(&placed.lines).unwrap();
-    }
+    let mut log = joined(&ch, &path).await;
+    place_many(&ch, &mut log, "op", 40).await;
     let ok = ch.verify_against(&path).await.unwrap();
     assert!(ok.contains("1..40"), "{ok}");
     // An edited local record.
