@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Chain, GENESIS, Record, hash_line};
+use crate::audit::{GENESIS, Record, hash_line};
 
 /// Data key of the head (JSON [`Head`]).
 pub const HEAD_KEY: &str = "head";
@@ -307,15 +307,6 @@ pub fn verify_copy(open: &Open, segments: &[SegmentCopy]) -> Result<Mark, String
         }
     }
     check_run(&open.lines, &tip).map_err(|e| format!("open records: {e}"))
-}
-
-/// A full check of whole lines from the start (for a copy that begins at seq 1).
-pub fn verify_from_start(lines: &[Vec<u8>]) -> Result<u64, String> {
-    let mut chain = Chain::new();
-    for l in lines {
-        chain.push(l)?;
-    }
-    Ok(chain.seq())
 }
 
 #[cfg(test)]
