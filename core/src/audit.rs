@@ -135,6 +135,17 @@ impl Chain {
         Self::default()
     }
 
+    /// A chain taken up after record `seq` whose line hashes to `last_hash`: the next record
+    /// is `seq + 1`. For a part of a chain (an export made with `--since`) whose first
+    /// record's `prev` can only be taken on trust unless another copy holds record `seq`.
+    pub fn after(seq: u64, last_hash: &str) -> Self {
+        Self {
+            seq,
+            last_hash: last_hash.to_string(),
+            unresolved: BTreeMap::new(),
+        }
+    }
+
     /// Sequence number of the last record (0 before the first).
     pub fn seq(&self) -> u64 {
         self.seq
@@ -193,6 +204,8 @@ pub fn verify_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Result<u64
     }
     Ok(chain.seq())
 }
+
+pub mod multi;
 
 #[cfg(test)]
 mod tests;

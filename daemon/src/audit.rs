@@ -426,6 +426,17 @@ pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
         .collect())
 }
 
+// ---- Several copies, checkpoints, shipping (issue 15: verify anywhere, signed heads) ----
+
+/// The whole lines of a log's bytes (without newlines) and the length of a torn last line
+/// (bytes after the last newline), if any.
+pub fn whole_lines(text: &[u8]) -> (Vec<&[u8]>, Option<usize>) {
+    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    // After the last newline: empty for a whole file, else a torn tail.
+    let tail = lines.pop().filter(|t| !t.is_empty()).map(<[u8]>::len);
+    (lines, tail)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

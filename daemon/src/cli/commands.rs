@@ -64,7 +64,90 @@ pub(super) async fn validate(
     ExitCode::SUCCESS
 }
 
-pub(super) fn verify(file: &std::path::Path) -> ExitCode {
+pub(super) fn verify(files: &[PathBuf]) -> ExitCode {
+    match files {
+        [file] => verify_one(file),
+        _ => verify_many(files),
+    }
+}
+
+/// Several files as one chain (see [`failoverd_core::audit::multi`]).
+fn verify_many(files: &[PathBuf]) -> ExitCode {
+    use failoverd_core::audit::multi::{Log, Start, verify_logs};
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        match std::fs::read(f) {
+            Ok(t) => texts.push(t),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut logs = Vec::with_capacity(files.len());
+    for (f, text) in files.iter().zip(&texts) {
+        let (lines, torn) = audit::whole_lines(text);
+        if let Some(n) = torn {
+            println!(
+                "{}: torn last line ({n} bytes) left out: a write cut short by a crash",
+                f.display()
+            );
+        }
+        logs.push(Log {
+            name: f.display().to_string(),
+            lines,
+        });
+    }
+    let (chain, problems) = verify_logs(&logs);
+    for s in &chain.spans {
+        let what = match &s.start {
+            Start::Empty => "no records".to_string(),
+            Start::Genesis => format!("records {}..{} from the first", s.first, s.last),
+            Start::Linked { to } => format!(
+                "records {}..{}, continuing seq {} held by {to}",
+                s.first,
+                s.last,
+                s.first - 1
+            ),
+            Start::Unlinked => format!(
+                "records {}..{}; its first prev is NOT checked: no given file holds seq {}",
+                s.first,
+                s.last,
+                s.first - 1
+            ),
+        };
+        let behind = chain
+            .head
+            .as_ref()
+            .filter(|h| s.last > 0 && h.seq > s.last)
+            .map(|h| format!(" ({} behind the head)", h.seq - s.last))
+            .unwrap_or_default();
+        let repeats = match s.repeats {
+            0 => String::new(),
+            n => format!(", {n} re-shipped repeat(s) skipped"),
+        };
+        println!("{}: {what}{behind}{repeats}", s.name);
+    }
+    for (a, b) in &chain.missing {
+        println!("records {a}..{b}: in no given file");
+    }
+    match &chain.head {
+        Some(h) => println!("head: seq {}, hash {}", h.seq, h.hash),
+        None => println!("head: none (no records)"),
+    }
+    if problems.is_empty() {
+        println!("{} files: one chain, no fork", files.len());
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{} problem(s): not one whole chain", problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn verify_one(file: &std::path::Path) -> ExitCode {
     match audit::verify(file) {
         Ok(v) => {
             println!("{}: {} records, chain intact", file.display(), v.records);

@@ -210,10 +210,13 @@ pub enum DrillCommand {
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
+    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record. Several
+    /// files (replicas' logs, exports, shipped lines) are proved to be one chain: each whole,
+    /// no two holding different records at one seq, each a contiguous part of the longest.
     Verify {
-        /// The audit log.
-        file: PathBuf,
+        /// The audit logs (or exports, or files of shipped lines).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -246,8 +249,8 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         Command::Demo => demo::run().await,
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => return verify(&file),
+            command: AuditCommand::Verify { files },
+        } => return verify(&files),
         Command::Status { name, conn } => return client::status(&conn, name.as_deref()).await,
         Command::Why { name, conn } => return client::why(&conn, &name).await,
         Command::Failover {
