@@ -117,6 +117,10 @@ pub struct Chain {
     seq: u64,
     last_hash: String,
     unresolved: BTreeMap<String, Record>,
+    /// Records after the last `audit-checkpoint` (all, when there is none).
+    since_checkpoint: u64,
+    /// The last `audit-checkpoint` record's time.
+    last_checkpoint: Option<Timestamp>,
 }
 
 impl Default for Chain {
@@ -125,6 +129,8 @@ impl Default for Chain {
             seq: 0,
             last_hash: GENESIS.to_string(),
             unresolved: BTreeMap::new(),
+            since_checkpoint: 0,
+            last_checkpoint: None,
         }
     }
 }
@@ -143,7 +149,15 @@ impl Chain {
             seq,
             last_hash: last_hash.to_string(),
             unresolved: BTreeMap::new(),
+            since_checkpoint: 0,
+            last_checkpoint: None,
         }
+    }
+
+    /// Records after the last checkpoint (every record walked, when there was none), and
+    /// that checkpoint's time: where [`checkpoint::Checkpointer`] takes up the count.
+    pub fn since_checkpoint(&self) -> (u64, Option<Timestamp>) {
+        (self.since_checkpoint, self.last_checkpoint)
     }
 
     /// Sequence number of the last record (0 before the first).
@@ -182,6 +196,12 @@ impl Chain {
         }
         self.seq = rec.seq;
         self.last_hash = hash_line(line);
+        if rec.action == checkpoint::ACTION {
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Some(rec.time);
+        } else {
+            self.since_checkpoint += 1;
+        }
         if rec.outcome == "intent" && !rec.playbook.is_empty() {
             self.unresolved.insert(rec.playbook.clone(), rec);
         } else if self
@@ -205,6 +225,7 @@ pub fn verify_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Result<u64
     Ok(chain.seq())
 }
 
+pub mod checkpoint;
 pub mod multi;
 
 #[cfg(test)]

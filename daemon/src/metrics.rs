@@ -42,6 +42,9 @@ pub struct Metrics {
     pub audit_errors: Counter,
     /// 1 while the audit log takes appends, 0 while it refuses them (no move can be made).
     pub audit_available: Gauge,
+    /// Audit records that could not be shipped (queue full, target failing); they stay in
+    /// the local log.
+    pub audit_ship_errors: Counter,
     /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
     pub signal_unknown: Family<Labels, Counter>,
     /// Notification deliveries by sink, event and result
@@ -163,6 +166,12 @@ impl Metrics {
             "1 while the audit log takes appends; 0 while it refuses them and no move can be made",
             audit_available.clone(),
         );
+        let audit_ship_errors = Counter::default();
+        registry.register(
+            "audit_ship_errors",
+            "Audit records that could not be shipped to the --audit-ship target (they stay in the local log)",
+            audit_ship_errors.clone(),
+        );
         let signal_unknown = Family::<Labels, Counter>::default();
         registry.register(
             "signal_unknown",
@@ -257,6 +266,7 @@ impl Metrics {
             stuck,
             audit_errors,
             audit_available,
+            audit_ship_errors,
         }
     }
 

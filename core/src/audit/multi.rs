@@ -191,8 +191,7 @@ fn seq_of(line: &[u8]) -> Option<SeqOf> {
     serde_json::from_slice(line).ok()
 }
 
-/// The action of checkpoint records (see `checkpoint`).
-pub const CHECKPOINT_ACTION: &str = "audit-checkpoint";
+use super::checkpoint::ACTION as CHECKPOINT_ACTION;
 
 /// Walks every copy and compares them. The problems are in the order found: each copy's
 /// first inner break, then links and forks between copies (the lowest seq for each pair).

@@ -64,16 +64,24 @@ pub(super) async fn validate(
     ExitCode::SUCCESS
 }
 
-pub(super) fn verify(files: &[PathBuf]) -> ExitCode {
-    match files {
-        [file] => verify_one(file),
-        _ => verify_many(files),
+pub(super) fn verify(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {
+    match (files, key) {
+        ([file], None) => verify_one(file),
+        _ => verify_many(files, key),
     }
 }
 
-/// Several files as one chain (see [`failoverd_core::audit::multi`]).
-fn verify_many(files: &[PathBuf]) -> ExitCode {
+/// Several files as one chain (see [`failoverd_core::audit::multi`]), and with a key every
+/// checkpoint.
+fn verify_many(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {
     use failoverd_core::audit::multi::{Log, Start, verify_logs};
+    let key = match key.map(audit::read_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("--key {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut texts = Vec::with_capacity(files.len());
     for f in files {
         match std::fs::read(f) {
@@ -135,6 +143,15 @@ fn verify_many(files: &[PathBuf]) -> ExitCode {
         Some(h) => println!("head: seq {}, hash {}", h.seq, h.hash),
         None => println!("head: none (no records)"),
     }
+    let mut bad_checkpoints = Vec::new();
+    if let Some(key) = &key {
+        bad_checkpoints = checkpoints(&chain, key);
+    }
+    let problems: Vec<String> = problems
+        .iter()
+        .map(ToString::to_string)
+        .chain(bad_checkpoints)
+        .collect();
     if problems.is_empty() {
         println!("{} files: one chain, no fork", files.len());
         ExitCode::SUCCESS
@@ -145,6 +162,79 @@ fn verify_many(files: &[PathBuf]) -> ExitCode {
         eprintln!("{} problem(s): not one whole chain", problems.len());
         ExitCode::FAILURE
     }
+}
+
+/// Checks every checkpoint the copies hold (each record once) and prints how far the
+/// records are proved complete; returns the bad ones.
+fn checkpoints(
+    chain: &failoverd_core::audit::multi::OneChain,
+    key: &failoverd_core::audit::checkpoint::Key,
+) -> Vec<String> {
+    use failoverd_core::audit::checkpoint;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bad = Vec::new();
+    // The highest signed seq that checked: (its seq, the checkpoint record's seq, time).
+    let mut best: Option<(u64, u64, String)> = None;
+    for (file, line, text) in chain.checkpoint_lines() {
+        let rec: audit::Record = match serde_json::from_slice(text) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push(format!("{file}:{line}: checkpoint is not a record: {e}"));
+                continue;
+            }
+        };
+        if !seen.insert(rec.seq) {
+            continue;
+        }
+        match checkpoint::check(key, &rec, |s| chain.hash_at(s)) {
+            Ok(Some(i)) => {
+                if best.as_ref().is_none_or(|b| i.seq > b.0) {
+                    best = Some((i.seq, rec.seq, i.time));
+                }
+            }
+            Ok(None) => {
+                let signed = rec.inputs.get("seq").and_then(serde_json::Value::as_u64);
+                println!(
+                    "checkpoint record {} signs seq {}, which no given file holds: its hash is not checked",
+                    rec.seq,
+                    signed.map_or_else(|| "?".into(), |s| s.to_string())
+                );
+            }
+            Err(e) => bad.push(format!("{file}:{line}: {e}")),
+        }
+    }
+    println!(
+        "checkpoints: {} found, key {}, {} bad",
+        seen.len(),
+        key.id(),
+        bad.len()
+    );
+    let Some((n, record, time)) = best else {
+        println!("no checkpoint holds: completeness is not proven");
+        return bad;
+    };
+    // Proved from the record after the last gap below n (seq 1 when nothing is missing).
+    let from = chain
+        .missing
+        .iter()
+        .filter(|(a, _)| *a <= n)
+        .map(|(_, b)| b + 1)
+        .max()
+        .unwrap_or(1);
+    let after = chain
+        .head
+        .as_ref()
+        .map_or(0, |h| h.seq.saturating_sub(record));
+    if from == 1 {
+        println!("complete through seq {n} (checkpoint at {time})");
+    } else {
+        println!(
+            "records {from}..{n} complete through seq {n} (checkpoint at {time}); records 1..{} are in no given file",
+            from - 1
+        );
+    }
+    println!("{after} record(s) follow the last checkpoint (record {record}): not yet signed");
+    bad
 }
 
 fn verify_one(file: &std::path::Path) -> ExitCode {

@@ -50,8 +50,8 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon.
-    Run(RunArgs),
+    /// Run the daemon (boxed: its flags dwarf every other command's).
+    Run(Box<RunArgs>),
     /// Validate playbook files or directories, or (`--config FILE`) the whole configuration
     /// set exactly as `run --config FILE` checks it; prints `file:line:col: message` per
     /// problem and exits 1 when there is one.
@@ -217,13 +217,17 @@ pub enum AuditCommand {
         /// The audit logs (or exports, or files of shipped lines).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also check every signed checkpoint with this key file and report how far the
+        /// records are proved complete.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Validate {
             paths,
             config,
@@ -249,8 +253,8 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         Command::Demo => demo::run().await,
         Command::Audit {
-            command: AuditCommand::Verify { files },
-        } => return verify(&files),
+            command: AuditCommand::Verify { files, key },
+        } => return verify(&files, key.as_deref()),
         Command::Status { name, conn } => return client::status(&conn, name.as_deref()).await,
         Command::Why { name, conn } => return client::why(&conn, &name).await,
         Command::Failover {

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::app::{ServeOptions, serve};
 use crate::audit::AuditLog;
-use crate::config::{FileConfig, Settings, StoreSpec};
+use crate::config::{AuditTrail, FileConfig, Settings, StoreSpec};
 use crate::control::Runtime;
 use crate::overrides::OverrideStore;
 use crate::playbook::{self, Problems};
@@ -78,6 +78,21 @@ pub struct RunArgs {
     /// The private key for --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Sign audit checkpoints with this key file (a Secret; at least 16 bytes, used byte for
+    /// byte). Without a key no checkpoint is made.
+    #[arg(long)]
+    pub audit_checkpoint_key: Option<PathBuf>,
+    /// A signed checkpoint after every N audit records (default 100).
+    #[arg(long)]
+    pub audit_checkpoint_every: Option<u64>,
+    /// A signed checkpoint M minutes after the last one when records were written since
+    /// (default 60).
+    #[arg(long)]
+    pub audit_checkpoint_minutes: Option<u64>,
+    /// Ship every audit record, once durable, as one JSON line (`"log.kind":"audit"`, its
+    /// `hash`): `stdout`, `off` (default) or a file path (appended to).
+    #[arg(long)]
+    pub audit_ship: Option<String>,
 }
 
 impl RunArgs {
@@ -235,6 +250,7 @@ impl RunArgs {
                 None
             }
         };
+        let audit_trail = self.audit_trail(&file, &at, &mut problems);
         let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
             (playbooks, store, listen, audit, external_url)
         else {
@@ -277,7 +293,65 @@ impl RunArgs {
                     key: t.key_file,
                 }),
             },
+            audit_trail,
         })
+    }
+
+    /// `auditCheckpoint*` and `auditShip` over the config file; the key file is read and
+    /// checked now, so a missing or short key refuses the start.
+    fn audit_trail(
+        &self,
+        file: &FileConfig,
+        at: &dyn Fn(bool, &str, &str, String) -> playbook::Problem,
+        problems: &mut Vec<playbook::Problem>,
+    ) -> AuditTrail {
+        let mut trail = AuditTrail::default();
+        for (flag, from_flag, key, value, into) in [
+            (
+                "--audit-checkpoint-every",
+                self.audit_checkpoint_every.is_some(),
+                "auditCheckpointEvery",
+                self.audit_checkpoint_every.or(file.audit_checkpoint_every),
+                &mut trail.policy.every,
+            ),
+            (
+                "--audit-checkpoint-minutes",
+                self.audit_checkpoint_minutes.is_some(),
+                "auditCheckpointMinutes",
+                self.audit_checkpoint_minutes
+                    .or(file.audit_checkpoint_minutes),
+                &mut trail.policy.minutes,
+            ),
+        ] {
+            match value {
+                Some(0) => problems.push(at(from_flag, key, flag, "must be at least 1".into())),
+                Some(n) => *into = n,
+                None => {}
+            }
+        }
+        let from_flag = self.audit_checkpoint_key.is_some();
+        trail.checkpoint_key = self
+            .audit_checkpoint_key
+            .clone()
+            .or(file.audit_checkpoint_key.clone());
+        if let Some(k) = &trail.checkpoint_key
+            && let Err(e) = crate::audit::read_key(k)
+        {
+            problems.push(at(
+                from_flag,
+                "auditCheckpointKey",
+                "--audit-checkpoint-key",
+                e,
+            ));
+        }
+        let from_flag = self.audit_ship.is_some();
+        if let Some(s) = self.audit_ship.clone().or(file.audit_ship.clone()) {
+            match s.parse() {
+                Ok(t) => trail.ship = t,
+                Err(e) => problems.push(at(from_flag, "auditShip", "--audit-ship", e)),
+            }
+        }
+        trail
     }
 }
 
@@ -322,7 +396,19 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
         );
     }
-    let audit = AuditLog::open(&settings.audit)?;
+    let mut audit = AuditLog::open(&settings.audit)?;
+    if let Some(k) = &settings.audit_trail.checkpoint_key {
+        let key =
+            crate::audit::read_key(k).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        info!(
+            key_id = key.id(),
+            every = settings.audit_trail.policy.every,
+            minutes = settings.audit_trail.policy.minutes,
+            "signed audit checkpoints on"
+        );
+        audit.set_checkpoints(key, settings.audit_trail.policy);
+    }
+    audit.set_ship_target(settings.audit_trail.ship.clone());
     let overrides = OverrideStore::open(&settings.state)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
