@@ -208,11 +208,21 @@ pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
         let mut fprev = None;
         for (i, raw) in log.lines.iter().enumerate() {
             let line_no = i as u64 + 1;
-            let broken = |problem: String, line: &[u8]| Problem::Broken {
-                file: log.name.clone(),
-                line: line_no,
-                seq: seq_of(line).map(|s| s.seq),
-                problem,
+            let broken = |problem: String, line: &[u8]| {
+                let seq = seq_of(line).map(|s| s.seq);
+                // The chain's own words may already name the seq.
+                let problem = match seq {
+                    Some(n) => problem
+                        .strip_prefix(&format!("seq {n}: "))
+                        .map_or(problem.clone(), String::from),
+                    None => problem,
+                };
+                Problem::Broken {
+                    file: log.name.clone(),
+                    line: line_no,
+                    seq,
+                    problem,
+                }
             };
             let (line, shipped): (std::borrow::Cow<'_, [u8]>, bool) = match unship_line(raw) {
                 None => ((*raw).into(), false),

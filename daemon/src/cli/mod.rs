@@ -20,7 +20,7 @@ pub use run::RunArgs;
 use crate::config::StoreSpec;
 use crate::playbook;
 use client::Conn;
-use commands::{plan, validate, verify};
+use commands::{export, plan, validate, verify};
 use run::run;
 
 /// failoverd: emergency failover control for services on an Istio mesh.
@@ -222,6 +222,19 @@ pub enum AuditCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Write the exact lines (so their hashes hold) of the records from the first one written
+    /// at or after TIME to the end, for an auditor; the log's chain is checked first.
+    Export {
+        /// An RFC 3339 time (`2027-01-01T00:00:00Z`) or a span back from now (`30d`, `12h`).
+        #[arg(long)]
+        since: String,
+        /// The audit log.
+        #[arg(long, default_value = "/var/lib/failoverd/audit.jsonl")]
+        audit: PathBuf,
+        /// Write here (replaced whole, never half-written) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -255,6 +268,9 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { files, key },
         } => return verify(&files, key.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Export { since, audit, out },
+        } => return export(&since, &audit, out.as_deref()),
         Command::Status { name, conn } => return client::status(&conn, name.as_deref()).await,
         Command::Why { name, conn } => return client::why(&conn, &name).await,
         Command::Failover {

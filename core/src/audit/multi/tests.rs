@@ -146,12 +146,12 @@ fn tampering_in_one_copy_is_named() {
         };
         assert_eq!((file.as_str(), *l, *s), ("bad", line, Some(seq)), "{p:?}");
         assert!(problem.contains(words), "{problem}");
+        let shown = p[0].to_string();
         assert!(
-            p[0].to_string()
-                .starts_with(&format!("bad:{line}: seq {seq}: ")),
-            "{}",
-            p[0]
+            shown.starts_with(&format!("bad:{line}: seq {seq}: ")),
+            "{shown}"
         );
+        assert!(!shown.contains(&format!("seq {seq}: seq {seq}")), "{shown}");
     }
 }
 
