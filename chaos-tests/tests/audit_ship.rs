@@ -54,11 +54,38 @@ fn operator(url: &str, verb: &str, reason: &str) {
     assert!(ok, "{verb} refused: {out}{err}");
 }
 
+/// `GET path` with the operator's token (HTTP/1.0, bounded): status and body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap()
+        .unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
 /// A failover, a failback and operator calls with `--audit-ship FILE`, a checkpoint key and a
 /// checkpoint every 4 records: every record of the audit file is in the shipped file exactly
 /// once with its hash; an export from mid-chain plus the shipped file verify with the key as
 /// complete through the last checkpoint; an edited export record and a wrong key are named;
-/// nothing audit-shaped reaches stdout (shipping goes only to the target).
+/// nothing audit-shaped reaches stdout (shipping goes only to the target). `GET /v1/audit`
+/// with `afterSeq` returns the file's records after that seq, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoint() {
     let mut s = Scenario::new(FAST_FAILBACK).await.unwrap();
@@ -120,6 +147,33 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
         .await,
         &d,
     );
+    // The copy protocol: records after a seq, in seq order, exactly the file's.
+    let now: Vec<Value> = lines(&audit_path)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (code, body) = get(d.addr, "/v1/audit?afterSeq=3&limit=5").await;
+    assert_eq!(code, 200, "{body}");
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["records"].as_array().unwrap(), &now[3..8].to_vec());
+    let (code, body) = get(d.addr, &format!("/v1/audit?afterSeq={}", now.len())).await;
+    assert_eq!(
+        (code, body.contains("\"records\":[]")),
+        (200, true),
+        "{body}"
+    );
+    let (code, body) = get(d.addr, "/v1/audit?afterSeq=0").await;
+    assert_eq!(code, 200, "{body}");
+    let all: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        all["records"].as_array().unwrap(),
+        &now,
+        "afterSeq=0 is the whole chain"
+    );
+    let (code, body) = get(d.addr, "/v1/audit?afterSeq=-1").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+
     let status = d.terminate(10 * SEC).unwrap();
     assert_eq!(status.code(), Some(0), "{}", d.logs());
 
