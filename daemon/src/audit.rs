@@ -642,13 +642,50 @@ pub async fn checkpoint_tick(log: &Arc<Mutex<AuditLog>>) {
     }
 }
 
-/// The whole lines of a log's bytes (without newlines) and the length of a torn last line
-/// (bytes after the last newline), if any.
-pub fn whole_lines(text: &[u8]) -> (Vec<&[u8]>, Option<usize>) {
-    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
-    // After the last newline: empty for a whole file, else a torn tail.
-    let tail = lines.pop().filter(|t| !t.is_empty()).map(<[u8]>::len);
-    (lines, tail)
+/// A log's whole lines (without newlines), read forward one at a time; a torn last line
+/// (bytes after the last newline) is not yielded but measured, and a read error ends the
+/// stream and is kept (check both once it ends).
+#[derive(Debug)]
+pub struct Lines {
+    reader: BufReader<File>,
+    /// Bytes after the last newline, once the end is reached.
+    pub torn: Option<usize>,
+    /// The read error that ended the stream, if any.
+    pub error: Option<std::io::Error>,
+}
+
+impl Lines {
+    /// Opens `path` for reading forward.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            reader: BufReader::with_capacity(256 * 1024, File::open(path)?),
+            torn: None,
+            error: None,
+        })
+    }
+}
+
+impl Iterator for Lines {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) if buf.last() == Some(&b'\n') => {
+                buf.pop();
+                Some(buf)
+            }
+            Ok(n) => {
+                self.torn = Some(n);
+                None
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]

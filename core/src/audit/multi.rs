@@ -196,17 +196,35 @@ use super::checkpoint::ACTION as CHECKPOINT_ACTION;
 /// Walks every copy and compares them. The problems are in the order found: each copy's
 /// first inner break, then links and forks between copies (the lowest seq for each pair).
 pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
-    let mut out = OneChain::default();
-    let mut problems = Vec::new();
-    // Per copy: its first record's prev (to link it to another copy).
-    let mut first_prev: Vec<Option<String>> = Vec::new();
-    for (fi, log) in logs.iter().enumerate() {
+    let mut v = Verifier::default();
+    for log in logs {
+        v.add(&log.name, log.lines.iter().copied());
+    }
+    v.finish()
+}
+
+/// [`verify_logs`] one copy at a time, each read as a stream: memory is 32 bytes per record
+/// held (its hash) plus the checkpoint lines, never a whole file.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    out: OneChain,
+    problems: Vec<Problem>,
+    /// Per copy: its first record's `prev` (to link it to another copy).
+    first_prev: Vec<Option<String>>,
+}
+
+impl Verifier {
+    /// Walks one copy's whole lines (without newlines), in order.
+    pub fn add<L: AsRef<[u8]>>(&mut self, name: &str, lines: impl IntoIterator<Item = L>) {
+        let (out, problems) = (&mut self.out, &mut self.problems);
+        let fi = out.spans.len();
         let mut chain: Option<Chain> = None;
         let mut first = 0u64;
         let mut digests: Vec<[u8; 32]> = Vec::new();
         let mut repeats = 0u64;
         let mut fprev = None;
-        for (i, raw) in log.lines.iter().enumerate() {
+        for (i, raw) in lines.into_iter().enumerate() {
+            let raw = raw.as_ref();
             let line_no = i as u64 + 1;
             let broken = |problem: String, line: &[u8]| {
                 let seq = seq_of(line).map(|s| s.seq);
@@ -218,14 +236,14 @@ pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
                     None => problem,
                 };
                 Problem::Broken {
-                    file: log.name.clone(),
+                    file: name.to_string(),
                     line: line_no,
                     seq,
                     problem,
                 }
             };
             let (line, shipped): (std::borrow::Cow<'_, [u8]>, bool) = match unship_line(raw) {
-                None => ((*raw).into(), false),
+                None => (raw.into(), false),
                 Some(Ok(exact)) => (exact.into(), true),
                 Some(Err(problem)) => {
                     problems.push(broken(problem, raw));
@@ -233,7 +251,13 @@ pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
                 }
             };
             let digest: [u8; 32] = Sha256::digest(&*line).into();
-            let head = seq_of(&line);
+            // The seq and prev are needed before the chain takes the line only to start it
+            // or to spot a re-shipped repeat; other lines are parsed once, by the chain.
+            let head = if chain.is_none() || shipped {
+                seq_of(&line)
+            } else {
+                None
+            };
             if shipped
                 && let (Some(h), Some(c)) = (&head, &chain)
                 && h.seq <= c.seq()
@@ -261,7 +285,11 @@ pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
                 first = c.seq();
             }
             digests.push(digest);
-            if head.is_some_and(|h| h.action == CHECKPOINT_ACTION) {
+            // Cheap first look (inside a JSON string these bytes would be escaped); the
+            // record's own `action` decides.
+            if contains(&line, CHECKPOINT_NEEDLE)
+                && seq_of(&line).is_some_and(|h| h.action == CHECKPOINT_ACTION)
+            {
                 out.checkpoints.push((fi, line_no, line.into_owned()));
             }
         }
@@ -271,7 +299,7 @@ pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
             first + digests.len() as u64 - 1
         };
         out.spans.push(Span {
-            name: log.name.clone(),
+            name: name.to_string(),
             first,
             last,
             start: match first {
@@ -281,81 +309,98 @@ pub fn verify_logs(logs: &[Log<'_>]) -> (OneChain, Vec<Problem>) {
             },
             repeats,
         });
-        first_prev.push(fprev);
+        self.first_prev.push(fprev);
         out.digests.push((first, digests));
     }
-    // A copy starting mid-chain: tie its first prev to the record before, where held.
-    for i in 0..logs.len() {
-        let k = out.spans[i].first;
-        if k < 2 {
-            continue;
-        }
-        let Some((j, d)) = (0..logs.len())
-            .filter(|&j| j != i)
-            .find_map(|j| digest_at(&out.digests[j], k - 1).map(|d| (j, d)))
-        else {
-            continue;
-        };
-        if first_prev[i].as_deref() == Some(hex::encode(d).as_str()) {
-            out.spans[i].start = Start::Linked {
-                to: logs[j].name.clone(),
-            };
-        } else {
-            problems.push(Problem::Link {
-                file: logs[i].name.clone(),
-                seq: k,
-                other: logs[j].name.clone(),
-            });
-        }
-    }
-    // Forks: for each pair, the lowest seq both hold with different lines.
-    for i in 0..logs.len() {
-        for j in i + 1..logs.len() {
-            let (a, b) = (&out.digests[i], &out.digests[j]);
-            if a.1.is_empty() || b.1.is_empty() {
+
+    /// Compares the copies walked and finds the head.
+    pub fn finish(self) -> (OneChain, Vec<Problem>) {
+        let Self {
+            mut out,
+            mut problems,
+            first_prev,
+        } = self;
+        let names: Vec<String> = out.spans.iter().map(|s| s.name.clone()).collect();
+        let n = names.len();
+        // A copy starting mid-chain: tie its first prev to the record before, where held.
+        for i in 0..n {
+            let k = out.spans[i].first;
+            if k < 2 {
                 continue;
             }
-            let lo = a.0.max(b.0);
-            let hi = (a.0 + a.1.len() as u64).min(b.0 + b.1.len() as u64);
-            if let Some(seq) = (lo..hi).find(|&s| digest_at(a, s) != digest_at(b, s)) {
-                problems.push(Problem::Fork {
-                    seq,
-                    first: logs[i].name.clone(),
-                    second: logs[j].name.clone(),
+            let Some((j, d)) = (0..n)
+                .filter(|&j| j != i)
+                .find_map(|j| digest_at(&out.digests[j], k - 1).map(|d| (j, d)))
+            else {
+                continue;
+            };
+            if first_prev[i].as_deref() == Some(hex::encode(d).as_str()) {
+                out.spans[i].start = Start::Linked {
+                    to: names[j].clone(),
+                };
+            } else {
+                problems.push(Problem::Link {
+                    file: names[i].clone(),
+                    seq: k,
+                    other: names[j].clone(),
                 });
             }
         }
-    }
-    out.head = out
-        .spans
-        .iter()
-        .map(|s| s.last)
-        .max()
-        .filter(|&s| s > 0)
-        .and_then(|seq| {
-            Some(Head {
-                seq,
-                hash: out.hash_at(seq)?,
-            })
-        });
-    if let Some(head) = &out.head {
-        let mut held: Vec<(u64, u64)> = out
+        // Forks: for each pair, the lowest seq both hold with different lines.
+        for i in 0..n {
+            for j in i + 1..n {
+                let (a, b) = (&out.digests[i], &out.digests[j]);
+                if a.1.is_empty() || b.1.is_empty() {
+                    continue;
+                }
+                let lo = a.0.max(b.0);
+                let hi = (a.0 + a.1.len() as u64).min(b.0 + b.1.len() as u64);
+                if let Some(seq) = (lo..hi).find(|&s| digest_at(a, s) != digest_at(b, s)) {
+                    problems.push(Problem::Fork {
+                        seq,
+                        first: names[i].clone(),
+                        second: names[j].clone(),
+                    });
+                }
+            }
+        }
+        out.head = out
             .spans
             .iter()
-            .filter(|s| s.first > 0)
-            .map(|s| (s.first, s.last))
-            .collect();
-        held.sort_unstable();
-        let mut next = 1u64;
-        for (a, b) in held {
-            if a > next {
-                out.missing.push((next, a - 1));
+            .map(|s| s.last)
+            .max()
+            .filter(|&s| s > 0)
+            .and_then(|seq| {
+                Some(Head {
+                    seq,
+                    hash: out.hash_at(seq)?,
+                })
+            });
+        if let Some(head) = &out.head {
+            let mut held: Vec<(u64, u64)> = out
+                .spans
+                .iter()
+                .filter(|s| s.first > 0)
+                .map(|s| (s.first, s.last))
+                .collect();
+            held.sort_unstable();
+            let mut next = 1u64;
+            for (a, b) in held {
+                if a > next {
+                    out.missing.push((next, a - 1));
+                }
+                next = next.max(b + 1);
             }
-            next = next.max(b + 1);
+            debug_assert!(next > head.seq);
         }
-        debug_assert!(next > head.seq);
+        (out, problems)
     }
-    (out, problems)
+}
+
+const CHECKPOINT_NEEDLE: &[u8] = b"\"action\":\"audit-checkpoint\"";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn digest_at(copy: &(u64, Vec<[u8; 32]>), seq: u64) -> Option<&[u8; 32]> {

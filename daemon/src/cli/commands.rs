@@ -74,7 +74,7 @@ pub(super) fn verify(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCo
 /// Several files as one chain (see [`failoverd_core::audit::multi`]), and with a key every
 /// checkpoint.
 fn verify_many(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {
-    use failoverd_core::audit::multi::{Log, Start, verify_logs};
+    use failoverd_core::audit::multi::{Start, Verifier};
     let key = match key.map(audit::read_key).transpose() {
         Ok(k) => k,
         Err(e) => {
@@ -82,31 +82,29 @@ fn verify_many(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut texts = Vec::with_capacity(files.len());
+    // Each file read forward once: memory is a hash per record, never a whole file.
+    let mut v = Verifier::default();
     for f in files {
-        match std::fs::read(f) {
-            Ok(t) => texts.push(t),
+        let mut lines = match audit::Lines::open(f) {
+            Ok(l) => l,
             Err(e) => {
                 eprintln!("{}: cannot read: {e}", f.display());
                 return ExitCode::FAILURE;
             }
+        };
+        v.add(&f.display().to_string(), &mut lines);
+        if let Some(e) = lines.error {
+            eprintln!("{}: read error: {e}", f.display());
+            return ExitCode::FAILURE;
         }
-    }
-    let mut logs = Vec::with_capacity(files.len());
-    for (f, text) in files.iter().zip(&texts) {
-        let (lines, torn) = audit::whole_lines(text);
-        if let Some(n) = torn {
+        if let Some(n) = lines.torn {
             println!(
                 "{}: torn last line ({n} bytes) left out: a write cut short by a crash",
                 f.display()
             );
         }
-        logs.push(Log {
-            name: f.display().to_string(),
-            lines,
-        });
     }
-    let (chain, problems) = verify_logs(&logs);
+    let (chain, problems) = v.finish();
     for s in &chain.spans {
         let what = match &s.start {
             Start::Empty => "no records".to_string(),
@@ -183,7 +181,7 @@ fn checkpoints(
                 continue;
             }
         };
-        if !seen.insert(rec.seq) {
+        if rec.action != checkpoint::ACTION || !seen.insert(rec.seq) {
             continue;
         }
         match checkpoint::check(key, &rec, |s| chain.hash_at(s)) {

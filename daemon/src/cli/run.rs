@@ -409,6 +409,22 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         audit.set_checkpoints(key, settings.audit_trail.policy);
     }
     audit.set_ship_target(settings.audit_trail.ship.clone());
+    // A crash (kill -9) can take lines still queued for the target with it; with checkpoints
+    // on, the records since the last one (a bounded tail) go again at start, so the shipped
+    // stream holds every record at least once (a repeat has the same hash). With election,
+    // the leader does this when it takes over.
+    if settings.leader_election.is_none() && settings.audit_trail.checkpoint_key.is_some() {
+        match audit.reship_since_last_checkpoint() {
+            Ok(0) => {}
+            Ok(n) => info!(
+                records = n,
+                "audit records from the last checkpoint on shipped again"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot ship the audit records since the last checkpoint again")
+            }
+        }
+    }
     let overrides = OverrideStore::open(&settings.state)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
