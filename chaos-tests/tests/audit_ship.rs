@@ -34,6 +34,16 @@ fn sha(line: &str) -> String {
     hex::encode(Sha256::digest(line.as_bytes()))
 }
 
+/// Sets each line's `prev` from index `from` on to the SHA-256 of the line before it (what
+/// someone rewriting the file would do; keys come out re-ordered, which the chain allows).
+fn rechain(lines: &mut [String], from: usize) {
+    for k in from.max(1)..lines.len() {
+        let mut v: Value = serde_json::from_str(&lines[k]).unwrap();
+        v["prev"] = sha(&lines[k - 1]).into();
+        lines[k] = v.to_string();
+    }
+}
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = run_cli(args, CLI).unwrap();
     (
@@ -323,6 +333,61 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
         "{err}"
     );
 
+    // Someone with write access edits record 2 and re-chains everything after it: the
+    // chain alone cannot tell, the first checkpoint after it can.
+    let mut forged = file.clone();
+    forged[1] = forged[1].replacen("\"reason\":\"", "\"reason\":\"rewritten: ", 1);
+    rechain(&mut forged, 2);
+    let forged_path = dir.join("forged.jsonl");
+    std::fs::write(&forged_path, forged.join("\n") + "\n").unwrap();
+    let (okv, out, err) = cli(&["audit", "verify", forged_path.to_str().unwrap()]);
+    assert!(okv, "a re-chained log is whole by itself: {out}{err}");
+    let first_cp = recs
+        .iter()
+        .find(|r| r["action"] == "audit-checkpoint" && r["inputs"]["seq"].as_u64().unwrap() >= 2)
+        .unwrap();
+    let (okv, out, err) = cli(&[
+        "audit",
+        "verify",
+        "--key",
+        key.to_str().unwrap(),
+        forged_path.to_str().unwrap(),
+    ]);
+    assert!(!okv, "re-chained log passed with the key: {out}");
+    assert!(
+        err.contains(&format!(
+            "checkpoint record {}: seq {} does not hash to the signed hash",
+            first_cp["seq"], first_cp["inputs"]["seq"]
+        )),
+        "{err}"
+    );
+    // ... and fixes every checkpoint's `hash` too: the signatures no longer hold.
+    for i in 0..forged.len() {
+        let mut v: Value = serde_json::from_str(&forged[i]).unwrap();
+        if v["action"] == "audit-checkpoint" {
+            let n = v["inputs"]["seq"].as_u64().unwrap() as usize;
+            v["inputs"]["hash"] = sha(&forged[n - 1]).into();
+            forged[i] = v.to_string();
+            rechain(&mut forged, i + 1);
+        }
+    }
+    std::fs::write(&forged_path, forged.join("\n") + "\n").unwrap();
+    let (okv, out, err) = cli(&[
+        "audit",
+        "verify",
+        "--key",
+        key.to_str().unwrap(),
+        forged_path.to_str().unwrap(),
+    ]);
+    assert!(!okv, "forged checkpoints passed: {out}");
+    assert!(
+        err.contains(&format!(
+            "checkpoint record {} (of seq {}): bad signature",
+            first_cp["seq"], first_cp["inputs"]["seq"]
+        )),
+        "{err}"
+    );
+
     // Another key: every checkpoint is refused, naming the key ids.
     let other = dir.join("other.key");
     std::fs::write(&other, b"another-key-of-32-bytes-for-test").unwrap();
@@ -491,4 +556,67 @@ async fn kill9_then_restart_ships_every_record_at_least_once() {
     assert!(okv, "verify failed: {out}{err}");
     assert!(out.contains("complete through seq "), "{out}");
     assert!(out.contains("re-shipped repeat(s) skipped"), "{out}");
+}
+
+/// Ensures bad checkpoint and shipping settings refuse the configuration, each located in
+/// the config file (or naming its flag): a zero interval, a key file too short or missing,
+/// an empty target, a target in a directory that does not exist.
+#[test]
+fn bad_settings_are_refused_and_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("pb")).unwrap();
+    std::fs::write(d.join("pb/demo.yaml"), chaos_tests::DEMO_PLAYBOOK).unwrap();
+    std::fs::write(d.join("short.key"), b"short").unwrap();
+    let cfg = d.join("failoverd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "playbooks: {p}/pb\nstore: file:{p}/routes\naudit: {p}/audit.jsonl\nauditCheckpointEvery: 0\nauditCheckpointKey: {p}/short.key\nauditShip: {p}/no/such/dir/audit.jsonl\n",
+            p = d.display()
+        ),
+    )
+    .unwrap();
+    let (okv, out, err) = cli(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert!(!okv, "{out}");
+    let c = cfg.display();
+    for want in [
+        format!("{c}:4:1: auditCheckpointEvery: must be at least 1"),
+        format!(
+            "{c}:5:1: auditCheckpointKey: {}/short.key: a checkpoint key needs at least 16 bytes (this one has 5)",
+            d.display()
+        ),
+        format!(
+            "{c}:6:1: auditShip: {}/no/such/dir/audit.jsonl: its directory does not exist",
+            d.display()
+        ),
+    ] {
+        assert!(err.contains(&want), "{want}\nnot in:\n{err}");
+    }
+    assert!(err.contains("3 problem(s)"), "{err}");
+    let (okv, _, err) = cli(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--audit-checkpoint-every",
+        "5",
+        "--audit-checkpoint-minutes",
+        "0",
+        "--audit-checkpoint-key",
+        d.join("missing.key").to_str().unwrap(),
+        "--audit-ship",
+        "",
+    ]);
+    assert!(!okv);
+    for want in [
+        "--audit-checkpoint-minutes:0:0: auditCheckpointMinutes: must be at least 1",
+        "--audit-checkpoint-key:0:0: auditCheckpointKey: ",
+        "--audit-ship:0:0: auditShip: empty",
+    ] {
+        assert!(err.contains(want), "{want}\nnot in:\n{err}");
+    }
+    assert!(
+        !err.contains("auditCheckpointEvery"),
+        "the flag wins: {err}"
+    );
 }

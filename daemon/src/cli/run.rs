@@ -346,7 +346,18 @@ impl RunArgs {
         }
         let from_flag = self.audit_ship.is_some();
         if let Some(s) = self.audit_ship.clone().or(file.audit_ship.clone()) {
-            match s.parse() {
+            match s.parse::<crate::audit::ShipTarget>() {
+                Ok(crate::audit::ShipTarget::File(p))
+                    if p.parent()
+                        .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) =>
+                {
+                    problems.push(at(
+                        from_flag,
+                        "auditShip",
+                        "--audit-ship",
+                        format!("{}: its directory does not exist", p.display()),
+                    ));
+                }
                 Ok(t) => trail.ship = t,
                 Err(e) => problems.push(at(from_flag, "auditShip", "--audit-ship", e)),
             }
