@@ -55,6 +55,12 @@ impl AuditLog {
         ));
     }
 
+    /// True when the log held a checkpoint when it was opened (or one was written since
+    /// while no key was set): re-shipping from it is then a bounded tail, not the whole log.
+    pub fn had_checkpoint_at_open(&self) -> bool {
+        self.extras.since_checkpoint.1.is_some()
+    }
+
     /// Ships every record from now on to `target` (`off`: none); shipping starts on.
     pub fn set_ship_target(&mut self, target: ShipTarget) {
         self.extras.shipper = Shipper::start(target, self.health.ship_errors.clone());

@@ -424,7 +424,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // on, the records since the last one (a bounded tail) go again at start, so the shipped
     // stream holds every record at least once (a repeat has the same hash). With election,
     // the leader does this when it takes over.
-    if settings.leader_election.is_none() && settings.audit_trail.checkpoint_key.is_some() {
+    // Only from a checkpoint: a log that never had one (the key just turned on) is not
+    // shipped whole again.
+    if settings.leader_election.is_none()
+        && settings.audit_trail.checkpoint_key.is_some()
+        && audit.had_checkpoint_at_open()
+    {
         match audit.reship_since_last_checkpoint() {
             Ok(0) => {}
             Ok(n) => info!(
