@@ -190,7 +190,9 @@ impl AuditLog {
 
 /// Reads a checkpoint key file (a Secret mounted as a file), used byte for byte.
 pub fn read_key(path: &Path) -> Result<checkpoint::Key, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Screened like every configuration file: a FIFO never blocks, a huge file is refused.
+    let bytes =
+        crate::screen::read_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
     checkpoint::Key::new(bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
