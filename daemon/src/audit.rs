@@ -67,7 +67,7 @@ pub struct AuditLog {
     unresolved: Vec<Record>,
     /// Where availability is published (readiness, metrics); see [`AuditHealth`].
     health: Arc<AuditHealth>,
-    /// Checkpoints and shipping (see the block after [`read_all`]).
+    /// Checkpoints and shipping (see `audit/trail.rs`).
     extras: Extras,
 }
 
