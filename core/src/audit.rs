@@ -181,11 +181,16 @@ impl Chain {
     pub fn push(&mut self, line: &[u8]) -> Result<(), String> {
         let rec: Record =
             serde_json::from_slice(line).map_err(|e| format!("record is not valid JSON: {e}"))?;
-        if rec.seq != self.seq + 1 {
+        let Some(next) = self.seq.checked_add(1) else {
             return Err(format!(
-                "sequence {} where {} was expected (missing or reordered record)",
-                rec.seq,
-                self.seq + 1
+                "sequence {} after the largest sequence number",
+                rec.seq
+            ));
+        };
+        if rec.seq != next {
+            return Err(format!(
+                "sequence {} where {next} was expected (missing or reordered record)",
+                rec.seq
             ));
         }
         if rec.prev != self.last_hash {

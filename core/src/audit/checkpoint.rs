@@ -103,13 +103,16 @@ pub struct Inputs {
     pub hmac: String,
 }
 
+/// The longest `minutes` accepted: a year.
+pub const MAX_MINUTES: u64 = 525_600;
+
 /// When checkpoints are due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// After this many records since the last checkpoint (at least 1).
     pub every: u64,
     /// And this many minutes after the last checkpoint (or the start), when records were
-    /// written since (at least 1).
+    /// written since (1 to [`MAX_MINUTES`]).
     pub minutes: u64,
 }
 
@@ -140,7 +143,7 @@ impl Checkpointer {
             key,
             policy: Policy {
                 every: policy.every.max(1),
-                minutes: policy.minutes.max(1),
+                minutes: policy.minutes.clamp(1, MAX_MINUTES),
             },
             since: since.0,
             last: since.1.map_or(now, |t| t.min(now)),

@@ -296,7 +296,7 @@ impl Verifier {
         let last = if digests.is_empty() {
             0
         } else {
-            first + digests.len() as u64 - 1
+            first.saturating_add(digests.len() as u64 - 1)
         };
         out.spans.push(Span {
             name: name.to_string(),
@@ -354,8 +354,10 @@ impl Verifier {
                     continue;
                 }
                 let lo = a.0.max(b.0);
-                let hi = (a.0 + a.1.len() as u64).min(b.0 + b.1.len() as u64);
-                if let Some(seq) = (lo..hi).find(|&s| digest_at(a, s) != digest_at(b, s)) {
+                // Inclusive last seqs (a chain may end at u64::MAX).
+                let last = |c: &(u64, Vec<[u8; 32]>)| c.0.saturating_add(c.1.len() as u64 - 1);
+                let hi = last(a).min(last(b));
+                if let Some(seq) = (lo..=hi).find(|&s| digest_at(a, s) != digest_at(b, s)) {
                     problems.push(Problem::Fork {
                         seq,
                         first: names[i].clone(),
@@ -376,7 +378,7 @@ impl Verifier {
                     hash: out.hash_at(seq)?,
                 })
             });
-        if let Some(head) = &out.head {
+        if out.head.is_some() {
             let mut held: Vec<(u64, u64)> = out
                 .spans
                 .iter()
@@ -389,9 +391,8 @@ impl Verifier {
                 if a > next {
                     out.missing.push((next, a - 1));
                 }
-                next = next.max(b + 1);
+                next = next.max(b.saturating_add(1));
             }
-            debug_assert!(next > head.seq);
         }
         (out, problems)
     }

@@ -216,7 +216,7 @@ fn checkpoints(
         .missing
         .iter()
         .filter(|(a, _)| *a <= n)
-        .map(|(_, b)| b + 1)
+        .map(|(_, b)| b.saturating_add(1))
         .max()
         .unwrap_or(1);
     let after = chain
@@ -280,7 +280,7 @@ pub(super) fn export(
     match written {
         Ok((n, first)) => {
             match first {
-                Some(f) => eprintln!("{n} records exported (seq {f}..{})", f + n - 1),
+                Some(f) => eprintln!("{n} records exported (seq {f}..{})", f + (n - 1)),
                 None => eprintln!("no record at or after {since}"),
             }
             ExitCode::SUCCESS

@@ -305,6 +305,7 @@ impl RunArgs {
         at: &dyn Fn(bool, &str, &str, String) -> playbook::Problem,
         problems: &mut Vec<playbook::Problem>,
     ) -> AuditTrail {
+        use failoverd_core::audit::checkpoint;
         let mut trail = AuditTrail::default();
         for (flag, from_flag, key, value, into) in [
             (
@@ -325,6 +326,14 @@ impl RunArgs {
         ] {
             match value {
                 Some(0) => problems.push(at(from_flag, key, flag, "must be at least 1".into())),
+                Some(n) if key == "auditCheckpointMinutes" && n > checkpoint::MAX_MINUTES => {
+                    problems.push(at(
+                        from_flag,
+                        key,
+                        flag,
+                        format!("at most {} (a year)", checkpoint::MAX_MINUTES),
+                    ))
+                }
                 Some(n) => *into = n,
                 None => {}
             }

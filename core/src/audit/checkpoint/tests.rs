@@ -72,6 +72,18 @@ fn due_after_every_n_records_or_m_minutes_with_records() {
     let c = Checkpointer::new(key(), policy, (2, Some(at(-60))), at(0));
     assert!(!c.due(at(0)));
     assert!(c.due(at(540)));
+    // Any configured number of minutes is taken without overflow (capped at a year).
+    let c = Checkpointer::new(
+        key(),
+        Policy {
+            every: 3,
+            minutes: u64::MAX,
+        },
+        (1, None),
+        at(0),
+    );
+    assert!(!c.due(at(3600 * 24 * 364)));
+    assert!(c.due(at(60 * MAX_MINUTES as i64)));
 }
 
 /// Ensures the entry is a checkpoint record whose inputs verify, and that `check` names a

@@ -251,3 +251,27 @@ fn shipped_lines_carry_the_exact_record() {
         "{p:?}"
     );
 }
+
+/// Ensures sequence numbers at the top of the range are named, never a panic: a copy that
+/// starts at u64::MAX and goes on, and two copies ending there.
+#[test]
+fn sequence_numbers_at_the_end_of_the_range() {
+    let time = Timestamp::from_second(1_800_000_000).unwrap();
+    let rec = |seq: u64, prev: &str| {
+        serde_json::to_vec(&Entry::default().into_record(seq, time, prev.to_string())).unwrap()
+    };
+    let top = rec(u64::MAX, &"ab".repeat(32));
+    let next = rec(0, &hex::encode(Sha256::digest(&top)));
+    let (_, p) = run(&[("x", &[top.clone(), next])]);
+    assert!(
+        matches!(&p[..], [Problem::Broken { line: 2, problem, .. }] if problem.contains("after the largest sequence number")),
+        "{p:?}"
+    );
+    let (c, p) = run(&[
+        ("x", std::slice::from_ref(&top)),
+        ("y", std::slice::from_ref(&top)),
+    ]);
+    assert_eq!(p, []);
+    assert_eq!(c.head.unwrap().seq, u64::MAX);
+    assert_eq!(c.missing, [(1, u64::MAX - 1)]);
+}
