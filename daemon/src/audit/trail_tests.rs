@@ -232,3 +232,83 @@ fn shipping_failure_is_counted_not_fatal() {
     assert_eq!(counter.get(), 3);
     assert_eq!(verify(&path).unwrap().records, 3);
 }
+
+/// A real, small tmpfs (tests run as root; fails, never skips, without it). Unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("running mount (this test needs root and a tmpfs)");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir)
+    }
+
+    /// Fills the filesystem to the last byte with another file.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = File::create(self.0.path().join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write(&block).is_ok_and(|n| n > 0) {}
+        while f.write(&[0]).is_ok_and(|n| n == 1) {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Ensures a checkpoint that does not fit on a full disk never fails the append that made
+/// it due (that record is durable), leaves the file whole, and is written by the next
+/// `checkpoint_if_due` once space returns, signing the record before it.
+#[test]
+fn checkpoint_on_a_full_disk_waits_for_space() {
+    let fs = Tmpfs::mount();
+    let path = fs.0.path().join("audit.jsonl");
+    let mut log = open_with_key(&path, 2, 60);
+    log.append(entry("one")).unwrap();
+    fs.fill();
+    // The second record is sized to fit in what is left of the file's last page (with room
+    // for the time's varying length); the checkpoint after it (~450 bytes) cannot.
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    let room = 4096 - len % 4096;
+    let probe = serde_json::to_vec(&entry("two").into_record(2, Timestamp::now(), "0".repeat(64)))
+        .unwrap()
+        .len();
+    assert!(
+        room > probe + 80,
+        "test set-up: {room} bytes left, {probe} needed"
+    );
+    let two = Entry {
+        reason: format!("test{}", "x".repeat(room - probe - 40)),
+        ..entry("two")
+    };
+    let r = log.append(two).unwrap();
+    assert_eq!(r.seq, 2);
+    assert_eq!(lines(&path).len(), 2, "no checkpoint fits yet");
+    assert_eq!(verify(&path).unwrap().records, 2);
+    assert!(log.checkpoint_if_due(Timestamp::now()).is_err());
+    fs.free();
+    let cp = log.checkpoint_if_due(Timestamp::now()).unwrap().unwrap();
+    assert_eq!((cp.seq, cp.inputs["seq"].as_u64()), (3, Some(2)));
+    let ls = lines(&path);
+    assert_eq!(cp.inputs["hash"], sha(&ls[1]));
+    assert_eq!(verify(&path).unwrap().records, 3);
+    assert!(log.checkpoint_if_due(Timestamp::now()).unwrap().is_none());
+}
