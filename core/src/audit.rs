@@ -117,6 +117,10 @@ pub struct Chain {
     seq: u64,
     last_hash: String,
     unresolved: BTreeMap<String, Record>,
+    /// Records after the last `audit-checkpoint` (all, when there is none).
+    since_checkpoint: u64,
+    /// The last `audit-checkpoint` record's time.
+    last_checkpoint: Option<Timestamp>,
 }
 
 impl Default for Chain {
@@ -125,6 +129,8 @@ impl Default for Chain {
             seq: 0,
             last_hash: GENESIS.to_string(),
             unresolved: BTreeMap::new(),
+            since_checkpoint: 0,
+            last_checkpoint: None,
         }
     }
 }
@@ -133,6 +139,25 @@ impl Chain {
     /// An empty chain: the next record is seq 1 with `prev` [`GENESIS`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A chain taken up after record `seq` whose line hashes to `last_hash`: the next record
+    /// is `seq + 1`. For a part of a chain (an export made with `--since`) whose first
+    /// record's `prev` can only be taken on trust unless another copy holds record `seq`.
+    pub fn after(seq: u64, last_hash: &str) -> Self {
+        Self {
+            seq,
+            last_hash: last_hash.to_string(),
+            unresolved: BTreeMap::new(),
+            since_checkpoint: 0,
+            last_checkpoint: None,
+        }
+    }
+
+    /// Records after the last checkpoint (every record walked, when there was none), and
+    /// that checkpoint's time: where [`checkpoint::Checkpointer`] takes up the count.
+    pub fn since_checkpoint(&self) -> (u64, Option<Timestamp>) {
+        (self.since_checkpoint, self.last_checkpoint)
     }
 
     /// Sequence number of the last record (0 before the first).
@@ -156,11 +181,16 @@ impl Chain {
     pub fn push(&mut self, line: &[u8]) -> Result<(), String> {
         let rec: Record =
             serde_json::from_slice(line).map_err(|e| format!("record is not valid JSON: {e}"))?;
-        if rec.seq != self.seq + 1 {
+        let Some(next) = self.seq.checked_add(1) else {
             return Err(format!(
-                "sequence {} where {} was expected (missing or reordered record)",
-                rec.seq,
-                self.seq + 1
+                "sequence {} after the largest sequence number",
+                rec.seq
+            ));
+        };
+        if rec.seq != next {
+            return Err(format!(
+                "sequence {} where {next} was expected (missing or reordered record)",
+                rec.seq
             ));
         }
         if rec.prev != self.last_hash {
@@ -171,6 +201,12 @@ impl Chain {
         }
         self.seq = rec.seq;
         self.last_hash = hash_line(line);
+        if rec.action == checkpoint::ACTION {
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Some(rec.time);
+        } else {
+            self.since_checkpoint += 1;
+        }
         if rec.outcome == "intent" && !rec.playbook.is_empty() {
             self.unresolved.insert(rec.playbook.clone(), rec);
         } else if self
@@ -193,6 +229,9 @@ pub fn verify_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Result<u64
     }
     Ok(chain.seq())
 }
+
+pub mod checkpoint;
+pub mod multi;
 
 #[cfg(test)]
 mod tests;

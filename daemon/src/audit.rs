@@ -70,6 +70,8 @@ pub struct AuditLog {
     /// The deployment's chain in the cluster, when there is one: records are placed there
     /// first and this file copies them (see [`ChainStore`]).
     chain: Option<Arc<dyn ChainStore>>,
+    /// Checkpoints and shipping (see `audit/extras.rs`).
+    extras: Extras,
 }
 
 /// Whether the audit log takes appends, shared with readiness and metrics. Updated by every
@@ -80,6 +82,8 @@ pub struct AuditHealth {
     owed: AtomicUsize,
     /// `failoverd_audit_available` (1/0), when the daemon registered it.
     gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// `failoverd_audit_ship_errors_total`: shipped lines lost (queue full, target failing).
+    ship_errors: prometheus_client::metrics::counter::Counter,
 }
 
 /// One episode of a log that refuses appends.
@@ -99,6 +103,15 @@ impl AuditHealth {
             gauge: Some(gauge),
             ..Self::default()
         }
+    }
+
+    /// Counts shipping errors in `counter` (the daemon's `failoverd_audit_ship_errors_total`).
+    pub fn with_ship_errors(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.ship_errors = counter;
+        self
     }
 
     /// None while appends succeed; else the episode (latest error, since when).
@@ -142,6 +155,8 @@ struct Scan {
     torn: Option<Vec<u8>>,
     /// Per playbook, an `intent` not followed by an outcome of the same action.
     unresolved: BTreeMap<String, Record>,
+    /// Records after the last checkpoint, and its time.
+    since_checkpoint: (u64, Option<Timestamp>),
 }
 
 fn scan(path: &Path) -> Result<Scan, (u64, String)> {
@@ -175,6 +190,7 @@ fn scan(path: &Path) -> Result<Scan, (u64, String)> {
         last_hash: chain.last_hash().to_string(),
         good_len: offset,
         torn,
+        since_checkpoint: chain.since_checkpoint(),
         unresolved: chain.into_unresolved(),
     })
 }
@@ -246,6 +262,7 @@ impl AuditLog {
             unresolved: s.unresolved.into_values().collect(),
             health: Arc::new(AuditHealth::default()),
             chain: None,
+            extras: Extras::new(s.since_checkpoint),
         };
         if let Some(torn) = s.torn.filter(|t| {
             if !note_torn {
@@ -284,6 +301,7 @@ impl AuditLog {
             state.as_ref().map(|_| ()).map_err(String::as_str),
             self.owed.len(),
         );
+        self.extras.count_ship_errors_in(&health);
         self.health = health;
     }
 
@@ -382,6 +400,7 @@ impl AuditLog {
         self.write_line(&line)?;
         self.seq = rec.seq;
         self.last_hash = hash_line(&line);
+        self.landed(&rec, &line);
         Ok(rec)
     }
 
@@ -447,6 +466,7 @@ impl AuditLog {
         if let Err(err) = self.copy_lines(&placed.lines) {
             tracing::error!(error = %err, path = %self.path.display(), "the cluster holds the audit record, but this replica's file could not copy it yet; retried");
         }
+        self.checkpoint_after(&placed.record);
         Ok(placed.record)
     }
 
@@ -478,6 +498,7 @@ impl AuditLog {
             self.write_line(line)?;
             self.seq = rec.seq;
             self.last_hash = hash_line(line);
+            self.observed(&rec, line);
             n += 1;
         }
         Ok(n)
@@ -541,6 +562,18 @@ pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
         .filter_map(|l| serde_json::from_str(l.trim_end()).ok())
         .collect())
 }
+
+// ---- Several copies, checkpoints, shipping (issue 15): see `extras.rs` and `ship.rs` ----
+
+mod extras;
+pub mod ship;
+
+use extras::Extras;
+pub use extras::{Lines, checkpoint_tick, read_key};
+pub use ship::{ShipTarget, Shipper};
+
+#[cfg(test)]
+mod extras_tests;
 
 #[cfg(test)]
 mod tests {

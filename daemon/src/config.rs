@@ -68,6 +68,20 @@ pub struct FileConfig {
     pub write_concurrency: Option<usize>,
     /// Serve the API over HTTPS (rustls): `{ certFile, keyFile }`, PEM, re-read on change.
     pub tls: Option<TlsConfig>,
+    /// Key file for signed audit checkpoints (a Secret; no key, no checkpoints).
+    #[serde(rename = "auditCheckpointKey")]
+    pub audit_checkpoint_key: Option<PathBuf>,
+    /// A checkpoint after this many records (default 100).
+    #[serde(rename = "auditCheckpointEvery")]
+    pub audit_checkpoint_every: Option<u64>,
+    /// A checkpoint this many minutes after the last one when records were written since
+    /// (default 60).
+    #[serde(rename = "auditCheckpointMinutes")]
+    pub audit_checkpoint_minutes: Option<u64>,
+    /// Where every audit record is shipped as one JSON line: `stdout`, `off` (default) or
+    /// a file path.
+    #[serde(rename = "auditShip")]
+    pub audit_ship: Option<String>,
 }
 
 /// `tls:` in the config file.
@@ -245,4 +259,17 @@ pub struct Settings {
     pub write_concurrency: Option<usize>,
     /// `tls:` / `--tls-cert` + `--tls-key` (None: plain HTTP).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Signed checkpoints and shipping of the audit trail.
+    pub audit_trail: AuditTrail,
+}
+
+/// `auditCheckpoint*` and `auditShip`, resolved.
+#[derive(Clone, Debug, Default)]
+pub struct AuditTrail {
+    /// The checkpoint key file (None: no checkpoints are made).
+    pub checkpoint_key: Option<PathBuf>,
+    /// When checkpoints are due.
+    pub policy: failoverd_core::audit::checkpoint::Policy,
+    /// Where records are shipped.
+    pub ship: crate::audit::ShipTarget,
 }

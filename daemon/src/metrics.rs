@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Records the cluster's audit chain held that this replica's file lacked at the
     /// replicator's last look (leader election only).
     pub audit_replica_lag: Gauge,
+    /// Audit records that could not be shipped (queue full, target failing); they stay in
+    /// the local log.
+    pub audit_ship_errors: Counter,
     /// SLO evaluations that gave no value, by playbook, signal and bounded reason.
     pub signal_unknown: Family<Labels, Counter>,
     /// Notification deliveries by sink, event and result
@@ -172,6 +175,12 @@ impl Metrics {
             "1 while the audit log takes appends; 0 while it refuses them and no move can be made",
             audit_available.clone(),
         );
+        let audit_ship_errors = Counter::default();
+        registry.register(
+            "audit_ship_errors",
+            "Audit records that could not be shipped to the --audit-ship target (they stay in the local log)",
+            audit_ship_errors.clone(),
+        );
         let signal_unknown = Family::<Labels, Counter>::default();
         registry.register(
             "signal_unknown",
@@ -267,6 +276,7 @@ impl Metrics {
             audit_errors,
             audit_available,
             audit_replica_lag,
+            audit_ship_errors,
         }
     }
 

@@ -137,7 +137,10 @@ impl Shared {
     pub fn new(playbooks: &[Loaded]) -> Self {
         let metrics = Metrics::new();
         let reload = ReloadStatus::new(&metrics);
-        let audit_health = Arc::new(AuditHealth::with_gauge(metrics.audit_available.clone()));
+        let audit_health = Arc::new(
+            AuditHealth::with_gauge(metrics.audit_available.clone())
+                .with_ship_errors(metrics.audit_ship_errors.clone()),
+        );
         Self {
             audit_health,
             metrics,

@@ -35,14 +35,22 @@ pub(super) struct AuditQuery {
     /// Only records written at or after this RFC 3339 time.
     #[param(format = DateTime)]
     since: Option<String>,
-    /// At most this many records, the newest (default 100, at most 10000).
+    /// At most this many records: the newest (default 100, at most 10000), or with
+    /// `afterSeq` the first (default 1000, at most 10000).
     #[param(minimum = 0)]
     limit: Option<usize>,
+    /// Only records with a greater `seq`, oldest first, the first `limit` of them: how a
+    /// replica or a log pipeline copies the chain forward (read forward from that seq,
+    /// never the whole log).
+    #[serde(rename = "afterSeq")]
+    #[param(rename = "afterSeq", minimum = 0)]
+    after_seq: Option<u64>,
 }
 
 /// Read the audit log
 ///
-/// Audit records, oldest first, optionally filtered; the newest `limit` of them.
+/// Audit records, oldest first, optionally filtered; the newest `limit` of them, or with
+/// `afterSeq=N` the first `limit` records with `seq > N` (the chain copied forward).
 #[utoipa::path(
     get,
     path = "/v1/audit",
@@ -77,7 +85,14 @@ pub(super) async fn get_audit(
             ApiError::new(StatusCode::BAD_REQUEST, "since must be an RFC 3339 time")
                 .detail(json!(e.to_string()))
         })?;
-    let limit = q.limit.unwrap_or(100).min(10_000);
+    let after = q.after_seq;
+    let limit = match after {
+        None => q.limit.unwrap_or(100).min(10_000),
+        Some(_) => {
+            let (default, max) = super::audit_read::AFTER_SEQ_LIMIT;
+            q.limit.unwrap_or(default).min(max)
+        }
+    };
     let path = state.audit_path.clone();
     let filter = super::audit_read::Filter {
         playbook: q.playbook,
@@ -100,7 +115,10 @@ pub(super) async fn get_audit(
     // Read backwards from the end: O(limit), whatever the (never rotated) log's size.
     let records = tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        super::audit_read::read_last(&path, limit, &filter)
+        match after {
+            Some(n) => super::audit_read::read_after(&path, n, limit, &filter),
+            None => super::audit_read::read_last(&path, limit, &filter),
+        }
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -153,6 +153,120 @@ fn take(line: &[u8], limit: usize, filter: &Filter, out: &mut Vec<Record>) -> bo
     filter.exhausted_at(&r)
 }
 
+// ---- Forward reads from a sequence number (`afterSeq`: the replica copy protocol) ----
+
+/// Default and most records of one `afterSeq` read.
+pub const AFTER_SEQ_LIMIT: (usize, usize) = (1000, 10_000);
+
+/// The first `limit` complete records with `seq > after` that match `filter`, in file (so
+/// seq) order. Finds where to start by bisecting the file on byte offsets (records are in
+/// seq order), then reads forward a line at a time: O(log size) seeks plus O(limit) lines,
+/// memory one line and the matches. A torn last line and lines that do not parse are
+/// skipped; a line over [`MAX_LINE`] is skipped without being held.
+pub fn read_after(
+    path: &Path,
+    after: u64,
+    limit: usize,
+    filter: &Filter,
+) -> std::io::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    // Invariant: the first record at or after a line start past `lo` has seq <= after (or
+    // lo = 0); past `hi` it has seq > after or there is none.
+    let (mut lo, mut hi) = (0u64, len);
+    while hi - lo > BLOCK as u64 {
+        let mid = lo + (hi - lo) / 2;
+        match first_seq_from(&mut file, mid)? {
+            Some(seq) if seq <= after => lo = mid,
+            _ => hi = mid,
+        }
+    }
+    let mut r = std::io::BufReader::new(file);
+    r.seek(SeekFrom::Start(lo))?;
+    let mut buf = Vec::new();
+    if lo > 0 {
+        // Inside some line: its rest is not a whole line.
+        next_line(&mut r, &mut buf)?;
+    }
+    while let Some(whole) = next_line(&mut r, &mut buf)? {
+        if !whole {
+            continue;
+        }
+        let Ok(rec) = serde_json::from_slice::<Record>(buf.trim_ascii_end()) else {
+            continue;
+        };
+        if rec.seq > after && filter.matches(&rec) {
+            out.push(rec);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The seq of the first parseable whole line starting after byte `pos` (at `pos` when 0).
+fn first_seq_from(file: &mut File, pos: u64) -> std::io::Result<Option<u64>> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    file.seek(SeekFrom::Start(pos))?;
+    let mut r = std::io::BufReader::new(&mut *file);
+    let mut buf = Vec::new();
+    if pos > 0 {
+        next_line(&mut r, &mut buf)?;
+    }
+    while let Some(whole) = next_line(&mut r, &mut buf)? {
+        if whole && let Ok(s) = serde_json::from_slice::<Seq>(buf.trim_ascii_end()) {
+            return Ok(Some(s.seq));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the next line into `buf` (with its newline): None at the end, Some(true) for a
+/// whole line, Some(false) for a line over [`MAX_LINE`] (skipped, not held) or a last line
+/// without a newline (torn).
+fn next_line(r: &mut impl std::io::BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    use std::io::BufRead as _;
+    buf.clear();
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        return Ok(Some(true));
+    }
+    if buf.len() <= MAX_LINE {
+        return Ok(Some(false)); // torn last line
+    }
+    // Over-long: drop the rest of it a block at a time.
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(Some(false));
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(Some(false));
+            }
+            None => {
+                let n = chunk.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -214,6 +328,50 @@ mod tests {
             };
             let got: Vec<u64> = read_last_with(&path, limit, &f, block).unwrap().into_iter().map(|r| r.seq).collect();
             prop_assert_eq!(got, expected(&path, limit, &f));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Ensures the forward read from `afterSeq` returns exactly the first `limit`
+        /// matching records with a greater seq of a full read, at any size (bisection on and
+        /// off), with garbage lines and a torn last line.
+        #[test]
+        fn after_seq_matches_a_full_read(
+            n in 0u64..3000,
+            after in 0u64..3100,
+            limit in 1usize..50,
+            garbage in any::<bool>(),
+            torn in proptest::option::of("[a-z{\" ]{0,40}"),
+            fp in proptest::option::of(0usize..3),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let mut text = String::new();
+            for i in 1..=n {
+                if garbage && i % 97 == 0 {
+                    text.push_str("not json\n");
+                }
+                text.push_str(&line(i, 1_700_000_000 + i as i64, "engine", &format!("p{}", i % 3)));
+            }
+            if let Some(t) = &torn {
+                text.push_str(t);
+            }
+            std::fs::write(&path, &text).unwrap();
+            let f = Filter { playbook: fp.map(|p| format!("p{p}")), ..Filter::default() };
+            let want: Vec<u64> = crate::audit::read_all(&path)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.seq > after && f.matches(r))
+                .map(|r| r.seq)
+                .take(limit)
+                .collect();
+            let got: Vec<u64> = read_after(&path, after, limit, &f)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.seq)
+                .collect();
+            prop_assert_eq!(got, want);
         }
     }
 

@@ -64,7 +64,278 @@ pub(super) async fn validate(
     ExitCode::SUCCESS
 }
 
-pub(super) fn verify(file: &std::path::Path) -> ExitCode {
+pub(super) fn verify(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {
+    match (files, key) {
+        ([file], None) => verify_one(file),
+        _ => verify_many(files, key),
+    }
+}
+
+/// Several files as one chain (see [`failoverd_core::audit::multi`]), and with a key every
+/// checkpoint.
+fn verify_many(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {
+    use failoverd_core::audit::multi::{Start, Verifier};
+    let key = match key.map(audit::read_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("--key {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Each file read forward once: memory is a hash per record, never a whole file.
+    let mut v = Verifier::default();
+    for f in files {
+        let mut lines = match audit::Lines::open(f) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        v.add(&f.display().to_string(), &mut lines);
+        if let Some(e) = lines.error {
+            eprintln!("{}: read error: {e}", f.display());
+            return ExitCode::FAILURE;
+        }
+        if let Some(n) = lines.torn {
+            println!(
+                "{}: torn last line ({n} bytes) left out: a write cut short by a crash",
+                f.display()
+            );
+        }
+    }
+    let (chain, problems) = v.finish();
+    for s in &chain.spans {
+        let what = match &s.start {
+            Start::Empty => "no records".to_string(),
+            Start::Genesis => format!("records {}..{} from the first", s.first, s.last),
+            Start::Linked { to } => format!(
+                "records {}..{}, continuing seq {} held by {to}",
+                s.first,
+                s.last,
+                s.first - 1
+            ),
+            Start::Unlinked => format!(
+                "records {}..{}; its first prev is NOT checked: no given file holds seq {}",
+                s.first,
+                s.last,
+                s.first - 1
+            ),
+        };
+        let behind = chain
+            .head
+            .as_ref()
+            .filter(|h| s.last > 0 && h.seq > s.last)
+            .map(|h| format!(" ({} behind the head)", h.seq - s.last))
+            .unwrap_or_default();
+        let repeats = match s.repeats {
+            0 => String::new(),
+            n => format!(", {n} re-shipped repeat(s) skipped"),
+        };
+        println!("{}: {what}{behind}{repeats}", s.name);
+    }
+    for (a, b) in &chain.missing {
+        println!("records {a}..{b}: in no given file");
+    }
+    match &chain.head {
+        Some(h) => println!("head: seq {}, hash {}", h.seq, h.hash),
+        None => println!("head: none (no records)"),
+    }
+    let mut bad_checkpoints = Vec::new();
+    if let Some(key) = &key {
+        bad_checkpoints = checkpoints(&chain, key);
+    }
+    let problems: Vec<String> = problems
+        .iter()
+        .map(ToString::to_string)
+        .chain(bad_checkpoints)
+        .collect();
+    if problems.is_empty() {
+        println!("{} files: one chain, no fork", files.len());
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{} problem(s): not one whole chain", problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+/// Checks every checkpoint the copies hold (each record once) and prints how far the
+/// records are proved complete; returns the bad ones.
+fn checkpoints(
+    chain: &failoverd_core::audit::multi::OneChain,
+    key: &failoverd_core::audit::checkpoint::Key,
+) -> Vec<String> {
+    use failoverd_core::audit::checkpoint;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bad = Vec::new();
+    // The highest signed seq that checked: (its seq, the checkpoint record's seq, time).
+    let mut best: Option<(u64, u64, String)> = None;
+    for (file, line, text) in chain.checkpoint_lines() {
+        let rec: audit::Record = match serde_json::from_slice(text) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push(format!("{file}:{line}: checkpoint is not a record: {e}"));
+                continue;
+            }
+        };
+        if rec.action != checkpoint::ACTION || !seen.insert(rec.seq) {
+            continue;
+        }
+        match checkpoint::check(key, &rec, |s| chain.hash_at(s)) {
+            Ok(Some(i)) => {
+                if best.as_ref().is_none_or(|b| i.seq > b.0) {
+                    best = Some((i.seq, rec.seq, i.time));
+                }
+            }
+            Ok(None) => {
+                let signed = rec.inputs.get("seq").and_then(serde_json::Value::as_u64);
+                println!(
+                    "checkpoint record {} signs seq {}, which no given file holds: its hash is not checked",
+                    rec.seq,
+                    signed.map_or_else(|| "?".into(), |s| s.to_string())
+                );
+            }
+            Err(e) => bad.push(format!("{file}:{line}: {e}")),
+        }
+    }
+    println!(
+        "checkpoints: {} found, key {}, {} bad",
+        seen.len(),
+        key.id(),
+        bad.len()
+    );
+    let Some((n, record, time)) = best else {
+        println!("no checkpoint holds: completeness is not proven");
+        return bad;
+    };
+    // Proved from the record after the last gap below n (seq 1 when nothing is missing).
+    let from = chain
+        .missing
+        .iter()
+        .filter(|(a, _)| *a <= n)
+        .map(|(_, b)| b.saturating_add(1))
+        .max()
+        .unwrap_or(1);
+    let after = chain
+        .head
+        .as_ref()
+        .map_or(0, |h| h.seq.saturating_sub(record));
+    if from == 1 {
+        println!("complete through seq {n} (checkpoint at {time})");
+    } else {
+        println!(
+            "records {from}..{n} complete through seq {n} (checkpoint at {time}); records 1..{} are in no given file",
+            from - 1
+        );
+    }
+    println!("{after} record(s) follow the last checkpoint (record {record}): not yet signed");
+    bad
+}
+
+/// `audit export`: the exact lines from the first record at or after `since` to the end.
+/// Contiguous from there (a record with an earlier time after it, a clock stepped back, is
+/// kept), so the export verifies as a part of the chain.
+pub(super) fn export(
+    since: &str,
+    log: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> ExitCode {
+    let since = match parse_since(since) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("--since {since}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The whole chain first: never hand an auditor lines of a broken log without saying so.
+    if let Err(e) = audit::verify(log) {
+        eprintln!("{e}");
+        eprintln!("not exported: the audit log's chain is broken");
+        return ExitCode::FAILURE;
+    }
+    let written = match out {
+        None => export_to(log, since, &mut std::io::stdout().lock()),
+        Some(path) => {
+            let tmp = path.with_extension("export-tmp");
+            let r = std::fs::File::create(&tmp)
+                .and_then(|f| {
+                    let mut w = std::io::BufWriter::new(f);
+                    let n = export_to(log, since, &mut w)?;
+                    let f = w
+                        .into_inner()
+                        .map_err(std::io::IntoInnerError::into_error)?;
+                    f.sync_all()?;
+                    Ok(n)
+                })
+                .and_then(|n| std::fs::rename(&tmp, path).map(|()| n));
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
+        }
+    };
+    match written {
+        Ok((n, first)) => {
+            match first {
+                Some(f) => eprintln!("{n} records exported (seq {f}..{})", f + (n - 1)),
+                None => eprintln!("no record at or after {since}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot export: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Copies the whole lines from the first record at or after `since`; (count, first seq).
+fn export_to(
+    log: &std::path::Path,
+    since: jiff::Timestamp,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<(u64, Option<u64>)> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(std::fs::File::open(log)?);
+    let (mut n, mut first, mut buf) = (0u64, None, Vec::new());
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        if first.is_none() {
+            let Ok(rec) = serde_json::from_slice::<audit::Record>(&buf[..buf.len() - 1]) else {
+                continue;
+            };
+            if rec.time < since {
+                continue;
+            }
+            first = Some(rec.seq);
+        }
+        w.write_all(&buf)?;
+        n += 1;
+    }
+    w.flush()?;
+    Ok((n, first))
+}
+
+/// An RFC 3339 time, or a span (`30d`, `12h`) back from now.
+fn parse_since(s: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let span = humantime::parse_duration(s)
+        .map_err(|e| format!("neither an RFC 3339 time nor a span like `30d`: {e}"))?;
+    let span = jiff::SignedDuration::try_from(span).map_err(|e| e.to_string())?;
+    jiff::Timestamp::now()
+        .checked_sub(span)
+        .map_err(|e| e.to_string())
+}
+
+fn verify_one(file: &std::path::Path) -> ExitCode {
     match audit::verify(file) {
         Ok(v) => {
             println!("{}: {} records, chain intact", file.display(), v.records);

@@ -20,7 +20,7 @@ pub use run::RunArgs;
 use crate::config::StoreSpec;
 use crate::playbook;
 use client::Conn;
-use commands::{plan, validate, verify};
+use commands::{export, plan, validate, verify};
 use run::run;
 
 /// failoverd: emergency failover control for services on an Istio mesh.
@@ -50,8 +50,8 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon.
-    Run(RunArgs),
+    /// Run the daemon (boxed: its flags dwarf every other command's).
+    Run(Box<RunArgs>),
     /// Validate playbook files or directories, or (`--config FILE`) the whole configuration
     /// set exactly as `run --config FILE` checks it; prints `file:line:col: message` per
     /// problem and exits 1 when there is one.
@@ -210,17 +210,37 @@ pub enum DrillCommand {
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record.
+    /// Check the hash chain; exit 0 when whole, 1 naming the first broken record. Several
+    /// files (replicas' logs, exports, shipped lines) are proved to be one chain: each whole,
+    /// no two holding different records at one seq, each a contiguous part of the longest.
     Verify {
+        /// The audit logs (or exports, or files of shipped lines).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also check every signed checkpoint with this key file and report how far the
+        /// records are proved complete.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Write the exact lines (so their hashes hold) of the records from the first one written
+    /// at or after TIME to the end, for an auditor; the log's chain is checked first.
+    Export {
+        /// An RFC 3339 time (`2027-01-01T00:00:00Z`) or a span back from now (`30d`, `12h`).
+        #[arg(long)]
+        since: String,
         /// The audit log.
-        file: PathBuf,
+        #[arg(long, default_value = "/var/lib/failoverd/audit.jsonl")]
+        audit: PathBuf,
+        /// Write here (replaced whole, never half-written) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Validate {
             paths,
             config,
@@ -246,8 +266,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         Command::Demo => demo::run().await,
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => return verify(&file),
+            command: AuditCommand::Verify { files, key },
+        } => return verify(&files, key.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Export { since, audit, out },
+        } => return export(&since, &audit, out.as_deref()),
         Command::Status { name, conn } => return client::status(&conn, name.as_deref()).await,
         Command::Why { name, conn } => return client::why(&conn, &name).await,
         Command::Failover {

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::app::{ServeOptions, serve};
 use crate::audit::AuditLog;
-use crate::config::{FileConfig, Settings, StoreSpec};
+use crate::config::{AuditTrail, FileConfig, Settings, StoreSpec};
 use crate::control::Runtime;
 use crate::overrides::OverrideStore;
 use crate::playbook::{self, Problems};
@@ -78,6 +78,21 @@ pub struct RunArgs {
     /// The private key for --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Sign audit checkpoints with this key file (a Secret; at least 16 bytes, used byte for
+    /// byte). Without a key no checkpoint is made.
+    #[arg(long)]
+    pub audit_checkpoint_key: Option<PathBuf>,
+    /// A signed checkpoint after every N audit records (default 100).
+    #[arg(long)]
+    pub audit_checkpoint_every: Option<u64>,
+    /// A signed checkpoint M minutes after the last one when records were written since
+    /// (default 60).
+    #[arg(long)]
+    pub audit_checkpoint_minutes: Option<u64>,
+    /// Ship every audit record, once durable, as one JSON line (`"log.kind":"audit"`, its
+    /// `hash`): `stdout`, `off` (default) or a file path (appended to).
+    #[arg(long)]
+    pub audit_ship: Option<String>,
 }
 
 impl RunArgs {
@@ -235,6 +250,7 @@ impl RunArgs {
                 None
             }
         };
+        let audit_trail = self.audit_trail(&file, &at, &mut problems);
         let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
             (playbooks, store, listen, audit, external_url)
         else {
@@ -277,7 +293,85 @@ impl RunArgs {
                     key: t.key_file,
                 }),
             },
+            audit_trail,
         })
+    }
+
+    /// `auditCheckpoint*` and `auditShip` over the config file; the key file is read and
+    /// checked now, so a missing or short key refuses the start.
+    fn audit_trail(
+        &self,
+        file: &FileConfig,
+        at: &dyn Fn(bool, &str, &str, String) -> playbook::Problem,
+        problems: &mut Vec<playbook::Problem>,
+    ) -> AuditTrail {
+        use failoverd_core::audit::checkpoint;
+        let mut trail = AuditTrail::default();
+        for (flag, from_flag, key, value, into) in [
+            (
+                "--audit-checkpoint-every",
+                self.audit_checkpoint_every.is_some(),
+                "auditCheckpointEvery",
+                self.audit_checkpoint_every.or(file.audit_checkpoint_every),
+                &mut trail.policy.every,
+            ),
+            (
+                "--audit-checkpoint-minutes",
+                self.audit_checkpoint_minutes.is_some(),
+                "auditCheckpointMinutes",
+                self.audit_checkpoint_minutes
+                    .or(file.audit_checkpoint_minutes),
+                &mut trail.policy.minutes,
+            ),
+        ] {
+            match value {
+                Some(0) => problems.push(at(from_flag, key, flag, "must be at least 1".into())),
+                Some(n) if key == "auditCheckpointMinutes" && n > checkpoint::MAX_MINUTES => {
+                    problems.push(at(
+                        from_flag,
+                        key,
+                        flag,
+                        format!("at most {} (a year)", checkpoint::MAX_MINUTES),
+                    ))
+                }
+                Some(n) => *into = n,
+                None => {}
+            }
+        }
+        let from_flag = self.audit_checkpoint_key.is_some();
+        trail.checkpoint_key = self
+            .audit_checkpoint_key
+            .clone()
+            .or(file.audit_checkpoint_key.clone());
+        if let Some(k) = &trail.checkpoint_key
+            && let Err(e) = crate::audit::read_key(k)
+        {
+            problems.push(at(
+                from_flag,
+                "auditCheckpointKey",
+                "--audit-checkpoint-key",
+                e,
+            ));
+        }
+        let from_flag = self.audit_ship.is_some();
+        if let Some(s) = self.audit_ship.clone().or(file.audit_ship.clone()) {
+            match s.parse::<crate::audit::ShipTarget>() {
+                Ok(crate::audit::ShipTarget::File(p))
+                    if p.parent()
+                        .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) =>
+                {
+                    problems.push(at(
+                        from_flag,
+                        "auditShip",
+                        "--audit-ship",
+                        format!("{}: its directory does not exist", p.display()),
+                    ));
+                }
+                Ok(t) => trail.ship = t,
+                Err(e) => problems.push(at(from_flag, "auditShip", "--audit-ship", e)),
+            }
+        }
+        trail
     }
 }
 
@@ -341,6 +435,43 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(chain) = &chain {
         audit = join_chain(chain, audit).await?;
         audit.attach_chain(chain.clone());
+    }
+    if let Some(k) = &settings.audit_trail.checkpoint_key {
+        let key =
+            crate::audit::read_key(k).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        info!(
+            key_id = key.id(),
+            every = settings.audit_trail.policy.every,
+            minutes = settings.audit_trail.policy.minutes,
+            "signed audit checkpoints on"
+        );
+        audit.set_checkpoints(key, settings.audit_trail.policy);
+    }
+    audit.set_ship_target(settings.audit_trail.ship.clone());
+    if chain.is_some() {
+        // A standby neither ships nor makes checkpoints; the leader does, from its takeover.
+        audit.set_leading(false);
+    }
+    // A crash (kill -9) can take lines still queued for the target with it; with checkpoints
+    // on, the records since the last one (a bounded tail) go again at start, so the shipped
+    // stream holds every record at least once (a repeat has the same hash). With election,
+    // the leader does this when it takes over.
+    // Only from a checkpoint: a log that never had one (the key just turned on) is not
+    // shipped whole again.
+    if settings.leader_election.is_none()
+        && settings.audit_trail.checkpoint_key.is_some()
+        && audit.had_checkpoint_at_open()
+    {
+        match audit.reship_since_last_checkpoint() {
+            Ok(0) => {}
+            Ok(n) => info!(
+                records = n,
+                "audit records from the last checkpoint on shipped again"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot ship the audit records since the last checkpoint again")
+            }
+        }
     }
     let overrides = OverrideStore::open(&settings.state)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -406,6 +537,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             shared.metrics.audit_replica_lag.clone(),
             rx.clone(),
         );
+        lead_the_audit(rt.audit.clone(), leadership.subscribe());
     }
     shared.kept_overrides = kept_overrides;
     {
@@ -476,6 +608,46 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("cannot restart with the new playbook set: {e}");
     }
     result
+}
+
+/// With one chain in the cluster only the leader ships records and makes checkpoints: on
+/// taking over it turns both on and ships again the records from the last checkpoint (the
+/// last leader may have died with lines still queued), so the shipped stream holds every
+/// record at least once.
+fn lead_the_audit(
+    log: Arc<std::sync::Mutex<AuditLog>>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        while leading.changed().await.is_ok() {
+            let on = *leading.borrow_and_update();
+            let log = log.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let mut l = log
+                    .lock()
+                    .map_err(|_| "audit log lock poisoned".to_string())?;
+                l.set_leading(on);
+                if on {
+                    l.reship_since_last_checkpoint().map_err(|e| e.to_string())
+                } else {
+                    Ok(0)
+                }
+            })
+            .await;
+            match done {
+                Ok(Ok(n)) if n > 0 => {
+                    info!(
+                        records = n,
+                        "audit records from the last checkpoint on shipped again"
+                    )
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot ship the audit records since the last checkpoint again")
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 /// Brings the local audit file and the cluster's chain together before anything is

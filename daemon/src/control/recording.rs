@@ -58,6 +58,7 @@ pub(super) async fn audit_watch(
     guarded: &mut [Guarded],
     shared: &Shared,
 ) {
+    crate::audit::checkpoint_tick(log).await;
     let health = &shared.audit_health;
     if let Some(u) = health.unavailable() {
         // Each round, one append that also writes the owed records first: it ends the episode

@@ -117,6 +117,7 @@ impl Fixture {
             max_connections: None,
             write_concurrency: None,
             tls: None,
+            audit_trail: Default::default(),
         }
     }
 }
