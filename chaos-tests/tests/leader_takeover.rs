@@ -12,8 +12,8 @@ use serde_json::Value;
 mod support;
 
 use support::leader::{
-    Replica, SEC, assert_one_audit_chain, cluster, failed_over, kept_overrides, listed_overrides,
-    pair, request, takeovers, vs_writes,
+    Replica, SEC, assert_one_audit_chain, checkpoint_key, cluster, failed_over, kept_overrides,
+    listed_overrides, pair, request, takeovers, vs_writes,
 };
 
 /// Ensures an operator freeze made through the old leader holds on the new one: the leader
@@ -263,5 +263,5 @@ async fn acknowledged_overrides_survive_twenty_leader_kills() {
         acknowledged >= 10,
         "only {acknowledged} of 20 calls acknowledged"
     );
-    assert_one_audit_chain(&emu, &replicas).await;
+    assert_one_audit_chain(&emu, &replicas, &checkpoint_key(&sc)).await;
 }

@@ -4,9 +4,10 @@
 //! on loopback; short timings (lease 3 s, renew deadline 2 s, retry 500 ms); and readers of
 //! what the emulator holds (the Lease, the kept overrides, the VirtualService writes).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,6 +36,8 @@ pub struct Replica {
     pub status: Option<ExitStatus>,
     pub addr: SocketAddr,
     pub audit: PathBuf,
+    /// Where it ships audit records (`--audit-ship`); only the leader ships.
+    pub shipped: PathBuf,
     pub stderr: PathBuf,
     /// The bearer token its kubeconfig carries (the emulator records writes under `name`).
     pub kube_token: String,
@@ -66,11 +69,18 @@ impl Replica {
         .unwrap();
         let addr = free_addr().unwrap();
         let audit = dir.join("audit.jsonl");
+        let shipped = dir.join("shipped.jsonl");
         let stderr = dir.join("stderr.log");
         let playbooks = &sc.paths.playbooks;
         let child = kube_replica_command(&config, playbooks, &kubeconfig, addr, &audit, name)
             .arg("--state")
             .arg(dir.join("overrides.json"))
+            // Every record shipped, a signed checkpoint every 5 (the deployment's one key).
+            .arg("--audit-ship")
+            .arg(&shipped)
+            .arg("--audit-checkpoint-key")
+            .arg(checkpoint_key(sc))
+            .args(["--audit-checkpoint-every", "5"])
             .arg("--tokens")
             .arg(&tokens)
             .stdout(File::create(dir.join("stdout.log")).unwrap())
@@ -83,6 +93,7 @@ impl Replica {
             status: None,
             addr,
             audit,
+            shipped,
             stderr,
             kube_token,
         }
@@ -309,6 +320,15 @@ pub fn takeovers(r: &Replica) -> usize {
         .unwrap_or(0)
 }
 
+/// The deployment's checkpoint key (a Secret's file in a cluster), made once per scenario.
+pub fn checkpoint_key(sc: &Scenario) -> PathBuf {
+    let key = sc.dir.path().join("audit-checkpoint.key");
+    if !key.exists() {
+        std::fs::write(&key, "leader-test-checkpoint-key-0123456789").unwrap();
+    }
+    key
+}
+
 /// The cluster's audit chain head: (seq, hash).
 pub fn audit_head(emu: &Emulator) -> (u64, String) {
     let cm = emu
@@ -334,8 +354,10 @@ pub fn audit_lines(r: &Replica) -> Vec<String> {
 /// Checks, without failoverd's own code, that every replica's audit file and the cluster's
 /// head are one chain: each file links (seq 1, 2, ... and each `prev` the SHA-256 of the line
 /// before), every file is a prefix of the longest, the head is the longest's last record, and
-/// every VirtualService update the API server took has exactly one `written` record.
-pub async fn assert_one_audit_chain(emu: &Emulator, replicas: &[Replica]) {
+/// every VirtualService update the API server took has exactly one `written` record; every
+/// record was shipped at least once, and `failoverd audit verify --key` proves the files and
+/// shipped streams one chain with valid signed checkpoints.
+pub async fn assert_one_audit_chain(emu: &Emulator, replicas: &[Replica], key: &Path) {
     use sha2::{Digest, Sha256};
     // Standbys copy within a second.
     chaos_tests::wait_for(
@@ -400,4 +422,69 @@ pub async fn assert_one_audit_chain(emu: &Emulator, replicas: &[Replica]) {
         vs_writes(emu).len(),
         "every VirtualService update has its `written` record"
     );
+    // Every record left on the shipped stream at least once (only leaders ship; a new one
+    // ships again from the last checkpoint), as the line whose hash the chain holds.
+    let want: BTreeSet<String> = longest
+        .iter()
+        .map(|l| hex::encode(Sha256::digest(l.as_bytes())))
+        .collect();
+    let shipped = || -> BTreeSet<String> {
+        replicas
+            .iter()
+            .flat_map(|r| {
+                std::fs::read_to_string(&r.shipped)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v["log.kind"] == "audit")
+                    .filter_map(|v| v["hash"].as_str().map(String::from))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    chaos_tests::wait_for("every record shipped", 15 * SEC, || {
+        want.is_subset(&shipped()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let missing: Vec<_> = want.difference(&shipped()).cloned().collect();
+        panic!("{e}: {} records never shipped", missing.len())
+    });
+    let checkpoints = longest
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).unwrap()["action"] == "audit-checkpoint")
+        .count();
+    assert!(checkpoints >= 1, "the leaders made signed checkpoints");
+    // What an auditor's log pipeline holds: every replica's shipped lines (each replica
+    // shipped while it led, a new leader again from the last checkpoint), repeats dropped,
+    // in seq order.
+    let mut merged: std::collections::BTreeMap<u64, String> = Default::default();
+    for r in replicas {
+        for l in std::fs::read_to_string(&r.shipped)
+            .unwrap_or_default()
+            .lines()
+        {
+            let v: Value = serde_json::from_str(l).unwrap();
+            merged.insert(v["seq"].as_u64().unwrap(), l.to_string());
+        }
+    }
+    let export = key.with_file_name("shipped-merged.jsonl");
+    let text: String = merged.values().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&export, text).unwrap();
+    // The product's own verifier, given every replica's file and the shipped stream: one
+    // chain, and every checkpoint (made by whichever replica led) signed with the key.
+    let mut args: Vec<std::ffi::OsString> = vec!["audit".into(), "verify".into(), "--key".into()];
+    args.push(key.as_os_str().to_owned());
+    for r in replicas {
+        args.push(r.audit.clone().into_os_string());
+    }
+    args.push(export.into_os_string());
+    let out = chaos_tests::run_cli(&args, 60 * SEC).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("complete through seq"), "{text}");
 }
