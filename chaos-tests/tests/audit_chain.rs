@@ -353,3 +353,57 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
     let e = ch.verify_against(&path).await.unwrap_err();
     assert!(e.contains("segment 1..32") && e.contains("seq 5"), "{e}");
 }
+
+/// Ensures `failoverd audit verify --cluster` (the real binary, against the emulator) proves
+/// a replica's file a prefix of the whole cluster copy, and exits 1 naming an edited record
+/// in a sealed segment (`cargo build -p failoverd` first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_cluster_checks_the_cluster_copy_and_the_file() {
+    let (emu, dir, c) = setup().await;
+    let ch = chain(&c, "replica-a", true);
+    let path = dir.path().join("a.jsonl");
+    let mut log = joined(&ch, &path).await;
+    place_many(&ch, &mut log, "op", 40).await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let verify = || {
+        chaos_tests::run_cli(
+            [
+                "audit".as_ref(),
+                "verify".as_ref(),
+                "--cluster".as_ref(),
+                "--kubeconfig".as_ref(),
+                kubeconfig.as_os_str(),
+                path.as_os_str(),
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("records 1..40") && text.contains("a prefix of it"),
+        "{text}"
+    );
+    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
+    emu.mutate("ConfigMap", NS, &seg, |cm| {
+        let r = cm["data"]["records"]
+            .as_str()
+            .unwrap()
+            .replacen("pb-3", "pb-9", 1);
+        cm["data"]["records"] = r.into();
+    })
+    .unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("segment 1..32") && text.contains("seq 5"),
+        "{text}"
+    );
+}

@@ -71,6 +71,47 @@ pub(super) fn verify(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCo
     }
 }
 
+/// `audit verify --cluster`: the cluster's copy of the deployment's chain checked whole, and
+/// `file` a prefix of it (see [`crate::trail::ClusterChain::verify_against`]).
+pub(super) async fn verify_cluster(
+    file: &std::path::Path,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    namespace: &str,
+    lease: &str,
+) -> ExitCode {
+    let options = crate::routing::kube::KubeOptions {
+        kubeconfig,
+        context,
+        ..Default::default()
+    };
+    let client = match crate::routing::kube::KubeStore::connect(options).await {
+        Ok(s) => s.client().clone(),
+        Err(e) => {
+            eprintln!("--cluster: cannot reach the cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let chain = crate::trail::ClusterChain::new(
+        client,
+        namespace,
+        lease,
+        "failoverd-audit-verify",
+        std::sync::Arc::new(crate::leader::Leadership::elected()),
+        crate::trail::DEFAULT_RETENTION,
+    );
+    match chain.verify_against(file).await {
+        Ok(report) => {
+            println!("cluster: {report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("cluster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Several files as one chain (see [`failoverd_core::audit::multi`]), and with a key every
 /// checkpoint.
 fn verify_many(files: &[PathBuf], key: Option<&std::path::Path>) -> ExitCode {

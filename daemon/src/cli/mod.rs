@@ -20,7 +20,7 @@ pub use run::RunArgs;
 use crate::config::StoreSpec;
 use crate::playbook;
 use client::Conn;
-use commands::{export, plan, validate, verify};
+use commands::{export, plan, validate, verify, verify_cluster};
 use run::run;
 
 /// failoverd: emergency failover control for services on an Istio mesh.
@@ -221,6 +221,23 @@ pub enum AuditCommand {
         /// records are proved complete.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Also read the deployment's chain from the cluster (leader election: the head
+        /// object `<lease>-audit` and its sealed segments), check it as one chain and check
+        /// that the (first) file is a prefix of it.
+        #[arg(long)]
+        cluster: bool,
+        /// With `--cluster`: kubeconfig (default: in-cluster config, else `$KUBECONFIG`).
+        #[arg(long, requires = "cluster")]
+        kubeconfig: Option<PathBuf>,
+        /// With `--cluster`: kubeconfig context.
+        #[arg(long, requires = "cluster")]
+        context: Option<String>,
+        /// With `--cluster`: failoverd's namespace (where its Lease is).
+        #[arg(long, requires = "cluster", default_value = "failoverd")]
+        namespace: String,
+        /// With `--cluster`: the election Lease's name (`leaderElection.name`).
+        #[arg(long, requires = "cluster", default_value = "failoverd-leader")]
+        lease: String,
     },
     /// Write the exact lines (so their hashes hold) of the records from the first one written
     /// at or after TIME to the end, for an auditor; the log's chain is checked first.
@@ -266,8 +283,23 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         Command::Demo => demo::run().await,
         Command::Audit {
-            command: AuditCommand::Verify { files, key },
-        } => return verify(&files, key.as_deref()),
+            command:
+                AuditCommand::Verify {
+                    files,
+                    key,
+                    cluster,
+                    kubeconfig,
+                    context,
+                    namespace,
+                    lease,
+                },
+        } => {
+            let local = verify(&files, key.as_deref());
+            if !cluster || local != ExitCode::SUCCESS {
+                return local;
+            }
+            return verify_cluster(&files[0], kubeconfig, context, &namespace, &lease).await;
+        }
         Command::Audit {
             command: AuditCommand::Export { since, audit, out },
         } => return export(&since, &audit, out.as_deref()),
