@@ -324,6 +324,7 @@ impl ClusterChain {
                 && let Err(e) = self.seal(segment, records, deadline).await
             {
                 last = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             let mut object = read.object.clone();
@@ -354,7 +355,10 @@ impl ClusterChain {
                     return Ok(Placed { record, lines });
                 }
                 Err(Sent::Conflict) => last = "the chain's head kept changing".into(),
-                Err(Sent::Refused(e)) => last = e,
+                Err(Sent::Refused(e)) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Err(Sent::Unanswered) => {
                     self.set_pending(Some(Pending {
                         seq: next.open.head.seq,
