@@ -30,6 +30,13 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# PyPI packages the tests drive as real components: rotel, a real OTLP receiver that prints
+# every span it gets (chaos-tests/tests/traces.rs; its agent binary ships in the wheel).
+if ! python3 -c "import rotel" >/dev/null 2>&1; then
+  echo "installing test prerequisites: rotel (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check rotel
+fi
+
 # Build the daemon binary first: the end-to-end tests drive the real `failoverd`.
 cargo build -p failoverd
 log=$(mktemp)

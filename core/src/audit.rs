@@ -48,6 +48,10 @@ pub struct Record {
     pub after: Value,
     /// `intent` (about to write), `written`, `unchanged`, `failed: ...`, `refused: ...`, `noted`.
     pub outcome: String,
+    /// The OpenTelemetry trace (32 hex digits) of the decision or call that caused it, when
+    /// tracing is on; absent in records written without it.
+    #[serde(default, rename = "traceId", skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What a caller fills in; the log adds `seq`, `time` and `prev`.
@@ -69,6 +73,9 @@ pub struct Entry {
     pub after: Value,
     /// See [`Record::outcome`].
     pub outcome: String,
+    /// The W3C `traceparent` of the span that caused it (tracing on): the record keeps its
+    /// trace id, and the append's own span is its child.
+    pub traceparent: Option<String>,
 }
 
 impl Entry {
@@ -87,6 +94,11 @@ impl Entry {
             before: self.before,
             after: self.after,
             outcome: self.outcome,
+            trace_id: self
+                .traceparent
+                .as_deref()
+                .and_then(|t| t.split('-').nth(1))
+                .map(str::to_string),
         }
     }
 }

@@ -22,6 +22,7 @@ use support::notify::{Alertmanager, Daemon, Mode, Receiver, am_alerts};
 
 fn event(kind: EventKind, playbook: &str) -> Event {
     Event {
+        traceparent: None,
         kind,
         time: jiff::Timestamp::now(),
         playbook: playbook.into(),

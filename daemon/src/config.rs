@@ -82,6 +82,9 @@ pub struct FileConfig {
     /// a file path.
     #[serde(rename = "auditShip")]
     pub audit_ship: Option<String>,
+    /// OTLP traces of decisions and moves (off unless an endpoint is set here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub tracing: Option<crate::trace::TracingConfig>,
 }
 
 /// `tls:` in the config file.

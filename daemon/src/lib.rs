@@ -33,6 +33,7 @@ pub use api::server;
 pub mod screen;
 pub mod shared;
 pub mod signals;
+pub mod trace;
 pub mod trail;
 pub use signals as slo;
 pub mod standin;

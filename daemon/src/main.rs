@@ -17,7 +17,27 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    cli::init_tracing(cli.log_format, cli.log.as_deref(), default);
+    // Tracing is read from the config file here, before logging starts, so the exporter is
+    // one layer of the subscriber; `run` checks the same keys again and locates problems.
+    let otlp = match &cli.command {
+        Command::Run(args) => args
+            .config
+            .as_deref()
+            .map_or_else(
+                || Ok(failoverd::config::FileConfig::default()),
+                failoverd::config::FileConfig::load,
+            )
+            .ok()
+            .and_then(|f| {
+                f.tracing
+                    .unwrap_or_default()
+                    .resolve(|k| std::env::var(k).ok())
+                    .ok()
+                    .flatten()
+            }),
+        _ => None,
+    };
+    let provider = cli::init_tracing(cli.log_format, cli.log.as_deref(), default, otlp.as_ref());
     if matches!(cli.command, Command::Run(_)) {
         // Probes, API clients and files share one descriptor table: a soft limit of 1,024
         // under a higher hard limit would starve probes first.
@@ -25,5 +45,16 @@ async fn main() -> ExitCode {
             tracing::info!(nofile = n, "open-file limit");
         }
     }
-    cli::main(cli).await
+    let code = cli::main(cli).await;
+    if let Some(p) = provider {
+        // Spans of the last moments reach the collector, within a bound: a collector that
+        // hangs must not hold the exit.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = p.force_flush();
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+    }
+    code
 }

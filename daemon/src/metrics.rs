@@ -162,6 +162,11 @@ impl Metrics {
             "Audit appends that failed",
             audit_errors.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not exported: the export queue was full or the collector failed (tracing on)",
+            crate::trace::DROPPED.clone(),
+        );
         let audit_replica_lag = Gauge::default();
         registry.register(
             "audit_replica_lag_records",

@@ -201,6 +201,8 @@ impl Shared {
             reason: reason.to_string(),
             signals,
             actor: actor.to_string(),
+            // The span current where the event is raised (a decision, a write) is its cause.
+            traceparent: crate::trace::traceparent(&tracing::Span::current()),
         });
     }
 
@@ -295,6 +297,8 @@ pub struct Control {
     pub actor: Actor,
     /// Where the answer goes.
     pub reply: oneshot::Sender<ControlResult>,
+    /// The W3C `traceparent` of the call (tracing on): the decision it causes joins its trace.
+    pub traceparent: Option<String>,
 }
 
 pub(crate) fn refuse(status: u16, error: impl Into<String>) -> ControlError {

@@ -26,6 +26,7 @@ const LINK: &str = "http://failoverd.test:8080";
 
 fn event(kind: EventKind, playbook: &str) -> Event {
     Event {
+        traceparent: None,
         kind,
         time: jiff::Timestamp::now(),
         playbook: playbook.into(),

@@ -53,7 +53,7 @@ async fn writer_death_child() {
         std::env::var_os(CHILD_ENV).is_some(),
         "run only as the child of writer_death_exits_non_zero"
     );
-    failoverd::cli::init_tracing(failoverd::cli::LogFormat::Text, None, "info");
+    failoverd::cli::init_tracing(failoverd::cli::LogFormat::Text, None, "info", None);
     let d = InProc::start(|files| Arc::new(PanickingStore(files)), Some(TOKEN)).await;
     let addr = d.addr;
     println!("READY");

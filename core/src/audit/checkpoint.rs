@@ -191,6 +191,7 @@ impl Checkpointer {
             key_id: self.key.id().to_string(),
         };
         Entry {
+            traceparent: None,
             actor: ACTOR.into(),
             action: ACTION.into(),
             playbook: String::new(),

@@ -36,6 +36,8 @@ pub(super) async fn send(
             kind,
             actor,
             reply: tx,
+            // The API call's span (see `guard`): the decision joins the caller's trace.
+            traceparent: crate::trace::traceparent(&tracing::Span::current()),
         })
         .await
         .map_err(|_| {

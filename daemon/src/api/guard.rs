@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::auth::{AuthError, Caller, Role};
 use crate::audit::Entry;
@@ -28,7 +29,31 @@ pub(super) fn is_mutating(method: &Method) -> bool {
 /// source address (429 beyond the limit; the handler's 401 otherwise); (3) a mutating call
 /// by an authenticated caller is rate-limited per identity (429, not audited). The handlers
 /// then check the role and audit refusals within the identity's audit budget.
-pub async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+///
+/// Every call is one server span `failoverd.api` (tracing on) with the caller's identity
+/// (`enduser.id`, never the token); an incoming W3C `traceparent` header becomes its parent.
+pub async fn guard(state: State<ApiState>, req: Request, next: Next) -> Response {
+    let span = tracing::trace_span!(
+        "failoverd.api",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        enduser.id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        crate::trace::set_parent(&span, tp);
+    }
+    let res = guard_in(state, req, next).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    res
+}
+
+async fn guard_in(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/v1/openapi.json" {
         return next.run(req).await;
@@ -83,6 +108,7 @@ pub async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> R
             next.run(req).await
         }
         Ok(caller) => {
+            tracing::Span::current().record("enduser.id", caller.identity.as_str());
             if is_mutating(req.method()) && state.limiter.check_key(&caller.identity).is_err() {
                 state
                     .shared

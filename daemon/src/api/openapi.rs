@@ -407,6 +407,7 @@ mod tests {
         assert_fields(
             "AuditRecord",
             &[Record {
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
                 seq: 1,
                 time: t(),
                 prev: "0".repeat(64),

@@ -395,24 +395,50 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Starts logging to stderr.
-pub fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) {
+/// Starts logging to stderr, and OTLP tracing when `otlp` is given (see [`crate::trace`]).
+/// Returns the tracer provider, to be kept for the life of the process (and flushed at exit).
+pub fn init_tracing(
+    format: LogFormat,
+    filter: Option<&str>,
+    default: &str,
+    otlp: Option<&crate::trace::Resolved>,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
+    // The log filter applies to the log output only: spans for traces are chosen by name
+    // (`failoverd.*`), whatever the log level.
+    let fmt = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Text => {
             // Control characters in fields (a `reason` with a newline) are escaped, so no
             // caller can forge a log line.
             let ansi = std::io::stderr().is_terminal();
-            builder
+            tracing_subscriber::fmt::layer()
                 .with_ansi(ansi)
                 .with_writer(crate::log_escape::Escaping { ansi })
-                .init()
+                .with_filter(filter)
+                .boxed()
         }
-    }
+    };
+    let (otel, provider) = match otlp.map(crate::trace::layer) {
+        Some(Ok((layer, provider))) => (
+            Some(layer.with_filter(tracing_subscriber::filter::filter_fn(crate::trace::is_ours))),
+            Some(provider),
+        ),
+        Some(Err(e)) => {
+            eprintln!("failoverd: cannot start the OTLP export thread: {e}; tracing is off");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(otel).with(fmt).init();
+    provider
 }

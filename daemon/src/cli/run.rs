@@ -195,6 +195,18 @@ impl RunArgs {
         {
             problems.push(crate::validate::config_problem(cfg, &e.field, e.message));
         }
+        if let Err(e) = file
+            .tracing
+            .clone()
+            .unwrap_or_default()
+            .resolve(|k| std::env::var(k).ok())
+        {
+            problems.push(if e.field.starts_with("OTEL_") {
+                at(true, &e.field, &e.field, e.message)
+            } else {
+                crate::validate::config_problem(cfg, &e.field, e.message)
+            });
+        }
         let leader_election = match file
             .leader_election
             .clone()

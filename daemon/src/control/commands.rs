@@ -24,76 +24,6 @@ use super::recording::audit;
 use super::step::step;
 use super::{Guarded, Job};
 
-/// A failover hold placed by a drill (its actor is `drill:<name>`).
-pub(super) fn is_drill_hold(r: &OverrideRecord) -> bool {
-    r.kind == OverrideKind::Failover && r.actor.starts_with(crate::drill::ACTOR_PREFIX)
-}
-
-/// Ends drills the last leader was running (see `orphaned_drills` in [`run`]): a failback as
-/// the drill would have made it, once the playbook's route has been read again; when the
-/// primary is not healthy enough for that (or the route is already back), the drill's hold
-/// is released and the engine decides as after any hold. Names still waiting for their
-/// route stay in `names`.
-pub(super) async fn end_orphaned_drills(
-    names: &mut Vec<String>,
-    guarded: &mut [Guarded],
-    store: &mut Book,
-    log: &Arc<Mutex<AuditLog>>,
-    jobs: &mpsc::Sender<Job>,
-    shared: &Shared,
-    clock: &Clock,
-) {
-    let mut waiting = Vec::new();
-    for name in std::mem::take(names) {
-        // Not while another change is being kept: a refusal must be seen at once below.
-        let ready = !store.keeping
-            && guarded
-                .iter()
-                .any(|g| g.pb.name() == name && g.state.is_some() && !g.pending);
-        if !ready {
-            waiting.push(name);
-            continue;
-        }
-        let holds: Vec<OverrideRecord> = store
-            .all()
-            .iter()
-            .filter(|r| r.playbook == name && is_drill_hold(r))
-            .cloned()
-            .collect();
-        let Some(first) = holds.first() else {
-            continue;
-        };
-        let actor = Actor {
-            identity: first.actor.clone(),
-            reason: "the drill ran on the previous leader, which is gone; ended on takeover".into(),
-        };
-        warn!(playbook = %name, drill = %first.actor, "a drill from the previous leader holds this playbook; failing back");
-        let (tx, mut rx) = oneshot::channel();
-        let failback = Control {
-            playbook: Some(name.clone()),
-            kind: ControlKind::Failback { force: false },
-            actor: actor.clone(),
-            reply: tx,
-        };
-        handle_control(failback, guarded, store, log, jobs, shared, clock).await;
-        // A refusal is answered at once; an accepted failback answers after its write.
-        if let Ok(Err(refused)) = rx.try_recv() {
-            info!(playbook = %name, reason = %refused.error, "no failback now; releasing the drill's hold instead");
-            for h in holds {
-                let (tx, _rx) = oneshot::channel();
-                let release = Control {
-                    playbook: None,
-                    kind: ControlKind::DeleteOverride { id: h.id },
-                    actor: actor.clone(),
-                    reply: tx,
-                };
-                handle_control(release, guarded, store, log, jobs, shared, clock).await;
-            }
-        }
-    }
-    *names = waiting;
-}
-
 /// On takeover: merges this replica's overrides with the ones the cluster keeps, by id (a
 /// freeze acknowledged by the old leader holds here; one it deleted does not come back), and
 /// audits what was adopted.
@@ -247,7 +177,8 @@ pub(super) async fn expire_overrides(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn handle_control(
+/// An operator command, applied (`handle_control` in `traced.rs` wraps it in its span).
+pub(super) async fn handle_control_in(
     msg: Control,
     guarded: &mut [Guarded],
     store: &mut Book,
@@ -266,7 +197,9 @@ pub(super) async fn handle_control(
         kind,
         actor,
         reply,
+        traceparent: _,
     } = msg;
+    let traceparent = crate::trace::traceparent(&tracing::Span::current());
     if !shared.leader.is_leader() {
         let leader = shared
             .leader
@@ -281,6 +214,7 @@ pub(super) async fn handle_control(
     let now = clock.now();
     let action = kind.action();
     let audit_entry = |playbook: &str, outcome: String, inputs: Value| Entry {
+        traceparent: traceparent.clone(),
         actor: actor.identity.clone(),
         action: action.into(),
         playbook: playbook.to_string(),
@@ -624,7 +558,7 @@ pub(super) async fn kept_done(
         let Some(next) = book.deferred.pop_front() else {
             break;
         };
-        Box::pin(handle_control(
+        Box::pin(handle_control_in(
             next, guarded, book, log, jobs, shared, clock,
         ))
         .await;
@@ -754,6 +688,7 @@ async fn finish_accepted(
             )));
         }
         g.command = Some(c);
+        g.command_trace = crate::trace::traceparent(&tracing::Span::current());
     }
     if queued && g.pending {
         // Decided right after the write in flight; the caller hears how it ended then.

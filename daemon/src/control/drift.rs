@@ -18,7 +18,8 @@ use crate::metrics::labels;
 use crate::routing::{RouteView, RoutingStore};
 use crate::shared::{Clock, Control, ControlKind, Shared};
 
-use super::commands::{Book, handle_control};
+use super::commands::Book;
+use super::traced::handle_control;
 use super::{Guarded, Job, WriteJob};
 
 /// How often failed-over routes are re-read when no change notice arrives.
@@ -185,6 +186,15 @@ pub(super) async fn handle_drift(
                 forced: false,
                 actor: None,
                 inputs: json!({ "drift": found.detail, "found": found.route }),
+                span: tracing::trace_span!(
+                    "failoverd.decide",
+                    failoverd.playbook = %name,
+                    failoverd.kind = "automatic",
+                    failoverd.move = MoveKind::Reassert.as_str(),
+                    failoverd.from = %state.routing,
+                    failoverd.to = %state.routing,
+                    failoverd.reason = %reason,
+                ),
                 next: state,
             };
             g.pending = true;
@@ -205,6 +215,7 @@ pub(super) async fn handle_drift(
                     reason: format!("{reason}; respecting it (onDrift: respect)"),
                 },
                 reply,
+                traceparent: None,
             };
             Box::pin(handle_control(
                 msg, guarded, ov_store, log, jobs, shared, clock,

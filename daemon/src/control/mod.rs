@@ -12,11 +12,14 @@
 
 mod commands;
 pub mod drift;
+mod orphans;
 mod read;
 mod recording;
+mod spans;
 mod step;
 #[cfg(test)]
 mod tests;
+mod traced;
 mod writer;
 
 use std::sync::atomic::Ordering;
@@ -43,9 +46,11 @@ use crate::slo::{self, PromClient, SloResult};
 use crate::shared::*;
 use commands::*;
 use drift::*;
+use orphans::*;
 use read::*;
 use recording::*;
 use step::*;
+use traced::handle_control;
 use writer::*;
 
 pub use crate::shared::{DEFAULT_WRITE_CONCURRENCY, WRITE_CONCURRENCY_RANGE};
@@ -100,6 +105,8 @@ struct Guarded {
     /// The caller of `command`: answered once it is decided, or with an error when it can no
     /// longer apply (leadership lost, shutdown). Never a 200 for a command not applied.
     command_waiter: Option<Waiter>,
+    /// The `traceparent` of the call behind `command` (tracing on): its decision joins it.
+    command_trace: Option<String>,
     /// An intent found in the audit log at start with no outcome after it (failoverd stopped
     /// between the two): resolved from the store when the route is first read.
     open_intent: Option<Record>,
@@ -127,6 +134,9 @@ struct WriteJob {
     actor: Option<Actor>,
     inputs: Value,
     next: State,
+    /// The decision's span (`failoverd.decide`; disabled when tracing is off): the write,
+    /// its audit records and events are its children.
+    span: tracing::Span,
 }
 
 enum Job {
@@ -297,6 +307,7 @@ pub async fn run(
             waiters: Vec::new(),
             command: None,
             command_waiter: None,
+            command_trace: None,
             open_intent: None,
             audit_blocked: false,
             unrecorded: false,

@@ -15,7 +15,8 @@ use crate::playbook::Playbook;
 use crate::routing::{RoutingStore, StoreError};
 use crate::shared::{Clock, Shared};
 
-use super::commands::{Book, end_orphaned_drills};
+use super::commands::Book;
+use super::orphans::end_orphaned_drills;
 use super::step::{retry_delay, set_status, step};
 use super::{Guarded, Job, MAX_BACKOFF, MIN_BACKOFF};
 
@@ -221,6 +222,7 @@ pub(super) fn resolve_intent(intent: &Record, view: &crate::routing::RouteView) 
         ),
     };
     Entry {
+        traceparent: None,
         actor: "failoverd".into(),
         action: intent.action.clone(),
         playbook: intent.playbook.clone(),

@@ -22,30 +22,60 @@ pub(super) async fn audit_record(
     log: &Arc<Mutex<AuditLog>>,
     entry: Entry,
 ) -> Result<Record, String> {
+    let span = append_span(&entry);
     let log = log.clone();
-    tokio::task::spawn_blocking(move || {
+    let r = tokio::task::spawn_blocking(move || {
         let mut log = log
             .lock()
             .map_err(|_| "audit log lock poisoned".to_string())?;
         log.append(entry).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match &r {
+        Ok(rec) => span.record("failoverd.audit.seq", rec.seq),
+        Err(e) => span.record("error.type", e.as_str()),
+    };
+    r
+}
+
+/// The `failoverd.audit.append` span of a traced record (one whose cause is traced), in
+/// that trace; disabled for the others.
+fn append_span(entry: &Entry) -> tracing::Span {
+    let Some(tp) = &entry.traceparent else {
+        return tracing::Span::none();
+    };
+    let span = tracing::trace_span!(
+        "failoverd.audit.append",
+        failoverd.playbook = %entry.playbook,
+        failoverd.action = %entry.action,
+        failoverd.outcome = %entry.outcome,
+        failoverd.audit.seq = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    crate::trace::set_parent(&span, tp);
+    span
 }
 
 /// [`AuditLog::append_owed`] off the async threads: the record is written now or kept.
 pub(super) async fn audit_owed(log: &Arc<Mutex<AuditLog>>, entry: Entry) -> Result<(), String> {
+    let span = append_span(&entry);
     let log = log.clone();
-    tokio::task::spawn_blocking(move || {
+    let r = tokio::task::spawn_blocking(move || {
         let mut log = log
             .lock()
             .map_err(|_| "audit log lock poisoned".to_string())?;
-        log.append_owed(entry)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        log.append_owed(entry).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match &r {
+        Ok(rec) => span.record("failoverd.audit.seq", rec.seq),
+        Err(e) => span.record("error.type", e.as_str()),
+    };
+    r.map(|_| ())
 }
 
 /// Once per tick: while the audit log refuses appends, tries one (owed records first) so the
@@ -128,6 +158,7 @@ pub(super) fn audit_event(shared: &Shared, kind: EventKind, idx: Option<usize>, 
             reason: reason.to_string(),
             signals: Value::Null,
             actor: "failoverd".to_string(),
+            traceparent: None,
         }),
     }
 }

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::audit::Entry;
 use crate::engine::{self, Action, Decision, MoveKind, Phase, Routing, State, Verdict};
@@ -158,8 +158,18 @@ pub(super) async fn step(
         .decision_seconds
         .observe(started.elapsed().as_secs_f64());
     g.overrides.command = None;
-    let d = blast_radius(i, g.pb.name(), &state, d, now, jobs, shared).await;
+    let command_trace = g.command_trace.take();
     let name = g.pb.name().to_string();
+    // A round that acts or refuses is traced (always sampled, tracing on): its span, with one
+    // child per signal it used, is the root of the write, audit and notifications it causes.
+    let span = if d.actions.is_empty() {
+        tracing::Span::none()
+    } else {
+        super::spans::decide_span(&name, &d, &obs, waiter.is_some(), command_trace.as_deref())
+    };
+    let d = blast_radius(i, g.pb.name(), &state, d, now, jobs, shared)
+        .instrument(span.clone())
+        .await;
     // Logged on a change of phase or reason, not of the running clock in the explanation
     // (a recovering playbook's text changes every round: "healthy for 3s of 5m", "4s", ...).
     let changed_explain = shared
@@ -193,7 +203,21 @@ pub(super) async fn step(
                 forced,
                 actor,
             } => {
+                span.record("failoverd.from", from.to_string());
+                span.record("failoverd.to", to.to_string());
+                span.record("failoverd.move", kind.as_str());
+                span.record("failoverd.reason", reason.as_str());
+                span.record(
+                    "failoverd.kind",
+                    match actor {
+                        None => "automatic",
+                        Some(a) if a.identity.starts_with(crate::drill::ACTOR_PREFIX) => "drill",
+                        Some(_) if *forced => "break-glass",
+                        Some(_) => "operator",
+                    },
+                );
                 route = Some(WriteJob {
+                    span: span.clone(),
                     idx: i,
                     pb: g.pb.clone(),
                     from: *from,
@@ -208,17 +232,22 @@ pub(super) async fn step(
             }
             Action::Stuck { reason } => {
                 error!(playbook = %name, "{reason}");
-                shared.event(
-                    i,
-                    EventKind::Stuck,
-                    Some(state.routing),
-                    None,
-                    reason,
-                    inputs.clone(),
-                    "engine",
-                );
+                span.record("failoverd.reason", reason.as_str());
+                // Raised inside the decision's span: the event joins its trace.
+                span.in_scope(|| {
+                    shared.event(
+                        i,
+                        EventKind::Stuck,
+                        Some(state.routing),
+                        None,
+                        reason,
+                        inputs.clone(),
+                        "engine",
+                    )
+                });
                 let _ = jobs
                     .send(Job::Audit(Box::new(Entry {
+                        traceparent: crate::trace::traceparent(&span),
                         actor: "engine".into(),
                         action: "stuck".into(),
                         playbook: name.clone(),
@@ -231,18 +260,23 @@ pub(super) async fn step(
             }
             Action::Refused { reason } => {
                 outcome.refused = Some(reason.clone());
-                shared.event(
-                    i,
-                    EventKind::Refused,
-                    Some(state.routing),
-                    None,
-                    reason,
-                    inputs.clone(),
-                    "engine",
-                );
+                span.record("failoverd.refused", reason.as_str());
+                // Raised inside the decision's span: the event joins its trace.
+                span.in_scope(|| {
+                    shared.event(
+                        i,
+                        EventKind::Refused,
+                        Some(state.routing),
+                        None,
+                        reason,
+                        inputs.clone(),
+                        "engine",
+                    )
+                });
                 warn!(playbook = %name, "operator command refused: {reason}");
                 let _ = jobs
                     .send(Job::Audit(Box::new(Entry {
+                        traceparent: crate::trace::traceparent(&span),
                         actor: "engine".into(),
                         action: "refused".into(),
                         playbook: name.clone(),
@@ -401,6 +435,7 @@ pub(super) async fn blast_radius(
     if raise {
         error!(playbook = %name, "blast radius: {reason}");
         let inputs = json!({ "primary": d.primary, "fleet": judgement });
+        // Raised inside the decision's span (see `step`): the event joins its trace.
         shared.event(
             i,
             EventKind::BlastRadius,
@@ -410,8 +445,10 @@ pub(super) async fn blast_radius(
             inputs.clone(),
             "engine",
         );
+        tracing::Span::current().record("failoverd.refused", reason.as_str());
         let _ = jobs
             .send(Job::Audit(Box::new(Entry {
+                traceparent: crate::trace::traceparent(&tracing::Span::current()),
                 actor: "engine".into(),
                 action: "blast-radius".into(),
                 playbook: name.to_string(),

@@ -6,6 +6,7 @@ use super::*;
 
 fn intent(to: Value) -> Record {
     Record {
+        trace_id: None,
         seq: 7,
         time: Timestamp::UNIX_EPOCH,
         prev: crate::audit::GENESIS.into(),
@@ -103,6 +104,7 @@ fn failover_job(idx: usize, pb: &Arc<Playbook>) -> Job {
         actor: None,
         inputs: Value::Null,
         next: State::resume(to, Timestamp::UNIX_EPOCH),
+        span: tracing::Span::none(),
     }))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, trace_span, warn};
 
 use crate::audit::{AuditLog, Entry};
 use crate::engine::{MoveKind, Verdict};
@@ -92,15 +92,18 @@ pub(super) fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared,
             Err(e) => format!("{} — write failed, retrying: {e}", job.reason),
             Ok(()) => job.reason.clone(),
         };
-        shared.event(
-            job.idx,
-            kind,
-            Some(job.from),
-            Some(job.to),
-            &reason,
-            job.inputs.clone(),
-            &actor,
-        );
+        // Raised in the decision's span: notifications join the move's trace.
+        job.span.in_scope(|| {
+            shared.event(
+                job.idx,
+                kind,
+                Some(job.from),
+                Some(job.to),
+                &reason,
+                job.inputs.clone(),
+                &actor,
+            )
+        });
     }
     match done.result {
         Ok(()) => {
@@ -362,6 +365,35 @@ pub(super) async fn write_one(
     log: &Arc<Mutex<AuditLog>>,
     shared: &Shared,
 ) -> Done {
+    // A child of the decision (tracing on): the store's API requests are its children, and
+    // the VirtualService annotation and audit records carry its trace.
+    let vs = &job.pb.spec.virtual_service;
+    let span = trace_span!(
+        parent: &job.span,
+        "failoverd.route.write",
+        failoverd.playbook = %job.pb.name(),
+        failoverd.move = job.kind.as_str(),
+        failoverd.from = %job.from,
+        failoverd.to = %job.to,
+        k8s.namespace.name = %vs.namespace,
+        failoverd.virtualservice = %vs.name,
+        failoverd.result = tracing::field::Empty,
+    );
+    let done = write_one_in(job, store, log, shared, span.clone())
+        .instrument(span.clone())
+        .await;
+    span.record("failoverd.result", done.label);
+    done
+}
+
+async fn write_one_in(
+    job: Box<WriteJob>,
+    store: &dyn RoutingStore,
+    log: &Arc<Mutex<AuditLog>>,
+    shared: &Shared,
+    span: tracing::Span,
+) -> Done {
+    let traceparent = crate::trace::traceparent(&span);
     let started = Instant::now();
     let name = job.pb.name().to_string();
     let actor = job
@@ -382,6 +414,7 @@ pub(super) async fn write_one(
             inputs["intentSeq"] = json!(seq);
         }
         Entry {
+            traceparent: traceparent.clone(),
             actor: actor.clone(),
             action: job.kind.as_str().to_string(),
             playbook: name.clone(),

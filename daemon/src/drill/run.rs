@@ -231,6 +231,7 @@ impl Drills {
                 kind,
                 actor: actor.clone(),
                 reply: tx,
+                traceparent: crate::trace::traceparent(&tracing::Span::current()),
             })
             .await
             .map_err(|_| down())?;

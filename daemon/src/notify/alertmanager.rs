@@ -163,9 +163,7 @@ impl AmState {
 
     fn event_alert(&self, e: &Event) -> (String, Value) {
         let link = self.link(&e.playbook);
-        (
-            e.kind.as_str().to_string(),
-            json!({
+        let mut alert = json!({
                 "labels": {
                     "alertname": e.kind.alertname(),
                     "playbook": e.playbook,
@@ -188,8 +186,12 @@ impl AmState {
                 "startsAt": e.time,
                 "endsAt": ts_plus(e.time, self.cfg.event_ttl),
                 "generatorURL": link,
-            }),
-        )
+        });
+        // The trace of the move (tracing on), for the incident tool to open.
+        if let Some(tp) = &e.traceparent {
+            alert["annotations"]["trace_id"] = json!(crate::trace::trace_id_of(tp));
+        }
+        (e.kind.as_str().to_string(), alert)
     }
 
     /// Applies a message; returns the alerts to send now.

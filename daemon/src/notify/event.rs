@@ -190,6 +190,10 @@ pub struct Event {
     pub signals: Value,
     /// `engine`, `failoverd` or the operator's identity.
     pub actor: String,
+    /// The W3C `traceparent` of the decision or call behind it (tracing on): delivery spans
+    /// join that trace and the webhook body carries its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Ongoing conditions of one playbook, for alerts that fire while they last.
@@ -216,5 +220,6 @@ pub(super) fn sample_event(kind: EventKind) -> Event {
         reason: "primary unhealthy: 3 consecutive probe failures".into(),
         signals: serde_json::json!({"primary-health": "unhealthy"}),
         actor: "engine".into(),
+        traceparent: None,
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tracing::{debug, error};
+use tracing::{Instrument, debug, error};
 
 use super::config::HookResolved;
 use super::event::Event;
@@ -21,7 +21,7 @@ pub const BODY_VERSION: &str = "1";
 
 /// The webhook body for an event (before signing).
 pub fn webhook_body(event: &Event, id: &str, summary: &str, link: &str) -> Value {
-    json!({
+    let mut body = json!({
         "version": BODY_VERSION,
         "id": id,
         "event": event.kind.as_str(),
@@ -39,7 +39,13 @@ pub fn webhook_body(event: &Event, id: &str, summary: &str, link: &str) -> Value
         "summary": summary,
         // Slack-compatible incoming webhooks show `text`.
         "text": summary,
-    })
+    });
+    // The trace of the move (tracing on): its id, and the W3C header value to join it.
+    if let Some(tp) = &event.traceparent {
+        body["traceId"] = json!(crate::trace::trace_id_of(tp));
+        body["traceparent"] = json!(tp);
+    }
+    body
 }
 
 pub(super) struct Hook {
@@ -63,6 +69,30 @@ pub(super) async fn webhook_task(
 }
 
 pub(super) async fn deliver_webhook(
+    hook: &Hook,
+    client: &reqwest::Client,
+    link_base: &str,
+    metrics: Option<&NotifyMetrics>,
+    event: &Event,
+) {
+    // One span per sink and event, in the trace of the move that raised it.
+    let span = tracing::trace_span!(
+        "failoverd.notify",
+        otel.kind = "client",
+        failoverd.sink = %hook.sink,
+        failoverd.event = event.kind.as_str(),
+        failoverd.playbook = %event.playbook,
+        failoverd.result = tracing::field::Empty,
+    );
+    if let Some(tp) = &event.traceparent {
+        crate::trace::set_parent(&span, tp);
+    }
+    deliver_webhook_in(hook, client, link_base, metrics, event)
+        .instrument(span)
+        .await
+}
+
+async fn deliver_webhook_in(
     hook: &Hook,
     client: &reqwest::Client,
     link_base: &str,
@@ -105,6 +135,7 @@ pub(super) async fn deliver_webhook(
                 if let Some(m) = metrics {
                     m.count(&hook.sink, ev, "sent");
                 }
+                tracing::Span::current().record("failoverd.result", "sent");
                 debug!(webhook = %cfg.name, event = ev, playbook = %event.playbook, attempt, "webhook delivered");
                 return;
             }
@@ -134,6 +165,7 @@ pub(super) async fn deliver_webhook(
         }
         debug!(webhook = %cfg.name, event = ev, attempt, error = %last_error, "webhook attempt failed; retrying");
     }
+    tracing::Span::current().record("failoverd.result", "dead-letter");
     hook.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
     if let Some(m) = metrics {
         m.count(&hook.sink, ev, "dead-letter");

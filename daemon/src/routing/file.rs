@@ -83,6 +83,7 @@ impl FileStore {
         pb: &Playbook,
         to: Routing,
         last_move: Option<jiff::Timestamp>,
+        traceparent: Option<&str>,
     ) -> Result<WriteOutcome, StoreError> {
         let path = self.path(pb);
         for _ in 0..CONFLICT_RETRIES {
@@ -101,6 +102,7 @@ impl FileStore {
                     changed: false,
                 });
             }
+            crate::routing::annotate_trace(&mut vs, traceparent);
             let text = serde_saphyr::to_string(&vs).map_err(|e| StoreError::Malformed {
                 object: pb.spec.virtual_service.to_string(),
                 message: format!("cannot serialise: {e}"),
@@ -227,7 +229,10 @@ impl RoutingStore for FileStore {
         let this = self.clone();
         let pb = pb.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, last_move))
+            // The write's span (tracing on) is named in the object; read here, off the
+            // blocking thread where it is not current.
+            let tp = crate::trace::traceparent(&tracing::Span::current());
+            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, last_move, tp.as_deref()))
                 .await
                 .map_err(join_error)?
         })

@@ -101,3 +101,23 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
 
 #[cfg(test)]
 mod tests;
+
+/// Sets the annotation [`crate::trace::ANNOTATION`] of `vs` to the W3C `traceparent` of the
+/// span current where the write is made (tracing on; nothing otherwise), so the object names
+/// the trace of the move that last wrote it. Not part of the route: a write that changes
+/// nothing else is still `unchanged`.
+pub fn annotate_trace(vs: &mut serde_json::Value, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else {
+        return;
+    };
+    if let Some(meta) = vs
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+        && let Some(ann) = meta
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+    {
+        ann.insert(crate::trace::ANNOTATION.into(), tp.into());
+    }
+}

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DynamicObject, PostParams};
 use kube::runtime::events::{Event, EventType};
 use serde_json::Value;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use crate::engine::Routing;
 use crate::playbook::Playbook;
@@ -39,6 +39,7 @@ impl KubeStore {
         let api = self.api(pb).await?;
         let mut vs = self
             .get(&api, pb, &self.limiter, self.request_limit(deadline))
+            .instrument(request_span("GET", pb))
             .await?;
         let found_state = state_of(&vs);
         let current = view(&vs, pb)?;
@@ -63,6 +64,10 @@ impl KubeStore {
                 changed: false,
             });
         }
+        crate::routing::annotate_trace(
+            &mut vs,
+            crate::trace::traceparent(&tracing::Span::current()).as_deref(),
+        );
         // Never send what the API server or istiod would refuse (or, worse, accept and
         // break the listener with).
         crate::routing::istio::validate_virtual_service(&vs).map_err(|problems| {
@@ -98,22 +103,28 @@ impl KubeStore {
             before: before.clone(),
             state: sent_state,
         });
+        let put = request_span("PUT", pb);
         let stored = match timed(
             self.request_limit(deadline),
             api.replace(&pb.spec.virtual_service.name, &params, &obj),
         )
+        .instrument(put.clone())
         .await
         {
             // Answered: it landed, and the answer is the object as the API server stored it
             // (after admission), which is the read-back. `unanswered` stays set, so if that
             // answer cannot be read the next attempt (or the settling read) finds the object
             // carrying this state and reports the move written, never `unchanged` or `failed`.
-            Ok(stored) => stored,
+            Ok(stored) => {
+                put.record("http.response.status_code", 200);
+                stored
+            }
             // A 4xx is the server refusing this update: it did not land (an earlier
             // unanswered one still may have, which `unanswered` keeps).
             Err(TimedError::Kube(kube::Error::Api(status)))
                 if (400..500).contains(&status.code) =>
             {
+                put.record("http.response.status_code", status.code);
                 return Err(map_err(
                     TimedError::Kube(kube::Error::Api(status)),
                     &object,
@@ -121,7 +132,10 @@ impl KubeStore {
                     ns,
                 ));
             }
-            Err(e) => return Err(map_err(e, &object, "update", ns)),
+            Err(e) => {
+                put.record("error.type", "unanswered");
+                return Err(map_err(e, &object, "update", ns));
+            }
         };
         // The update's answer is the read-back: one request fewer per move than a GET after
         // it (a third of the rate limit when many playbooks fail over at once).
@@ -197,7 +211,9 @@ impl KubeStore {
         let read = async {
             let api = self.api(pb).await?;
             let limit = deadline.saturating_duration_since(Instant::now());
-            self.get(&api, pb, &self.limiter, limit).await
+            self.get(&api, pb, &self.limiter, limit)
+                .instrument(request_span("GET", pb))
+                .await
         };
         match read.await {
             Ok(vs) if u.state.is_some() && state_of(&vs) == u.state => {
@@ -250,6 +266,11 @@ impl KubeStore {
                 format!("playbook {}: could not route to {to}: {e}", pb.name()),
             ),
         };
+        // The move's trace (tracing on), for `kubectl describe` readers to open it.
+        let note = match crate::trace::trace_id(&tracing::Span::current()) {
+            Some(id) => format!("{note} (trace {id})"),
+            None => note,
+        };
         let event = Event {
             type_,
             reason: reason.into(),
@@ -282,6 +303,22 @@ impl KubeStore {
             }
         });
     }
+}
+
+/// One Kubernetes API request of a write (a child of `failoverd.route.write`, tracing on),
+/// with the HTTP and `k8s.*` semantic-convention attributes.
+fn request_span(method: &'static str, pb: &Playbook) -> tracing::Span {
+    let vs = &pb.spec.virtual_service;
+    tracing::trace_span!(
+        "failoverd.kube.request",
+        otel.kind = "client",
+        http.request.method = method,
+        k8s.namespace.name = %vs.namespace,
+        k8s.resource.name = %vs.name,
+        k8s.resource.kind = "VirtualService",
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// An update that was sent: its answer never came, or it landed and has not been read back.
