@@ -133,6 +133,20 @@ fn check_chain(lines: &[String]) -> String {
     prev
 }
 
+/// Edits record 5 (`pb-3` → `pb-9`) in the first sealed segment, as someone with write
+/// access to the cluster could.
+fn edit_first_segment(emu: &Emulator) {
+    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
+    emu.mutate("ConfigMap", NS, &seg, |cm| {
+        let r = cm["data"]["records"]
+            .as_str()
+            .unwrap()
+            .replacen("pb-3", "pb-9", 1);
+        cm["data"]["records"] = r.into();
+    })
+    .unwrap();
+}
+
 fn file_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -341,15 +355,7 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
     assert!(e.contains("record 8"), "{e}");
     std::fs::write(&path, &text).unwrap();
     // An edited record in the first sealed segment.
-    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
-    emu.mutate("ConfigMap", NS, &seg, |cm| {
-        let r = cm["data"]["records"]
-            .as_str()
-            .unwrap()
-            .replacen("pb-3", "pb-9", 1);
-        cm["data"]["records"] = r.into();
-    })
-    .unwrap();
+    edit_first_segment(&emu);
     let e = ch.verify_against(&path).await.unwrap_err();
     assert!(e.contains("segment 1..32") && e.contains("seq 5"), "{e}");
 }
@@ -390,15 +396,7 @@ async fn verify_cluster_checks_the_cluster_copy_and_the_file() {
         text.contains("records 1..40") && text.contains("a prefix of it"),
         "{text}"
     );
-    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
-    emu.mutate("ConfigMap", NS, &seg, |cm| {
-        let r = cm["data"]["records"]
-            .as_str()
-            .unwrap()
-            .replacen("pb-3", "pb-9", 1);
-        cm["data"]["records"] = r.into();
-    })
-    .unwrap();
+    edit_first_segment(&emu);
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
