@@ -320,7 +320,7 @@ impl AuditLog {
     /// and the chain's tip as they were.
     pub fn append(&mut self, e: Entry) -> Result<Record, AuditError> {
         let r = self.flush_owed().and_then(|()| self.write_record(e));
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 
@@ -343,14 +343,15 @@ impl AuditLog {
                 Err(err)
             }
         };
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 
-    /// Tries to write the owed records (no new one). Ok when none is left.
+    /// Tries to write the owed records (and, after an episode of refused appends, its
+    /// note; no other record). Ok when none is left.
     pub fn flush(&mut self) -> Result<(), AuditError> {
         let r = self.flush_owed();
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 
@@ -366,6 +367,35 @@ impl AuditLog {
             self.owed.pop_front();
         }
         Ok(())
+    }
+
+    /// Publishes how an append went. The first one that succeeds after an episode of refused
+    /// appends is followed at once by the episode's `audit-unavailable` note (from when, why);
+    /// the episode ends only once the note is written too. So the chain always says when
+    /// appends were refused, whatever append ended it (a move, a call, the controller's
+    /// round).
+    pub(super) fn finish<T>(&mut self, r: &Result<T, AuditError>) {
+        if r.is_ok()
+            && let Some(u) = self.health.unavailable()
+        {
+            let note = Entry {
+                actor: "failoverd".into(),
+                action: "audit-unavailable".into(),
+                reason: format!(
+                    "the audit log refused appends from {} until the record before this one ({}); no move was made without its intent meanwhile, other records of that time may be missing",
+                    u.since, u.error
+                ),
+                outcome: "noted".into(),
+                ..Entry::default()
+            };
+            if let Err(e) = self.write_record(note) {
+                // Not even the note fits: the episode goes on (its start kept), and the note
+                // is tried again after the next append that succeeds.
+                self.publish(&Err::<(), _>(e));
+                return;
+            }
+        }
+        self.publish(r);
     }
 
     /// Cuts the file back to its last whole record (after a failed append).
@@ -686,22 +716,25 @@ mod tests {
         assert_eq!(r.seq, 2);
         assert!(log.health().unavailable().is_none());
         assert!(std::fs::metadata(&path).unwrap().len() > len);
+        // The episode's note follows the append that ended it.
         assert_eq!(
             verify(&path),
             Ok(Verified {
-                records: 2,
+                records: 3,
                 torn_tail: None
             })
         );
         drop(log);
         let mut log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.append(entry("three")).unwrap().seq, 3);
-        let actions: Vec<String> = read_all(&path)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.action)
-            .collect();
-        assert_eq!(actions, ["one", "two", "three"]);
+        assert_eq!(log.append(entry("three")).unwrap().seq, 4);
+        let recs = read_all(&path).unwrap();
+        let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["one", "two", "audit-unavailable", "three"]);
+        assert!(
+            recs[2].reason.contains("No space left"),
+            "{}",
+            recs[2].reason
+        );
     }
 
     /// Ensures an owed record (the outcome of a write already made) that cannot be written is
@@ -725,13 +758,13 @@ mod tests {
         assert_eq!(log.owed(), 0);
         let recs = read_all(&path).unwrap();
         let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
-        assert_eq!(actions, ["intent", "outcome", "later"]);
+        assert_eq!(actions, ["intent", "outcome", "later", "audit-unavailable"]);
         assert!(
             recs[1].reason.contains("recorded late"),
             "{}",
             recs[1].reason
         );
-        assert_eq!(verify(&path).unwrap().records, 3);
+        assert_eq!(verify(&path).unwrap().records, 4);
     }
 
     /// Ensures a log whose last line is torn opens on a full disk (the cut needs no space):
@@ -758,8 +791,8 @@ mod tests {
         fs.free();
         log.flush().unwrap();
         let recs = read_all(&path).unwrap();
-        assert_eq!(recs.len(), 2);
-        assert_eq!(recs[1].action, "audit-recovered");
+        let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["one", "audit-recovered", "audit-unavailable"]);
         assert!(recs[1].reason.contains("9000 bytes"), "{}", recs[1].reason);
     }
 
