@@ -6,7 +6,7 @@
 //! file and the cluster's head are one chain).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,17 @@ async fn joined(ch: &ClusterChain, path: &Path) -> AuditLog {
     ch.reconcile(AuditLog::open_copy(path).unwrap())
         .await
         .unwrap()
+}
+
+/// replica-a leading a chain of 40 records (one sealed segment, 1..32), its file `a.jsonl`
+/// holding all of them.
+async fn forty_records() -> (Emulator, tempfile::TempDir, Arc<ClusterChain>, PathBuf) {
+    let (emu, dir, c) = setup().await;
+    let ch = chain(&c, "replica-a", true);
+    let path = dir.path().join("a.jsonl");
+    let mut log = joined(&ch, &path).await;
+    place_many(&ch, &mut log, "op", 40).await;
+    (emu, dir, ch, path)
 }
 
 /// Places `n` records through `ch` and copies them into `log`.
@@ -341,11 +352,7 @@ async fn an_unanswered_append_that_landed_is_not_placed_twice() {
 /// record in a sealed segment of the cluster's copy, and a local file that differs from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_in_the_cluster_or_the_file_is_named() {
-    let (emu, dir, c) = setup().await;
-    let ch = chain(&c, "replica-a", true);
-    let path = dir.path().join("a.jsonl");
-    let mut log = joined(&ch, &path).await;
-    place_many(&ch, &mut log, "op", 40).await;
+    let (emu, _dir, ch, path) = forty_records().await;
     let ok = ch.verify_against(&path).await.unwrap();
     assert!(ok.contains("1..40"), "{ok}");
     // An edited local record.
@@ -365,11 +372,7 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
 /// in a sealed segment (`cargo build -p failoverd` first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_cluster_checks_the_cluster_copy_and_the_file() {
-    let (emu, dir, c) = setup().await;
-    let ch = chain(&c, "replica-a", true);
-    let path = dir.path().join("a.jsonl");
-    let mut log = joined(&ch, &path).await;
-    place_many(&ch, &mut log, "op", 40).await;
+    let (emu, dir, _ch, path) = forty_records().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let verify = || {
         chaos_tests::run_cli(
