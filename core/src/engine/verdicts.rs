@@ -24,8 +24,35 @@ pub fn stale_after(interval: StdDuration, timeout: StdDuration) -> StdDuration {
     interval.saturating_mul(3).saturating_add(timeout)
 }
 
-/// Reads one target from its signals.
+/// The residency or mesh-policy rule that keeps traffic off `target`, if any. Only for a
+/// fenced playbook (`Playbook::fenced`): every target then needs `Policy` observations, and
+/// one without any is refused too (its jurisdiction and policy are unknown, which is outside
+/// every fence). Unfenced playbooks ignore `Policy` observations.
+pub fn fence(pb: &Playbook, obs: &[Observation], target: Target) -> Option<String> {
+    if !pb.fenced {
+        return None;
+    }
+    let mut seen = false;
+    for o in obs
+        .iter()
+        .filter(|o| o.target == target && o.kind == SignalKind::Policy)
+    {
+        seen = true;
+        match &o.health {
+            Health::Healthy => {}
+            Health::Unhealthy(r) | Health::Unknown(r) => return Some(r.clone()),
+        }
+    }
+    (!seen)
+        .then(|| format!("residency: the jurisdiction and mesh policy of {target} are not known"))
+}
+
+/// Reads one target from its signals. A target its fence refuses reads as unhealthy (with
+/// the rule as the reason), whatever its probes say: automation treats it like a dead one.
 pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestamp) -> Verdict {
+    if let Some(reason) = fence(pb, obs, target) {
+        return Verdict::Unhealthy { reason };
+    }
     let threshold = pb.spec.trigger.failure_threshold.value.max(1);
     let for_ = pb.spec.trigger.for_.get();
     // onMissing=failover reads missing data on the primary as failing; a failover target is
@@ -46,7 +73,10 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
     let mut suspect: Option<String> = None;
     let mut unknown: Option<String> = None;
     let mut seen = 0usize;
-    for o in obs.iter().filter(|o| o.target == target) {
+    for o in obs
+        .iter()
+        .filter(|o| o.target == target && o.kind != SignalKind::Policy)
+    {
         let stale = elapsed(now, o.at) > o.max_age;
         let health = if stale {
             Health::Unknown(format!(
@@ -87,7 +117,8 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
                 }
                 suspect.get_or_insert_with(|| match o.kind {
                     SignalKind::Probe => format!("{}: {r} ({streak}/{threshold})", o.signal),
-                    SignalKind::Slo => format!(
+                    // Policy observations never reach this loop (filtered above).
+                    SignalKind::Slo | SignalKind::Policy => format!(
                         "{}: {r} (for {})",
                         o.signal,
                         humantime::format_duration(round_ms(lasted))
