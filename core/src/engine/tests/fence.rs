@@ -261,7 +261,7 @@ proptest! {
             match e {
                 Ev::Tick { dt_ms, health } => {
                     now += jiff::SignedDuration::from_millis(dt_ms as i64);
-                    let h = |c: u8| if c % 4 == 0 { down() } else { up() };
+                    let h = |c: u8| if c.is_multiple_of(4) { down() } else { up() };
                     w.probes(h(health[0]), h(health[1]), h(health[2]), now);
                 }
                 Ev::Relabel(codes) => {
