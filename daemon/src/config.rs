@@ -82,6 +82,46 @@ pub struct FileConfig {
     /// a file path.
     #[serde(rename = "auditShip")]
     pub audit_ship: Option<String>,
+    /// `residency: { allowed: [ID] }`: the jurisdictions every playbook's targets must be in
+    /// (a playbook's `spec.residency` may only narrow it). Absent: no residency rule.
+    pub residency: Option<ResidencyConfig>,
+    /// `policy: { requireStrictMTLS: true }`: the mesh protections a target must keep.
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `residency:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyConfig {
+    /// ISO 3166-1 alpha-2 codes, e.g. `[ID]`.
+    pub allowed: Vec<String>,
+}
+
+/// `policy:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A target's namespace must be covered by a STRICT PeerAuthentication and no
+    /// DestinationRule may disable TLS to it. Default: true when any residency is set.
+    #[serde(rename = "requireStrictMTLS")]
+    pub require_strict_mtls: Option<bool>,
+}
+
+/// Residency and mesh policy, resolved for every playbook.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FenceConfig {
+    /// The daemon's allowed jurisdictions (None: no residency rule).
+    pub allowed: Option<Vec<String>>,
+    /// Strict mTLS and no TLS-disabling DestinationRule required.
+    pub require_strict_mtls: bool,
+}
+
+impl FenceConfig {
+    /// True when any playbook could be fenced: the mesh's objects must then be watched.
+    /// (A playbook's own `spec.residency` fences it even when the daemon sets nothing.)
+    pub fn is_set(&self) -> bool {
+        self.allowed.is_some() || self.require_strict_mtls
+    }
 }
 
 /// `tls:` in the config file.
@@ -261,6 +301,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Signed checkpoints and shipping of the audit trail.
     pub audit_trail: AuditTrail,
+    /// `residency:` and `policy:`.
+    pub fence: FenceConfig,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

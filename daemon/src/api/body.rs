@@ -141,6 +141,7 @@ pub(super) fn control_kind(action: &str, body: &Body) -> ApiResult<ControlKind> 
             target: target_of(body)?,
             force: body.force,
             ttl: ttl_of(body)?,
+            break_glass: None,
         }),
         "failback" => {
             if body.target.is_some() {

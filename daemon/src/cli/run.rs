@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::app::{ServeOptions, serve};
 use crate::audit::AuditLog;
-use crate::config::{AuditTrail, FileConfig, Settings, StoreSpec};
+use crate::config::{AuditTrail, FenceConfig, FileConfig, Settings, StoreSpec};
 use crate::control::Runtime;
 use crate::overrides::OverrideStore;
 use crate::playbook::{self, Problems};
@@ -93,6 +93,14 @@ pub struct RunArgs {
     /// `hash`): `stdout`, `off` (default) or a file path (appended to).
     #[arg(long)]
     pub audit_ship: Option<String>,
+    /// Allowed jurisdictions of every failover target (ISO 3166-1 alpha-2, comma-separated,
+    /// e.g. `ID`); overrides `residency.allowed`.
+    #[arg(long, value_delimiter = ',')]
+    pub residency_allowed: Option<Vec<String>>,
+    /// Require STRICT mTLS and no TLS-disabling DestinationRule for every target (default:
+    /// on when any residency is set); overrides `policy.requireStrictMTLS`.
+    #[arg(long)]
+    pub require_strict_mtls: Option<bool>,
 }
 
 impl RunArgs {
@@ -251,6 +259,7 @@ impl RunArgs {
             }
         };
         let audit_trail = self.audit_trail(&file, &at, &mut problems);
+        let fence = self.fence(&file, &at, &mut problems);
         let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
             (playbooks, store, listen, audit, external_url)
         else {
@@ -294,7 +303,50 @@ impl RunArgs {
                 }),
             },
             audit_trail,
+            fence,
         })
+    }
+
+    /// `residency:` and `policy:` (or their flags): codes checked, the mTLS default applied.
+    fn fence(
+        &self,
+        file: &FileConfig,
+        at: &dyn Fn(bool, &str, &str, String) -> playbook::Problem,
+        problems: &mut Vec<playbook::Problem>,
+    ) -> FenceConfig {
+        let from_flag = self.residency_allowed.is_some();
+        let allowed = self
+            .residency_allowed
+            .clone()
+            .or_else(|| file.residency.as_ref().map(|r| r.allowed.clone()));
+        if let Some(codes) = &allowed {
+            if codes.is_empty() {
+                problems.push(at(
+                    from_flag,
+                    "residency.allowed",
+                    "--residency-allowed",
+                    "must name at least one jurisdiction (an empty set would allow no target at all)".into(),
+                ));
+            }
+            for c in codes.iter().filter(|c| !playbook::is_country_code(c)) {
+                problems.push(at(
+                    from_flag,
+                    "residency.allowed",
+                    "--residency-allowed",
+                    format!(
+                        "`{c}` is not an ISO 3166-1 alpha-2 code (two upper-case letters, e.g. ID)"
+                    ),
+                ));
+            }
+        }
+        let require_strict_mtls = self
+            .require_strict_mtls
+            .or(file.policy.as_ref().and_then(|p| p.require_strict_mtls))
+            .unwrap_or(allowed.is_some());
+        FenceConfig {
+            allowed,
+            require_strict_mtls,
+        }
     }
 
     /// `auditCheckpoint*` and `auditShip` over the config file; the key file is read and

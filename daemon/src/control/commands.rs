@@ -24,228 +24,6 @@ use super::recording::audit;
 use super::step::step;
 use super::{Guarded, Job};
 
-/// A failover hold placed by a drill (its actor is `drill:<name>`).
-pub(super) fn is_drill_hold(r: &OverrideRecord) -> bool {
-    r.kind == OverrideKind::Failover && r.actor.starts_with(crate::drill::ACTOR_PREFIX)
-}
-
-/// Ends drills the last leader was running (see `orphaned_drills` in [`run`]): a failback as
-/// the drill would have made it, once the playbook's route has been read again; when the
-/// primary is not healthy enough for that (or the route is already back), the drill's hold
-/// is released and the engine decides as after any hold. Names still waiting for their
-/// route stay in `names`.
-pub(super) async fn end_orphaned_drills(
-    names: &mut Vec<String>,
-    guarded: &mut [Guarded],
-    store: &mut Book,
-    log: &Arc<Mutex<AuditLog>>,
-    jobs: &mpsc::Sender<Job>,
-    shared: &Shared,
-    clock: &Clock,
-) {
-    let mut waiting = Vec::new();
-    for name in std::mem::take(names) {
-        // Not while another change is being kept: a refusal must be seen at once below.
-        let ready = !store.keeping
-            && guarded
-                .iter()
-                .any(|g| g.pb.name() == name && g.state.is_some() && !g.pending);
-        if !ready {
-            waiting.push(name);
-            continue;
-        }
-        let holds: Vec<OverrideRecord> = store
-            .all()
-            .iter()
-            .filter(|r| r.playbook == name && is_drill_hold(r))
-            .cloned()
-            .collect();
-        let Some(first) = holds.first() else {
-            continue;
-        };
-        let actor = Actor {
-            identity: first.actor.clone(),
-            reason: "the drill ran on the previous leader, which is gone; ended on takeover".into(),
-        };
-        warn!(playbook = %name, drill = %first.actor, "a drill from the previous leader holds this playbook; failing back");
-        let (tx, mut rx) = oneshot::channel();
-        let failback = Control {
-            playbook: Some(name.clone()),
-            kind: ControlKind::Failback { force: false },
-            actor: actor.clone(),
-            reply: tx,
-        };
-        handle_control(failback, guarded, store, log, jobs, shared, clock).await;
-        // A refusal is answered at once; an accepted failback answers after its write.
-        if let Ok(Err(refused)) = rx.try_recv() {
-            info!(playbook = %name, reason = %refused.error, "no failback now; releasing the drill's hold instead");
-            for h in holds {
-                let (tx, _rx) = oneshot::channel();
-                let release = Control {
-                    playbook: None,
-                    kind: ControlKind::DeleteOverride { id: h.id },
-                    actor: actor.clone(),
-                    reply: tx,
-                };
-                handle_control(release, guarded, store, log, jobs, shared, clock).await;
-            }
-        }
-    }
-    *names = waiting;
-}
-
-/// On takeover: merges this replica's overrides with the ones the cluster keeps, by id (a
-/// freeze acknowledged by the old leader holds here; one it deleted does not come back), and
-/// audits what was adopted.
-pub(super) async fn adopt_cluster_overrides(
-    store: &mut OverrideStore,
-    log: &Arc<Mutex<AuditLog>>,
-    shared: &Shared,
-    clock: &Clock,
-) {
-    let outcome = match shared.kept_overrides.as_ref() {
-        None => format!(
-            "no overrides kept in the cluster; this replica's own {} stand",
-            store.all().len()
-        ),
-        Some(cluster) => match cluster.load().await {
-            Err(e) => format!("failed: cannot read the cluster's overrides: {e}"),
-            Ok(kept) => {
-                let now = clock.now();
-                let merged = kept::merge(store.all(), &kept, now);
-                let n = merged.records.len();
-                let mut outcome =
-                    format!("adopted {n} override(s) kept in the cluster by the last leader");
-                if !merged.dropped.is_empty() {
-                    outcome.push_str(&format!(
-                        "; dropped {} this replica still had but the cluster had deleted ({})",
-                        merged.dropped.len(),
-                        merged.dropped.join(", ")
-                    ));
-                }
-                if !kept.problems.is_empty() {
-                    error!(problems = ?kept.problems, "kept overrides that cannot be read were ignored");
-                    outcome.push_str(&format!(
-                        "; ignored {} unreadable: {}",
-                        kept.problems.len(),
-                        kept.problems.join("; ")
-                    ));
-                }
-                if !merged.write_back.is_empty() {
-                    let change = kept::Change {
-                        upsert: merged.write_back.clone(),
-                        delete: Vec::new(),
-                        by: "failoverd".into(),
-                    };
-                    match cluster
-                        .keep(&change, now, || shared.leader.is_leader())
-                        .await
-                    {
-                        Ok(()) => outcome.push_str(&format!(
-                            "; kept {} of this replica's own in the cluster",
-                            change.upsert.len()
-                        )),
-                        Err(e) => {
-                            error!(error = %e, "cannot keep this replica's own overrides in the cluster");
-                            outcome.push_str(&format!(
-                                "; {} of this replica's own are not kept in the cluster: {e}",
-                                change.upsert.len()
-                            ));
-                        }
-                    }
-                }
-                if let Err(e) = store.replace_kept(merged.records) {
-                    error!(error = %e, "cannot write the adopted overrides to the state file; in force from memory");
-                    outcome.push_str(&format!("; state file not written: {e}"));
-                }
-                outcome
-            }
-        },
-    };
-    publish_overrides(store, shared);
-    if outcome.starts_with("failed") {
-        error!("{outcome}; keeping this replica's own overrides");
-    } else {
-        info!("{outcome}");
-    }
-    if let Err(e) = audit(
-        log,
-        Entry {
-            actor: "failoverd".into(),
-            action: "takeover".into(),
-            reason: "became the leader".into(),
-            outcome,
-            ..Entry::default()
-        },
-    )
-    .await
-    {
-        shared.metrics.audit_errors.inc();
-        error!(error = %e, "audit append failed");
-    }
-}
-
-pub(super) fn publish_overrides(store: &OverrideStore, shared: &Shared) {
-    if let Ok(mut o) = shared.overrides.write() {
-        *o = store.all().to_vec();
-    }
-    shared.list_version.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Drops overrides whose time is up, auditing each; true when any expired.
-pub(super) async fn expire_overrides(
-    store: &mut OverrideStore,
-    log: &Arc<Mutex<AuditLog>>,
-    shared: &Shared,
-    clock: &Clock,
-) -> bool {
-    let now = clock.now();
-    let (expired, keep): (Vec<_>, Vec<_>) =
-        store.all().iter().cloned().partition(|r| r.until <= now);
-    if expired.is_empty() {
-        return false;
-    }
-    if let Err(e) = store.replace(keep) {
-        error!(error = %e, "cannot persist override expiry; will retry");
-        return false;
-    }
-    for r in expired {
-        info!(playbook = %r.playbook, id = %r.id, kind = ?r.kind, "override expired; automation takes over");
-        if let Some(idx) = shared.index(&r.playbook) {
-            let msg = format!(
-                "{:?} override {} by {} ended; automation takes over",
-                r.kind, r.id, r.actor
-            );
-            shared.event(
-                idx,
-                EventKind::OverrideExpired,
-                None,
-                None,
-                &msg,
-                Value::Null,
-                "failoverd",
-            );
-        }
-        let entry = Entry {
-            actor: "failoverd".into(),
-            action: "override-expired".into(),
-            playbook: r.playbook.clone(),
-            reason: format!(
-                "{:?} override {} by {} ended ({})",
-                r.kind, r.id, r.actor, r.reason
-            ),
-            inputs: serde_json::to_value(&r).unwrap_or(Value::Null),
-            outcome: "noted".into(),
-            ..Entry::default()
-        };
-        if let Err(e) = audit(log, entry).await {
-            shared.metrics.audit_errors.inc();
-            error!(error = %e, "audit append failed");
-        }
-    }
-    true
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn handle_control(
     msg: Control,
@@ -330,32 +108,48 @@ pub(super) async fn handle_control(
     let mut created = None;
     let mut command = None;
     let checked: Result<String, ControlError> = match &kind {
-        ControlKind::Failover { target, force, ttl } => {
-            engine::check_operator_failover(&g.pb, &obs, *target, *force, now)
-                .map_err(|e| refuse(409, e))
-                .map(|t| {
-                    records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
-                    let rec = OverrideRecord {
-                        id: new_id(),
-                        playbook: name.clone(),
-                        kind: OverrideKind::Failover,
-                        actor: actor.identity.clone(),
-                        reason: actor.reason.clone(),
-                        created: now,
-                        until: add(now, *ttl),
-                        target: Some(t),
-                        force: *force,
-                    };
-                    let msg = format!("failover to failover[{t}] held until {}", rec.until);
-                    created = Some(rec.id.clone());
-                    records.push(rec);
-                    msg
-                })
-        }
+        ControlKind::Failover {
+            target,
+            force,
+            ttl,
+            break_glass,
+        } => engine::check_operator_failover(
+            &g.pb,
+            &obs,
+            *target,
+            *force,
+            break_glass.is_some(),
+            now,
+        )
+        .map_err(|e| refuse(409, e))
+        .map(|t| {
+            records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
+            let rec = OverrideRecord {
+                id: new_id(),
+                playbook: name.clone(),
+                kind: OverrideKind::Failover,
+                actor: actor.identity.clone(),
+                reason: actor.reason.clone(),
+                created: now,
+                until: add(now, *ttl),
+                target: Some(t),
+                force: *force,
+                break_glass: break_glass.clone(),
+            };
+            let msg = format!("failover to failover[{t}] held until {}", rec.until);
+            created = Some(rec.id.clone());
+            records.push(rec);
+            msg
+        }),
         ControlKind::Failback { force } => {
             let primary = engine::verdict(&g.pb, &obs, Target::Primary, now);
             if state.routing == Routing::Primary {
                 Err(refuse(409, "already on the primary route"))
+            } else if let Some(rule) = engine::fence(&g.pb, &obs, Target::Primary) {
+                Err(refuse(
+                    409,
+                    format!("primary is refused by {rule}; force cannot override it"),
+                ))
             } else if !force && !primary.is_healthy() {
                 Err(refuse(
                     409,
@@ -385,6 +179,7 @@ pub(super) async fn handle_control(
                 until: add(now, *ttl),
                 target: None,
                 force: false,
+                break_glass: None,
             };
             let msg = format!("automation frozen until {}", rec.until);
             created = Some(rec.id.clone());
@@ -797,4 +592,11 @@ async fn finish_accepted(
 pub(super) fn add(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
+}
+
+pub(super) fn publish_overrides(store: &OverrideStore, shared: &Shared) {
+    if let Ok(mut o) = shared.overrides.write() {
+        *o = store.all().to_vec();
+    }
+    shared.list_version.fetch_add(1, Ordering::Relaxed);
 }

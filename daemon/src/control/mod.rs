@@ -12,6 +12,7 @@
 
 mod commands;
 pub mod drift;
+mod expiry;
 mod read;
 mod recording;
 mod step;
@@ -43,6 +44,7 @@ use crate::slo::{self, PromClient, SloResult};
 use crate::shared::*;
 use commands::*;
 use drift::*;
+use expiry::*;
 use read::*;
 use recording::*;
 use step::*;

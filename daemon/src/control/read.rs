@@ -15,7 +15,8 @@ use crate::playbook::Playbook;
 use crate::routing::{RoutingStore, StoreError};
 use crate::shared::{Clock, Shared};
 
-use super::commands::{Book, end_orphaned_drills};
+use super::commands::Book;
+use super::expiry::end_orphaned_drills;
 use super::step::{retry_delay, set_status, step};
 use super::{Guarded, Job, MAX_BACKOFF, MIN_BACKOFF};
 
