@@ -24,6 +24,7 @@ mod audit;
 pub mod audit_read;
 pub mod auth;
 mod body;
+mod breakglass;
 mod drills;
 mod error;
 mod guard;
@@ -79,6 +80,11 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         ),
         (Method::POST, "/v1/playbooks/{name}/freeze", post(freeze)),
         (Method::POST, "/v1/playbooks/{name}/resume", post(resume)),
+        (
+            Method::POST,
+            "/v1/breakglass/{id}/approve",
+            post(breakglass::approve),
+        ),
         (Method::GET, "/v1/overrides", get(list_overrides)),
         (
             Method::DELETE,

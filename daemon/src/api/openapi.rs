@@ -23,6 +23,7 @@ use super::error::ErrorBody;
         super::actions::failback,
         super::actions::freeze,
         super::actions::resume,
+        super::breakglass::approve,
         super::overrides::list_overrides,
         super::overrides::delete_override,
         super::audit::get_audit,
