@@ -111,6 +111,12 @@ async fn break_glass_needs_two_different_admins() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(f.routed_host(), DR_HOST);
+    let vs: serde_json::Value = serde_saphyr::from_str(&f.vs()).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["failoverd.dev/break-glass"],
+        id.as_str(),
+        "the VirtualService is marked"
+    );
     let ov = d.overrides().await;
     assert_eq!(ov[0]["breakGlass"]["id"], id.as_str(), "{ov:#}");
     assert_eq!(ov[0]["breakGlass"]["requestedBy"], ADMIN.0);

@@ -22,6 +22,8 @@ struct Ctx<'a> {
     next: State,
     actions: Vec<Action>,
     explain: String,
+    /// The break-glass id the next route carries (set only for a break-glass hold's target).
+    glass: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -48,6 +50,7 @@ impl Ctx<'_> {
                 reason: reason.clone(),
                 forced,
                 actor,
+                break_glass: self.glass.take(),
             });
             self.next.routing = to;
             if kind.starts_move(self.state.routing) {
@@ -99,6 +102,7 @@ pub fn decide(
         next: state.clone(),
         actions: Vec::new(),
         explain: String::new(),
+        glass: None,
     };
     cx.next.stuck = false;
 
@@ -171,6 +175,9 @@ pub fn decide(
         };
         match target {
             Some(t) => {
+                if t == h.target {
+                    cx.glass = h.break_glass.clone();
+                }
                 let reason = match (&h.break_glass, fence(pb, obs, Target::Failover(t))) {
                     (Some(id), Some(rule)) => format!(
                         "break-glass {id}: operator {} holds failover to failover[{t}] until {} despite {rule}: {}",

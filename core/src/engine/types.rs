@@ -462,6 +462,8 @@ pub enum Action {
         forced: bool,
         /// The operator behind the move, if any.
         actor: Option<Actor>,
+        /// The approved break-glass that lets this move pass the fence (its id), if any.
+        break_glass: Option<String>,
     },
     /// Tell on-call: traffic cannot go anywhere healthy.
     Stuck {

@@ -127,6 +127,8 @@ struct WriteJob {
     reason: String,
     forced: bool,
     actor: Option<Actor>,
+    /// The approved break-glass this routing carries into the VirtualService annotations.
+    break_glass: Option<String>,
     inputs: Value,
     next: State,
 }

@@ -192,6 +192,7 @@ pub(super) async fn step(
                 reason,
                 forced,
                 actor,
+                break_glass,
             } => {
                 route = Some(WriteJob {
                     idx: i,
@@ -202,6 +203,7 @@ pub(super) async fn step(
                     reason: reason.clone(),
                     forced: *forced,
                     actor: actor.clone(),
+                    break_glass: break_glass.clone(),
                     inputs: inputs.clone(),
                     next: d.state.clone(),
                 });

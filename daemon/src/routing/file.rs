@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, apply, route_index, view,
+    RouteView, RoutingStore, Stamp, StoreError, StoreFuture, WriteOutcome, apply, route_index, view,
 };
 use crate::engine::Routing;
 use crate::playbook::Playbook;
@@ -82,14 +82,14 @@ impl FileStore {
         &self,
         pb: &Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
     ) -> Result<WriteOutcome, StoreError> {
         let path = self.path(pb);
         for _ in 0..CONFLICT_RETRIES {
             let (mut vs, digest) = self.load(pb)?;
             let current = view(&vs, pb)?;
             let i = route_index(&vs, pb)?;
-            let before = apply(&mut vs, pb, to, last_move)?;
+            let before = apply(&mut vs, pb, to, stamp.clone())?;
             let after = vs
                 .pointer(&format!("/spec/http/{i}/route"))
                 .cloned()
@@ -222,12 +222,12 @@ impl RoutingStore for FileStore {
         &'a self,
         pb: &'a Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
     ) -> StoreFuture<'a, WriteOutcome> {
         let this = self.clone();
         let pb = pb.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, last_move))
+            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, stamp))
                 .await
                 .map_err(join_error)?
         })
