@@ -474,6 +474,18 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             other => (other.open().await?, None),
         };
+    let fenced = loaded.iter().filter(|l| l.playbook.fenced).count();
+    match (&settings.fence.allowed, fenced) {
+        (None, 0) => warn!(
+            "NO RESIDENCY OR MESH POLICY: failover may route case data to any target, in any jurisdiction, with or without mTLS; set `residency: {{ allowed: [ID] }}` (and `policy:`) in the config to fence every move"
+        ),
+        (allowed, n) => info!(
+            allowed = ?allowed,
+            require_strict_mtls = settings.fence.require_strict_mtls,
+            fenced_playbooks = n,
+            "residency and mesh policy fence every move: a target the cluster does not clear is never routed to, not even by force"
+        ),
+    }
     if settings.tokens.is_none() {
         warn!(
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
