@@ -112,15 +112,21 @@ pub struct PolicyConfig {
 pub struct FenceConfig {
     /// The daemon's allowed jurisdictions (None: no residency rule).
     pub allowed: Option<Vec<String>>,
-    /// Strict mTLS and no TLS-disabling DestinationRule required.
-    pub require_strict_mtls: bool,
+    /// `policy.requireStrictMTLS` as given (None: not given; it then defaults to on wherever
+    /// a residency rule applies, the daemon's or a playbook's own).
+    pub require_strict_mtls: Option<bool>,
 }
 
 impl FenceConfig {
-    /// True when any playbook could be fenced: the mesh's objects must then be watched.
-    /// (A playbook's own `spec.residency` fences it even when the daemon sets nothing.)
+    /// True when the daemon fences every playbook.
     pub fn is_set(&self) -> bool {
-        self.allowed.is_some() || self.require_strict_mtls
+        self.allowed.is_some() || self.require_strict_mtls == Some(true)
+    }
+
+    /// Whether strict mTLS is required of `pb`'s targets.
+    pub fn strict_mtls_for(&self, pb: &crate::playbook::Playbook) -> bool {
+        self.require_strict_mtls
+            .unwrap_or(self.allowed.is_some() || pb.spec.residency.is_some())
     }
 }
 

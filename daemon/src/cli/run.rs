@@ -341,8 +341,7 @@ impl RunArgs {
         }
         let require_strict_mtls = self
             .require_strict_mtls
-            .or(file.policy.as_ref().and_then(|p| p.require_strict_mtls))
-            .unwrap_or(allowed.is_some());
+            .or(file.policy.as_ref().and_then(|p| p.require_strict_mtls));
         FenceConfig {
             allowed,
             require_strict_mtls,
