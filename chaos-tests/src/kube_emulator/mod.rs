@@ -314,7 +314,8 @@ impl Emulator {
     }
 
     /// Creates any supported object (apiVersion, kind, metadata.name, metadata.namespace
-    /// required; namespace defaults to `default`) as an out-of-band write, without validation.
+    /// required; namespace defaults to `default`, and is ignored for a Namespace) as an
+    /// out-of-band write, without validation.
     /// Returns the stored object (with resourceVersion, uid, ...).
     pub fn seed(&self, obj: Value) -> anyhow::Result<Value> {
         let api_version = obj["apiVersion"].as_str().unwrap_or("");
@@ -325,10 +326,7 @@ impl Emulator {
             .as_str()
             .ok_or_else(|| anyhow!("{kind}: metadata.name missing"))?
             .to_string();
-        let ns = obj["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
+        let ns = namespace_of(res, &obj);
         let key: Key = (
             res.group.into(),
             res.plural.into(),
@@ -346,9 +344,11 @@ impl Emulator {
         Ok(stored)
     }
 
-    /// The object as stored (apiVersion of the storage version), if it exists.
+    /// The object as stored (apiVersion of the storage version), if it exists. `ns` is
+    /// ignored for a Namespace.
     pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let (res, version) = resources::by_kind(api_version, kind)?;
+        let ns = if res.namespaced { ns } else { "" };
         let key: Key = (res.group.into(), res.plural.into(), ns.into(), name.into());
         let mut obj = self.shared.lock().objects.get(&key).cloned()?;
         obj["apiVersion"] = json!(res.api_version(&version));
@@ -375,7 +375,8 @@ impl Emulator {
     }
 
     /// Changes an object in place as an out-of-band competing writer (see [`Emulator::set`]).
-    /// `kind` is `VirtualService`, `DestinationRule`, `Lease` or `Event` (events.k8s.io).
+    /// `kind` is any served kind (`Event` means events.k8s.io); `ns` is ignored for a
+    /// Namespace.
     pub fn mutate(
         &self,
         kind: &str,
@@ -385,6 +386,7 @@ impl Emulator {
     ) -> anyhow::Result<Value> {
         let res =
             resources::by_kind_only(kind).ok_or_else(|| anyhow!("unsupported kind {kind}"))?;
+        let ns = if res.namespaced { ns } else { "" };
         let key: Key = (res.group.into(), res.plural.into(), ns.into(), name.into());
         let mut st = self.shared.lock();
         handler::competing_write(&self.shared, &mut st, res, key, f)
@@ -550,6 +552,18 @@ impl Emulator {
             }
         });
     }
+}
+
+/// Where an object given to [`Emulator::seed`] is stored: its namespace (`default` when it
+/// names none), or none for a cluster-scoped kind.
+fn namespace_of(res: &resources::Res, obj: &Value) -> String {
+    if !res.namespaced {
+        return String::new();
+    }
+    obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string()
 }
 
 /// Records an out-of-band write.

@@ -142,11 +142,7 @@ pub(super) fn spawn(dir: PathBuf) -> watch::Receiver<Snapshot> {
 /// One poll: reads the folder and, if its contents changed since `last` (None: never read, or
 /// the folder could not be listed), the next snapshot; otherwise `current` unchanged. A bad
 /// file is parsed once per change, not once per poll.
-fn step(
-    dir: &Path,
-    last: &mut Option<Print>,
-    current: Snapshot,
-) -> Snapshot {
+fn step(dir: &Path, last: &mut Option<Print>, current: Snapshot) -> Snapshot {
     let files = match read(dir) {
         Ok(f) => f,
         Err(e) => return failed(current, e, last),
@@ -179,11 +175,7 @@ fn step(
 }
 
 /// The last good view kept, with the error.
-fn failed(
-    current: Snapshot,
-    error: String,
-    last: &mut Option<Print>,
-) -> Snapshot {
+fn failed(current: Snapshot, error: String, last: &mut Option<Print>) -> Snapshot {
     if current.error.as_deref() != Some(error.as_str()) {
         warn!(error = %error, "mesh view: cannot read the cluster facts; keeping the last good view");
     }

@@ -18,7 +18,8 @@ mod file;
 
 use std::sync::Arc;
 
-pub use failoverd_core::residency::ClusterView;
+/// The facts and the verdict, re-exported beside the live view that feeds them.
+pub use failoverd_core::residency::{ClusterView, Fence, TargetPolicy, judge};
 pub use file::read_file_store;
 use tokio::sync::watch;
 
