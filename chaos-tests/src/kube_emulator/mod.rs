@@ -3,12 +3,14 @@
 //! It is an emulator, not an API server: an in-memory store behind plain HTTP on loopback that
 //! speaks the parts of the Kubernetes REST protocol that kube-rs and `kubectl` use for the
 //! resource types failoverd touches (Istio `VirtualService` / `DestinationRule`, `Lease`,
-//! `Event`): discovery, create / get / list / update / patch (JSON, merge, apply) / delete,
+//! `Event`, `ConfigMap`, and the residency and policy facts it reads: cluster-scoped
+//! `Namespace`, `PeerAuthentication`, `ServiceEntry`): discovery, create / get / list / update / patch (JSON, merge, apply) / delete,
 //! watch (with bookmarks, `410 Gone`), one global etcd-like `resourceVersion`, optimistic
 //! concurrency (`409 Conflict`), real `metav1.Status` bodies and messages, bearer-token
 //! authentication with RBAC-like rules (401 / 403), and the validation a cluster with istiod
 //! does (the official Istio CRD schema, then the `validation.istio.io` webhook rules; see
-//! [`failoverd::routing::istio`]).
+//! [`failoverd::routing::istio`]; the kinds failoverd only reads are checked by the
+//! emulator's own rules, `handler/mesh_kinds.rs`).
 //!
 //! Tests drive it in-process: a competing writer ([`Emulator::mutate`],
 //! [`Emulator::after_next_get`]), a record of every write ([`Emulator::writes`]) and fault
@@ -391,6 +393,23 @@ impl Emulator {
         let mut st = self.shared.lock();
         handler::competing_write(&self.shared, &mut st, res, key, f)
             .ok_or_else(|| anyhow!("{kind} {ns}/{name} not found"))
+    }
+
+    /// Deletes an object as an out-of-band writer (an operator's `kubectl delete`): emits the
+    /// DELETED watch event and records a delete by [`COMPETING_WRITER`]. `ns` is ignored for a
+    /// Namespace.
+    pub fn remove(&self, kind: &str, ns: &str, name: &str) -> anyhow::Result<()> {
+        let res =
+            resources::by_kind_only(kind).ok_or_else(|| anyhow!("unsupported kind {kind}"))?;
+        let ns = if res.namespaced { ns } else { "" };
+        let key: Key = (res.group.into(), res.plural.into(), ns.into(), name.into());
+        let mut st = self.shared.lock();
+        if !st.objects.contains_key(&key) {
+            bail!("{kind} {ns}/{name} not found");
+        }
+        let gone = self.shared.commit(&mut st, key, None);
+        record(&mut st, "delete", res.kind, ns, name, &gone);
+        Ok(())
     }
 
     /// Arms a competing write: right after the next GET of that object is served (the answer
