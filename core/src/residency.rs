@@ -380,6 +380,15 @@ fn normalize_host(host: &str, ns: Option<&str>) -> String {
     }
 }
 
+/// A destination host as Istio resolves it in a VirtualService of namespace `ns`: a short
+/// name (no dot) is `<name>.<ns>.svc.cluster.local`; any other host is taken as written
+/// (lower case, no trailing dot). [`judge`] takes hosts as written, so a short target name
+/// must be qualified with this first, or it is judged as an external host (unknown unless a
+/// ServiceEntry lists it).
+pub fn qualify(host: &str, ns: &str) -> String {
+    normalize_host(host, Some(ns))
+}
+
 /// The namespace of a `<svc>.<ns>.svc.cluster.local` host.
 fn cluster_namespace(host: &str) -> Option<&str> {
     let (svc, ns) = host.strip_suffix(CLUSTER_SUFFIX)?.split_once('.')?;
@@ -644,6 +653,9 @@ fn may_name(u: &Unreadable, patterns: &[String]) -> bool {
 
 /// Pure: judge one target host (and its subset, if the playbook names one) against a fence.
 ///
+/// `host` is taken as written (case and a trailing dot aside): qualify a VirtualService's
+/// short destination name with [`qualify`] first.
+///
 /// The residency rule is checked first, then (when the fence requires it) mTLS, then the
 /// DestinationRules; the first rule broken is the violation. The jurisdiction and the
 /// detail line are filled whether or not the fence is active, for `plan` and `why`.
@@ -691,6 +703,9 @@ pub fn judge(view: &ClusterView, host: &str, subset: Option<&str>, fence: &Fence
     }
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod parse_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
