@@ -590,7 +590,7 @@ impl ClusterView {
             ));
         }
         not_covered(format!(
-            "no namespace-wide one, and none mesh-wide in {ROOT_NAMESPACE}: Istio's default is PERMISSIVE"
+            "no namespace-wide or mesh-wide ({ROOT_NAMESPACE}) one sets a mode: Istio's default is PERMISSIVE"
         ))
     }
 

@@ -180,7 +180,7 @@ fn strict_mtls_rule_table() {
             "none at all",
             vec![],
             not_covered(
-                "no namespace-wide one, and none mesh-wide in istio-system: Istio's default is PERMISSIVE",
+                "no namespace-wide or mesh-wide (istio-system) one sets a mode: Istio's default is PERMISSIVE",
             ),
         ),
         (
@@ -192,6 +192,13 @@ fn strict_mtls_rule_table() {
             "mesh-wide STRICT",
             vec![peer_auth("istio-system", "default", mode("STRICT"))],
             None,
+        ),
+        (
+            "namespace UNSET and no mesh-wide",
+            vec![peer_auth("cases-dr", "default", mode("UNSET"))],
+            not_covered(
+                "no namespace-wide or mesh-wide (istio-system) one sets a mode: Istio's default is PERMISSIVE",
+            ),
         ),
         (
             "namespace UNSET inherits mesh STRICT",
@@ -242,7 +249,7 @@ fn strict_mtls_rule_table() {
             "another namespace's STRICT does not count",
             vec![peer_auth("cases", "default", mode("STRICT"))],
             not_covered(
-                "no namespace-wide one, and none mesh-wide in istio-system: Istio's default is PERMISSIVE",
+                "no namespace-wide or mesh-wide (istio-system) one sets a mode: Istio's default is PERMISSIVE",
             ),
         ),
         (
