@@ -707,5 +707,7 @@ pub fn judge(view: &ClusterView, host: &str, subset: Option<&str>, fence: &Fence
 #[allow(clippy::unwrap_used)]
 mod parse_tests;
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
