@@ -186,18 +186,115 @@ async fn merge(mut msgs: mpsc::Receiver<Msg>, tx: watch::Sender<Snapshot>) {
             view_changed |= m.apply(msg);
         }
         let (synced, error) = m.status();
+        // One copy per burst, made before taking the channel's lock (readers never wait on
+        // it), and shared by every reader of the snapshot.
+        let view = view_changed.then(|| Arc::new(m.view.clone()));
         tx.send_if_modified(|s| {
-            if !view_changed && s.synced == synced && s.error == error {
+            if view.is_none() && s.synced == synced && s.error == error {
                 return false;
             }
             debug!(objects = m.view.len(), synced, "mesh view: changed");
-            if view_changed {
-                // One copy per burst, shared by every reader of the snapshot.
-                s.view = Arc::new(m.view.clone());
+            if let Some(view) = view {
+                s.view = view;
             }
             s.synced = synced;
             s.error = error;
             true
         });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn ns(name: &str, label: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"failoverd.dev/jurisdiction": label}}})
+    }
+
+    fn list(m: &mut Merged, kind: Kind, objects: Vec<Value>) -> bool {
+        let mut changed = m.apply(Msg::Event(kind, Event::Init));
+        for o in objects {
+            changed |= m.apply(Msg::Event(kind, Event::InitApply(o)));
+        }
+        changed | m.apply(Msg::Event(kind, Event::InitDone))
+    }
+
+    /// Ensures synced needs all four kinds listed, an error stays until that kind's watcher
+    /// delivers again, and a relist replaces the kind's objects (one deleted meanwhile goes).
+    #[test]
+    fn relists_errors_and_sync() {
+        let mut m = Merged::default();
+        assert!(list(
+            &mut m,
+            Kind::Namespace,
+            vec![ns("a", "ID"), ns("b", "SG")]
+        ));
+        for k in [Kind::PeerAuthentication, Kind::DestinationRule] {
+            list(&mut m, k, vec![]);
+        }
+        assert_eq!(m.status(), (false, None), "three kinds of four");
+        assert!(!m.apply(Msg::Error(
+            Kind::ServiceEntry,
+            "watching serviceentries: 403".into()
+        )));
+        assert_eq!(
+            m.status(),
+            (false, Some("watching serviceentries: 403".into()))
+        );
+        list(&mut m, Kind::ServiceEntry, vec![]);
+        assert_eq!(m.status(), (true, None));
+        assert_eq!(m.view.len(), 2);
+
+        // A relist without `b` (deleted while the watch was down), and `a` relabelled.
+        m.apply(Msg::Error(
+            Kind::Namespace,
+            "watching namespaces: gone".into(),
+        ));
+        assert!(m.status().1.is_some());
+        m.apply(Msg::Event(Kind::Namespace, Event::Init));
+        assert_eq!(
+            m.status(),
+            (true, None),
+            "delivering again clears the error"
+        );
+        m.apply(Msg::Event(Kind::Namespace, Event::InitApply(ns("a", "SG"))));
+        assert_eq!(
+            m.view.len(),
+            2,
+            "the old objects stand until the list is complete"
+        );
+        assert!(m.apply(Msg::Event(Kind::Namespace, Event::InitDone)));
+        assert_eq!(m.view.len(), 1);
+        let mut want = ClusterView::default();
+        want.insert(&ns("a", "SG")).unwrap();
+        assert_eq!(m.view, want);
+
+        assert!(m.apply(Msg::Event(Kind::Namespace, Event::Delete(ns("a", "SG")))));
+        assert!(m.view.is_empty());
+        // A malformed object is kept as unreadable, not dropped.
+        let bad = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "c", "labels": []}});
+        assert!(m.apply(Msg::Event(Kind::Namespace, Event::Apply(bad))));
+        assert_eq!(m.view.problems().len(), 1);
+    }
+
+    /// Ensures list items without apiVersion and kind get them from the watched resource.
+    #[test]
+    fn list_items_get_their_type() {
+        let ar = resource(Kind::PeerAuthentication);
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "default", "namespace": "istio-system"},
+            "spec": {"mtls": {"mode": "STRICT"}}}))
+        .unwrap();
+        let v = as_json(obj, &ar).unwrap();
+        assert_eq!(v["apiVersion"], "security.istio.io/v1");
+        assert_eq!(v["kind"], "PeerAuthentication");
+        assert_eq!(Kind::of(&v), Some(Kind::PeerAuthentication));
+        assert_eq!(resource(Kind::ServiceEntry).plural, "serviceentries");
+        assert_eq!(resource(Kind::Namespace).api_version, "v1");
     }
 }
