@@ -349,6 +349,7 @@ impl Fence {
 
 /// The verdict on one target.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TargetPolicy {
     /// The target host as the playbook names it.
