@@ -634,5 +634,7 @@ fn verdict_serializes_camel_case() {
     assert_eq!(v["jurisdiction"], "ID");
     assert_eq!(v["violation"], Value::Null);
     assert!(v["detail"].is_string());
+    let back: TargetPolicy = serde_json::from_value(v).unwrap();
+    assert_eq!(back, p);
     assert_eq!(Kind::of(&namespace("x", None)), Some(Kind::Namespace));
 }
