@@ -3,11 +3,7 @@
 
 use super::model::Playbook;
 use super::problem::Problem;
-
-/// True for the shape of an ISO 3166-1 alpha-2 code: two upper-case ASCII letters.
-pub fn is_country_code(s: &str) -> bool {
-    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
-}
+pub use crate::residency::is_country_code;
 
 fn problem(file: &str, loc: serde_saphyr::Location, field: &str, message: String) -> Problem {
     Problem {

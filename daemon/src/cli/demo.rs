@@ -109,6 +109,8 @@ pub async fn run() -> anyhow::Result<()> {
         overrides: OverrideStore::open(&dir.path().join("overrides.json"))?,
         prometheus: None,
         prometheus_client: None,
+        fence: Default::default(),
+        mesh: None,
     };
     // The demo drives no operator calls, so the API runs without tokens (refusing all).
     let daemon = tokio::spawn(crate::app::serve(

@@ -562,6 +562,18 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // into the runtime: at a thousand playbooks every extra copy is megabytes.
     let mut shared = Shared::new(&loaded);
     let n_playbooks = loaded.len();
+    // The residency and mesh-policy facts, read from where the routes live, only when some
+    // playbook is fenced.
+    let mesh = (fenced > 0).then(|| match (&settings.store, &kube_client) {
+        (StoreSpec::Kubernetes(_), Some(client)) => {
+            crate::mesh::MeshView::kubernetes(client.clone())
+        }
+        (StoreSpec::File(dir), _) => crate::mesh::MeshView::file(dir),
+        // Unreachable (the kubernetes store always has a client); refuse every target.
+        (StoreSpec::Kubernetes(_), None) => {
+            crate::mesh::MeshView::fixed(crate::mesh::ClusterView::default())
+        }
+    });
     let rt = Runtime {
         playbooks: loaded,
         store,
@@ -569,6 +581,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         overrides,
         prometheus: settings.prometheus.clone(),
         prometheus_client: settings.prometheus_client.clone(),
+        fence: settings.fence.clone(),
+        mesh,
     };
     // The watcher re-reads the config (and so the files it names) from the same arguments
     // and runs the same gate as above, so a reload never re-executes into a refused start.
