@@ -184,6 +184,16 @@ async fn namespaces_are_cluster_scoped() {
         patched.metadata.resource_version,
         created.metadata.resource_version
     );
+    // A replace that drops the name label and the status does not lose them.
+    let mut bare = namespace("cases-dr", Some("ID"));
+    bare.metadata.resource_version = patched.metadata.resource_version.clone();
+    let replaced = api.replace("cases-dr", &pp, &bare).await.expect("replace");
+    let replaced = serde_json::to_value(&replaced).expect("json");
+    assert_eq!(
+        replaced["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "cases-dr"
+    );
+    assert_eq!(replaced["status"]["phase"], "Active");
     api.create(&pp, &namespace("istio-system", None))
         .await
         .expect("create");

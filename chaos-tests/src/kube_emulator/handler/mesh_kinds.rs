@@ -32,6 +32,28 @@ pub(super) fn init_cluster_scoped(obj: &mut Value, res: &Res) {
     obj["status"] = json!({"phase": "Active"});
 }
 
+/// What a write to a Namespace cannot change: its name label is put back, and `spec`
+/// (finalizers, changed only through `/finalize`) and `status` (a subresource) are kept.
+pub(super) fn keep_server_fields(res: &Res, old: &Value, new: &mut Value) {
+    if res.kind != "Namespace" {
+        return;
+    }
+    if !new["metadata"]["labels"].is_object() {
+        new["metadata"]["labels"] = json!({});
+    }
+    new["metadata"]["labels"]["kubernetes.io/metadata.name"] = old["metadata"]["name"].clone();
+    for f in ["spec", "status"] {
+        match old.get(f) {
+            Some(v) => new[f] = v.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+}
+
 /// A deleted Namespace as the DELETE answers it.
 pub(super) fn terminating(mut obj: Value) -> Value {
     obj["metadata"]["deletionTimestamp"] = json!(now());

@@ -486,6 +486,7 @@ pub(super) fn store_update(
     if t.res.custom && istio_routing(t.res) {
         istio::prune(&mut new);
     }
+    super::mesh_kinds::keep_server_fields(t.res, old, &mut new);
     validate(t, &new, &name)?;
     let mut a = new.clone();
     let mut b = old.clone();
