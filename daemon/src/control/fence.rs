@@ -11,6 +11,7 @@ use crate::config::FenceConfig;
 use crate::engine::{Health, Observation, SignalKind};
 use crate::mesh::{Fence, Snapshot, judge};
 use crate::playbook::{Playbook, Target};
+use failoverd_core::residency::qualify;
 
 /// The signal name of the fence's observations (in `why`, the API and the audit `inputs`).
 pub const SIGNAL: &str = "residency-policy";
@@ -63,7 +64,9 @@ pub fn policy_observations(
                 )
             } else {
                 let subset = dest.subset.as_ref().map(|s| s.value.as_str());
-                let v = judge(&snap.view, &dest.host.value, subset, fence);
+                // A short name means a Service in the VirtualService's namespace, as Istio reads it.
+                let host = qualify(&dest.host.value, &pb.spec.virtual_service.namespace);
+                let v = judge(&snap.view, &host, subset, fence);
                 let where_ = v.jurisdiction.as_deref().unwrap_or("unknown");
                 let detail = format!("jurisdiction {where_}; {}", v.detail);
                 match v.violation {
