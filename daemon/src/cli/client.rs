@@ -212,7 +212,11 @@ pub async fn why(conn: &Conn, name: &str) -> ExitCode {
                 s(&o["target"]),
                 s(&o["health"]["state"]),
                 s(&o["streak"]),
-                o["health"]["reason"].as_str().unwrap_or("")
+                // A cleared fence verdict has no reason; its detail says where the target is.
+                o["health"]["reason"]
+                    .as_str()
+                    .or(o["detail"].as_str())
+                    .unwrap_or("")
             );
         }
         println!("overrides:");
