@@ -127,7 +127,7 @@ pub(super) async fn act(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done: the routing write completed (or the hold is recorded)", body = schema::ControlReply),
-        (status = 202, description = "`breakGlass`: the request is pending until a different admin approves it", body = super::breakglass::BreakGlassRequested),
+        (status = 202, description = "`breakGlass`: the request is pending until a different admin approves it", body = super::pending::BreakGlassRequested),
         AuthRefusals,
         MutatingRefusals,
         ActionRefusals,
@@ -142,15 +142,6 @@ pub(super) async fn failover(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let break_glass = body
-        .as_ref()
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-        .and_then(|v| v.get("breakGlass").and_then(serde_json::Value::as_bool))
-        == Some(true);
-    if break_glass {
-        return super::breakglass::request(state, headers, name, body).await;
-    }
     act(state, headers, name, "failover", body).await
 }
 

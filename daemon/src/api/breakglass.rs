@@ -8,7 +8,6 @@
 //! approval and refusal is audited before it is answered, and pages on-call (`break-glass`,
 //! critical).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -17,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::send;
@@ -26,6 +25,7 @@ use super::body::{Body, parse_body, read_body, require_json, target_of, ttl_of};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals};
 use super::guard::authenticate;
 use super::operator::as_role;
+use super::pending::{BreakGlassRequested, Pending};
 use super::state::{ApiState, MAX_REASON};
 use crate::audit::Entry;
 use crate::engine::Actor;
@@ -39,44 +39,6 @@ pub const PENDING_TTL: Duration = Duration::from_secs(600);
 pub const MAX_HOLD: Duration = Duration::from_secs(3600);
 /// Pending requests kept at once (a flood of requests is refused, not stored).
 pub const MAX_PENDING: usize = 64;
-
-/// One request waiting for approval.
-#[derive(Clone, Debug)]
-pub struct Pending {
-    playbook: String,
-    target: usize,
-    ttl: Duration,
-    reason: String,
-    requested_by: String,
-    expires_at: Timestamp,
-}
-
-/// The pending requests of this replica, by id.
-#[derive(Debug, Default)]
-pub struct BreakGlassBook {
-    pending: BTreeMap<String, Pending>,
-}
-
-impl BreakGlassBook {
-    fn prune(&mut self, now: Timestamp) {
-        self.pending.retain(|_, p| p.expires_at > now);
-    }
-}
-
-/// 202 answer to a break-glass request.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct BreakGlassRequested {
-    /// The id a second admin approves.
-    id: String,
-    /// The request lapses at this instant unless approved.
-    #[schema(value_type = String, format = DateTime)]
-    expires_at: Timestamp,
-    /// The playbook.
-    playbook: String,
-    /// The failover target index the move would route to.
-    target: usize,
-}
 
 /// Body of `POST /v1/breakglass/{id}/approve`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -125,8 +87,28 @@ fn page(state: &ApiState, playbook: &str, reason: &str, actor: &str) {
     }
 }
 
+/// `POST /v1/playbooks/{name}/failover`: a break-glass request when the body says
+/// `"breakGlass": true`, else the ordinary operator failover (documented there).
+pub(super) async fn failover(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    name: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let break_glass = body
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.get("breakGlass").and_then(serde_json::Value::as_bool))
+        == Some(true);
+    if break_glass {
+        return request(state.0, headers, name.0, body).await;
+    }
+    super::actions::failover(state, headers, name, body).await
+}
+
 /// `POST /v1/playbooks/{name}/failover` with `"breakGlass": true`.
-pub(super) async fn request(
+async fn request(
     state: ApiState,
     headers: HeaderMap,
     name: String,

@@ -31,6 +31,7 @@ mod guard;
 mod openapi;
 mod operator;
 mod overrides;
+mod pending;
 mod playbooks;
 mod refusals;
 pub mod schema;
@@ -56,7 +57,7 @@ pub use state::{
     MAX_REASON, MAX_TTL,
 };
 
-use actions::{failback, failover, freeze, resume};
+use actions::{failback, freeze, resume};
 use audit::get_audit;
 use drills::{get_drill_run, list_drill_runs, list_drills, run_drill};
 use openapi::openapi_document;
@@ -71,7 +72,7 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         (
             Method::POST,
             "/v1/playbooks/{name}/failover",
-            post(failover),
+            post(breakglass::failover),
         ),
         (
             Method::POST,

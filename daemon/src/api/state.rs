@@ -81,7 +81,7 @@ pub struct ApiState {
     /// The drill service (None: no drills loaded).
     pub drills: Option<Arc<crate::drill::Drills>>,
     /// Break-glass requests waiting for their second admin.
-    pub break_glass: Arc<Mutex<super::breakglass::BreakGlassBook>>,
+    pub break_glass: Arc<Mutex<super::pending::BreakGlassBook>>,
 }
 
 impl ApiState {
