@@ -740,4 +740,5 @@ fn stale_after_saturates() {
 
 mod explain;
 mod fence;
+mod fence_cluster;
 mod properties;
