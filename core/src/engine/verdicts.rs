@@ -29,30 +29,55 @@ pub fn stale_after(interval: StdDuration, timeout: StdDuration) -> StdDuration {
 /// one without any is refused too (its jurisdiction and policy are unknown, which is outside
 /// every fence). Unfenced playbooks ignore `Policy` observations.
 pub fn fence(pb: &Playbook, obs: &[Observation], target: Target) -> Option<String> {
+    match fence_health(pb, obs, target)? {
+        Health::Healthy => None,
+        Health::Unhealthy(r) | Health::Unknown(r) => Some(r),
+    }
+}
+
+/// The fence's word on `target`: None when unfenced; `Unhealthy` for a known breach (a
+/// jurisdiction outside the set, a PERMISSIVE namespace); `Unknown` when the facts are
+/// missing (not read yet, no label), which refuses the target too.
+fn fence_health(pb: &Playbook, obs: &[Observation], target: Target) -> Option<Health> {
     if !pb.fenced {
         return None;
     }
-    let mut seen = false;
+    let mut seen = None;
     for o in obs
         .iter()
         .filter(|o| o.target == target && o.kind == SignalKind::Policy)
     {
-        seen = true;
         match &o.health {
-            Health::Healthy => {}
-            Health::Unhealthy(r) | Health::Unknown(r) => return Some(r.clone()),
+            Health::Healthy => seen = seen.or(Some(Health::Healthy)),
+            h @ Health::Unhealthy(_) => return Some(h.clone()),
+            h @ Health::Unknown(_) => seen = Some(h.clone()),
         }
     }
-    (!seen)
-        .then(|| format!("residency: the jurisdiction and mesh policy of {target} are not known"))
+    Some(seen.unwrap_or_else(|| {
+        Health::Unknown(format!(
+            "residency: the jurisdiction and mesh policy of {target} are not known"
+        ))
+    }))
 }
 
-/// Reads one target from its signals. A target its fence refuses reads as unhealthy (with
-/// the rule as the reason), whatever its probes say: automation treats it like a dead one.
+/// Reads one target from its signals and its fence. A known breach of the fence reads as
+/// unhealthy (with the rule as the reason), whatever the probes say: automation moves off it
+/// and never onto it. Facts that are missing never read as healthy: a target its signals
+/// call healthy reads unknown (never chosen, and no move is made on that alone), while one
+/// its signals call failing keeps that verdict (a dead primary is still left).
 pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestamp) -> Verdict {
-    if let Some(reason) = fence(pb, obs, target) {
-        return Verdict::Unhealthy { reason };
+    match fence_health(pb, obs, target) {
+        Some(Health::Unhealthy(reason)) => Verdict::Unhealthy { reason },
+        Some(Health::Unknown(reason)) => match signals_verdict(pb, obs, target, now) {
+            Verdict::Healthy { .. } => Verdict::Unknown { reason },
+            v => v,
+        },
+        _ => signals_verdict(pb, obs, target, now),
     }
+}
+
+/// Reads one target from its probes and SLOs.
+fn signals_verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestamp) -> Verdict {
     let threshold = pb.spec.trigger.failure_threshold.value.max(1);
     let for_ = pb.spec.trigger.for_.get();
     // onMissing=failover reads missing data on the primary as failing; a failover target is

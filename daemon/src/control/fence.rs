@@ -57,7 +57,7 @@ pub fn policy_observations(
                     .as_deref()
                     .map_or_else(String::new, |e| format!(": {e}"));
                 (
-                    Health::Unhealthy(format!(
+                    Health::Unknown(format!(
                         "residency: the cluster's namespaces and mesh policies are not read yet{why}"
                     )),
                     String::new(),
@@ -70,6 +70,7 @@ pub fn policy_observations(
                 let where_ = v.jurisdiction.as_deref().unwrap_or("unknown");
                 let detail = format!("jurisdiction {where_}; {}", v.detail);
                 match v.violation {
+                    Some(rule) if missing_facts(&rule) => (Health::Unknown(rule), detail),
                     Some(rule) => (Health::Unhealthy(rule), detail),
                     None => (Health::Healthy, detail),
                 }
@@ -89,4 +90,46 @@ pub fn policy_observations(
             }
         })
         .collect()
+}
+
+/// True when a violation says the facts are missing (no label, an object that could not be
+/// read) rather than that they break the fence: the target is refused all the same, but the
+/// engine never moves traffic *off* a target on missing facts alone.
+fn missing_facts(rule: &str) -> bool {
+    rule.starts_with("residency: jurisdiction unknown")
+        || rule.contains("could not be read")
+        || rule.starts_with("policy: no ServiceEntry lists")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Pins the verdict texts `missing_facts` reads: a wording change in `judge` fails here.
+    #[test]
+    fn missing_facts_are_told_from_breaches() {
+        let fence = Fence {
+            allowed: Some(["ID".to_string()].into_iter().collect()),
+            require_strict_mtls: true,
+        };
+        let mut view = crate::mesh::ClusterView::default();
+        for o in [
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sg", "labels": {"failoverd.dev/jurisdiction": "SG"}}}),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nolabel"}}),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "id", "labels": {"failoverd.dev/jurisdiction": "ID"}}}),
+            json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "default", "namespace": "id"}, "spec": {"mtls": {"mode": "PERMISSIVE"}}}),
+        ] {
+            view.insert(&o).unwrap();
+        }
+        let rule = |host: &str| judge(&view, host, None, &fence).violation.unwrap();
+        assert!(!missing_facts(&rule("a.sg.svc.cluster.local")));
+        assert!(missing_facts(&rule("a.nolabel.svc.cluster.local")));
+        assert!(missing_facts(&rule("a.absent.svc.cluster.local")));
+        assert!(missing_facts(&rule("external.example.com")));
+        assert!(!missing_facts(&rule("a.id.svc.cluster.local")));
+    }
 }

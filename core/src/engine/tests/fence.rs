@@ -314,3 +314,65 @@ proptest! {
         }
     }
 }
+
+/// Missing facts refuse a target but never move traffic on their own: a healthy primary
+/// whose namespace lost its label stays (and is not failed back to), a dead one is left for
+/// a target the cluster clears.
+#[test]
+fn missing_facts_refuse_but_never_move_traffic() {
+    let pb = fenced();
+    let unknown_primary = |w: &mut World, now| {
+        w.report(
+            "policy-0",
+            Target::Primary,
+            SignalKind::Policy,
+            Health::Unknown("residency: jurisdiction unknown (no label)".into()),
+            now,
+        );
+        w.report(
+            "policy-1",
+            Target::Failover(0),
+            SignalKind::Policy,
+            up(),
+            now,
+        );
+        w.report(
+            "policy-2",
+            Target::Failover(1),
+            SignalKind::Policy,
+            up(),
+            now,
+        );
+    };
+    let mut w = World::default();
+    let mut st = State::default();
+    unknown_primary(&mut w, at(0));
+    for s in 0..5 {
+        w.probes(up(), up(), up(), at(s));
+        let d = step(&pb, &mut st, &w, &Overrides::default(), at(s));
+        assert_eq!(routes(&d), vec![], "moved on missing facts");
+    }
+    assert!(matches!(
+        verdict(&pb, &w.list(), Target::Primary, at(5)),
+        Verdict::Unknown { .. }
+    ));
+    for s in 5..8 {
+        w.probes(down(), up(), up(), at(s));
+        step(&pb, &mut st, &w, &Overrides::default(), at(s));
+    }
+    assert_eq!(
+        st.routing,
+        Routing::Failover { target: 0 },
+        "a dead primary is still left"
+    );
+    // Healthy again, but its facts are still missing: no failback to it.
+    for s in 8..200 {
+        w.probes(up(), up(), up(), at(s));
+        let d = step(&pb, &mut st, &w, &Overrides::default(), at(s));
+        assert_eq!(
+            routes(&d),
+            vec![],
+            "failed back to a primary the cluster does not place"
+        );
+    }
+}
