@@ -79,7 +79,7 @@ async fn main() {
             Routing::Primary
         };
         let t = Instant::now();
-        let out = s.write(&pb, to, None).await.unwrap();
+        let out = s.write(&pb, to, Default::default()).await.unwrap();
         took.push(t.elapsed());
         assert!(out.changed);
     }
@@ -94,7 +94,9 @@ async fn main() {
         // Discovery outside the measurement (done once at start in the daemon).
         s.read(&playbook(0)).await.unwrap();
         for i in 0..FLEET {
-            s.write(&playbook(i), Routing::Primary, None).await.unwrap();
+            s.write(&playbook(i), Routing::Primary, Default::default())
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_secs(3)).await; // refill the bucket
         let start = Instant::now();
@@ -103,7 +105,7 @@ async fn main() {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let pb = playbook(i);
-                    s.write(&pb, Routing::Failover { target: 0 }, None)
+                    s.write(&pb, Routing::Failover { target: 0 }, Default::default())
                         .await
                         .map(|_| start.elapsed())
                 })

@@ -6,7 +6,7 @@
 //! file and the cluster's head are one chain).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,17 @@ async fn joined(ch: &ClusterChain, path: &Path) -> AuditLog {
     ch.reconcile(AuditLog::open_copy(path).unwrap())
         .await
         .unwrap()
+}
+
+/// replica-a leading a chain of 40 records (one sealed segment, 1..32), its file `a.jsonl`
+/// holding all of them.
+async fn forty_records() -> (Emulator, tempfile::TempDir, Arc<ClusterChain>, PathBuf) {
+    let (emu, dir, c) = setup().await;
+    let ch = chain(&c, "replica-a", true);
+    let path = dir.path().join("a.jsonl");
+    let mut log = joined(&ch, &path).await;
+    place_many(&ch, &mut log, "op", 40).await;
+    (emu, dir, ch, path)
 }
 
 /// Places `n` records through `ch` and copies them into `log`.
@@ -131,6 +142,20 @@ fn check_chain(lines: &[String]) -> String {
         prev = hex::encode(Sha256::digest(l.as_bytes()));
     }
     prev
+}
+
+/// Edits record 5 (`pb-3` → `pb-9`) in the first sealed segment, as someone with write
+/// access to the cluster could.
+fn edit_first_segment(emu: &Emulator) {
+    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
+    emu.mutate("ConfigMap", NS, &seg, |cm| {
+        let r = cm["data"]["records"]
+            .as_str()
+            .unwrap()
+            .replacen("pb-3", "pb-9", 1);
+        cm["data"]["records"] = r.into();
+    })
+    .unwrap();
 }
 
 fn file_lines(path: &Path) -> Vec<String> {
@@ -327,11 +352,7 @@ async fn an_unanswered_append_that_landed_is_not_placed_twice() {
 /// record in a sealed segment of the cluster's copy, and a local file that differs from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_in_the_cluster_or_the_file_is_named() {
-    let (emu, dir, c) = setup().await;
-    let ch = chain(&c, "replica-a", true);
-    let path = dir.path().join("a.jsonl");
-    let mut log = joined(&ch, &path).await;
-    place_many(&ch, &mut log, "op", 40).await;
+    let (emu, _dir, ch, path) = forty_records().await;
     let ok = ch.verify_against(&path).await.unwrap();
     assert!(ok.contains("1..40"), "{ok}");
     // An edited local record.
@@ -341,15 +362,7 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
     assert!(e.contains("record 8"), "{e}");
     std::fs::write(&path, &text).unwrap();
     // An edited record in the first sealed segment.
-    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
-    emu.mutate("ConfigMap", NS, &seg, |cm| {
-        let r = cm["data"]["records"]
-            .as_str()
-            .unwrap()
-            .replacen("pb-3", "pb-9", 1);
-        cm["data"]["records"] = r.into();
-    })
-    .unwrap();
+    edit_first_segment(&emu);
     let e = ch.verify_against(&path).await.unwrap_err();
     assert!(e.contains("segment 1..32") && e.contains("seq 5"), "{e}");
 }
@@ -359,11 +372,7 @@ async fn tampering_in_the_cluster_or_the_file_is_named() {
 /// in a sealed segment (`cargo build -p failoverd` first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_cluster_checks_the_cluster_copy_and_the_file() {
-    let (emu, dir, c) = setup().await;
-    let ch = chain(&c, "replica-a", true);
-    let path = dir.path().join("a.jsonl");
-    let mut log = joined(&ch, &path).await;
-    place_many(&ch, &mut log, "op", 40).await;
+    let (emu, dir, _ch, path) = forty_records().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let verify = || {
         chaos_tests::run_cli(
@@ -390,15 +399,7 @@ async fn verify_cluster_checks_the_cluster_copy_and_the_file() {
         text.contains("records 1..40") && text.contains("a prefix of it"),
         "{text}"
     );
-    let seg = format!("{HEAD}-{:012}-{:012}", 1, 32);
-    emu.mutate("ConfigMap", NS, &seg, |cm| {
-        let r = cm["data"]["records"]
-            .as_str()
-            .unwrap()
-            .replacen("pb-3", "pb-9", 1);
-        cm["data"]["records"] = r.into();
-    })
-    .unwrap();
+    edit_first_segment(&emu);
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -44,6 +44,13 @@ fn rechain(lines: &mut [String], from: usize) {
     }
 }
 
+/// `failoverd audit verify --key KEY FILE...`: (success, stdout, stderr).
+fn verify_with_key(key: &Path, files: &[&Path]) -> (bool, String, String) {
+    let mut args = vec!["audit", "verify", "--key", key.to_str().unwrap()];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    cli(&args)
+}
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = run_cli(args, CLI).unwrap();
     (
@@ -259,14 +266,7 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
         "export is not the exact lines"
     );
 
-    let (okv, out, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        shipped.to_str().unwrap(),
-        export.to_str().unwrap(),
-    ]);
+    let (okv, out, err) = verify_with_key(&key, &[&shipped, &export]);
     assert!(okv, "verify failed: {out}{err}");
     assert!(
         out.contains(&format!("complete through seq {signed} (checkpoint at ")),
@@ -286,13 +286,7 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
     );
 
     // The export alone: its records proved from seq k through the checkpoint.
-    let (okv, out, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        export.to_str().unwrap(),
-    ]);
+    let (okv, out, err) = verify_with_key(&key, &[&export]);
     assert!(okv, "verify failed: {out}{err}");
     assert!(
         out.contains(&format!(
@@ -307,14 +301,7 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
     t[1] = t[1].replacen("\"reason\":\"", "\"reason\":\"nothing to see: ", 1);
     assert_ne!(t[1], file[k]);
     std::fs::write(&tampered, t.join("\n") + "\n").unwrap();
-    let (okv, out, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        shipped.to_str().unwrap(),
-        tampered.to_str().unwrap(),
-    ]);
+    let (okv, out, err) = verify_with_key(&key, &[&shipped, &tampered]);
     assert!(!okv, "tampered export verified: {out}");
     let name = tampered.display().to_string();
     assert!(
@@ -346,13 +333,7 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
         .iter()
         .find(|r| r["action"] == "audit-checkpoint" && r["inputs"]["seq"].as_u64().unwrap() >= 2)
         .unwrap();
-    let (okv, out, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        forged_path.to_str().unwrap(),
-    ]);
+    let (okv, out, err) = verify_with_key(&key, &[&forged_path]);
     assert!(!okv, "re-chained log passed with the key: {out}");
     assert!(
         err.contains(&format!(
@@ -372,13 +353,7 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
         }
     }
     std::fs::write(&forged_path, forged.join("\n") + "\n").unwrap();
-    let (okv, out, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        forged_path.to_str().unwrap(),
-    ]);
+    let (okv, out, err) = verify_with_key(&key, &[&forged_path]);
     assert!(!okv, "forged checkpoints passed: {out}");
     assert!(
         err.contains(&format!(
@@ -391,13 +366,7 @@ async fn shipped_and_exported_records_verify_complete_through_the_last_checkpoin
     // Another key: every checkpoint is refused, naming the key ids.
     let other = dir.join("other.key");
     std::fs::write(&other, b"another-key-of-32-bytes-for-test").unwrap();
-    let (okv, _, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        other.to_str().unwrap(),
-        export.to_str().unwrap(),
-    ]);
+    let (okv, _, err) = verify_with_key(&other, &[&export]);
     assert!(!okv);
     assert!(err.contains("not the given key"), "{err}");
 }
@@ -545,14 +514,7 @@ async fn kill9_then_restart_ships_every_record_at_least_once() {
             "shipped seq {seq} is not the file's"
         );
     }
-    let (okv, out, err) = cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        shipped.to_str().unwrap(),
-        s.paths.audit.to_str().unwrap(),
-    ]);
+    let (okv, out, err) = verify_with_key(&key, &[&shipped, &s.paths.audit]);
     assert!(okv, "verify failed: {out}{err}");
     assert!(out.contains("complete through seq "), "{out}");
     assert!(out.contains("re-shipped repeat(s) skipped"), "{out}");

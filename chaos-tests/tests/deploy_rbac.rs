@@ -29,7 +29,10 @@ use support::deploy::{arr, id, kind, name, ns, of_kind, renders, s, strs};
 /// - ConfigMaps: the audit chain (daemon/src/trail/mod.rs): `get` (the head and segments),
 ///   `create` (segments, the head at the chain's start), `delete` (segments past retention),
 ///   and `update` of the head object only (checked below: `resourceNames`).
-const ALLOWED: [(&str, &str, &[&str]); 4] = [
+/// - The residency and mesh-policy facts (daemon/src/mesh/cluster.rs): one
+///   `kube::runtime::watcher` per kind across all namespaces (`list`, `watch`) and `get`,
+///   on Namespaces, PeerAuthentications, DestinationRules and ServiceEntries.
+const ALLOWED: [(&str, &str, &[&str]); 8] = [
     (
         "networking.istio.io",
         "virtualservices",
@@ -42,7 +45,43 @@ const ALLOWED: [(&str, &str, &[&str]); 4] = [
     ),
     ("events.k8s.io", "events", &["create", "patch"]),
     ("", "configmaps", &["get", "create", "delete", "update"]),
+    ("", "namespaces", READ),
+    ("security.istio.io", "peerauthentications", READ),
+    ("networking.istio.io", "destinationrules", READ),
+    ("networking.istio.io", "serviceentries", READ),
 ];
+
+/// Reading only.
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// The one cluster-wide grant of the base install: reading the mesh facts (targets live in
+/// other namespaces).
+const MESH_FACTS: [(&str, &str); 4] = [
+    ("", "namespaces"),
+    ("security.istio.io", "peerauthentications"),
+    ("networking.istio.io", "destinationrules"),
+    ("networking.istio.io", "serviceentries"),
+];
+
+/// Whether the ClusterRole `name` of a render grants only reading the mesh facts.
+fn reads_mesh_facts_only(objects: &[Value], name_: &str) -> bool {
+    let Some(role) = objects
+        .iter()
+        .find(|o| kind(o) == "ClusterRole" && name(o) == name_)
+    else {
+        return false;
+    };
+    let rules = arr(role.get("rules"));
+    !rules.is_empty()
+        && rules.iter().all(|rule| {
+            strs(rule.get("verbs")).iter().all(|v| READ.contains(v))
+                && strs(rule.get("apiGroups")).iter().all(|g| {
+                    strs(rule.get("resources"))
+                        .iter()
+                        .all(|r| MESH_FACTS.contains(&(*g, *r)))
+                })
+        })
+}
 
 /// The audit chain's head object, the only ConfigMap failoverd may update.
 const AUDIT_HEAD: &str = "failoverd-leader-audit";
@@ -119,13 +158,16 @@ fn rbac_grants_exactly_what_failoverd_uses() {
             .iter()
             .filter(|o| matches!(kind(o), "RoleBinding" | "ClusterRoleBinding"))
         {
-            if kind(b) == "ClusterRoleBinding" && !r.with_components {
+            let (rk, rn) = (s(b, "/roleRef/kind"), s(b, "/roleRef/name"));
+            if kind(b) == "ClusterRoleBinding"
+                && !r.with_components
+                && !reads_mesh_facts_only(&r.objects, rn)
+            {
                 problems.push(format!(
-                    "{}: cluster-wide binding outside the optional components",
+                    "{}: cluster-wide binding outside the optional components, to more than reading the mesh facts",
                     id(b)
                 ));
             }
-            let (rk, rn) = (s(b, "/roleRef/kind"), s(b, "/roleRef/name"));
             let found = r
                 .objects
                 .iter()
@@ -160,9 +202,9 @@ fn rbac_grants_exactly_what_failoverd_uses() {
     }
 }
 
-/// The rules of deploy/base's Role and ClusterRole as the emulator's RBAC: the Role in its
-/// own namespace, the ClusterRole in `guarded` (where the example overlay binds it with a
-/// RoleBinding).
+/// The rules of deploy/base's Role and ClusterRoles as the emulator's RBAC: the Role in its
+/// own namespace, a ClusterRole bound by a ClusterRoleBinding everywhere, any other
+/// ClusterRole in `guarded` (where the example overlay binds it with a RoleBinding).
 fn granted_rules(guarded: &str) -> Vec<Rule> {
     let base = renders()
         .iter()
@@ -174,8 +216,15 @@ fn granted_rules(guarded: &str) -> Vec<Rule> {
         .iter()
         .filter(|o| matches!(kind(o), "Role" | "ClusterRole"))
     {
+        let cluster_wide = base.objects.iter().any(|b| {
+            kind(b) == "ClusterRoleBinding"
+                && s(b, "/roleRef/kind") == "ClusterRole"
+                && s(b, "/roleRef/name") == name(role)
+        });
         let scope = if kind(role) == "Role" {
             ns(role)
+        } else if cluster_wide && kind(role) == "ClusterRole" {
+            "*"
         } else {
             guarded
         };
@@ -320,6 +369,86 @@ async fn the_granted_rbac_is_enough_for_failover_with_leader_election() {
         "failoverd was refused by the API server:\n{}",
         forbidden.join("\n")
     );
+}
+
+/// The check of cluster-wide bindings can fail: a ClusterRole that writes, or reads
+/// anything but the mesh facts, is not "reading the mesh facts only".
+#[test]
+fn the_cluster_wide_check_refuses_wider_roles() {
+    let role = |rules: Value| {
+        vec![serde_json::json!({"kind": "ClusterRole", "metadata": {"name": "r"}, "rules": rules})]
+    };
+    let ok = serde_json::json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]);
+    assert!(reads_mesh_facts_only(&role(ok), "r"));
+    for wider in [
+        serde_json::json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "update"]}]),
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+        serde_json::json!([{"apiGroups": ["*"], "resources": ["namespaces"], "verbs": ["get"]}]),
+        serde_json::json!([]),
+    ] {
+        assert!(!reads_mesh_facts_only(&role(wider.clone()), "r"), "{wider}");
+    }
+    assert!(
+        !reads_mesh_facts_only(&[], "r"),
+        "a role that is not rendered"
+    );
+}
+
+/// The mesh facts' grant checked against the code running: a `MeshView::kubernetes` holding
+/// only the base's rules (the ClusterRoleBinding's ClusterRole cluster-wide) reads all four
+/// kinds with nothing refused, and sees a target's label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_granted_rbac_is_enough_for_the_mesh_view() {
+    use failoverd::mesh::{Fence, MeshView, judge};
+    let emu = Emulator::start().await.expect("emulator");
+    emu.seed(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "cases-dr", "labels": {"failoverd.dev/jurisdiction": "ID"}}}))
+        .expect("seed");
+    let sa = "system:serviceaccount:failoverd:failoverd";
+    emu.add_token("mesh-rbac-token", sa, granted_rules("demo"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig, "mesh-rbac-token")
+        .expect("kubeconfig");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig reads");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("config");
+    let view = MeshView::kubernetes(kube::Client::try_from(config).expect("client"));
+    let start = Instant::now();
+    while !view.snapshot().synced {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not synced in 20 s: {:?}",
+            view.snapshot().error
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = view.snapshot();
+    assert_eq!(snap.error, None);
+    let p = judge(
+        &snap.view,
+        "cases.cases-dr.svc.cluster.local",
+        None,
+        &Fence::default(),
+    );
+    assert_eq!(p.jurisdiction.as_deref(), Some("ID"));
+    let kinds: BTreeSet<String> = emu
+        .reads()
+        .iter()
+        .filter(|r| r.namespace.is_empty() && matches!(r.verb.as_str(), "list" | "watch"))
+        .map(|r| r.kind.clone())
+        .collect();
+    for k in [
+        "Namespace",
+        "PeerAuthentication",
+        "DestinationRule",
+        "ServiceEntry",
+    ] {
+        assert!(kinds.contains(k), "{k} not read cluster-wide: {kinds:?}");
+    }
 }
 
 /// Polls `ok` every 20 ms until it holds; fails after `timeout` with the daemon's log.

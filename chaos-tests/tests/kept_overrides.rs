@@ -48,6 +48,7 @@ fn freeze(i: usize, reason: &str) -> OverrideRecord {
         until: now + jiff::SignedDuration::from_hours(1),
         target: None,
         force: false,
+        break_glass: None,
     }
 }
 

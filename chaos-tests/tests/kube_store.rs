@@ -73,7 +73,7 @@ async fn competing_writer_between_read_and_write_loses_nothing() {
     })
     .unwrap();
     let out = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     assert!(out.changed);
@@ -114,7 +114,7 @@ async fn failback_after_restart_restores_the_original_route_exactly() {
     {
         let first = store(&kubeconfig).await;
         first
-            .write(&pb, Routing::Failover { target: 0 }, None)
+            .write(&pb, Routing::Failover { target: 0 }, Default::default())
             .await
             .unwrap();
     }
@@ -122,7 +122,10 @@ async fn failback_after_restart_restores_the_original_route_exactly() {
     let view = second.read(&pb).await.unwrap();
     assert_eq!(view.routing, Routing::Failover { target: 0 });
     assert_eq!(view.drift, None);
-    second.write(&pb, Routing::Primary, None).await.unwrap();
+    second
+        .write(&pb, Routing::Primary, Default::default())
+        .await
+        .unwrap();
     let after = vs(&emu);
     assert_eq!(after["spec"], before["spec"]);
     assert_eq!(
@@ -138,7 +141,10 @@ async fn an_unchanged_route_is_not_written() {
     let (emu, _dir, kubeconfig) = cluster(ADMIN_TOKEN).await;
     let store = store(&kubeconfig).await;
     let pb = playbook();
-    let out = store.write(&pb, Routing::Primary, None).await.unwrap();
+    let out = store
+        .write(&pb, Routing::Primary, Default::default())
+        .await
+        .unwrap();
     assert!(!out.changed);
     assert!(
         emu.writes()
@@ -158,7 +164,7 @@ async fn server_errors_are_retried_within_the_budget() {
     store.read(&pb).await.unwrap();
     emu.fail_next_writes(2, 503);
     store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     let updates: Vec<u16> = emu
@@ -183,7 +189,7 @@ async fn an_invalid_answer_is_not_retried() {
     store.read(&pb).await.unwrap();
     emu.fail_next_writes(1, 422);
     let err = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Rejected { .. }), "{err:?}");
@@ -212,7 +218,7 @@ async fn forbidden_names_the_missing_rule() {
     let pb = playbook();
     assert_eq!(store.read(&pb).await.unwrap().routing, Routing::Primary);
     let err = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -277,7 +283,7 @@ async fn each_move_publishes_an_event() {
     let store = store(&kubeconfig).await;
     let pb = playbook();
     store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     let event = wait_for(
@@ -612,7 +618,7 @@ async fn reads_never_delay_a_write() {
     }
     let started = std::time::Instant::now();
     let out = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     let took = started.elapsed();

@@ -7,7 +7,8 @@
 //! - [`engine`]: the decision, a pure function of (playbook, state, observations, overrides,
 //!   now), and the fleet rule over all playbooks;
 //! - [`audit`]: the audit record and its hash-chain arithmetic;
-//! - [`routing`]: the route arithmetic on a VirtualService value.
+//! - [`routing`]: the route arithmetic on a VirtualService value;
+//! - [`residency`]: the cluster facts on residency and mesh policy, and the verdict on a target.
 //!
 //! Its dependency closure holds no tokio, kube, k8s-openapi, reqwest, hyper, axum or tonic
 //! (checked by `tests/no_io_deps.rs`): whatever needs those lives in the daemon, which hands
@@ -18,6 +19,7 @@ pub mod drill;
 pub mod engine;
 pub mod manifest;
 pub mod playbook;
+pub mod residency;
 pub mod routing;
 
 /// Schema-only types for the API's OpenAPI document: how values of foreign types (here

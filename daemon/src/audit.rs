@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use std::sync::Arc;
 
 pub use failoverd_core::audit::{
     Chain, Entry, GENESIS, Record, Verified, closes_intent, hash_line, verify_lines,
@@ -72,76 +72,6 @@ pub struct AuditLog {
     chain: Option<Arc<dyn ChainStore>>,
     /// Checkpoints and shipping (see `audit/extras.rs`).
     extras: Extras,
-}
-
-/// Whether the audit log takes appends, shared with readiness and metrics. Updated by every
-/// append; read without the log's lock, so `/readyz` never waits behind an fsync.
-#[derive(Debug, Default)]
-pub struct AuditHealth {
-    unavailable: Mutex<Option<Unavailable>>,
-    owed: AtomicUsize,
-    /// `failoverd_audit_available` (1/0), when the daemon registered it.
-    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
-    /// `failoverd_audit_ship_errors_total`: shipped lines lost (queue full, target failing).
-    ship_errors: prometheus_client::metrics::counter::Counter,
-}
-
-/// One episode of a log that refuses appends.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Unavailable {
-    /// The latest error.
-    pub error: String,
-    /// When the episode started.
-    pub since: Timestamp,
-}
-
-impl AuditHealth {
-    /// Health that also sets `gauge` to 1 (available) or 0.
-    pub fn with_gauge(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.set(1);
-        Self {
-            gauge: Some(gauge),
-            ..Self::default()
-        }
-    }
-
-    /// Counts shipping errors in `counter` (the daemon's `failoverd_audit_ship_errors_total`).
-    pub fn with_ship_errors(
-        mut self,
-        counter: prometheus_client::metrics::counter::Counter,
-    ) -> Self {
-        self.ship_errors = counter;
-        self
-    }
-
-    /// None while appends succeed; else the episode (latest error, since when).
-    pub fn unavailable(&self) -> Option<Unavailable> {
-        self.unavailable.lock().ok().and_then(|u| u.clone())
-    }
-
-    /// Records owed to the chain and not yet written.
-    pub fn owed(&self) -> usize {
-        self.owed.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, result: Result<(), &str>, owed: usize) {
-        self.owed.store(owed, Ordering::Relaxed);
-        if let Ok(mut u) = self.unavailable.lock() {
-            match result {
-                Ok(()) => *u = None,
-                Err(e) => {
-                    let since = u.as_ref().map_or_else(Timestamp::now, |u| u.since);
-                    *u = Some(Unavailable {
-                        error: e.to_string(),
-                        since,
-                    });
-                }
-            }
-            if let Some(g) = &self.gauge {
-                g.set(i64::from(u.is_none()));
-            }
-        }
-    }
 }
 
 /// Result of scanning a log: the chain's tip and a torn tail, if any.
@@ -320,7 +250,7 @@ impl AuditLog {
     /// and the chain's tip as they were.
     pub fn append(&mut self, e: Entry) -> Result<Record, AuditError> {
         let r = self.flush_owed().and_then(|()| self.write_record(e));
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 
@@ -343,14 +273,15 @@ impl AuditLog {
                 Err(err)
             }
         };
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 
-    /// Tries to write the owed records (no new one). Ok when none is left.
+    /// Tries to write the owed records (and, after an episode of refused appends, its
+    /// note; no other record). Ok when none is left.
     pub fn flush(&mut self) -> Result<(), AuditError> {
         let r = self.flush_owed();
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 
@@ -366,6 +297,35 @@ impl AuditLog {
             self.owed.pop_front();
         }
         Ok(())
+    }
+
+    /// Publishes how an append went. The first one that succeeds after an episode of refused
+    /// appends is followed at once by the episode's `audit-unavailable` note (from when, why);
+    /// the episode ends only once the note is written too. So the chain always says when
+    /// appends were refused, whatever append ended it (a move, a call, the controller's
+    /// round).
+    pub(super) fn finish<T>(&mut self, r: &Result<T, AuditError>) {
+        if r.is_ok()
+            && let Some(u) = self.health.unavailable()
+        {
+            let note = Entry {
+                actor: "failoverd".into(),
+                action: "audit-unavailable".into(),
+                reason: format!(
+                    "the audit log refused appends from {} until the record before this one ({}); no move was made without its intent meanwhile, other records of that time may be missing",
+                    u.since, u.error
+                ),
+                outcome: "noted".into(),
+                ..Entry::default()
+            };
+            if let Err(e) = self.write_record(note) {
+                // Not even the note fits: the episode goes on (its start kept), and the note
+                // is tried again after the next append that succeeds.
+                self.publish(&Err::<(), _>(e));
+                return;
+            }
+        }
+        self.publish(r);
     }
 
     /// Cuts the file back to its last whole record (after a failed append).
@@ -464,7 +424,9 @@ pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
 // shipping (`extras.rs`, `ship.rs`) ----
 
 mod copy;
+mod health;
 pub use copy::{ChainStore, Placed};
+pub use health::{AuditHealth, Unavailable};
 
 mod extras;
 pub mod ship;
@@ -686,22 +648,25 @@ mod tests {
         assert_eq!(r.seq, 2);
         assert!(log.health().unavailable().is_none());
         assert!(std::fs::metadata(&path).unwrap().len() > len);
+        // The episode's note follows the append that ended it.
         assert_eq!(
             verify(&path),
             Ok(Verified {
-                records: 2,
+                records: 3,
                 torn_tail: None
             })
         );
         drop(log);
         let mut log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.append(entry("three")).unwrap().seq, 3);
-        let actions: Vec<String> = read_all(&path)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.action)
-            .collect();
-        assert_eq!(actions, ["one", "two", "three"]);
+        assert_eq!(log.append(entry("three")).unwrap().seq, 4);
+        let recs = read_all(&path).unwrap();
+        let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["one", "two", "audit-unavailable", "three"]);
+        assert!(
+            recs[2].reason.contains("No space left"),
+            "{}",
+            recs[2].reason
+        );
     }
 
     /// Ensures an owed record (the outcome of a write already made) that cannot be written is
@@ -725,13 +690,13 @@ mod tests {
         assert_eq!(log.owed(), 0);
         let recs = read_all(&path).unwrap();
         let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
-        assert_eq!(actions, ["intent", "outcome", "later"]);
+        assert_eq!(actions, ["intent", "outcome", "later", "audit-unavailable"]);
         assert!(
             recs[1].reason.contains("recorded late"),
             "{}",
             recs[1].reason
         );
-        assert_eq!(verify(&path).unwrap().records, 3);
+        assert_eq!(verify(&path).unwrap().records, 4);
     }
 
     /// Ensures a log whose last line is torn opens on a full disk (the cut needs no space):
@@ -758,8 +723,8 @@ mod tests {
         fs.free();
         log.flush().unwrap();
         let recs = read_all(&path).unwrap();
-        assert_eq!(recs.len(), 2);
-        assert_eq!(recs[1].action, "audit-recovered");
+        let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["one", "audit-recovered", "audit-unavailable"]);
         assert!(recs[1].reason.contains("9000 bytes"), "{}", recs[1].reason);
     }
 

@@ -82,9 +82,55 @@ pub struct FileConfig {
     /// a file path.
     #[serde(rename = "auditShip")]
     pub audit_ship: Option<String>,
+    /// `residency: { allowed: [ID] }`: the jurisdictions every playbook's targets must be in
+    /// (a playbook's `spec.residency` may only narrow it). Absent: no residency rule.
+    pub residency: Option<ResidencyConfig>,
+    /// `policy: { requireStrictMTLS: true }`: the mesh protections a target must keep.
+    pub policy: Option<PolicyConfig>,
     /// OTLP traces of decisions and moves (off unless an endpoint is set here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub tracing: Option<crate::trace::TracingConfig>,
+}
+
+/// `residency:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyConfig {
+    /// ISO 3166-1 alpha-2 codes, e.g. `[ID]`.
+    pub allowed: Vec<String>,
+}
+
+/// `policy:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A target's namespace must be covered by a STRICT PeerAuthentication and no
+    /// DestinationRule may disable TLS to it. Default: true when any residency is set.
+    #[serde(rename = "requireStrictMTLS")]
+    pub require_strict_mtls: Option<bool>,
+}
+
+/// Residency and mesh policy, resolved for every playbook.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FenceConfig {
+    /// The daemon's allowed jurisdictions (None: no residency rule).
+    pub allowed: Option<Vec<String>>,
+    /// `policy.requireStrictMTLS` as given (None: not given; it then defaults to on wherever
+    /// a residency rule applies, the daemon's or a playbook's own).
+    pub require_strict_mtls: Option<bool>,
+}
+
+impl FenceConfig {
+    /// True when the daemon fences every playbook.
+    pub fn is_set(&self) -> bool {
+        self.allowed.is_some() || self.require_strict_mtls == Some(true)
+    }
+
+    /// Whether strict mTLS is required of `pb`'s targets.
+    pub fn strict_mtls_for(&self, pb: &crate::playbook::Playbook) -> bool {
+        self.require_strict_mtls
+            .unwrap_or(self.allowed.is_some() || pb.spec.residency.is_some())
+    }
 }
 
 /// `tls:` in the config file.
@@ -264,6 +310,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Signed checkpoints and shipping of the audit trail.
     pub audit_trail: AuditTrail,
+    /// `residency:` and `policy:`.
+    pub fence: FenceConfig,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

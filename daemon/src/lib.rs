@@ -22,6 +22,7 @@ pub use failoverd_core::engine;
 pub mod kube_call;
 pub mod leader;
 pub mod log_escape;
+pub mod mesh;
 pub mod metrics;
 pub mod notify;
 pub mod overrides;

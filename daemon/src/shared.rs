@@ -228,6 +228,8 @@ pub enum ControlKind {
         force: bool,
         /// How long the hold lasts.
         ttl: Duration,
+        /// Set when two admins approved a break-glass: the hold may pass the fence.
+        break_glass: Option<crate::overrides::BreakGlassMark>,
     },
     /// Return to the original route now.
     Failback {

@@ -30,10 +30,10 @@ impl RoutingStore for LandsButFails {
         &'a self,
         pb: &'a Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: failoverd::routing::Stamp,
     ) -> StoreFuture<'a, WriteOutcome> {
         Box::pin(async move {
-            self.0.write(pb, to, last_move).await?;
+            self.0.write(pb, to, stamp).await?;
             Err(StoreError::Io {
                 context: "reading the route back (injected failure after the write)".into(),
                 source: std::io::Error::other("injected"),

@@ -34,7 +34,7 @@ impl RoutingStore for PanickingStore {
         &'a self,
         _pb: &'a Playbook,
         _to: Routing,
-        _last_move: Option<jiff::Timestamp>,
+        _stamp: failoverd::routing::Stamp,
     ) -> StoreFuture<'a, WriteOutcome> {
         Box::pin(async { panic!("injected store panic") })
     }

@@ -3,12 +3,14 @@
 //! It is an emulator, not an API server: an in-memory store behind plain HTTP on loopback that
 //! speaks the parts of the Kubernetes REST protocol that kube-rs and `kubectl` use for the
 //! resource types failoverd touches (Istio `VirtualService` / `DestinationRule`, `Lease`,
-//! `Event`): discovery, create / get / list / update / patch (JSON, merge, apply) / delete,
+//! `Event`, `ConfigMap`, and the residency and policy facts it reads: cluster-scoped
+//! `Namespace`, `PeerAuthentication`, `ServiceEntry`): discovery, create / get / list / update / patch (JSON, merge, apply) / delete,
 //! watch (with bookmarks, `410 Gone`), one global etcd-like `resourceVersion`, optimistic
 //! concurrency (`409 Conflict`), real `metav1.Status` bodies and messages, bearer-token
 //! authentication with RBAC-like rules (401 / 403), and the validation a cluster with istiod
 //! does (the official Istio CRD schema, then the `validation.istio.io` webhook rules; see
-//! [`failoverd::routing::istio`]).
+//! [`failoverd::routing::istio`]; the kinds failoverd only reads are checked by the
+//! emulator's own rules, `handler/mesh_kinds.rs`).
 //!
 //! Tests drive it in-process: a competing writer ([`Emulator::mutate`],
 //! [`Emulator::after_next_get`]), a record of every write ([`Emulator::writes`]) and fault
@@ -314,7 +316,8 @@ impl Emulator {
     }
 
     /// Creates any supported object (apiVersion, kind, metadata.name, metadata.namespace
-    /// required; namespace defaults to `default`) as an out-of-band write, without validation.
+    /// required; namespace defaults to `default`, and is ignored for a Namespace) as an
+    /// out-of-band write, without validation.
     /// Returns the stored object (with resourceVersion, uid, ...).
     pub fn seed(&self, obj: Value) -> anyhow::Result<Value> {
         let api_version = obj["apiVersion"].as_str().unwrap_or("");
@@ -325,10 +328,7 @@ impl Emulator {
             .as_str()
             .ok_or_else(|| anyhow!("{kind}: metadata.name missing"))?
             .to_string();
-        let ns = obj["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
+        let ns = namespace_of(res, &obj);
         let key: Key = (
             res.group.into(),
             res.plural.into(),
@@ -346,9 +346,11 @@ impl Emulator {
         Ok(stored)
     }
 
-    /// The object as stored (apiVersion of the storage version), if it exists.
+    /// The object as stored (apiVersion of the storage version), if it exists. `ns` is
+    /// ignored for a Namespace.
     pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let (res, version) = resources::by_kind(api_version, kind)?;
+        let ns = if res.namespaced { ns } else { "" };
         let key: Key = (res.group.into(), res.plural.into(), ns.into(), name.into());
         let mut obj = self.shared.lock().objects.get(&key).cloned()?;
         obj["apiVersion"] = json!(res.api_version(&version));
@@ -375,7 +377,8 @@ impl Emulator {
     }
 
     /// Changes an object in place as an out-of-band competing writer (see [`Emulator::set`]).
-    /// `kind` is `VirtualService`, `DestinationRule`, `Lease` or `Event` (events.k8s.io).
+    /// `kind` is any served kind (`Event` means events.k8s.io); `ns` is ignored for a
+    /// Namespace.
     pub fn mutate(
         &self,
         kind: &str,
@@ -385,10 +388,28 @@ impl Emulator {
     ) -> anyhow::Result<Value> {
         let res =
             resources::by_kind_only(kind).ok_or_else(|| anyhow!("unsupported kind {kind}"))?;
+        let ns = if res.namespaced { ns } else { "" };
         let key: Key = (res.group.into(), res.plural.into(), ns.into(), name.into());
         let mut st = self.shared.lock();
         handler::competing_write(&self.shared, &mut st, res, key, f)
             .ok_or_else(|| anyhow!("{kind} {ns}/{name} not found"))
+    }
+
+    /// Deletes an object as an out-of-band writer (an operator's `kubectl delete`): emits the
+    /// DELETED watch event and records a delete by [`COMPETING_WRITER`]. `ns` is ignored for a
+    /// Namespace.
+    pub fn remove(&self, kind: &str, ns: &str, name: &str) -> anyhow::Result<()> {
+        let res =
+            resources::by_kind_only(kind).ok_or_else(|| anyhow!("unsupported kind {kind}"))?;
+        let ns = if res.namespaced { ns } else { "" };
+        let key: Key = (res.group.into(), res.plural.into(), ns.into(), name.into());
+        let mut st = self.shared.lock();
+        if !st.objects.contains_key(&key) {
+            bail!("{kind} {ns}/{name} not found");
+        }
+        let gone = self.shared.commit(&mut st, key, None);
+        record(&mut st, "delete", res.kind, ns, name, &gone);
+        Ok(())
     }
 
     /// Arms a competing write: right after the next GET of that object is served (the answer
@@ -550,6 +571,18 @@ impl Emulator {
             }
         });
     }
+}
+
+/// Where an object given to [`Emulator::seed`] is stored: its namespace (`default` when it
+/// names none), or none for a cluster-scoped kind.
+fn namespace_of(res: &resources::Res, obj: &Value) -> String {
+    if !res.namespaced {
+        return String::new();
+    }
+    obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string()
 }
 
 /// Records an out-of-band write.

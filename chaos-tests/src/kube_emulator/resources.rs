@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-/// One served resource type (namespaced, like everything the emulator serves).
+/// One served resource type (namespaced, except Namespaces themselves).
 #[derive(Debug)]
 pub(crate) struct Res {
     /// API group, `""` for the core group.
@@ -19,9 +19,14 @@ pub(crate) struct Res {
     pub short: &'static [&'static str],
     /// True for custom resources: they refuse strategic merge patch (415).
     pub custom: bool,
+    /// False for cluster-scoped types (Namespace): served at `/api/v1/namespaces[/NAME]`,
+    /// stored with an empty namespace.
+    pub namespaced: bool,
 }
 
 const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+/// security.istio.io has no v1alpha3.
+const ISTIO_SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 pub(crate) const RESOURCES: &[Res] = &[
     Res {
@@ -32,6 +37,7 @@ pub(crate) const RESOURCES: &[Res] = &[
         kind: "VirtualService",
         short: &["vs"],
         custom: true,
+        namespaced: true,
     },
     Res {
         group: "networking.istio.io",
@@ -41,6 +47,37 @@ pub(crate) const RESOURCES: &[Res] = &[
         kind: "DestinationRule",
         short: &["dr"],
         custom: true,
+        namespaced: true,
+    },
+    Res {
+        group: "networking.istio.io",
+        versions: ISTIO_VERSIONS,
+        plural: "serviceentries",
+        singular: "serviceentry",
+        kind: "ServiceEntry",
+        short: &["se"],
+        custom: true,
+        namespaced: true,
+    },
+    Res {
+        group: "security.istio.io",
+        versions: ISTIO_SECURITY_VERSIONS,
+        plural: "peerauthentications",
+        singular: "peerauthentication",
+        kind: "PeerAuthentication",
+        short: &["pa"],
+        custom: true,
+        namespaced: true,
+    },
+    Res {
+        group: "",
+        versions: &["v1"],
+        plural: "namespaces",
+        singular: "namespace",
+        kind: "Namespace",
+        short: &["ns"],
+        custom: false,
+        namespaced: false,
     },
     Res {
         group: "coordination.k8s.io",
@@ -50,6 +87,7 @@ pub(crate) const RESOURCES: &[Res] = &[
         kind: "Lease",
         short: &[],
         custom: false,
+        namespaced: true,
     },
     Res {
         group: "",
@@ -59,6 +97,7 @@ pub(crate) const RESOURCES: &[Res] = &[
         kind: "ConfigMap",
         short: &["cm"],
         custom: false,
+        namespaced: true,
     },
     Res {
         group: "events.k8s.io",
@@ -68,6 +107,7 @@ pub(crate) const RESOURCES: &[Res] = &[
         kind: "Event",
         short: &["ev"],
         custom: false,
+        namespaced: true,
     },
     Res {
         group: "",
@@ -77,6 +117,7 @@ pub(crate) const RESOURCES: &[Res] = &[
         kind: "Event",
         short: &["ev"],
         custom: false,
+        namespaced: true,
     },
 ];
 
@@ -175,15 +216,24 @@ pub(crate) fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     }
     let mut resources = Vec::new();
     for r in list {
+        let verbs: &[&str] = if r.namespaced {
+            &VERBS
+        } else {
+            // Namespaces have no deletecollection.
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ]
+        };
         let mut entry = json!({
-            "name": r.plural, "singularName": r.singular, "namespaced": true,
-            "kind": r.kind, "verbs": VERBS,
+            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": verbs,
         });
         if !r.short.is_empty() {
             entry["shortNames"] = json!(r.short);
         }
         if r.custom {
-            entry["categories"] = json!(["istio-io", "networking-istio-io"]);
+            let sub = r.group.split('.').next().unwrap_or_default();
+            entry["categories"] = json!(["istio-io", format!("{sub}-istio-io")]);
         }
         resources.push(entry);
         if r.custom {

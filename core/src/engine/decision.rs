@@ -12,7 +12,7 @@ use super::types::{
     Action, Actor, Command, Decision, MoveKind, Observation, Overrides, Phase, Routing, State,
     Verdict,
 };
-use super::verdicts::{describe, elapsed, first_healthy_target, round_ms, verdict};
+use super::verdicts::{describe, elapsed, fence, first_healthy_target, round_ms, verdict};
 
 struct Ctx<'a> {
     pb: &'a Playbook,
@@ -22,6 +22,8 @@ struct Ctx<'a> {
     next: State,
     actions: Vec<Action>,
     explain: String,
+    /// The break-glass id the next route carries (set only for a break-glass hold's target).
+    glass: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -48,6 +50,7 @@ impl Ctx<'_> {
                 reason: reason.clone(),
                 forced,
                 actor,
+                break_glass: self.glass.take(),
             });
             self.next.routing = to;
             if kind.starts_move(self.state.routing) {
@@ -57,7 +60,16 @@ impl Ctx<'_> {
         self.explain = reason;
     }
 
-    fn stuck(&mut self, reason: String) {
+    fn stuck(&mut self, mut reason: String) {
+        // On-call must see at once when a fence, not a failure, is what leaves no way out.
+        let fenced: Vec<String> = (0..self.pb.spec.failover.value.len())
+            .filter_map(|t| {
+                fence(self.pb, self.obs, Target::Failover(t)).map(|r| format!("failover[{t}] {r}"))
+            })
+            .collect();
+        if !fenced.is_empty() {
+            reason = format!("{reason} (refused by the fence: {})", fenced.join("; "));
+        }
         if !self.state.stuck {
             self.actions.push(Action::Stuck {
                 reason: reason.clone(),
@@ -90,6 +102,7 @@ pub fn decide(
         next: state.clone(),
         actions: Vec::new(),
         explain: String::new(),
+        glass: None,
     };
     cx.next.stuck = false;
 
@@ -98,6 +111,11 @@ pub fn decide(
         if state.routing == Routing::Primary {
             cx.actions.push(Action::Refused {
                 reason: "already on the primary route".into(),
+            });
+        } else if let Some(rule) = fence(pb, obs, Target::Primary) {
+            // Force cannot send case data where residency or mesh policy forbids.
+            cx.actions.push(Action::Refused {
+                reason: format!("primary is refused by {rule}; force cannot override it"),
             });
         } else if primary.is_healthy() || *force {
             let forced = !primary.is_healthy();
@@ -141,8 +159,11 @@ pub fn decide(
         // A hold comes from the saved overrides, which may name a target the (reloaded)
         // playbook no longer has: `force` cannot route to a destination that does not exist.
         let exists = h.target < pb.spec.failover.value.len();
+        // `force` overrides health, never the fence; only an approved break-glass does.
+        let fenced = fence(pb, obs, Target::Failover(h.target));
+        let may_force = h.force && (fenced.is_none() || h.break_glass.is_some());
         let target = if exists
-            && (h.force
+            && (may_force
                 || v.is_healthy()
                 || (already_there && !matches!(v, Verdict::Unhealthy { .. })))
         {
@@ -154,15 +175,24 @@ pub fn decide(
         };
         match target {
             Some(t) => {
-                let reason = format!(
-                    "operator {} holds failover to failover[{t}] until {}: {}",
-                    h.by.identity, h.until, h.by.reason
-                );
+                if t == h.target {
+                    cx.glass = h.break_glass.clone();
+                }
+                let reason = match (&h.break_glass, fence(pb, obs, Target::Failover(t))) {
+                    (Some(id), Some(rule)) => format!(
+                        "break-glass {id}: operator {} holds failover to failover[{t}] until {} despite {rule}: {}",
+                        h.by.identity, h.until, h.by.reason
+                    ),
+                    _ => format!(
+                        "operator {} holds failover to failover[{t}] until {}: {}",
+                        h.by.identity, h.until, h.by.reason
+                    ),
+                };
                 cx.route(
                     Routing::Failover { target: t },
                     MoveKind::OperatorFailover,
                     reason,
-                    h.force && !cx.target_verdict(t).is_healthy(),
+                    may_force && t == h.target && !cx.target_verdict(t).is_healthy(),
                     Some(h.by.clone()),
                 );
                 cx.next.phase = match phase {

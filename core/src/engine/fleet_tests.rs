@@ -345,7 +345,7 @@ proptest! {
                 }
                 Ev::Hold { pb, target, secs: s, force } => {
                     if let Some(m) = fleet.get_mut(pb) {
-                        m.ov.hold = Some(Hold { by: actor(), target, until: now + secs(s), force });
+                        m.ov.hold = Some(Hold { by: actor(), target, until: now + secs(s), force, break_glass: None });
                     }
                 }
                 Ev::Failback { pb, force } => {

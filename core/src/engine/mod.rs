@@ -22,4 +22,4 @@ pub use types::{
     Action, Actor, Command, Decision, Freeze, Health, Hold, MoveKind, Observation, Overrides,
     Phase, Routing, SignalKind, State, Verdict,
 };
-pub use verdicts::{describe, first_healthy_target, stale_after, verdict};
+pub use verdicts::{describe, fence, first_healthy_target, stale_after, verdict};

@@ -480,6 +480,7 @@ fn operator_hold_then_expiry() {
             target: 1,
             until: at(100),
             force: false,
+            break_glass: None,
         }),
         ..Default::default()
     };
@@ -580,6 +581,7 @@ fn hold_overrules_freeze() {
             target: 0,
             until: at(50),
             force: false,
+            break_glass: None,
         }),
         ..Default::default()
     };
@@ -690,6 +692,7 @@ fn hold_on_a_missing_target_never_routes_there() {
                 target,
                 until: at(100),
                 force,
+                break_glass: None,
             }),
             ..Default::default()
         };
@@ -736,4 +739,6 @@ fn stale_after_saturates() {
 }
 
 mod explain;
+mod fence;
+mod fence_cluster;
 mod properties;

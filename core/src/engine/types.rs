@@ -46,6 +46,10 @@ pub enum SignalKind {
     Probe,
     /// SLO: counted in time (`for`).
     Slo,
+    /// Residency and mesh policy, judged from the cluster's objects: never counted; one
+    /// that does not clear its target makes the target ineligible at once, and `force`
+    /// cannot override it (only an approved break-glass can).
+    Policy,
 }
 
 /// The current summary of one signal, as the engine reads it.
@@ -355,6 +359,9 @@ pub struct Hold {
     pub until: Timestamp,
     /// Route there even if failoverd believes the target unhealthy.
     pub force: bool,
+    /// The id of the two-person break-glass that approved this hold: it may route to a
+    /// target that residency or mesh policy refuses. None for every other hold.
+    pub break_glass: Option<String>,
 }
 
 /// A one-shot operator command, passed to exactly one `decide` call.
@@ -455,6 +462,8 @@ pub enum Action {
         forced: bool,
         /// The operator behind the move, if any.
         actor: Option<Actor>,
+        /// The approved break-glass that lets this move pass the fence (its id), if any.
+        break_glass: Option<String>,
     },
     /// Tell on-call: traffic cannot go anywhere healthy.
     Stuck {

@@ -24,8 +24,60 @@ pub fn stale_after(interval: StdDuration, timeout: StdDuration) -> StdDuration {
     interval.saturating_mul(3).saturating_add(timeout)
 }
 
-/// Reads one target from its signals.
+/// The residency or mesh-policy rule that keeps traffic off `target`, if any. Only for a
+/// fenced playbook (`Playbook::fenced`): every target then needs `Policy` observations, and
+/// one without any is refused too (its jurisdiction and policy are unknown, which is outside
+/// every fence). Unfenced playbooks ignore `Policy` observations.
+pub fn fence(pb: &Playbook, obs: &[Observation], target: Target) -> Option<String> {
+    match fence_health(pb, obs, target)? {
+        Health::Healthy => None,
+        Health::Unhealthy(r) | Health::Unknown(r) => Some(r),
+    }
+}
+
+/// The fence's word on `target`: None when unfenced; `Unhealthy` for a known breach (a
+/// jurisdiction outside the set, a PERMISSIVE namespace); `Unknown` when the facts are
+/// missing (not read yet, no label), which refuses the target too.
+fn fence_health(pb: &Playbook, obs: &[Observation], target: Target) -> Option<Health> {
+    if !pb.fenced {
+        return None;
+    }
+    let mut seen = None;
+    for o in obs
+        .iter()
+        .filter(|o| o.target == target && o.kind == SignalKind::Policy)
+    {
+        match &o.health {
+            Health::Healthy => seen = seen.or(Some(Health::Healthy)),
+            h @ Health::Unhealthy(_) => return Some(h.clone()),
+            h @ Health::Unknown(_) => seen = Some(h.clone()),
+        }
+    }
+    Some(seen.unwrap_or_else(|| {
+        Health::Unknown(format!(
+            "residency: the jurisdiction and mesh policy of {target} are not known"
+        ))
+    }))
+}
+
+/// Reads one target from its signals and its fence. A known breach of the fence reads as
+/// unhealthy (with the rule as the reason), whatever the probes say: automation moves off it
+/// and never onto it. Facts that are missing never read as healthy: a target its signals
+/// call healthy reads unknown (never chosen, and no move is made on that alone), while one
+/// its signals call failing keeps that verdict (a dead primary is still left).
 pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestamp) -> Verdict {
+    match fence_health(pb, obs, target) {
+        Some(Health::Unhealthy(reason)) => Verdict::Unhealthy { reason },
+        Some(Health::Unknown(reason)) => match signals_verdict(pb, obs, target, now) {
+            Verdict::Healthy { .. } => Verdict::Unknown { reason },
+            v => v,
+        },
+        _ => signals_verdict(pb, obs, target, now),
+    }
+}
+
+/// Reads one target from its probes and SLOs.
+fn signals_verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestamp) -> Verdict {
     let threshold = pb.spec.trigger.failure_threshold.value.max(1);
     let for_ = pb.spec.trigger.for_.get();
     // onMissing=failover reads missing data on the primary as failing; a failover target is
@@ -46,7 +98,10 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
     let mut suspect: Option<String> = None;
     let mut unknown: Option<String> = None;
     let mut seen = 0usize;
-    for o in obs.iter().filter(|o| o.target == target) {
+    for o in obs
+        .iter()
+        .filter(|o| o.target == target && o.kind != SignalKind::Policy)
+    {
         let stale = elapsed(now, o.at) > o.max_age;
         let health = if stale {
             Health::Unknown(format!(
@@ -87,7 +142,8 @@ pub fn verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Timestam
                 }
                 suspect.get_or_insert_with(|| match o.kind {
                     SignalKind::Probe => format!("{}: {r} ({streak}/{threshold})", o.signal),
-                    SignalKind::Slo => format!(
+                    // Policy observations never reach this loop (filtered above).
+                    SignalKind::Slo | SignalKind::Policy => format!(
                         "{}: {r} (for {})",
                         o.signal,
                         humantime::format_duration(round_ms(lasted))

@@ -14,6 +14,7 @@
 //! them reads off the imports: `target` ← `signals` ← `model` ← `parse`, `validate`.
 
 mod duration;
+mod fence;
 mod model;
 mod names;
 mod parse;
@@ -23,9 +24,10 @@ mod target;
 mod validate;
 
 pub use duration::Duration;
+pub use fence::is_country_code;
 pub use model::{
     Destination, Failback, FailbackMode, Metadata, ObjectRef, OnDrift, OnMissing, Playbook,
-    PlaybookSpec, Trigger,
+    PlaybookSpec, Residency, Trigger,
 };
 pub use names::{check_dns_label, check_dns_subdomain, check_host};
 pub use parse::{Loaded, json_schema, parse, yaml_problem};

@@ -24,6 +24,13 @@ pub struct Playbook {
     pub metadata: Metadata,
     /// What to watch and where to move traffic.
     pub spec: PlaybookSpec,
+    /// True when residency or mesh policy binds this playbook (the daemon's `residency` /
+    /// `policy` config, narrowed by `spec.residency`). Set by the daemon when it loads the
+    /// playbook, never read from YAML: every target then needs a `Policy` observation that
+    /// clears it, and one without is never routed to (unknown is outside every fence).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub fenced: bool,
 }
 
 /// Identity of a playbook.
@@ -76,6 +83,21 @@ pub struct PlaybookSpec {
     /// failed over (a person with kubectl, a GitOps sync putting the original back).
     #[serde(default)]
     pub on_drift: OnDrift,
+    /// Where this service's data may be processed: narrows the daemon's `residency.allowed`
+    /// (it may never widen it). A target whose jurisdiction, read from the cluster, is
+    /// outside the set is never routed to, automatically or by force.
+    #[serde(default)]
+    pub residency: Option<Residency>,
+}
+
+/// A playbook's residency rule.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Residency {
+    /// Allowed jurisdictions, ISO 3166-1 alpha-2 codes such as `ID`; each must also be in
+    /// the daemon's `residency.allowed` when that is set.
+    #[schemars(with = "Vec<String>")]
+    pub allowed: Spanned<Vec<Spanned<String>>>,
 }
 
 fn default_min_dwell() -> Duration {

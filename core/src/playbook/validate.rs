@@ -375,6 +375,7 @@ impl Playbook {
                 "must be greater than 0s when there is more than one step".into(),
             );
         }
+        out.extend(self.residency_problems(file));
         out
     }
 }

@@ -18,6 +18,27 @@ use crate::playbook::{Playbook, Target, check_host};
 pub const ORIGINAL_ROUTE: &str = "failoverd.dev/original-route";
 /// Annotation holding failoverd's routing for the route (JSON of [`Routing`]).
 pub const STATE: &str = "failoverd.dev/state";
+/// Annotation naming the two-person break-glass (its id) that let this routing pass the
+/// residency or mesh-policy fence; present only while such a hold's routing is written.
+pub const BREAK_GLASS: &str = "failoverd.dev/break-glass";
+
+/// What a write records beside the routing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// When the last move started, so `minDwell` survives a restart.
+    pub last_move: Option<jiff::Timestamp>,
+    /// The approved break-glass behind this routing, if any.
+    pub break_glass: Option<String>,
+}
+
+impl From<Option<jiff::Timestamp>> for Stamp {
+    fn from(last_move: Option<jiff::Timestamp>) -> Self {
+        Self {
+            last_move,
+            break_glass: None,
+        }
+    }
+}
 
 /// Why a store operation failed. Each variant maps to a bounded metric label.
 #[derive(Debug, thiserror::Error)]
@@ -461,15 +482,19 @@ pub fn route_for(pb: &Playbook, to: Routing, original: &Value) -> Value {
 
 /// Rewrites the playbook's route in `vs` to `to`. Returns the route before. Pure.
 ///
-/// Only `http[i].route` and the two failoverd annotations change; everything else —
+/// Only `http[i].route` and failoverd's annotations change; everything else —
 /// other routes, matches, retries, timeouts, headers, labels, other annotations, fields
 /// failoverd does not know — is kept as it was.
 pub fn apply(
     vs: &mut Value,
     pb: &Playbook,
     to: Routing,
-    last_move: Option<jiff::Timestamp>,
+    stamp: impl Into<Stamp>,
 ) -> Result<Value, StoreError> {
+    let Stamp {
+        last_move,
+        break_glass,
+    } = stamp.into();
     check_kind(vs, pb)?;
     let object = object_name(pb);
     let i = route_index(vs, pb)?;
@@ -500,6 +525,14 @@ pub fn apply(
             object: object.clone(),
             message: "metadata.annotations is not an object".into(),
         })?;
+    match break_glass {
+        Some(id) => {
+            ann.insert(BREAK_GLASS.into(), Value::String(id));
+        }
+        None => {
+            ann.remove(BREAK_GLASS);
+        }
+    }
     if to == Routing::Primary {
         ann.remove(ORIGINAL_ROUTE);
         ann.remove(STATE);

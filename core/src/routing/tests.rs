@@ -659,3 +659,21 @@ mod annotation_fuzz {
         }
     }
 }
+
+/// Ensures a break-glass write marks the VirtualService and the next plain write unmarks it.
+#[test]
+fn break_glass_mark_follows_the_write() {
+    let pb = pb();
+    let mut v = vs();
+    let glass = Stamp {
+        last_move: None,
+        break_glass: Some("bg-1".into()),
+    };
+    apply(&mut v, &pb, Routing::Failover { target: 0 }, glass).unwrap();
+    assert_eq!(v["metadata"]["annotations"][BREAK_GLASS], "bg-1");
+    apply(&mut v, &pb, Routing::Failover { target: 0 }, None).unwrap();
+    assert!(
+        v["metadata"]["annotations"].get(BREAK_GLASS).is_none(),
+        "{v}"
+    );
+}

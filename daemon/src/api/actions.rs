@@ -115,7 +115,10 @@ pub(super) async fn act(
 /// Routes all traffic to a failover target (`target`, or the first healthy one) and holds it
 /// there for `ttl` (default 1h), even while the primary looks healthy and even while
 /// automation is frozen. Refused (409) when the target does not exist or is not known
-/// healthy, unless `force` is set.
+/// healthy, unless `force` is set, and always when residency or mesh policy refuses the
+/// target (force cannot pass that fence). With `"breakGlass": true` (admin only, `target`
+/// required, `ttl` at most 1h) nothing moves yet: the answer is 202 with a request id that
+/// a *different* admin approves at `POST /v1/breakglass/{id}/approve` within 10 minutes.
 #[utoipa::path(
     post,
     path = "/v1/playbooks/{name}/failover",
@@ -126,6 +129,7 @@ pub(super) async fn act(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Done: the routing write completed (or the hold is recorded)", body = schema::ControlReply),
+        (status = 202, description = "`breakGlass`: the request is pending until a different admin approves it", body = super::pending::BreakGlassRequested),
         AuthRefusals,
         MutatingRefusals,
         ActionRefusals,

@@ -40,6 +40,11 @@ pub(super) struct Body {
     /// unhealthy. Failover and failback only.
     #[serde(default)]
     pub(super) force: bool,
+    /// Failover only, admin only: ask for a two-person break-glass past residency and mesh
+    /// policy. Answered 202 with the request's id; a *different* admin approves it with
+    /// `POST /v1/breakglass/{id}/approve` within 10 minutes. Needs `target`; `ttl` at most 1h.
+    #[serde(default, rename = "breakGlass")]
+    pub(super) break_glass: bool,
 }
 
 /// The request body, or the JSON error for one that could not be read (too large: 413).
@@ -136,11 +141,15 @@ pub(super) fn control_kind(action: &str, body: &Body) -> ApiResult<ControlKind> 
             format!("{what} does not apply to {action}"),
         )
     };
+    if body.break_glass && action != "failover" {
+        return Err(only("breakGlass"));
+    }
     match action {
         "failover" => Ok(ControlKind::Failover {
             target: target_of(body)?,
             force: body.force,
             ttl: ttl_of(body)?,
+            break_glass: None,
         }),
         "failback" => {
             if body.target.is_some() {

@@ -24,12 +24,14 @@ mod audit;
 pub mod audit_read;
 pub mod auth;
 mod body;
+mod breakglass;
 mod drills;
 mod error;
 mod guard;
 mod openapi;
 mod operator;
 mod overrides;
+mod pending;
 mod playbooks;
 mod refusals;
 pub mod schema;
@@ -55,7 +57,7 @@ pub use state::{
     MAX_REASON, MAX_TTL,
 };
 
-use actions::{failback, failover, freeze, resume};
+use actions::{failback, freeze, resume};
 use audit::get_audit;
 use drills::{get_drill_run, list_drill_runs, list_drills, run_drill};
 use openapi::openapi_document;
@@ -70,7 +72,7 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         (
             Method::POST,
             "/v1/playbooks/{name}/failover",
-            post(failover),
+            post(breakglass::failover),
         ),
         (
             Method::POST,
@@ -79,6 +81,11 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         ),
         (Method::POST, "/v1/playbooks/{name}/freeze", post(freeze)),
         (Method::POST, "/v1/playbooks/{name}/resume", post(resume)),
+        (
+            Method::POST,
+            "/v1/breakglass/{id}/approve",
+            post(breakglass::approve),
+        ),
         (Method::GET, "/v1/overrides", get(list_overrides)),
         (
             Method::DELETE,

@@ -23,6 +23,7 @@ use super::error::ErrorBody;
         super::actions::failback,
         super::actions::freeze,
         super::actions::resume,
+        super::breakglass::approve,
         super::overrides::list_overrides,
         super::overrides::delete_override,
         super::audit::get_audit,
@@ -343,10 +344,10 @@ mod tests {
             phases().iter().map(|p| p.name().to_string()).collect(),
         );
         assert_strings("MoveKind", real_strings(&move_kinds()));
-        let kinds = [SignalKind::Probe, SignalKind::Slo];
+        let kinds = [SignalKind::Probe, SignalKind::Slo, SignalKind::Policy];
         for k in &kinds {
             match k {
-                SignalKind::Probe | SignalKind::Slo => {}
+                SignalKind::Probe | SignalKind::Slo | SignalKind::Policy => {}
             }
         }
         assert_strings("SignalKind", real_strings(&kinds));
@@ -402,6 +403,11 @@ mod tests {
                 until: t(),
                 target: Some(0),
                 force: true,
+                break_glass: Some(crate::overrides::BreakGlassMark {
+                    id: "bg-1".into(),
+                    requested_by: "alice".into(),
+                    approved_by: "bob".into(),
+                }),
             }],
         );
         assert_fields(

@@ -26,8 +26,33 @@ pub(super) async fn as_operator<T>(
     inputs: Value,
     call: impl Future<Output = ApiResult<T>>,
 ) -> ApiResult<T> {
-    let result = if caller.role < Role::Operator {
-        Err(forbidden(caller, Role::Operator))
+    as_role(
+        state,
+        caller,
+        Role::Operator,
+        body,
+        action,
+        playbook,
+        inputs,
+        call,
+    )
+    .await
+}
+
+/// [`as_operator`] for a call that needs `need` (a break-glass needs an admin).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn as_role<T>(
+    state: &ApiState,
+    caller: &Caller,
+    need: Role,
+    body: &Result<Bytes, BytesRejection>,
+    action: &str,
+    playbook: impl FnOnce() -> String,
+    inputs: Value,
+    call: impl Future<Output = ApiResult<T>>,
+) -> ApiResult<T> {
+    let result = if caller.role < need {
+        Err(forbidden(caller, need))
     } else {
         call.await
     };

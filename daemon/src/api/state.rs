@@ -80,6 +80,8 @@ pub struct ApiState {
     pub list_cache: Arc<Mutex<Option<(u64, axum::body::Bytes)>>>,
     /// The drill service (None: no drills loaded).
     pub drills: Option<Arc<crate::drill::Drills>>,
+    /// Break-glass requests waiting for their second admin.
+    pub break_glass: Arc<Mutex<super::pending::BreakGlassBook>>,
 }
 
 impl ApiState {
@@ -113,6 +115,7 @@ impl ApiState {
             audit_reads: Arc::new(tokio::sync::Semaphore::new(AUDIT_READS)),
             list_cache: Arc::default(),
             drills: None,
+            break_glass: Arc::default(),
         }
     }
 }

@@ -162,7 +162,7 @@ impl AuditLog {
                 None => Ok(None),
             }
         });
-        self.publish(&r);
+        self.finish(&r);
         r
     }
 

@@ -309,6 +309,12 @@ fn checkpoint_on_a_full_disk_waits_for_space() {
     assert_eq!((cp.seq, cp.inputs["seq"].as_u64()), (3, Some(2)));
     let ls = lines(&path);
     assert_eq!(cp.inputs["hash"], sha(&ls[1]));
-    assert_eq!(verify(&path).unwrap().records, 3);
+    // The refused checkpoint was an episode of refused appends: its note follows.
+    assert_eq!(verify(&path).unwrap().records, 4);
+    assert!(
+        ls[3].contains("\"action\":\"audit-unavailable\""),
+        "{}",
+        ls[3]
+    );
     assert!(log.checkpoint_if_due(Timestamp::now()).unwrap().is_none());
 }

@@ -212,7 +212,11 @@ pub async fn why(conn: &Conn, name: &str) -> ExitCode {
                 s(&o["target"]),
                 s(&o["health"]["state"]),
                 s(&o["streak"]),
-                o["health"]["reason"].as_str().unwrap_or("")
+                // A cleared fence verdict has no reason; its detail says where the target is.
+                o["health"]["reason"]
+                    .as_str()
+                    .or(o["detail"].as_str())
+                    .unwrap_or("")
             );
         }
         println!("overrides:");
@@ -265,9 +269,35 @@ pub async fn act(conn: &Conn, action: &str, name: &str, body: Value) -> ExitCode
     )
     .await;
     finish(conn, r, |v| {
+        if let Some(id) = v["id"].as_str() {
+            // A break-glass request: nothing moved yet.
+            println!(
+                "{name}: break-glass {id} requested for failover[{}]; a different admin runs `failoverd approve {id} --reason ...` before {}",
+                s(&v["target"]),
+                s(&v["expiresAt"])
+            );
+            return;
+        }
         println!("{name}: {}", s(&v["message"]));
         if let Some(id) = v["overrideId"].as_str() {
             println!("override id: {id}");
+        }
+    })
+}
+
+/// `failoverd approve ID --reason ...`: the second admin of a break-glass.
+pub async fn approve(conn: &Conn, id: &str, reason: &str) -> ExitCode {
+    let r = call(
+        conn,
+        reqwest::Method::POST,
+        &format!("/v1/breakglass/{id}/approve"),
+        Some(json!({ "reason": reason })),
+    )
+    .await;
+    finish(conn, r, |v| {
+        println!("{id}: approved: {}", s(&v["message"]));
+        if let Some(o) = v["overrideId"].as_str() {
+            println!("override id: {o}");
         }
     })
 }

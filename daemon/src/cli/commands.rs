@@ -419,6 +419,9 @@ pub(super) async fn plan(
             (format!("kubernetes:{}", pb.spec.virtual_service), vs)
         }
     };
+    if let StoreSpec::File(dir) = store {
+        print_fence(pb, dir);
+    }
     let text = serde_saphyr::to_string(&vs)?;
     let current = routing::view(&vs, pb)?;
     let to = if failback {
@@ -450,4 +453,54 @@ pub(super) async fn plan(
         diff.unified_diff().context_radius(3).header(&name, &name)
     );
     Ok(())
+}
+
+/// `plan` on the file store: each target's jurisdiction and mesh-policy verdict from
+/// `<store>/_cluster/`, judged by the playbook's own `spec.residency` (the daemon's set is not
+/// known here) and strict mTLS.
+fn print_fence(pb: &playbook::Playbook, dir: &std::path::Path) {
+    if !dir.join("_cluster").is_dir() {
+        return;
+    }
+    let view = match crate::mesh::read_file_store(dir) {
+        Ok(v) => v,
+        Err(e) => {
+            println!(
+                "# residency and policy: cannot read {}/_cluster: {e}",
+                dir.display()
+            );
+            return;
+        }
+    };
+    let fence = crate::mesh::Fence {
+        allowed: pb
+            .spec
+            .residency
+            .as_ref()
+            .map(|r| r.allowed.value.iter().map(|c| c.value.clone()).collect()),
+        require_strict_mtls: true,
+    };
+    let targets = std::iter::once(("primary".to_string(), &pb.spec.primary)).chain(
+        pb.spec
+            .failover
+            .value
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("failover[{i}]"), d)),
+    );
+    println!("# residency and policy (from {}/_cluster):", dir.display());
+    for (name, d) in targets {
+        let host =
+            failoverd_core::residency::qualify(&d.host.value, &pb.spec.virtual_service.namespace);
+        let subset = d.subset.as_ref().map(|s| s.value.as_str());
+        let v = crate::mesh::judge(&view, &host, subset, &fence);
+        let verdict = v
+            .violation
+            .map_or_else(|| "allowed".to_string(), |r| format!("REFUSED: {r}"));
+        println!(
+            "#   {name} {host}: jurisdiction {}; {verdict} ({})",
+            v.jurisdiction.as_deref().unwrap_or("unknown"),
+            v.detail
+        );
+    }
 }

@@ -17,8 +17,10 @@ use tokio::sync::watch;
 use crate::app::ServeOptions;
 use crate::audit::{self, AuditLog};
 use crate::auth::Tokens;
+use crate::config::FenceConfig;
 use crate::control::Runtime;
 use crate::engine::Routing;
+use crate::mesh::MeshView;
 use crate::overrides::OverrideStore;
 use crate::playbook;
 use crate::playbook::Validate;
@@ -80,8 +82,11 @@ pub async fn run() -> anyhow::Result<()> {
     let text = PLAYBOOK
         .replace("127.0.0.1:18081", &primary.addr().to_string())
         .replace("127.0.0.1:18082", &dr.addr().to_string());
-    let pb = playbook::parse("playbooks/examples/demo.yaml", &text)
+    let mut pb = playbook::parse("playbooks/examples/demo.yaml", &text)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
+    // Residency on, as in production: only targets the cluster places in Indonesia, under
+    // strict mTLS, may take the traffic.
+    pb.fenced = true;
     let problems = pb.validate("playbooks/examples/demo.yaml");
     if !problems.is_empty() {
         bail!("{}", playbook::Problems(problems));
@@ -92,6 +97,8 @@ pub async fn run() -> anyhow::Result<()> {
     let store = FileStore::new(&routes);
     let vs_path = store.path(&pb);
     std::fs::write(&vs_path, VIRTUAL_SERVICE)?;
+    std::fs::create_dir_all(routes.join("_cluster"))?;
+    std::fs::write(routes.join("_cluster/mesh.yaml"), mesh_facts("ID"))?;
     let original: Value = serde_saphyr::from_str(VIRTUAL_SERVICE)?;
     let audit_path = dir.path().join("audit.jsonl");
     let loaded = vec![playbook::Loaded {
@@ -109,6 +116,11 @@ pub async fn run() -> anyhow::Result<()> {
         overrides: OverrideStore::open(&dir.path().join("overrides.json"))?,
         prometheus: None,
         prometheus_client: None,
+        fence: FenceConfig {
+            allowed: Some(vec!["ID".into()]),
+            require_strict_mtls: None,
+        },
+        mesh: Some(MeshView::file(&routes)),
     };
     // The demo drives no operator calls, so the API runs without tokens (refusing all).
     let daemon = tokio::spawn(crate::app::serve(
@@ -128,6 +140,10 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  DR stand-in       http://{}/healthz", dr.addr());
     println!("  VirtualService    {}", vs_path.display());
     println!("  audit log         {}", audit_path.display());
+    println!(
+        "  cluster facts     {} (residency allowed: [ID])",
+        routes.join("_cluster/mesh.yaml").display()
+    );
     println!("  daemon            http://{api}/metrics  /readyz");
     t.say("daemon started");
     let deadline = Instant::now() + STAGE_TIMEOUT;
@@ -173,6 +189,34 @@ pub async fn run() -> anyhow::Result<()> {
     }
     t.say("checked: the VirtualService equals the original exactly (other routes, retries, labels, annotations kept)");
 
+    // The DR copy moves out of the country: failoverd must refuse it, even with the primary down.
+    let tmp = routes.join("_cluster/.mesh.yaml.tmp");
+    std::fs::write(&tmp, mesh_facts("SG"))?;
+    std::fs::rename(&tmp, routes.join("_cluster/mesh.yaml"))?;
+    t.say("RESIDENCY: namespace demo-dr relabelled failoverd.dev/jurisdiction=SG");
+    primary.stop();
+    t.say("FAULT: the primary's listener is closed again");
+    let deadline = Instant::now() + STAGE_TIMEOUT;
+    let why = loop {
+        let explain = shared
+            .snapshot()
+            .first()
+            .map(|s| s.explain.clone())
+            .unwrap_or_default();
+        if explain.contains("refused by the fence") {
+            break explain;
+        }
+        if Instant::now() > deadline {
+            bail!("the fence never refused the DR copy (last: {explain})");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let now: Value = serde_saphyr::from_str(&std::fs::read_to_string(&vs_path)?)?;
+    if now != original {
+        bail!("the VirtualService was written to a target outside the fence");
+    }
+    t.say(&format!("REFUSED, nothing written: {why}"));
+
     let _ = stop_tx.send(true);
     daemon.await??;
     drop(dr);
@@ -184,8 +228,28 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "demo passed: failover {:.2}s after the fault, failback restored the route exactly",
+        "demo passed: failover {:.2}s after the fault, failback restored the route exactly, the fence refused a DR copy outside Indonesia",
         detect.as_secs_f64()
     );
     Ok(())
+}
+
+/// The demo's cluster facts (the file store's `_cluster/`): the primary's namespace in
+/// Indonesia, the DR copy's namespace in `dr`, strict mTLS mesh-wide.
+fn mesh_facts(dr: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{ name: demo, labels: {{ failoverd.dev/jurisdiction: ID }} }}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{ name: demo-dr, labels: {{ failoverd.dev/jurisdiction: {dr} }} }}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: default, namespace: istio-system }}
+spec: {{ mtls: {{ mode: STRICT }} }}
+"
+    )
 }

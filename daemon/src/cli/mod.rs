@@ -132,6 +132,21 @@ pub enum Command {
         /// Route there even if failoverd believes it unhealthy.
         #[arg(long)]
         force: bool,
+        /// Ask for a two-person break-glass past residency and mesh policy (admin role;
+        /// needs --target; a different admin runs `failoverd approve ID`).
+        #[arg(long, requires = "target")]
+        break_glass: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Approve another admin's break-glass request: the move is made at once (admin role).
+    Approve {
+        /// The request's id (`bg-...`), as `failover --break-glass` printed it.
+        id: String,
+        /// Why you agree (goes into the audit log).
+        #[arg(long)]
+        reason: String,
         /// Connection.
         #[command(flatten)]
         conn: Conn,
@@ -311,15 +326,17 @@ pub async fn main(cli: Cli) -> ExitCode {
             ttl,
             target,
             force,
+            break_glass,
             conn,
         } => {
-            return client::act(
-                &conn,
-                "failover",
-                &name,
-                client::body(&reason, ttl.as_deref(), target.as_deref(), force),
-            )
-            .await;
+            let mut body = client::body(&reason, ttl.as_deref(), target.as_deref(), force);
+            if break_glass {
+                body["breakGlass"] = serde_json::json!(true);
+            }
+            return client::act(&conn, "failover", &name, body).await;
+        }
+        Command::Approve { id, reason, conn } => {
+            return client::approve(&conn, &id, &reason).await;
         }
         Command::Failback {
             name,

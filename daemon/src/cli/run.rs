@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::app::{ServeOptions, serve};
 use crate::audit::AuditLog;
-use crate::config::{AuditTrail, FileConfig, Settings, StoreSpec};
+use crate::config::{AuditTrail, FenceConfig, FileConfig, Settings, StoreSpec};
 use crate::control::Runtime;
 use crate::overrides::OverrideStore;
 use crate::playbook::{self, Problems};
@@ -93,6 +93,14 @@ pub struct RunArgs {
     /// `hash`): `stdout`, `off` (default) or a file path (appended to).
     #[arg(long)]
     pub audit_ship: Option<String>,
+    /// Allowed jurisdictions of every failover target (ISO 3166-1 alpha-2, comma-separated,
+    /// e.g. `ID`); overrides `residency.allowed`.
+    #[arg(long, value_delimiter = ',')]
+    pub residency_allowed: Option<Vec<String>>,
+    /// Require STRICT mTLS and no TLS-disabling DestinationRule for every target (default:
+    /// on when any residency is set); overrides `policy.requireStrictMTLS`.
+    #[arg(long)]
+    pub require_strict_mtls: Option<bool>,
 }
 
 impl RunArgs {
@@ -263,6 +271,7 @@ impl RunArgs {
             }
         };
         let audit_trail = self.audit_trail(&file, &at, &mut problems);
+        let fence = self.fence(&file, &at, &mut problems);
         let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
             (playbooks, store, listen, audit, external_url)
         else {
@@ -306,7 +315,49 @@ impl RunArgs {
                 }),
             },
             audit_trail,
+            fence,
         })
+    }
+
+    /// `residency:` and `policy:` (or their flags): codes checked, the mTLS default applied.
+    fn fence(
+        &self,
+        file: &FileConfig,
+        at: &dyn Fn(bool, &str, &str, String) -> playbook::Problem,
+        problems: &mut Vec<playbook::Problem>,
+    ) -> FenceConfig {
+        let from_flag = self.residency_allowed.is_some();
+        let allowed = self
+            .residency_allowed
+            .clone()
+            .or_else(|| file.residency.as_ref().map(|r| r.allowed.clone()));
+        if let Some(codes) = &allowed {
+            if codes.is_empty() {
+                problems.push(at(
+                    from_flag,
+                    "residency.allowed",
+                    "--residency-allowed",
+                    "must name at least one jurisdiction (an empty set would allow no target at all)".into(),
+                ));
+            }
+            for c in codes.iter().filter(|c| !playbook::is_country_code(c)) {
+                problems.push(at(
+                    from_flag,
+                    "residency.allowed",
+                    "--residency-allowed",
+                    format!(
+                        "`{c}` is not an ISO 3166-1 alpha-2 code (two upper-case letters, e.g. ID)"
+                    ),
+                ));
+            }
+        }
+        let require_strict_mtls = self
+            .require_strict_mtls
+            .or(file.policy.as_ref().and_then(|p| p.require_strict_mtls));
+        FenceConfig {
+            allowed,
+            require_strict_mtls,
+        }
     }
 
     /// `auditCheckpoint*` and `auditShip` over the config file; the key file is read and
@@ -434,6 +485,18 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             other => (other.open().await?, None),
         };
+    let fenced = loaded.iter().filter(|l| l.playbook.fenced).count();
+    match (&settings.fence.allowed, fenced) {
+        (None, 0) => warn!(
+            "NO RESIDENCY OR MESH POLICY: failover may route case data to any target, in any jurisdiction, with or without mTLS; set `residency: {{ allowed: [ID] }}` (and `policy:`) in the config to fence every move"
+        ),
+        (allowed, n) => info!(
+            allowed = ?allowed,
+            require_strict_mtls = settings.fence.require_strict_mtls,
+            fenced_playbooks = n,
+            "residency and mesh policy fence every move: a target the cluster does not clear is never routed to, not even by force"
+        ),
+    }
     if settings.tokens.is_none() {
         warn!(
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
@@ -511,6 +574,18 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // into the runtime: at a thousand playbooks every extra copy is megabytes.
     let mut shared = Shared::new(&loaded);
     let n_playbooks = loaded.len();
+    // The residency and mesh-policy facts, read from where the routes live, only when some
+    // playbook is fenced.
+    let mesh = (fenced > 0).then(|| match (&settings.store, &kube_client) {
+        (StoreSpec::Kubernetes(_), Some(client)) => {
+            crate::mesh::MeshView::kubernetes(client.clone())
+        }
+        (StoreSpec::File(dir), _) => crate::mesh::MeshView::file(dir),
+        // Unreachable (the kubernetes store always has a client); refuse every target.
+        (StoreSpec::Kubernetes(_), None) => {
+            crate::mesh::MeshView::fixed(crate::mesh::ClusterView::default())
+        }
+    });
     let rt = Runtime {
         playbooks: loaded,
         store,
@@ -518,6 +593,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         overrides,
         prometheus: settings.prometheus.clone(),
         prometheus_client: settings.prometheus_client.clone(),
+        fence: settings.fence.clone(),
+        mesh,
     };
     // The watcher re-reads the config (and so the files it names) from the same arguments
     // and runs the same gate as above, so a reload never re-executes into a refused start.

@@ -24,158 +24,6 @@ use super::recording::audit;
 use super::step::step;
 use super::{Guarded, Job};
 
-/// On takeover: merges this replica's overrides with the ones the cluster keeps, by id (a
-/// freeze acknowledged by the old leader holds here; one it deleted does not come back), and
-/// audits what was adopted.
-pub(super) async fn adopt_cluster_overrides(
-    store: &mut OverrideStore,
-    log: &Arc<Mutex<AuditLog>>,
-    shared: &Shared,
-    clock: &Clock,
-) {
-    let outcome = match shared.kept_overrides.as_ref() {
-        None => format!(
-            "no overrides kept in the cluster; this replica's own {} stand",
-            store.all().len()
-        ),
-        Some(cluster) => match cluster.load().await {
-            Err(e) => format!("failed: cannot read the cluster's overrides: {e}"),
-            Ok(kept) => {
-                let now = clock.now();
-                let merged = kept::merge(store.all(), &kept, now);
-                let n = merged.records.len();
-                let mut outcome =
-                    format!("adopted {n} override(s) kept in the cluster by the last leader");
-                if !merged.dropped.is_empty() {
-                    outcome.push_str(&format!(
-                        "; dropped {} this replica still had but the cluster had deleted ({})",
-                        merged.dropped.len(),
-                        merged.dropped.join(", ")
-                    ));
-                }
-                if !kept.problems.is_empty() {
-                    error!(problems = ?kept.problems, "kept overrides that cannot be read were ignored");
-                    outcome.push_str(&format!(
-                        "; ignored {} unreadable: {}",
-                        kept.problems.len(),
-                        kept.problems.join("; ")
-                    ));
-                }
-                if !merged.write_back.is_empty() {
-                    let change = kept::Change {
-                        upsert: merged.write_back.clone(),
-                        delete: Vec::new(),
-                        by: "failoverd".into(),
-                    };
-                    match cluster
-                        .keep(&change, now, || shared.leader.is_leader())
-                        .await
-                    {
-                        Ok(()) => outcome.push_str(&format!(
-                            "; kept {} of this replica's own in the cluster",
-                            change.upsert.len()
-                        )),
-                        Err(e) => {
-                            error!(error = %e, "cannot keep this replica's own overrides in the cluster");
-                            outcome.push_str(&format!(
-                                "; {} of this replica's own are not kept in the cluster: {e}",
-                                change.upsert.len()
-                            ));
-                        }
-                    }
-                }
-                if let Err(e) = store.replace_kept(merged.records) {
-                    error!(error = %e, "cannot write the adopted overrides to the state file; in force from memory");
-                    outcome.push_str(&format!("; state file not written: {e}"));
-                }
-                outcome
-            }
-        },
-    };
-    publish_overrides(store, shared);
-    if outcome.starts_with("failed") {
-        error!("{outcome}; keeping this replica's own overrides");
-    } else {
-        info!("{outcome}");
-    }
-    if let Err(e) = audit(
-        log,
-        Entry {
-            actor: "failoverd".into(),
-            action: "takeover".into(),
-            reason: "became the leader".into(),
-            outcome,
-            ..Entry::default()
-        },
-    )
-    .await
-    {
-        shared.metrics.audit_errors.inc();
-        error!(error = %e, "audit append failed");
-    }
-}
-
-pub(super) fn publish_overrides(store: &OverrideStore, shared: &Shared) {
-    if let Ok(mut o) = shared.overrides.write() {
-        *o = store.all().to_vec();
-    }
-    shared.list_version.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Drops overrides whose time is up, auditing each; true when any expired.
-pub(super) async fn expire_overrides(
-    store: &mut OverrideStore,
-    log: &Arc<Mutex<AuditLog>>,
-    shared: &Shared,
-    clock: &Clock,
-) -> bool {
-    let now = clock.now();
-    let (expired, keep): (Vec<_>, Vec<_>) =
-        store.all().iter().cloned().partition(|r| r.until <= now);
-    if expired.is_empty() {
-        return false;
-    }
-    if let Err(e) = store.replace(keep) {
-        error!(error = %e, "cannot persist override expiry; will retry");
-        return false;
-    }
-    for r in expired {
-        info!(playbook = %r.playbook, id = %r.id, kind = ?r.kind, "override expired; automation takes over");
-        if let Some(idx) = shared.index(&r.playbook) {
-            let msg = format!(
-                "{:?} override {} by {} ended; automation takes over",
-                r.kind, r.id, r.actor
-            );
-            shared.event(
-                idx,
-                EventKind::OverrideExpired,
-                None,
-                None,
-                &msg,
-                Value::Null,
-                "failoverd",
-            );
-        }
-        let entry = Entry {
-            actor: "failoverd".into(),
-            action: "override-expired".into(),
-            playbook: r.playbook.clone(),
-            reason: format!(
-                "{:?} override {} by {} ended ({})",
-                r.kind, r.id, r.actor, r.reason
-            ),
-            inputs: serde_json::to_value(&r).unwrap_or(Value::Null),
-            outcome: "noted".into(),
-            ..Entry::default()
-        };
-        if let Err(e) = audit(log, entry).await {
-            shared.metrics.audit_errors.inc();
-            error!(error = %e, "audit append failed");
-        }
-    }
-    true
-}
-
 #[allow(clippy::too_many_arguments)]
 /// An operator command, applied (`handle_control` in `traced.rs` wraps it in its span).
 pub(super) async fn handle_control_in(
@@ -264,32 +112,48 @@ pub(super) async fn handle_control_in(
     let mut created = None;
     let mut command = None;
     let checked: Result<String, ControlError> = match &kind {
-        ControlKind::Failover { target, force, ttl } => {
-            engine::check_operator_failover(&g.pb, &obs, *target, *force, now)
-                .map_err(|e| refuse(409, e))
-                .map(|t| {
-                    records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
-                    let rec = OverrideRecord {
-                        id: new_id(),
-                        playbook: name.clone(),
-                        kind: OverrideKind::Failover,
-                        actor: actor.identity.clone(),
-                        reason: actor.reason.clone(),
-                        created: now,
-                        until: add(now, *ttl),
-                        target: Some(t),
-                        force: *force,
-                    };
-                    let msg = format!("failover to failover[{t}] held until {}", rec.until);
-                    created = Some(rec.id.clone());
-                    records.push(rec);
-                    msg
-                })
-        }
+        ControlKind::Failover {
+            target,
+            force,
+            ttl,
+            break_glass,
+        } => engine::check_operator_failover(
+            &g.pb,
+            &obs,
+            *target,
+            *force,
+            break_glass.is_some(),
+            now,
+        )
+        .map_err(|e| refuse(409, e))
+        .map(|t| {
+            records.retain(|r| !(r.playbook == name && r.kind == OverrideKind::Failover));
+            let rec = OverrideRecord {
+                id: new_id(),
+                playbook: name.clone(),
+                kind: OverrideKind::Failover,
+                actor: actor.identity.clone(),
+                reason: actor.reason.clone(),
+                created: now,
+                until: add(now, *ttl),
+                target: Some(t),
+                force: *force,
+                break_glass: break_glass.clone(),
+            };
+            let msg = format!("failover to failover[{t}] held until {}", rec.until);
+            created = Some(rec.id.clone());
+            records.push(rec);
+            msg
+        }),
         ControlKind::Failback { force } => {
             let primary = engine::verdict(&g.pb, &obs, Target::Primary, now);
             if state.routing == Routing::Primary {
                 Err(refuse(409, "already on the primary route"))
+            } else if let Some(rule) = engine::fence(&g.pb, &obs, Target::Primary) {
+                Err(refuse(
+                    409,
+                    format!("primary is refused by {rule}; force cannot override it"),
+                ))
             } else if !force && !primary.is_healthy() {
                 Err(refuse(
                     409,
@@ -319,6 +183,7 @@ pub(super) async fn handle_control_in(
                 until: add(now, *ttl),
                 target: None,
                 force: false,
+                break_glass: None,
             };
             let msg = format!("automation frozen until {}", rec.until);
             created = Some(rec.id.clone());
@@ -732,4 +597,11 @@ async fn finish_accepted(
 pub(super) fn add(now: Timestamp, d: Duration) -> Timestamp {
     now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
+}
+
+pub(super) fn publish_overrides(store: &OverrideStore, shared: &Shared) {
+    if let Ok(mut o) = shared.overrides.write() {
+        *o = store.all().to_vec();
+    }
+    shared.list_version.fetch_add(1, Ordering::Relaxed);
 }

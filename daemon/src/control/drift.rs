@@ -185,6 +185,13 @@ pub(super) async fn handle_drift(
                 ),
                 forced: false,
                 actor: None,
+                // The same routing again keeps the break-glass mark its hold put there.
+                break_glass: g
+                    .overrides
+                    .hold
+                    .as_ref()
+                    .filter(|h| state.routing == Routing::Failover { target: h.target })
+                    .and_then(|h| h.break_glass.clone()),
                 inputs: json!({ "drift": found.detail, "found": found.route }),
                 span: tracing::trace_span!(
                     "failoverd.decide",

@@ -12,7 +12,8 @@
 
 mod commands;
 pub mod drift;
-mod orphans;
+mod expiry;
+pub mod fence;
 mod read;
 mod recording;
 mod spans;
@@ -46,7 +47,7 @@ use crate::slo::{self, PromClient, SloResult};
 use crate::shared::*;
 use commands::*;
 use drift::*;
-use orphans::*;
+use expiry::*;
 use read::*;
 use recording::*;
 use step::*;
@@ -118,6 +119,10 @@ struct Guarded {
     /// failed; or someone else wrote in between): the route is read again before anything
     /// is decided, so the controller never acts on a routing the store no longer holds.
     reread: bool,
+    /// Residency and mesh policy in force for this playbook (inactive when unfenced).
+    fence: crate::mesh::Fence,
+    /// The fence's verdict on each target, from the latest mesh view (empty when unfenced).
+    policy: Vec<Observation>,
 }
 
 /// An operator call's reply channel, its message and the override it created.
@@ -132,6 +137,8 @@ struct WriteJob {
     reason: String,
     forced: bool,
     actor: Option<Actor>,
+    /// The approved break-glass this routing carries into the VirtualService annotations.
+    break_glass: Option<String>,
     inputs: Value,
     next: State,
     /// The decision's span (`failoverd.decide`; disabled when tracing is off): the write,
@@ -208,7 +215,13 @@ impl Guarded {
                     detail: s.detail.clone(),
                 })
             })
+            .chain(self.policy.iter().cloned())
             .collect()
+    }
+
+    /// Judges every target again on a new mesh view.
+    fn refresh_fence(&mut self, snap: &crate::mesh::Snapshot, now: jiff::Timestamp) {
+        self.policy = fence::policy_observations(&self.pb, &self.fence, snap, now);
     }
 }
 
@@ -227,6 +240,11 @@ pub struct Runtime {
     pub prometheus: Option<String>,
     /// The Prometheus client (credentials, CAs); None: a plain client.
     pub prometheus_client: Option<PromClient>,
+    /// Residency and mesh policy from the daemon config.
+    pub fence: crate::config::FenceConfig,
+    /// The cluster's residency and policy facts (None: no playbook is fenced, or nothing to
+    /// read them from; a fenced playbook's targets are then all refused).
+    pub mesh: Option<crate::mesh::MeshView>,
 }
 
 /// Runs probes, controller and writer until `shutdown` turns true. Returns once the writer
@@ -312,8 +330,17 @@ pub async fn run(
             audit_blocked: false,
             unrecorded: false,
             reread: false,
+            fence: fence::fence_of(&l.playbook, &rt.fence),
+            policy: Vec::new(),
         })
         .collect();
+    let mut mesh = rt.mesh.clone();
+    if let Some(m) = &mesh {
+        let snap = m.snapshot();
+        for g in guarded.iter_mut() {
+            g.refresh_fence(&snap, clock.now());
+        }
+    }
     // The log publishes its availability to readiness and metrics from now on; intents left
     // without an outcome by the last run are resolved when each route is first read.
     if let Ok(mut l) = rt.audit.lock() {
@@ -431,6 +458,17 @@ pub async fn run(
             Some(found) = drift_rx.recv() => {
                 handle_drift(found, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
             }
+            true = mesh_changed(&mut mesh) => {
+                // A relabel, a PeerAuthentication or DestinationRule edit: every fenced
+                // playbook is judged again and decided at once, not at its next probe.
+                let snap = mesh.as_ref().map(crate::mesh::MeshView::snapshot);
+                if let Some(snap) = snap {
+                    for (i, g) in guarded.iter_mut().enumerate().filter(|(_, g)| g.pb.fenced) {
+                        g.refresh_fence(&snap, clock.now());
+                        step(i, g, &job_tx, &shared, &clock).await;
+                    }
+                }
+            }
             Some(done) = kept_rx.recv() => {
                 kept_done(done, &mut guarded, &mut ov_store, &log, &job_tx, &shared, &clock).await;
             }
@@ -522,4 +560,15 @@ pub async fn run(
     );
     writer.await?;
     Ok(())
+}
+
+/// Resolves true when the mesh view changed; never resolves without one (or once its
+/// source has stopped: the last view stays in force).
+async fn mesh_changed(mesh: &mut Option<crate::mesh::MeshView>) -> bool {
+    if let Some(m) = mesh
+        && m.changed().await
+    {
+        return true;
+    }
+    std::future::pending().await
 }

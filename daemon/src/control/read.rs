@@ -16,7 +16,7 @@ use crate::routing::{RoutingStore, StoreError};
 use crate::shared::{Clock, Shared};
 
 use super::commands::Book;
-use super::orphans::end_orphaned_drills;
+use super::expiry::end_orphaned_drills;
 use super::step::{retry_delay, set_status, step};
 use super::{Guarded, Job, MAX_BACKOFF, MIN_BACKOFF};
 

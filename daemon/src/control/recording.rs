@@ -90,22 +90,18 @@ pub(super) async fn audit_watch(
 ) {
     crate::audit::checkpoint_tick(log).await;
     let health = &shared.audit_health;
-    if let Some(u) = health.unavailable() {
-        // Each round, one append that also writes the owed records first: it ends the episode
-        // as soon as the log takes appends again, even with no move waiting, and leaves in
-        // the chain when appends were refused (records that are not moves' — a refused call,
-        // a note — may be missing from that time; moves were held, none is missing).
-        let note = Entry {
-            actor: "failoverd".into(),
-            action: "audit-unavailable".into(),
-            reason: format!(
-                "the audit log refused appends from {} until this record ({}); no move was made without its intent meanwhile, other records of that time may be missing",
-                u.since, u.error
-            ),
-            outcome: "noted".into(),
-            ..Entry::default()
-        };
-        if audit(log, note).await.is_ok() {
+    if health.unavailable().is_some() {
+        // Each round, one attempt to write the owed records and the episode's note (see
+        // [`AuditLog::flush`]): it ends the episode as soon as the log takes appends again,
+        // even with no move waiting.
+        let log = log.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            log.lock()
+                .map_err(|_| "audit log lock poisoned".to_string())
+                .and_then(|mut l| l.flush().map_err(|e| e.to_string()))
+        })
+        .await;
+        if matches!(flushed, Ok(Ok(()))) {
             info!(
                 "the audit log takes appends again; records kept meanwhile are written, in order"
             );

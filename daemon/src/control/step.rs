@@ -202,6 +202,7 @@ pub(super) async fn step(
                 reason,
                 forced,
                 actor,
+                break_glass,
             } => {
                 span.record("failoverd.from", from.to_string());
                 span.record("failoverd.to", to.to_string());
@@ -212,7 +213,9 @@ pub(super) async fn step(
                     match actor {
                         None => "automatic",
                         Some(a) if a.identity.starts_with(crate::drill::ACTOR_PREFIX) => "drill",
-                        Some(_) if *forced => "break-glass",
+                        // An approved two-person break-glass (a forced move alone is an
+                        // operator's).
+                        Some(_) if break_glass.is_some() => "break-glass",
                         Some(_) => "operator",
                     },
                 );
@@ -226,6 +229,7 @@ pub(super) async fn step(
                     reason: reason.clone(),
                     forced: *forced,
                     actor: actor.clone(),
+                    break_glass: break_glass.clone(),
                     inputs: inputs.clone(),
                     next: d.state.clone(),
                 });

@@ -49,7 +49,7 @@ impl RoutingStore for SlowStore {
         &'a self,
         pb: &'a Playbook,
         _to: Routing,
-        _last_move: Option<Timestamp>,
+        _stamp: crate::routing::Stamp,
     ) -> crate::routing::StoreFuture<'a, crate::routing::WriteOutcome> {
         Box::pin(async move {
             self.log
@@ -102,6 +102,7 @@ fn failover_job(idx: usize, pb: &Arc<Playbook>) -> Job {
         reason: "primary down".into(),
         forced: false,
         actor: None,
+        break_glass: None,
         inputs: Value::Null,
         next: State::resume(to, Timestamp::UNIX_EPOCH),
         span: tracing::Span::none(),

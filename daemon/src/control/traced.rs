@@ -39,13 +39,17 @@ pub(super) async fn handle_control(
         .await
 }
 
-/// `failoverd.kind` of an operator command: `drill`, `break-glass` (forced) or `operator`.
+/// `failoverd.kind` of an operator command: `drill`, `break-glass` (an approved two-person
+/// break-glass hold) or `operator`.
 fn kind_word(actor: &Actor, kind: &ControlKind) -> &'static str {
     if actor.identity.starts_with(crate::drill::ACTOR_PREFIX) {
         "drill"
     } else if matches!(
         kind,
-        ControlKind::Failover { force: true, .. } | ControlKind::Failback { force: true }
+        ControlKind::Failover {
+            break_glass: Some(_),
+            ..
+        }
     ) {
         "break-glass"
     } else {

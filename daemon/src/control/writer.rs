@@ -14,7 +14,7 @@ use crate::audit::{AuditLog, Entry};
 use crate::engine::{MoveKind, Verdict};
 use crate::metrics::labels;
 use crate::notify::EventKind;
-use crate::routing::{RoutingStore, StoreError};
+use crate::routing::{RoutingStore, Stamp, StoreError};
 use crate::shared::{Clock, ControlReply, Shared, Transition, refuse};
 
 use super::recording::{audit, audit_owed, audit_record};
@@ -464,7 +464,14 @@ async fn write_one_in(
     // store did. The store bounds its own attempts (the kubernetes store settles a lost
     // answer by reading the object back within its budget).
     let result = {
-        let write = store.write(&job.pb, job.to, job.next.last_move);
+        let write = store.write(
+            &job.pb,
+            job.to,
+            Stamp {
+                last_move: job.next.last_move,
+                break_glass: job.break_glass.clone(),
+            },
+        );
         tokio::pin!(write);
         let mut waited = Duration::ZERO;
         loop {

@@ -65,6 +65,7 @@ impl Drills {
                         target: None,
                         force: false,
                         ttl,
+                        break_glass: None,
                     },
                     &Self::actor(run, "failover"),
                 )

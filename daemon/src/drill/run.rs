@@ -177,7 +177,7 @@ impl Drills {
                 }
             };
             run.playbooks[i].original_route = view.route.clone();
-            match engine::check_operator_failover(&pb, &obs, None, false, now) {
+            match engine::check_operator_failover(&pb, &obs, None, false, false, now) {
                 Ok(t) => {
                     let to = Routing::Failover { target: t };
                     let route = routing::route_for(&pb, to, &view.route);

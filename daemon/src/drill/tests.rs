@@ -367,6 +367,7 @@ fn controller_hook_refuses_drill_failover_outside_normal_operation() {
     let failover = ControlKind::Failover {
         target: None,
         force: false,
+        break_glass: None,
         ttl: std::time::Duration::from_secs(60),
     };
     let normal = State::resume(Routing::Primary, now);
@@ -381,6 +382,7 @@ fn controller_hook_refuses_drill_failover_outside_normal_operation() {
         until: now,
         target: None,
         force: false,
+        break_glass: None,
     };
     let hook = super::refuse_drill_failover;
     assert_eq!(hook(&drill, &failover, "demo", &normal, &[]), None);

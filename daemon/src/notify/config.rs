@@ -154,6 +154,7 @@ pub(super) fn am_default_events() -> u32 {
         EventKind::OverrideExpired,
         EventKind::AuditUnavailable,
         EventKind::AuditRecovered,
+        EventKind::BreakGlass,
     ]
     .iter()
     .fold(0, |m, k| m | k.bit())

@@ -36,11 +36,14 @@ pub enum EventKind {
     AuditUnavailable,
     /// The audit log takes appends again after [`EventKind::AuditUnavailable`].
     AuditRecovered,
+    /// A two-person break-glass was requested (page the second admin) or approved (traffic
+    /// may now go where residency or mesh policy forbids).
+    BreakGlass,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Failover,
         EventKind::Failback,
         EventKind::WriteFailed,
@@ -54,6 +57,7 @@ impl EventKind {
         EventKind::Drill,
         EventKind::AuditUnavailable,
         EventKind::AuditRecovered,
+        EventKind::BreakGlass,
     ];
 
     /// Stable name, as used in webhook `events:` filters and metric labels.
@@ -72,6 +76,7 @@ impl EventKind {
             EventKind::Drill => "drill",
             EventKind::AuditUnavailable => "audit-unavailable",
             EventKind::AuditRecovered => "audit-recovered",
+            EventKind::BreakGlass => "break-glass",
         }
     }
 
@@ -86,7 +91,8 @@ impl EventKind {
             EventKind::Stuck
             | EventKind::WriteFailed
             | EventKind::BlastRadius
-            | EventKind::AuditUnavailable => "critical",
+            | EventKind::AuditUnavailable
+            | EventKind::BreakGlass => "critical",
             EventKind::Failover | EventKind::Refused | EventKind::SignalUnknown => "warning",
             EventKind::Failback
             | EventKind::Override
@@ -113,6 +119,7 @@ impl EventKind {
             EventKind::Drill => "FailoverdDrill",
             EventKind::AuditUnavailable => "FailoverdAuditUnavailable",
             EventKind::AuditRecovered => "FailoverdAuditRecovered",
+            EventKind::BreakGlass => "FailoverdBreakGlass",
         }
     }
 
@@ -161,6 +168,9 @@ impl EventKind {
             }
             EventKind::AuditRecovered => {
                 "[{severity}] failoverd {playbook}: audit log takes appends again; held moves proceed. {reason}. {link}"
+            }
+            EventKind::BreakGlass => {
+                "[{severity}] failoverd {playbook}: BREAK-GLASS past residency/mesh policy: {reason}. By {actor}. {link}"
             }
         }
     }

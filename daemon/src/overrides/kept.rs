@@ -561,6 +561,7 @@ mod tests {
             until: at(until),
             target: None,
             force: false,
+            break_glass: None,
         }
     }
 

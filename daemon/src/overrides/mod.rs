@@ -52,6 +52,22 @@ pub struct OverrideRecord {
     #[serde(default)]
     #[schema(required = true)]
     pub force: bool,
+    /// The two-person break-glass behind this hold (holds only): it may route past the
+    /// residency and mesh-policy fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassMark>,
+}
+
+/// Who requested and who approved a break-glass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BreakGlassMark {
+    /// The request's id, e.g. `bg-3f9a1c2b`.
+    pub id: String,
+    /// The admin who asked.
+    pub requested_by: String,
+    /// The different admin who approved.
+    pub approved_by: String,
 }
 
 impl OverrideRecord {
@@ -148,6 +164,7 @@ impl OverrideStore {
                             target,
                             until: r.until,
                             force: r.force,
+                            break_glass: r.break_glass.as_ref().map(|b| b.id.clone()),
                         });
                     }
                 }
@@ -173,6 +190,7 @@ mod tests {
             until: Timestamp::from_second(until).unwrap(),
             target: Some(0),
             force: false,
+            break_glass: None,
         }
     }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, apply, route_index, view,
+    RouteView, RoutingStore, Stamp, StoreError, StoreFuture, WriteOutcome, apply, route_index, view,
 };
 use crate::engine::Routing;
 use crate::playbook::Playbook;
@@ -82,7 +82,7 @@ impl FileStore {
         &self,
         pb: &Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
         traceparent: Option<&str>,
     ) -> Result<WriteOutcome, StoreError> {
         let path = self.path(pb);
@@ -90,7 +90,7 @@ impl FileStore {
             let (mut vs, digest) = self.load(pb)?;
             let current = view(&vs, pb)?;
             let i = route_index(&vs, pb)?;
-            let before = apply(&mut vs, pb, to, last_move)?;
+            let before = apply(&mut vs, pb, to, stamp.clone())?;
             let after = vs
                 .pointer(&format!("/spec/http/{i}/route"))
                 .cloned()
@@ -224,7 +224,7 @@ impl RoutingStore for FileStore {
         &'a self,
         pb: &'a Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
     ) -> StoreFuture<'a, WriteOutcome> {
         let this = self.clone();
         let pb = pb.clone();
@@ -232,7 +232,7 @@ impl RoutingStore for FileStore {
             // The write's span (tracing on) is named in the object; read here, off the
             // blocking thread where it is not current.
             let tp = crate::trace::traceparent(&tracing::Span::current());
-            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, last_move, tp.as_deref()))
+            tokio::task::spawn_blocking(move || this.write_sync(&pb, to, stamp, tp.as_deref()))
                 .await
                 .map_err(join_error)?
         })

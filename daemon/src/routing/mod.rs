@@ -63,7 +63,7 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
         &'a self,
         pb: &'a Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
     ) -> StoreFuture<'a, WriteOutcome>;
     /// Reads several playbooks' routes: one result per playbook, in order. The default
     /// reads them one by one; a store with a cheaper bulk read (the `kubernetes` store lists

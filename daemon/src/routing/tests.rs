@@ -34,12 +34,12 @@ async fn file_store_round_trip() {
     std::fs::write(store.path(&pb), VS).unwrap();
     assert_eq!(store.read(&pb).await.unwrap().routing, Routing::Primary);
     let out = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     assert!(out.changed);
     let again = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     assert!(!again.changed, "no change, no write");
@@ -49,7 +49,10 @@ async fn file_store_round_trip() {
         reparsed["spec"]["http"][0]["match"][0]["headers"]["x-canary"]["exact"],
         json!("true")
     );
-    store.write(&pb, Routing::Primary, None).await.unwrap();
+    store
+        .write(&pb, Routing::Primary, Default::default())
+        .await
+        .unwrap();
     let restored: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(store.path(&pb)).unwrap()).unwrap();
     assert_eq!(restored, vs());
@@ -109,7 +112,7 @@ async fn file_store_keeps_a_cooperating_writers_change() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let out = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap();
     assert!(
@@ -148,7 +151,7 @@ async fn file_store_lock_held_too_long_is_a_conflict() {
     let held = std::fs::File::open(&ns).unwrap();
     held.lock().unwrap();
     let err = store
-        .write(&pb, Routing::Failover { target: 0 }, None)
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");

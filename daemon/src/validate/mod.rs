@@ -51,8 +51,16 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<(Vec<Loaded>, Vec<LoadedDrill>),
 /// A set whose files do not screen or load is refused with those problems alone (nothing
 /// else can be judged on it); otherwise every remaining problem is returned together.
 pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
-    let (playbooks, drills) = check_paths(&settings.playbooks)?;
+    let (mut playbooks, drills) = check_paths(&settings.playbooks)?;
     let mut problems = Vec::new();
+    let daemon_allowed = settings.fence.allowed.as_deref();
+    for l in &mut playbooks {
+        let file = l.file.display().to_string();
+        problems.extend(l.playbook.residency_within(&file, daemon_allowed));
+        // Fenced by the daemon's rules or its own: every target then needs the cluster's
+        // word before traffic may go there.
+        l.playbook.fenced = settings.fence.is_set() || l.playbook.spec.residency.is_some();
+    }
     if playbooks.is_empty() {
         let dir = settings
             .playbooks

@@ -118,6 +118,7 @@ impl Fixture {
             write_concurrency: None,
             tls: None,
             audit_trail: Default::default(),
+            fence: Default::default(),
         }
     }
 }

@@ -111,6 +111,8 @@ pub fn runtime(
         overrides: OverrideStore::open(&dir.join("overrides.json")).unwrap(),
         prometheus: None,
         prometheus_client: None,
+        fence: Default::default(),
+        mesh: None,
     };
     (rt, audit_path)
 }

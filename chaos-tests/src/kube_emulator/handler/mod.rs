@@ -1,5 +1,6 @@
 //! The HTTP side: connections, faults, authentication, routing and the REST verbs.
 
+mod mesh_kinds;
 mod objects;
 mod watch;
 

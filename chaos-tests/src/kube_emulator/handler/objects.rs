@@ -28,8 +28,11 @@ pub(super) fn parse_target(segs: &[&str]) -> Option<Target> {
         _ => return None,
     };
     let res = resources::by_path(group, version, plural)?;
-    if ns.is_none() && name.is_some() {
-        return None; // every served type is namespaced
+    if res.namespaced && ns.is_none() && name.is_some() {
+        return None; // a namespaced object is named only inside its namespace
+    }
+    if !res.namespaced && ns.is_some() {
+        return None; // `/api/v1/namespaces/x/namespaces` does not exist
     }
     Some(Target {
         res,
@@ -38,6 +41,12 @@ pub(super) fn parse_target(segs: &[&str]) -> Option<Target> {
         name,
         subresource: sub,
     })
+}
+
+/// VirtualService and DestinationRule: the kinds whose schema and webhook rules are
+/// failoverd's own Istio checks (the other kinds have the emulator's: `mesh_kinds`).
+fn istio_routing(res: &Res) -> bool {
+    matches!(res.kind, "VirtualService" | "DestinationRule")
 }
 
 pub(super) fn key_of(t: &Target, ns: &str, name: &str) -> Key {
@@ -68,8 +77,13 @@ pub(crate) fn init_metadata(st: &mut State, obj: &mut Value, res: &Res, ns: &str
         obj["metadata"] = json!({});
     }
     let uid = Shared::new_uid(st);
+    if !res.namespaced {
+        super::mesh_kinds::init_cluster_scoped(obj, res);
+    }
     let m = &mut obj["metadata"];
-    m["namespace"] = json!(ns);
+    if res.namespaced {
+        m["namespace"] = json!(ns);
+    }
     m["uid"] = json!(uid);
     m["creationTimestamp"] = json!(now());
     m["generation"] = json!(1);
@@ -124,7 +138,14 @@ pub(super) fn carry_server_fields(old: &Value, new: &mut Value, res: &Res) {
         new["metadata"] = json!({});
     }
     for f in ["uid", "creationTimestamp", "namespace", "name"] {
-        new["metadata"][f] = old["metadata"][f].clone();
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
     }
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
     new["metadata"]["generation"] = json!(if new.get("spec") != old.get("spec") {
@@ -311,6 +332,14 @@ pub(super) fn validate(t: &Target, obj: &Value, name: &str) -> Result<(), Status
             ));
         }
     }
+    if super::mesh_kinds::served_here(t.res) {
+        // Checked by the emulator's own rules, not failoverd's code.
+        let causes = super::mesh_kinds::check(t.res, obj, name);
+        if !causes.is_empty() {
+            return Err(Status::invalid(t.res, name, causes));
+        }
+        return Ok(());
+    }
     let violations = match t.res.kind {
         "VirtualService" => istio::check_virtual_service(obj),
         "DestinationRule" => istio::check_destination_rule(obj),
@@ -369,7 +398,8 @@ pub(super) fn create(
 ) -> Result<(u16, Value), Status> {
     let mut obj = parse_body(body)?;
     check_type(t, &obj)?;
-    if let Some(bns) = obj["metadata"]["namespace"].as_str()
+    if t.res.namespaced
+        && let Some(bns) = obj["metadata"]["namespace"].as_str()
         && bns != ns
     {
         return Err(Status::bad_request(
@@ -404,8 +434,13 @@ pub(super) fn create(
             "Internal error occurred: resourceVersion should not be set on objects to be created",
         ));
     }
-    obj["metadata"]["namespace"] = json!(ns);
-    if t.res.custom {
+    if t.res.namespaced {
+        obj["metadata"]["namespace"] = json!(ns);
+    } else if let Some(m) = obj["metadata"].as_object_mut() {
+        // A cluster-scoped object has no namespace, whatever the body says.
+        m.remove("namespace");
+    }
+    if t.res.custom && istio_routing(t.res) {
         // Unknown fields are dropped (structural schema pruning), as on a real server.
         istio::prune(&mut obj);
     }
@@ -448,9 +483,10 @@ pub(super) fn store_update(
             }
         }
     }
-    if t.res.custom {
+    if t.res.custom && istio_routing(t.res) {
         istio::prune(&mut new);
     }
+    super::mesh_kinds::keep_server_fields(t.res, old, &mut new);
     validate(t, &new, &name)?;
     let mut a = new.clone();
     let mut b = old.clone();
@@ -482,7 +518,8 @@ pub(super) fn update(
             "the name of the object ({bname}) does not match the name on the URL ({name})"
         )));
     }
-    if let Some(bns) = obj["metadata"]["namespace"].as_str()
+    if t.res.namespaced
+        && let Some(bns) = obj["metadata"]["namespace"].as_str()
         && bns != ns
     {
         return Err(Status::bad_request(
@@ -646,6 +683,14 @@ pub(super) fn delete(shared: &Arc<Shared>, t: &Target, ns: &str) -> Result<(u16,
         return Err(Status::not_found(t.res, &name));
     }
     let gone = shared.commit(&mut st, key, None);
+    if !t.res.namespaced {
+        // A Namespace answers with itself, Terminating (the emulator removes it at once and
+        // does not cascade to the objects inside).
+        return Ok((
+            200,
+            super::mesh_kinds::terminating(served(t.res, &t.version, gone)),
+        ));
+    }
     // Custom resources, leases and events are stored without ReturnDeletedObject: an
     // immediate delete answers a Success Status naming the object.
     Ok((

@@ -72,7 +72,7 @@ proptest! {
                     w.probes(health_of(p), health_of(f0), health_of(f1), now);
                 }
                 Ev::Freeze { secs } => ov.freeze = Some(Freeze { by: actor(), until: Some(now + jiff::SignedDuration::from_secs(secs as i64)) }),
-                Ev::Hold { target, secs, force } => ov.hold = Some(Hold { by: actor(), target, until: now + jiff::SignedDuration::from_secs(secs as i64), force }),
+                Ev::Hold { target, secs, force } => ov.hold = Some(Hold { by: actor(), target, until: now + jiff::SignedDuration::from_secs(secs as i64), force, break_glass: None }),
                 Ev::Failback { force } => { ov.hold = None; ov.command = Some(Command::Failback { by: actor(), force }); }
             }
             let obs = w.list();

@@ -33,7 +33,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 use tracing::debug;
 
-use super::{RouteView, RoutingStore, StoreError, StoreFuture, WriteOutcome, view};
+use super::{RouteView, RoutingStore, Stamp, StoreError, StoreFuture, WriteOutcome, view};
 use crate::engine::Routing;
 use crate::playbook::Playbook;
 
@@ -280,10 +280,10 @@ impl RoutingStore for KubeStore {
         &'a self,
         pb: &'a Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
     ) -> StoreFuture<'a, WriteOutcome> {
         Box::pin(async move {
-            let result = self.write_with_budget(pb, to, last_move).await;
+            let result = self.write_with_budget(pb, to, stamp).await;
             self.publish_event(pb, to, &result);
             result
         })

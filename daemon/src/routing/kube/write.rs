@@ -12,7 +12,7 @@ use tracing::{Instrument, warn};
 
 use crate::engine::Routing;
 use crate::playbook::Playbook;
-use crate::routing::{StoreError, WriteOutcome, apply, view};
+use crate::routing::{Stamp, StoreError, WriteOutcome, apply, view};
 
 use super::{FIELD_MANAGER, KubeStore, TimedError, map_err, object_name, paced, timed};
 
@@ -30,7 +30,7 @@ impl KubeStore {
         &self,
         pb: &Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: &Stamp,
         deadline: Instant,
         unanswered: &mut Option<Unanswered>,
     ) -> Result<WriteOutcome, StoreError> {
@@ -45,7 +45,7 @@ impl KubeStore {
         let current = view(&vs, pb)?;
         let i = crate::routing::route_index(&vs, pb)?;
         let pointer = format!("/spec/http/{i}/route");
-        let before = apply(&mut vs, pb, to, last_move)?;
+        let before = apply(&mut vs, pb, to, stamp.clone())?;
         let after = vs.pointer(&pointer).cloned().unwrap_or(Value::Null);
         if current.routing == to && before == after {
             // Already there. If an update of ours went unanswered and the object carries the
@@ -160,7 +160,7 @@ impl KubeStore {
         &self,
         pb: &Playbook,
         to: Routing,
-        last_move: Option<jiff::Timestamp>,
+        stamp: Stamp,
     ) -> Result<WriteOutcome, StoreError> {
         let started = Instant::now();
         // The attempts end early enough to leave one read for settling an unanswered update.
@@ -171,7 +171,7 @@ impl KubeStore {
         let mut unanswered: Option<Unanswered> = None;
         let err = loop {
             match self
-                .try_write(pb, to, last_move, deadline, &mut unanswered)
+                .try_write(pb, to, &stamp, deadline, &mut unanswered)
                 .await
             {
                 Ok(out) => return Ok(out),

@@ -1,0 +1,264 @@
+#![allow(clippy::unwrap_used)]
+//! Residency and mesh policy end to end, with the real binary on the file store: the
+//! cluster's facts in `<store>/_cluster/`, edited while it runs, and the real stand-ins.
+//!
+//! What must hold: a target the fence refuses is never written, automatically or by
+//! force; a relabel lets failover happen within one round; a namespace turned PERMISSIVE is
+//! refused again; one admin alone never moves traffic past the fence.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::{Daemon, FAST_FAILBACK, Scenario, run_cli, wait_for};
+use failoverd::auth::hash_token;
+use failoverd::engine::Routing;
+
+const WAIT: Duration = Duration::from_secs(30);
+const ADMIN_A: (&str, &str) = ("ana@platform", "token-ana");
+const ADMIN_B: (&str, &str) = ("budi@platform", "token-budi");
+const OPERATOR: (&str, &str) = ("citra@oncall", "token-citra");
+
+/// The cluster as the file store reads it: the two namespaces with their jurisdictions, a
+/// mesh-wide STRICT PeerAuthentication, and `extra` documents.
+fn cluster(primary: &str, dr: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{ name: demo, labels: {{ failoverd.dev/jurisdiction: {primary} }} }}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{ name: demo-dr, labels: {{ failoverd.dev/jurisdiction: {dr} }} }}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: default, namespace: istio-system }}
+spec: {{ mtls: {{ mode: STRICT }} }}
+{extra}"
+    )
+}
+
+const DR_PERMISSIVE: &str = "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default, namespace: demo-dr }
+spec: { mtls: { mode: PERMISSIVE } }
+";
+
+struct Rig {
+    s: Scenario,
+    d: Daemon,
+}
+
+impl Rig {
+    async fn start(facts: &str) -> Rig {
+        let s = Scenario::new(FAST_FAILBACK).await.unwrap();
+        let dir = s.paths.store.join("_cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mesh.yaml"), facts).unwrap();
+        let tokens = s.dir.path().join("tokens.yaml");
+        let entries: String = [
+            (ADMIN_A, "admin"),
+            (ADMIN_B, "admin"),
+            (OPERATOR, "operator"),
+        ]
+        .iter()
+        .map(|((id, tok), role)| {
+            format!(
+                "- {{ identity: \"{id}\", role: {role}, sha256: \"{}\" }}\n",
+                hash_token(tok)
+            )
+        })
+        .collect();
+        std::fs::write(&tokens, entries).unwrap();
+        let mut d = Daemon::spawn_with(
+            &s.paths,
+            "residency",
+            &[
+                std::ffi::OsStr::new("--tokens"),
+                tokens.as_os_str(),
+                std::ffi::OsStr::new("--residency-allowed"),
+                std::ffi::OsStr::new("ID"),
+            ],
+        )
+        .unwrap();
+        d.wait_ready(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+        Rig { s, d }
+    }
+
+    fn facts(&self, text: &str) {
+        // Replaced atomically, as a config-management tool would.
+        let dir = self.s.paths.store.join("_cluster");
+        std::fs::write(dir.join(".mesh.tmp"), text).unwrap();
+        std::fs::rename(dir.join(".mesh.tmp"), dir.join("mesh.yaml")).unwrap();
+    }
+
+    /// `failoverd ARGS --url ... --token TOKEN`: exit code and stdout + stderr.
+    async fn cli(&self, token: &str, args: &[&str]) -> (i32, String) {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--url".into(),
+            format!("http://{}", self.d.addr),
+            "--token".into(),
+            token.into(),
+        ]);
+        let out =
+            tokio::task::spawn_blocking(move || run_cli(all, Duration::from_secs(60)).unwrap())
+                .await
+                .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// What `failoverd why demo` says, once it mentions `what`.
+    async fn explained(&self, what: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, text) = self.cli(OPERATOR.1, &["why", "demo"]).await;
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "no `{what}` in `why demo`: {text}\n{}",
+                self.d.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Ensures the whole story on the file store: refused while the DR copy is in SG (no
+/// write, `stuck` naming the rule, force refused), failover within one round of the
+/// relabel, refused again once the DR namespace turns PERMISSIVE, and one admin's
+/// break-glass never moving traffic while two admins' does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_holds_on_the_file_store() {
+    let mut r = Rig::start(&cluster("ID", "SG", "")).await;
+    let untouched = r.s.vs_bytes().unwrap();
+    r.s.primary.stop();
+    // Three failed probes (1 s apart) and the primary is down: the DR copy is in SG.
+    let stuck = r.explained("refused by the fence").await;
+    assert!(
+        stuck.contains("residency: jurisdiction SG is outside the allowed set"),
+        "{stuck}"
+    );
+    let (code, out) = r
+        .cli(
+            OPERATOR.1,
+            &[
+                "failover", "demo", "--reason", "INC-1", "--target", "0", "--force",
+            ],
+        )
+        .await;
+    assert_eq!(code, 1, "refused (409): {out}");
+    assert!(
+        out.contains("409") && out.contains("residency: jurisdiction SG"),
+        "{out}"
+    );
+    assert_eq!(
+        r.s.vs_bytes().unwrap(),
+        untouched,
+        "a fenced target was written"
+    );
+    assert!(
+        r.d.logs().contains("refused by the fence"),
+        "no stuck alert naming the fence"
+    );
+
+    // The DR copy's namespace is relabelled ID: the next round fails over.
+    let relabelled = Instant::now();
+    r.facts(&cluster("ID", "ID", ""));
+    r.s.wait_routing(|x| x == Routing::Failover { target: 0 }, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.d.logs()));
+    eprintln!(
+        "relabel to route written: {:?} (file store polled every 1 s)",
+        relabelled.elapsed()
+    );
+    let rec =
+        r.s.wait_audit(
+            "the failover's record",
+            |x| x.action == "failover" && !x.inputs["signals"]["observations"].is_null(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let seen = rec.inputs["signals"]["observations"].to_string();
+    assert!(
+        seen.contains("jurisdiction ID"),
+        "the record shows the verdicts: {seen}"
+    );
+
+    // Back to the primary, then the DR namespace turns PERMISSIVE: refused again.
+    r.s.primary.restart().await.unwrap();
+    r.s.wait_routing(|x| x == Routing::Primary, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.d.logs()));
+    r.facts(&cluster("ID", "ID", DR_PERMISSIVE));
+    r.explained("PERMISSIVE").await;
+    let back = r.s.vs_bytes().unwrap();
+    r.s.primary.stop();
+    r.explained("primary unhealthy").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        r.s.vs_bytes().unwrap(),
+        back,
+        "routed to a PERMISSIVE namespace"
+    );
+
+    // One admin alone: a request and a self-approval move nothing.
+    let (code, out) = r
+        .cli(
+            ADMIN_A.1,
+            &[
+                "failover",
+                "demo",
+                "--break-glass",
+                "--target",
+                "0",
+                "--ttl",
+                "10m",
+                "--reason",
+                "INC-2 region down",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("bg-"))
+        .unwrap_or_else(|| panic!("no request id in: {out}"))
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    let (code, out) = r.cli(ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
+    assert_eq!(code, 3, "403 for the requester: {out}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        r.s.vs_bytes().unwrap(),
+        back,
+        "one admin moved traffic past the fence"
+    );
+    // A second admin: the move, marked.
+    let (code, out) = r
+        .cli(ADMIN_B.1, &["approve", &id, "--reason", "agreed"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let vs = wait_for("the break-glass routing", WAIT, || {
+        let vs = r.s.read_vs().ok()?;
+        (vs["metadata"]["annotations"]["failoverd.dev/break-glass"] == id.as_str()).then_some(vs)
+    })
+    .await
+    .unwrap();
+    assert!(
+        vs.to_string().contains("web.demo-dr.svc.cluster.local"),
+        "{vs}"
+    );
+    r.d.terminate(WAIT).unwrap();
+    chaos_tests::assert_audit_verifies(&r.s.paths.audit);
+}
