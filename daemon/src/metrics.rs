@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -21,12 +22,13 @@ pub struct Metrics {
     pub failbacks: Family<Labels, Counter>,
     /// Probe results by playbook, probe and result (healthy/unhealthy/unknown).
     pub probe_results: Family<Labels, Counter>,
-    /// Time spent in one `decide` call.
-    pub decision_seconds: Histogram,
+    /// Time spent in one `decide` call; a traced round's trace id is its exemplar.
+    pub decision_seconds: HistogramWithExemplars<Labels>,
     /// How late each probe attempt started against its schedule.
     pub probe_lateness_seconds: Histogram,
-    /// Time of one routing write including read-back, by result.
-    pub route_write_seconds: Family<Labels, Histogram>,
+    /// Time of one routing write including read-back, by result; the move's trace id is
+    /// its exemplar (tracing on).
+    pub route_write_seconds: Family<Labels, HistogramWithExemplars<Labels>>,
     /// Failed routing writes by playbook and reason.
     pub route_write_errors: Family<Labels, Counter>,
     /// Routes found changed by someone else while failed over, by playbook and what
@@ -112,15 +114,18 @@ impl Metrics {
             probe_lateness_seconds.clone(),
         );
         // Decisions take microseconds; the buckets start low so a regression is visible.
-        let decision_seconds =
-            Histogram::new([1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]);
+        let decision_seconds = HistogramWithExemplars::new(
+            [1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2].into_iter(),
+        );
         registry.register(
             "decision_seconds",
             "Time spent deciding for one playbook",
             decision_seconds.clone(),
         );
         let route_write_seconds =
-            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(write_buckets()));
+            Family::<Labels, HistogramWithExemplars<Labels>>::new_with_constructor(|| {
+                HistogramWithExemplars::new(write_buckets())
+            });
         registry.register(
             "route_write_seconds",
             "Time of one routing write including read-back",
@@ -285,7 +290,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric, with exemplars (the trace ids of
+    /// moves and decisions, tracing on).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
@@ -293,6 +299,37 @@ impl Metrics {
         }
         out
     }
+
+    /// The Prometheus text format (0.0.4) for scrapers that do not ask for OpenMetrics: the
+    /// same samples without exemplars (which that format cannot carry) and without `# EOF`.
+    pub fn encode_plain(&self) -> String {
+        plain(&self.encode())
+    }
+}
+
+/// An OpenMetrics exposition as Prometheus text 0.0.4: a sample's exemplar (` # {...} v`
+/// after its value) and the `# EOF` line are left out. Label values here are playbook names,
+/// results and the like (never `#`), so the first ` # {` of a sample line starts its exemplar.
+fn plain(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let line = match line.find(" # {") {
+            Some(at) if !line.starts_with('#') => &line[..at],
+            _ => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The exemplar of an observation made in a trace: its trace id (`None`, tracing off or
+/// not sampled: no exemplar).
+pub fn trace_exemplar(trace_id: Option<String>) -> Option<Labels> {
+    trace_id.map(|id| vec![("trace_id", id)])
 }
 
 impl Default for Metrics {
@@ -304,4 +341,40 @@ impl Default for Metrics {
 /// Label set helper.
 pub fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text format drops exemplars and `# EOF`, and keeps every sample and comment.
+    #[test]
+    fn plain_text_has_the_samples_without_exemplars() {
+        let m = Metrics::new();
+        m.decision_seconds
+            .observe(2e-6, trace_exemplar(Some("abc123".into())), None);
+        m.route_write_seconds
+            .get_or_create(&labels([("result", "written")]))
+            .observe(0.004, trace_exemplar(None), None);
+        let open = m.encode();
+        assert!(
+            open.contains(
+                r#"failoverd_decision_seconds_bucket{le="0.000005"} 1 # {trace_id="abc123"} 0.000002"#
+            ),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"));
+        let plain = m.encode_plain();
+        assert!(
+            !plain.contains(" # {") && !plain.contains("# EOF"),
+            "{plain}"
+        );
+        assert!(plain.contains("failoverd_decision_seconds_bucket{le=\"0.000005\"} 1\n"));
+        assert!(plain.contains("failoverd_route_write_seconds_count{result=\"written\"} 1\n"));
+        assert_eq!(
+            plain.lines().count() + 1,
+            open.lines().count(),
+            "one line fewer: # EOF"
+        );
+    }
 }

@@ -410,15 +410,35 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.encode(),
-    )
-        .into_response()
+/// `/metrics`: OpenMetrics (with the trace ids of moves as exemplars) when the scraper asks
+/// for it (`Accept: application/openmetrics-text`, as Prometheus does with exemplar storage
+/// or by default), the Prometheus text format otherwise.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    let open_metrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim_start().starts_with("application/openmetrics-text"));
+    if open_metrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            shared.metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            shared.metrics.encode_plain(),
+        )
+            .into_response()
+    }
 }
 
 async fn not_found() -> Response {

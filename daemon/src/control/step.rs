@@ -153,10 +153,7 @@ pub(super) async fn step(
     };
     let started = std::time::Instant::now();
     let d: Decision = engine::decide(&g.pb, &state, &obs, &g.overrides, now);
-    shared
-        .metrics
-        .decision_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
     g.overrides.command = None;
     let command_trace = g.command_trace.take();
     let name = g.pb.name().to_string();
@@ -167,6 +164,12 @@ pub(super) async fn step(
     } else {
         super::spans::decide_span(&name, &d, &obs, waiter.is_some(), command_trace.as_deref())
     };
+    // A traced round's trace id is the exemplar of its time.
+    shared.metrics.decision_seconds.observe(
+        took.as_secs_f64(),
+        crate::metrics::trace_exemplar(crate::trace::trace_id(&span)),
+        None,
+    );
     let d = blast_radius(i, g.pb.name(), &state, d, now, jobs, shared)
         .instrument(span.clone())
         .await;

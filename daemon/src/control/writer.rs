@@ -65,7 +65,11 @@ pub(super) fn finish_write(guarded: &mut [Guarded], done: Done, shared: &Shared,
         .metrics
         .route_write_seconds
         .get_or_create(&labels([("result", done.label)]))
-        .observe(done.elapsed.as_secs_f64());
+        .observe(
+            done.elapsed.as_secs_f64(),
+            crate::metrics::trace_exemplar(crate::trace::trace_id(&job.span)),
+            None,
+        );
     let actor = job
         .actor
         .as_ref()

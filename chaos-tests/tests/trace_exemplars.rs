@@ -1,0 +1,157 @@
+#![allow(clippy::unwrap_used)]
+//! The trace id as an OpenMetrics exemplar, with the real `failoverd` binary (build it first:
+//! `cargo build -p failoverd`): a failover's `failoverd_route_write_seconds` and
+//! `failoverd_decision_seconds` observations carry the move's trace id, the one in its audit
+//! records, when the scraper asks for OpenMetrics; the plain Prometheus text format (no
+//! `Accept`) carries none. The exporter points at a port nothing listens on: the trace id
+//! exists whether or not a collector takes the spans. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chaos_tests::{Daemon, Scenario, free_addr};
+use failoverd::engine::Routing;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SEC: Duration = Duration::from_secs(1);
+/// 3 probes at 1 s plus the write, with room for a loaded 2-core box.
+const FAILOVER_WITHIN: Duration = Duration::from_secs(10);
+
+fn ok<T>(r: anyhow::Result<T>, d: &Daemon) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}\n{}", d.logs()))
+}
+
+/// `GET /metrics` (HTTP/1.0, bounded) with `accept` as its Accept header (none if empty):
+/// the Content-Type and the body.
+async fn scrape(addr: SocketAddr, accept: &str) -> (String, String) {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let accept = if accept.is_empty() {
+            String::new()
+        } else {
+            format!("Accept: {accept}\r\n")
+        };
+        let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("/metrics answered within 10 s")
+        .expect("/metrics exchange");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+/// The exemplars' trace ids on the sample lines of `metric` (`name_bucket{...} n # {trace_id="x"} v`).
+fn exemplar_traces(body: &str, metric: &str) -> Vec<String> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{metric}_bucket")))
+        .filter_map(|l| l.split_once(" # {").map(|(_, ex)| ex))
+        .filter_map(|ex| ex.strip_prefix("trace_id=\""))
+        .filter_map(|ex| ex.split_once('"').map(|(id, _)| id.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moves_trace_id_is_the_exemplar_of_its_write_and_decision_times() {
+    let mut s = Scenario::new(&[]).await.unwrap();
+    let dir = s.dir.path().to_path_buf();
+    let dead = free_addr().unwrap();
+    let cfg = dir.join("failoverd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tracing:\n  otlp: {{ endpoint: \"http://{dead}\", timeout: 1s }}\n  sampleRatio: 0\n"
+        ),
+    )
+    .unwrap();
+    let mut d =
+        Daemon::spawn_with(&s.paths, "exemplars", &["--config", cfg.to_str().unwrap()]).unwrap();
+    ok(d.wait_ready(10 * SEC).await, &d);
+
+    // Before any move: no traced round, so no exemplar at all.
+    let (_, before) = scrape(d.addr, "application/openmetrics-text; version=1.0.0").await;
+    assert!(
+        !before.contains(" # {"),
+        "no exemplar before a move:\n{before}"
+    );
+
+    s.primary.stop();
+    ok(
+        s.wait_routing(|r| r == Routing::Failover { target: 0 }, FAILOVER_WITHIN)
+            .await,
+        &d,
+    );
+    let written = ok(
+        s.wait_audit(
+            "the failover's outcome record",
+            |r| r.action == "failover" && r.outcome == "written",
+            5 * SEC,
+        )
+        .await,
+        &d,
+    );
+    let trace = written
+        .trace_id
+        .clone()
+        .unwrap_or_else(|| panic!("no traceId in {written:?}"));
+
+    // What Prometheus sends when it wants exemplars.
+    let (ct, open) = scrape(
+        d.addr,
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    )
+    .await;
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    assert!(
+        open.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    let writes = exemplar_traces(&open, "failoverd_route_write_seconds");
+    assert_eq!(
+        writes,
+        vec![trace.clone()],
+        "one write so far, its exemplar is the audit record's traceId:\n{open}"
+    );
+    let decisions = exemplar_traces(&open, "failoverd_decision_seconds");
+    assert!(
+        decisions.contains(&trace),
+        "the failover's decision time has the move's trace id ({trace}) as exemplar: {decisions:?}\n{open}"
+    );
+
+    // No Accept: the Prometheus text format, the same samples without exemplars.
+    let (ct, plain) = scrape(d.addr, "").await;
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(
+        !plain.contains(" # {"),
+        "no exemplar in the text format:\n{plain}"
+    );
+    assert!(!plain.contains("# EOF"));
+    let bucket = |body: &str| {
+        body.lines()
+            .find(|l| l.starts_with("failoverd_route_write_seconds_count"))
+            .map(|l| l.split(" # ").next().unwrap().to_string())
+    };
+    assert_eq!(
+        bucket(&plain),
+        bucket(&open),
+        "same write count in both formats"
+    );
+    assert!(bucket(&plain).is_some(), "{plain}");
+    d.terminate(10 * SEC).unwrap();
+}
