@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,179 +24,16 @@ use failoverd::audit::Record;
 use failoverd::auth::hash_token;
 use failoverd::engine::Routing;
 use serde_json::Value;
+use support::otlp::{Receiver, Span};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
 
 const SEC: Duration = Duration::from_secs(1);
 /// 3 probes at 1 s plus the write, with room for a loaded 2-core box.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(10);
-/// Spans are exported within 0.5 s of ending; the receiver prints them at once. Room for a
-/// loaded box.
-const SPANS_WITHIN: Duration = Duration::from_secs(10);
 const TOKEN: &str = "trace-operator-token-never-in-a-span";
 const ANNOTATION: &str = "failoverd.dev/traceparent";
-
-/// One span as rotel printed it.
-#[derive(Clone, Debug, Default)]
-struct Span {
-    trace: String,
-    parent: String,
-    id: String,
-    name: String,
-    attrs: BTreeMap<String, String>,
-}
-
-/// The rotel agent shipped in the `rotel` PyPI package (`ROTEL_AGENT` overrides).
-fn rotel_agent() -> PathBuf {
-    if let Ok(p) = std::env::var("ROTEL_AGENT") {
-        return p.into();
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-        ])
-        .output()
-        .expect("python3 runs");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        out.status.success() && path.is_file(),
-        "the OTLP receiver is missing: `python3 -m pip install rotel` (scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
-/// A real OTLP receiver on loopback (HTTP and gRPC) printing every span it gets.
-struct Receiver {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    out: PathBuf,
-}
-
-impl Receiver {
-    async fn start(dir: &Path) -> Self {
-        let http = free_addr().unwrap();
-        let grpc = free_addr().unwrap();
-        let out = dir.join("rotel.out");
-        let child = Command::new(rotel_agent())
-            .args(["start", "--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
-            .args(["--otlp-http-endpoint", &http.to_string()])
-            .args(["--otlp-grpc-endpoint", &grpc.to_string()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts");
-        wait_for("the OTLP receiver to listen", 10 * SEC, || {
-            std::net::TcpStream::connect(http).ok()
-        })
-        .await
-        .unwrap();
-        Self {
-            child,
-            http,
-            grpc,
-            out,
-        }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    /// Every span printed so far.
-    fn spans(&self) -> Vec<Span> {
-        parse_spans(&self.text())
-    }
-
-    /// Waits until the spans of `trace` include every name in `names`; returns them all.
-    async fn wait_trace(&self, trace: &str, names: &[&str]) -> Vec<Span> {
-        let got = wait_for(
-            &format!("spans {names:?} of trace {trace}"),
-            SPANS_WITHIN,
-            || {
-                let spans: Vec<Span> = self
-                    .spans()
-                    .into_iter()
-                    .filter(|s| s.trace == trace)
-                    .collect();
-                names
-                    .iter()
-                    .all(|n| spans.iter().any(|s| s.name == *n))
-                    .then_some(spans)
-            },
-        )
-        .await;
-        got.unwrap_or_else(|e| {
-            let names: Vec<(String, String)> = self
-                .spans()
-                .into_iter()
-                .map(|s| (s.trace, s.name))
-                .collect();
-            panic!("{e}; received: {names:?}")
-        })
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Parses rotel's detailed debug log: `Span #n` blocks with `Trace ID`, `Parent ID`, `ID`,
-/// `Name` and `-> key: Type(value)` attribute lines.
-fn parse_spans(text: &str) -> Vec<Span> {
-    let mut spans = Vec::new();
-    let mut cur: Option<Span> = None;
-    let mut in_attrs = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with("Span #") {
-            spans.extend(cur.take());
-            cur = Some(Span::default());
-            in_attrs = false;
-            continue;
-        }
-        if t.starts_with("ResourceSpans #") || t.starts_with("ScopeSpans #") {
-            spans.extend(cur.take());
-            continue;
-        }
-        let Some(s) = cur.as_mut() else { continue };
-        if let Some((k, v)) = t.split_once(':')
-            && !t.starts_with("->")
-        {
-            let v = v.trim().to_string();
-            match k.trim() {
-                "Trace ID" => s.trace = v,
-                "Parent ID" => s.parent = v,
-                "ID" => s.id = v,
-                "Name" => s.name = v,
-                "Attributes" => in_attrs = true,
-                _ => in_attrs = false,
-            }
-            continue;
-        }
-        if in_attrs && let Some(kv) = t.strip_prefix("->") {
-            if let Some((k, v)) = kv.split_once(':') {
-                let v = v.trim();
-                // `Str(x)`, `Int(3)`, `Bool(true)`: the value inside the parentheses.
-                let v = v
-                    .split_once('(')
-                    .and_then(|(_, rest)| rest.strip_suffix(')'))
-                    .unwrap_or(v);
-                s.attrs.insert(k.trim().to_string(), v.to_string());
-            }
-        } else if !t.starts_with("->") {
-            in_attrs = false;
-        }
-    }
-    spans.extend(cur);
-    spans
-}
 
 /// A webhook receiver on loopback: every body it was sent.
 struct Hook {
@@ -776,4 +613,125 @@ async fn a_bad_tracing_setting_refuses_the_start_naming_it() {
     );
     assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
     assert!(!s.paths.audit.exists(), "nothing written before refusing");
+}
+
+/// A live drill is one trace: `failoverd.drill.run` (under the API call that started it) is
+/// the ancestor of the drill's failover and
+/// failback (each `failoverd.control` → `failoverd.decide` → `failoverd.route.write`) are
+/// its descendants, and the audit records of its moves carry its trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_run_is_the_ancestor_of_the_moves_it_makes() {
+    let s = Scenario::new(&[]).await.unwrap();
+    let dir = s.dir.path().to_path_buf();
+    let drills = s.paths.playbooks.join("drills");
+    std::fs::create_dir_all(&drills).unwrap();
+    std::fs::write(
+        drills.join("traced.yaml"),
+        "apiVersion: failoverd.dev/v1alpha1\nkind: Drill\nmetadata: { name: traced }\nspec:\n  playbooks: [ demo ]\n  mode: live\n  hold: 1s\n",
+    )
+    .unwrap();
+    let rx = Receiver::start(&dir).await;
+    let cfg = config(&dir, &format!("http://{}", rx.http), "", None);
+    let tokens = tokens(&dir);
+    let mut d = Daemon::spawn_with(
+        &s.paths,
+        "drill",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    ok(d.wait_ready(10 * SEC).await, &d);
+
+    let (code, body) = post(d.addr, "/v1/drills/traced/run", "", "{}").await;
+    assert_eq!(code, 202, "{body}\n{}", d.logs());
+    let back = ok(
+        s.wait_audit(
+            "the drill's failback written",
+            |r| {
+                r.action == "operator-failback"
+                    && r.outcome == "written"
+                    && r.actor == "drill:traced"
+            },
+            30 * SEC,
+        )
+        .await,
+        &d,
+    );
+    let trace = back
+        .trace_id
+        .clone()
+        .unwrap_or_else(|| panic!("no traceId in {back:?}"));
+    let records: Vec<Record> = s.audit();
+    let over = records
+        .iter()
+        .find(|r| {
+            r.action == "operator-failover" && r.outcome == "written" && r.actor == "drill:traced"
+        })
+        .unwrap_or_else(|| panic!("the drill's failover record: {records:#?}"));
+    assert_eq!(over.trace_id.as_deref(), Some(trace.as_str()), "one trace");
+    let spans = rx
+        .wait_trace(
+            &trace,
+            &[
+                "failoverd.api",
+                "failoverd.drill.run",
+                "failoverd.control",
+                "failoverd.decide",
+                "failoverd.route.write",
+            ],
+        )
+        .await;
+    let run = one(&spans, "failoverd.drill.run");
+    // Started by an operator's call: the run is a child of that call's server span.
+    let api = one(&spans, "failoverd.api");
+    assert_eq!(api.parent, "", "the call is the root: {api:?}");
+    assert_eq!(
+        run.parent, api.id,
+        "the run under the call that started it: {run:?}"
+    );
+    assert_eq!(run.attrs["failoverd.drill"], "traced");
+    assert_eq!(run.attrs["failoverd.kind"], "drill");
+    // Each span's ancestry leads to the run.
+    let by_id: BTreeMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
+    let under_run = |s: &Span| {
+        let mut cur = s;
+        for _ in 0..spans.len() {
+            if cur.parent == run.id {
+                return true;
+            }
+            match by_id.get(cur.parent.as_str()) {
+                Some(p) => cur = p,
+                None => return false,
+            }
+        }
+        false
+    };
+    let writes: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "failoverd.route.write")
+        .collect();
+    let moves: Vec<&str> = writes
+        .iter()
+        .map(|w| w.attrs["failoverd.move"].as_str())
+        .collect();
+    assert!(
+        moves.contains(&"operator-failover") && moves.contains(&"operator-failback"),
+        "the drill's failover and failback writes: {writes:#?}"
+    );
+    assert!(writes.iter().all(|w| under_run(w)), "{spans:#?}");
+    let decides: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "failoverd.decide")
+        .collect();
+    assert!(
+        decides
+            .iter()
+            .all(|s| under_run(s) && s.attrs["failoverd.kind"] == "drill"),
+        "{decides:#?}"
+    );
+    d.terminate(10 * SEC).unwrap();
 }

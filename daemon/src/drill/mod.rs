@@ -31,7 +31,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{Instrument, error, info};
 
 use crate::audit::AuditLog;
 use crate::engine::{self, Actor, Phase, Routing};
@@ -513,14 +513,30 @@ impl Drills {
         self.save(&run);
         let started = run.clone();
         let svc = self.clone();
-        tokio::spawn(async move {
-            info!(drill = %run.drill, run = %run.id, mode = %run.mode, "drill started");
-            svc.audit_run(&run, "drill-start", "started").await;
-            match def.drill.spec.mode {
-                Mode::Plan => svc.run_plan(&def, &mut run).await,
-                Mode::Live => svc.run_live(&def, &mut run).await,
+        // The run's span (tracing on; always sampled): the moves it causes through the
+        // controller, and its audit records, are its children.
+        let span = tracing::trace_span!(
+            "failoverd.drill.run",
+            failoverd.kind = "drill",
+            failoverd.drill = %run.drill,
+            failoverd.drill.run = %run.id,
+            failoverd.drill.mode = %run.mode,
+            failoverd.drill.trigger = %run.trigger,
+            failoverd.playbook = %def.playbooks().join(","),
+            failoverd.result = tracing::field::Empty,
+        );
+        tokio::spawn(
+            async move {
+                info!(drill = %run.drill, run = %run.id, mode = %run.mode, "drill started");
+                svc.audit_run(&run, "drill-start", "started").await;
+                match def.drill.spec.mode {
+                    Mode::Plan => svc.run_plan(&def, &mut run).await,
+                    Mode::Live => svc.run_live(&def, &mut run).await,
+                }
+                tracing::Span::current().record("failoverd.result", run.result.as_str());
             }
-        });
+            .instrument(span),
+        );
         Ok(started)
     }
 }

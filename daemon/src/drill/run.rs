@@ -36,6 +36,8 @@ impl Drills {
                 ),
                 inputs: json!({ "run": run.id, "reasons": run.reasons, "leg": leg }),
                 outcome: outcome.to_string(),
+                // The run's trace (tracing on), as the records of the moves it makes.
+                traceparent: crate::trace::traceparent(&tracing::Span::current()),
                 ..Entry::default()
             };
             let log = self.audit.clone();
