@@ -205,6 +205,33 @@ impl FileConfig {
     }
 }
 
+/// The config file of a start, read once before logging starts (the OTLP exporter is a layer
+/// of the log subscriber, so tracing must be known then), and the tracing settings resolved
+/// from it and the environment once; the start's checks use the same reading.
+#[derive(Clone, Debug)]
+pub struct Preloaded {
+    /// The file as read (the default without `--config`).
+    pub file: Result<FileConfig, Problem>,
+    /// Tracing from `file` and the `OTEL_*` variables (`Ok(None)`: off, or the file is bad).
+    pub tracing: Result<Option<crate::trace::Resolved>, crate::trace::ConfigError>,
+}
+
+impl Preloaded {
+    /// Reads `path` (if any) and resolves tracing from it and the process environment.
+    pub fn read(path: Option<&Path>) -> Self {
+        let file = path.map_or_else(|| Ok(FileConfig::default()), FileConfig::load);
+        let tracing = match &file {
+            Ok(f) => f
+                .tracing
+                .clone()
+                .unwrap_or_default()
+                .resolve(|k| std::env::var(k).ok()),
+            Err(_) => Ok(None),
+        };
+        Self { file, tracing }
+    }
+}
+
 /// Where routes are stored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreSpec {

@@ -9,7 +9,7 @@ use failoverd::cli::{self, Cli, Command};
 async fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, before any client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     // The daemon logs its decisions; one-shot commands (and the demo, which prints its own
     // timeline) log only warnings and errors.
     let default = if matches!(cli.command, Command::Run(_)) {
@@ -17,24 +17,15 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    // Tracing is read from the config file here, before logging starts, so the exporter is
-    // one layer of the subscriber; `run` checks the same keys again and locates problems.
-    let otlp = match &cli.command {
-        Command::Run(args) => args
-            .config
-            .as_deref()
-            .map_or_else(
-                || Ok(failoverd::config::FileConfig::default()),
-                failoverd::config::FileConfig::load,
-            )
-            .ok()
-            .and_then(|f| {
-                f.tracing
-                    .unwrap_or_default()
-                    .resolve(|k| std::env::var(k).ok())
-                    .ok()
-                    .flatten()
-            }),
+    // The config file is read here, once, before logging starts: the OTLP exporter is one
+    // layer of the subscriber. `run` checks the same reading and locates its problems.
+    let otlp = match &mut cli.command {
+        Command::Run(args) => {
+            let pre = failoverd::config::Preloaded::read(args.config.as_deref());
+            let otlp = pre.tracing.clone().ok().flatten();
+            args.preloaded = Some(pre);
+            otlp
+        }
         _ => None,
     };
     let provider = cli::init_tracing(cli.log_format, cli.log.as_deref(), default, otlp.as_ref());

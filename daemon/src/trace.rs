@@ -128,9 +128,20 @@ impl TracingConfig {
     ) -> Result<Option<Resolved>, ConfigError> {
         let otlp = self.otlp.clone().unwrap_or_default();
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let (endpoint, field) = match (&otlp.endpoint, env("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        // The traces-only variables win over the generic ones, as the OTLP exporter
+        // specification says; the file's keys win over both.
+        let either = |specific: &'static str, generic: &'static str| {
+            env(specific)
+                .map(|v| (v, specific))
+                .or_else(|| env(generic).map(|v| (v, generic)))
+        };
+        let endpoint_var = either(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        );
+        let (endpoint, field) = match (&otlp.endpoint, endpoint_var) {
             (Some(e), _) => (e.clone(), "tracing.otlp.endpoint"),
-            (None, Some(e)) => (e, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (None, Some((e, var))) => (e, var),
             (None, None) => {
                 if self.otlp.is_some() || self.sample_ratio.is_some() {
                     return Err(bad(
@@ -141,9 +152,13 @@ impl TracingConfig {
                 return Ok(None);
             }
         };
-        let (protocol, pfield) = match (&otlp.protocol, env("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+        let protocol_var = either(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        );
+        let (protocol, pfield) = match (&otlp.protocol, protocol_var) {
             (Some(p), _) => (p.clone(), "tracing.otlp.protocol"),
-            (None, Some(p)) => (p, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            (None, Some((p, var))) => (p, var),
             (None, None) => ("http/protobuf".into(), "tracing.otlp.protocol"),
         };
         let protocol = match protocol.as_str() {
@@ -176,19 +191,26 @@ impl TracingConfig {
             }
         }
         let endpoint = match protocol {
-            Protocol::HttpProtobuf if !url.path().ends_with("/v1/traces") => {
+            // The traces-only variable is the full URL as given (the specification's rule);
+            // a base URL (the file's key, the generic variable) gets the traces path.
+            Protocol::HttpProtobuf
+                if field != "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+                    && !url.path().ends_with("/v1/traces") =>
+            {
                 format!("{}/v1/traces", endpoint.trim_end_matches('/'))
             }
             _ => endpoint,
         };
         let mut headers = BTreeMap::new();
-        if let Some(h) = env("OTEL_EXPORTER_OTLP_HEADERS") {
+        // Generic first, then the traces-only ones over them (per name), then the file's.
+        for var in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            let Some(h) = env(var) else { continue };
             for pair in h.split(',').filter(|p| !p.trim().is_empty()) {
                 let Some((k, v)) = pair.split_once('=') else {
-                    return Err(bad(
-                        "OTEL_EXPORTER_OTLP_HEADERS",
-                        format!("`{pair}` is not `name=value`"),
-                    ));
+                    return Err(bad(var, format!("`{pair}` is not `name=value`")));
                 };
                 headers.insert(k.trim().to_string(), v.trim().to_string());
             }
@@ -213,12 +235,15 @@ impl TracingConfig {
                 return Err(bad("tracing.otlp.timeout", "must be more than 0s"));
             }
             Some(t) => t.get(),
-            None => match env("OTEL_EXPORTER_OTLP_TIMEOUT") {
-                Some(ms) => match ms.parse::<u64>() {
+            None => match either(
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ) {
+                Some((ms, var)) => match ms.parse::<u64>() {
                     Ok(ms) if ms > 0 => Duration::from_millis(ms),
                     _ => {
                         return Err(bad(
-                            "OTEL_EXPORTER_OTLP_TIMEOUT",
+                            var,
                             format!("`{ms}` is not a positive number of milliseconds"),
                         ));
                     }
@@ -589,6 +614,63 @@ mod tests {
         assert_eq!(r.protocol, Protocol::HttpProtobuf);
         assert_eq!(r.headers.get("x-team").map(String::as_str), Some("oncall"));
         assert_eq!(r.sample_ratio, 1.0);
+    }
+
+    #[test]
+    fn traces_variables_win_over_the_generic_ones() {
+        let r = TracingConfig::default()
+            .resolve(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://10.0.0.1:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://127.0.0.1:4318/custom/path",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=generic, x-team=oncall"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-key=traces"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "750"),
+            ]))
+            .unwrap()
+            .unwrap();
+        // The traces-only endpoint is the full URL: no `/v1/traces` appended.
+        assert_eq!(r.endpoint, "http://127.0.0.1:4318/custom/path");
+        assert_eq!(r.protocol, Protocol::HttpProtobuf);
+        assert_eq!(r.headers.get("x-key").map(String::as_str), Some("traces"));
+        assert_eq!(r.headers.get("x-team").map(String::as_str), Some("oncall"));
+        assert_eq!(r.timeout, Duration::from_millis(750));
+        // Only the generic protocol given: it applies.
+        let r = TracingConfig::default()
+            .resolve(env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://127.0.0.1:4317",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.protocol, Protocol::Grpc);
+        // A bad traces-only value names that variable.
+        let e = TracingConfig::default()
+            .resolve(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "novalue"),
+            ]))
+            .unwrap_err();
+        assert_eq!(e.field, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
+        let e = TracingConfig::default()
+            .resolve(env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://127.0.0.1:4318",
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "novalue"),
+            ]))
+            .unwrap_err();
+        assert_eq!(e.field, "OTEL_EXPORTER_OTLP_TRACES_HEADERS");
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// on when any residency is set); overrides `policy.requireStrictMTLS`.
     #[arg(long)]
     pub require_strict_mtls: Option<bool>,
+    /// The config file as `main` read it before logging started (None: read it here). The
+    /// reload gate clears it, so a reload reads the file again.
+    #[arg(skip)]
+    pub preloaded: Option<crate::config::Preloaded>,
 }
 
 impl RunArgs {
@@ -117,10 +121,11 @@ impl RunArgs {
     /// files), so a bad sink refuses the start instead of failing at 3 a.m.
     pub fn checked_settings(&self) -> Result<Settings, Problems> {
         let cfg = self.config.as_deref();
-        let file = match cfg {
-            Some(p) => FileConfig::load(p).map_err(|p| Problems(vec![p]))?,
-            None => FileConfig::default(),
-        };
+        let pre = self
+            .preloaded
+            .clone()
+            .unwrap_or_else(|| crate::config::Preloaded::read(cfg));
+        let file = pre.file.map_err(|p| Problems(vec![p]))?;
         let named = crate::validate::screen_named_files(&file, cfg);
         if !named.is_empty() {
             return Err(Problems(named));
@@ -203,12 +208,7 @@ impl RunArgs {
         {
             problems.push(crate::validate::config_problem(cfg, &e.field, e.message));
         }
-        if let Err(e) = file
-            .tracing
-            .clone()
-            .unwrap_or_default()
-            .resolve(|k| std::env::var(k).ok())
-        {
+        if let Err(e) = pre.tracing {
             problems.push(if e.field.starts_with("OTEL_") {
                 at(true, &e.field, &e.field, e.message)
             } else {
@@ -600,7 +600,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // and runs the same gate as above, so a reload never re-executes into a refused start.
     let mut watched = settings.playbooks.clone();
     watched.extend(settings.config.clone());
-    let gate_args = args.clone();
+    let mut gate_args = args.clone();
+    gate_args.preloaded = None;
     let running = settings.clone();
     crate::reload::spawn_watcher(
         watched,
