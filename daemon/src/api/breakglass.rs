@@ -3,8 +3,9 @@
 //! approves within [`PENDING_TTL`] (`POST /v1/breakglass/{id}/approve`), and only then is the
 //! move sent to the controller, as a forced hold of at most [`MAX_HOLD`].
 //!
-//! Requests are kept in this replica's memory: a restart or a leader handover drops the
-//! pending ones (never an approved one: that is a hold in the override set). Each request,
+//! Requests are kept in the leader's memory (a standby refuses both calls with 503 naming the
+//! leader): a restart or a leader handover drops the pending ones (never an approved one:
+//! that is a hold in the override set). Each request,
 //! approval and refusal is audited before it is answered, and pages on-call (`break-glass`,
 //! critical).
 
@@ -47,6 +48,25 @@ pub(super) struct ApproveBody {
     /// Why the approver agrees (goes into the audit log). Not empty, at most 1024 characters.
     #[schema(min_length = 1, max_length = 1024)]
     reason: String,
+}
+
+/// A standby writes nothing, so it keeps no requests either: both halves of a break-glass go
+/// to the leader, where the approval can find the request.
+fn on_the_leader(state: &ApiState) -> ApiResult<()> {
+    if state.shared.leader.is_leader() {
+        return Ok(());
+    }
+    let leader = state
+        .shared
+        .leader
+        .holder()
+        .unwrap_or_else(|| "not known yet".into());
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "this replica is a standby and keeps no break-glass requests; the leader is `{leader}`"
+        ),
+    ))
 }
 
 fn unprocessable(msg: impl Into<String>) -> ApiError {
@@ -116,6 +136,7 @@ async fn request(
 ) -> ApiResult<Response> {
     let caller = authenticate(&state, &headers, Role::Viewer)?;
     let checked = async {
+        on_the_leader(&state)?;
         let Some(idx) = state.shared.index(&name) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -231,6 +252,7 @@ fn approve_checks(
     body: &Result<Bytes, BytesRejection>,
     headers: &HeaderMap,
 ) -> ApiResult<(Pending, String)> {
+    on_the_leader(state)?;
     let bytes = read_body(body)?;
     require_json(headers, bytes)?;
     let b: ApproveBody =
@@ -289,7 +311,7 @@ fn approve_checks(
         (status = 404, description = "No such pending request", body = ErrorBody),
         (status = 409, description = "Refused by a rule (target missing, playbook inactive)", body = ErrorBody),
         (status = 422, description = "Body does not fit", body = ErrorBody),
-        (status = 503, description = "The audit log refuses appends: nothing done", body = ErrorBody),
+        (status = 503, description = "The audit log refuses appends, or this replica is a standby: nothing done", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
     )
 )]
