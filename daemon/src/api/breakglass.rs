@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::actions::send;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::body::{Body, parse_body, read_body, require_json, target_of, ttl_of};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals};
-use super::guard::authenticate;
+use super::guard::Authn;
+use super::kube_auth::Verb;
 use super::operator::as_role;
 use super::state::{ApiState, MAX_REASON};
 use crate::audit::Entry;
@@ -128,11 +129,12 @@ fn page(state: &ApiState, playbook: &str, reason: &str, actor: &str) {
 /// `POST /v1/playbooks/{name}/failover` with `"breakGlass": true`.
 pub(super) async fn request(
     state: ApiState,
+    authn: Authn,
     headers: HeaderMap,
     name: String,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let checked = async {
         let Some(idx) = state.shared.index(&name) else {
             return Err(ApiError::new(
@@ -172,7 +174,8 @@ pub(super) async fn request(
     let (target, ttl, reason) = as_role(
         &state,
         &caller,
-        Role::Admin,
+        Verb::Escalate,
+        std::slice::from_ref(&name),
         &body,
         "break-glass-request",
         || name.clone(),
@@ -313,11 +316,12 @@ fn approve_checks(
 )]
 pub(super) async fn approve(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let playbook = state
         .break_glass
         .lock()
@@ -328,7 +332,8 @@ pub(super) async fn approve(
     let (p, reason) = as_role(
         &state,
         &caller,
-        Role::Admin,
+        Verb::Escalate,
+        std::slice::from_ref(&playbook),
         &body,
         "break-glass-approve",
         || playbook.clone(),

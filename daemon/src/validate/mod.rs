@@ -156,7 +156,8 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     // The API listener's certificate and key, loaded as the start would load them (a pair
     // that does not load refuses the start, so it must refuse the reload too).
     if let Some(files) = &settings.tls
-        && let Err(e) = crate::tls::server_config(files.clone())
+        && let Err(e) =
+            crate::tls::server_config_with(files.clone(), settings.tls_client_ca.as_deref())
     {
         let mut p = config_problem(settings.config.as_deref(), "tls", e);
         if p.line == 0 {

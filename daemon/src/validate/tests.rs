@@ -119,6 +119,8 @@ impl Fixture {
             tls: None,
             audit_trail: Default::default(),
             fence: Default::default(),
+            kube_auth: None,
+            tls_client_ca: None,
         }
     }
 }
