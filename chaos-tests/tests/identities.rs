@@ -566,3 +566,56 @@ async fn client_certificates_authenticate_over_mtls() {
     assert_eq!(r.status(), 401);
     assert!(d.is_running());
 }
+
+/// Ensures a flood of bad tokens from one address cannot become a flood of TokenReviews:
+/// reviews are charged to the address's failed-authentication budget (bursts of 60, then 10
+/// a second) before they are sent, beyond it the address gets 429 without a review, and a
+/// rejected token asked again is answered from the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_bad_tokens_is_not_a_flood_of_reviews() {
+    let s = two_playbooks().await;
+    let (emu, kubeconfig) = cluster(s.dir.path()).await;
+    let d = spawn(&s, "flood", &kubeconfig, &[]).await;
+    let start = Instant::now();
+    let mut codes = std::collections::BTreeMap::<u16, u32>::new();
+    for i in 0..300 {
+        let (code, _) = call(
+            d.addr,
+            "GET",
+            "/v1/playbooks",
+            &format!("bad-{i}"),
+            Value::Null,
+        )
+        .await;
+        *codes.entry(code).or_default() += 1;
+    }
+    let elapsed = start.elapsed();
+    let reviews = emu
+        .reviews()
+        .iter()
+        .filter(|r| r.kind == "TokenReview")
+        .count();
+    let budget = 60 + (elapsed.as_secs_f64() * 10.0).ceil() as usize;
+    assert!(
+        reviews <= budget,
+        "{reviews} TokenReviews in {elapsed:?} (budget {budget}); answers {codes:?}"
+    );
+    assert!(codes.get(&429).copied().unwrap_or(0) > 0, "{codes:?}");
+    assert_eq!(
+        codes.get(&401).copied().unwrap_or(0) as usize,
+        reviews,
+        "{codes:?}"
+    );
+    // The same rejected token again, after the address's budget has refilled: cached.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = emu.reviews().len();
+    for _ in 0..5 {
+        let (code, _) = call(d.addr, "GET", "/v1/playbooks", "bad-0", Value::Null).await;
+        assert_eq!(code, 401);
+    }
+    assert_eq!(
+        emu.reviews().len(),
+        before,
+        "a rejected token was reviewed again"
+    );
+}

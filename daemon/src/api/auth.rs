@@ -362,4 +362,39 @@ mod tests {
         std::fs::write(&path, "- { identity: alice, role: root, sha256: s3cret }\n").unwrap();
         assert!(Tokens::load(&path).is_err());
     }
+
+    /// Ensures an entry may name a client certificate identity instead of a token hash, that
+    /// it never authenticates a bearer token, and that an entry with both, or neither, is
+    /// refused naming the entry.
+    #[test]
+    fn certificate_entries_map_identities_to_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        let spiffe = "spiffe://cluster.local/ns/ops/sa/runbook";
+        std::fs::write(
+            &path,
+            format!("- {{ identity: bot, role: operator, certificate: \"{spiffe}\" }}\n"),
+        )
+        .unwrap();
+        let t = Tokens::load(&path).unwrap();
+        let bot = t.by_certificate(spiffe).unwrap();
+        assert_eq!((bot.identity.as_str(), bot.role), ("bot", Role::Operator));
+        assert_eq!(bot.authority, Authority::Role);
+        assert_eq!(t.by_certificate("spiffe://cluster.local/other"), None);
+        assert_eq!(
+            t.authenticate(Some(&format!("Bearer {spiffe}"))),
+            Err(AuthError::Invalid)
+        );
+        for bad in [
+            format!(
+                "- {{ identity: a, role: viewer, certificate: x, sha256: \"{}\" }}\n",
+                hash_token("t")
+            ),
+            "- { identity: a, role: viewer }\n".to_string(),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let p = Tokens::load(&path).unwrap_err();
+            assert!(p.to_string().contains("exactly one of"), "{p}");
+        }
+    }
 }
