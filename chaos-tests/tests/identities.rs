@@ -117,6 +117,29 @@ async fn call(
     (code, body)
 }
 
+/// `failoverd ARGS` as the CLI user runs it (FAILOVERD_TOKEN unset, `env` set), bounded to
+/// 30 s: the exit code and stderr.
+async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = tokio::time::timeout(
+        30 * SEC,
+        tokio::process::Command::new(chaos_tests::failoverd_bin())
+            .args(args)
+            .env_remove("FAILOVERD_TOKEN")
+            .env_remove("KUBECONFIG")
+            .env_remove("FAILOVERD_LOG")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the CLI finished within 30 s")
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn failed_over(r: Routing) -> bool {
     matches!(r, Routing::Failover { .. })
 }
@@ -217,6 +240,38 @@ async fn a_cluster_user_acts_on_its_own_playbook_only() {
     );
     assert_eq!(on_demo.spec["user"], "alice@example.com");
     assert_eq!(on_demo.spec["groups"], json!(["team-a"]));
+
+    // The CLI with the user's kubeconfig: the current context's token, found through
+    // --kubeconfig and through KUBECONFIG, as kubectl finds it.
+    let kc = s.dir.path().join("alice-kubeconfig");
+    emu.write_kubeconfig(&kc, "oidc-alice").unwrap();
+    let url = format!("http://{}", d.addr);
+    let kc = kc.to_str().unwrap();
+    let freeze = [
+        "freeze",
+        "demo",
+        "--reason",
+        "INC-22: hold still",
+        "--url",
+        &url,
+    ];
+    let (code, err) = cli(&[&freeze[..], &["--kubeconfig", kc]].concat(), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = cli(&freeze, &[("KUBECONFIG", kc)]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = cli(
+        &["freeze", "other", "--reason", "x", "--url", &url],
+        &[("KUBECONFIG", kc)],
+    )
+    .await;
+    assert_eq!(code, 3, "403 on B exits 3: {err}");
+    let frozen_by: Vec<String> = s
+        .audit()
+        .into_iter()
+        .filter(|r| r.action == "override-freeze" && r.playbook == "demo")
+        .map(|r| r.actor)
+        .collect();
+    assert_eq!(frozen_by, ["alice@example.com", "alice@example.com"]);
     chaos_tests::assert_audit_verifies(&s.paths.audit);
 }
 
@@ -549,6 +604,56 @@ async fn client_certificates_authenticate_over_mtls() {
         "{:?}",
         emu.reviews()
     );
+
+    // The CLI with a client certificate and the server's CA.
+    for (n, text) in [
+        ("bot.crt", &bot.0),
+        ("bot.key", &bot.1),
+        ("server-ca.pem", &server_ca.pem),
+    ] {
+        std::fs::write(dir.join(n), text).unwrap();
+    }
+    let (c, k, ca) = (files("bot.crt"), files("bot.key"), files("server-ca.pem"));
+    let (code, err) = cli(
+        &[
+            "resume",
+            "demo",
+            "--reason",
+            "maintenance over",
+            "--url",
+            &base,
+            "--ca",
+            &ca,
+        ],
+        &[("FAILOVERD_CLIENT_CERT", &c), ("FAILOVERD_CLIENT_KEY", &k)],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = cli(
+        &[
+            "freeze",
+            "demo",
+            "--reason",
+            "r",
+            "--url",
+            &base,
+            "--ca",
+            &ca,
+            "--client-cert",
+            &c,
+            "--client-key",
+            &k,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let by_bot = s
+        .audit()
+        .iter()
+        .filter(|r| r.actor == "runbook-bot")
+        .count();
+    assert_eq!(by_bot, 3, "{:?}", s.audit());
 
     let refused = https_client(&server_ca.pem, Some((&rogue.0, &rogue.1)))
         .get(format!("{base}/v1/overrides"))

@@ -8,6 +8,7 @@
 mod auth_flags;
 pub mod client;
 mod commands;
+pub mod credentials;
 pub mod demo;
 mod run;
 
