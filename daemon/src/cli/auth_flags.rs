@@ -129,3 +129,69 @@ pub(super) async fn connect(
     };
     Ok(Arc::new(KubeAuth::new(client, config.clone())))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::run::RunArgs;
+    use super::*;
+
+    fn args(dir: &std::path::Path, config: &str) -> RunArgs {
+        let path = dir.join("failoverd.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "playbooks: {0}\nstore: file:{0}\naudit: {0}/audit.jsonl\n{config}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        }
+    }
+
+    /// Ensures `auth.kubernetes` and `tls.clientCAFile` are read from the config file with
+    /// their defaults, a flag wins over a key, and a cacheTTL above 10m is refused naming the
+    /// key.
+    #[test]
+    fn auth_keys_resolve_with_defaults_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = args(dir.path(), "").checked_settings().unwrap();
+        assert_eq!((off.kube_auth, off.tls_client_ca), (None, None));
+        let a = args(
+            dir.path(),
+            "auth:\n  kubernetes: { enabled: true, namespace: ops, audiences: [failoverd], cacheTTL: 30s }\n\
+             tls: { certFile: c.pem, keyFile: k.pem, clientCAFile: ca.pem }\n",
+        );
+        let s = a.checked_settings().unwrap();
+        let k = s.kube_auth.unwrap();
+        assert_eq!(
+            (k.namespace.as_str(), k.audiences, k.cache_ttl),
+            (
+                "ops",
+                vec!["failoverd".to_string()],
+                Duration::from_secs(30)
+            )
+        );
+        assert_eq!(s.tls_client_ca, Some(PathBuf::from("ca.pem")));
+        let mut flags = args(dir.path(), "auth:\n  kubernetes: { enabled: true }\n");
+        flags.auth.auth_cache_ttl = Some(Duration::from_secs(2));
+        let k = flags.checked_settings().unwrap().kube_auth.unwrap();
+        assert_eq!(k.cache_ttl, Duration::from_secs(2));
+        let mut on = args(dir.path(), "");
+        on.auth.auth_kubernetes = true;
+        let k = on.checked_settings().unwrap().kube_auth.unwrap();
+        assert_eq!(k.cache_ttl, DEFAULT_CACHE_TTL);
+        let long = args(
+            dir.path(),
+            "auth:\n  kubernetes:\n    enabled: true\n    cacheTTL: 1h\n",
+        );
+        let p = long.checked_settings().unwrap_err().to_string();
+        assert!(
+            p.contains("auth.kubernetes.cacheTTL") && p.contains("at most 10m"),
+            "{p}"
+        );
+    }
+}
