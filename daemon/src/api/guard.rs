@@ -1,6 +1,7 @@
 //! What runs before and around every handler: the [`guard`] middleware (path limits,
-//! failed-authentication limits, per-identity rate limits), authentication and role
-//! checks, and the audit record of a refused call.
+//! failed-authentication limits, per-identity rate limits), authentication (token file,
+//! TokenReview, client certificate) and permission checks (role, or SubjectAccessReview
+//! for cluster identities), and the audit record of a refused call.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -24,11 +25,14 @@ pub(super) fn is_mutating(method: &Method) -> bool {
 
 /// Runs before every `/v1` handler, in this order, so abuse is refused before it costs a
 /// role check, a disk write or an fsync: (1) a path longer than [`MAX_PATH`] or with a
-/// segment longer than [`MAX_NAME`] → 404; (2) a failed authentication is counted
+/// segment longer than [`MAX_NAME`] → 404; (2) the caller is identified ([`identify`]; an
+/// uncached TokenReview is charged to the address's failure limit before it is sent, and a
+/// cluster that does not answer is a 503 here); (3) a failed authentication is counted
 /// (`failoverd_api_auth_failures_total{reason}`), logged in aggregate, and limited per
-/// source address (429 beyond the limit; the handler's 401 otherwise); (3) a mutating call
-/// by an authenticated caller is rate-limited per identity (429, not audited). The handlers
-/// then check the role and audit refusals within the identity's audit budget.
+/// source address (429 beyond the limit; the handler's 401 otherwise); (4) a mutating call
+/// by an authenticated caller is rate-limited per identity (429, not audited). The outcome
+/// goes to the handler as [`Authn`]; the handlers then check the permission (role or
+/// SubjectAccessReview) and audit refusals within the identity's audit budget.
 pub async fn guard(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/v1/openapi.json" {
