@@ -33,7 +33,7 @@ pub struct AuthArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub auth_cache_ttl: Option<Duration>,
     /// CA bundle (PEM) for client certificates on the HTTPS API (`tls.clientCAFile`).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
 }
 

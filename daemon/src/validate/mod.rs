@@ -165,6 +165,17 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
         }
         problems.push(p);
     }
+    if settings.tls_client_ca.is_some() && settings.tls.is_none() {
+        let mut p = config_problem(
+            settings.config.as_deref(),
+            "tls",
+            "tls.clientCAFile needs tls.certFile and tls.keyFile: client certificates are presented over HTTPS".into(),
+        );
+        if p.line == 0 {
+            p.file = "--tls-client-ca".into();
+        }
+        problems.push(p);
+    }
     let tokens = match &settings.tokens {
         None => Some(Tokens::none()),
         Some(path) => match read_text(path).and_then(|_| Tokens::load(path)) {
