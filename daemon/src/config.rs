@@ -87,6 +87,35 @@ pub struct FileConfig {
     pub residency: Option<ResidencyConfig>,
     /// `policy: { requireStrictMTLS: true }`: the mesh protections a target must keep.
     pub policy: Option<PolicyConfig>,
+    /// `auth: { kubernetes: { ... } }`: callers with a cluster identity.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `auth:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TokenReview and SubjectAccessReview through the cluster's API server.
+    pub kubernetes: Option<KubeAuthFile>,
+}
+
+/// `auth.kubernetes:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeAuthFile {
+    /// Turn it on (also `--auth-kubernetes`): a bearer token not in the token file is sent to
+    /// TokenReview, and each call of such a caller is authorised by SubjectAccessReview.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespace of the `playbooks.failoverd.dev` resource the reviews name (default: the
+    /// pod's namespace, else `failoverd`).
+    pub namespace: Option<String>,
+    /// `spec.audiences` of every TokenReview (default: none, the API server's own).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// How long a review's answer is reused (default 10s; at most 10m).
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<crate::playbook::Duration>,
 }
 
 /// `residency:` in the config file.
@@ -138,6 +167,10 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// Private key (PEM).
     pub key_file: PathBuf,
+    /// CA bundle (PEM) for client certificates: clients may then authenticate with a
+    /// certificate signed by one of these CAs (mTLS); others are refused at the handshake.
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `leaderElection:` in the config file.
@@ -309,6 +342,10 @@ pub struct Settings {
     pub audit_trail: AuditTrail,
     /// `residency:` and `policy:`.
     pub fence: FenceConfig,
+    /// `auth.kubernetes` (None: token-file callers only).
+    pub kube_auth: Option<crate::api::kube_auth::KubeAuthConfig>,
+    /// `tls.clientCAFile` / `--tls-client-ca` (None: no client certificates).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

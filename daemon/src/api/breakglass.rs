@@ -21,10 +21,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::send;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::body::{Body, parse_body, read_body, require_json, target_of, ttl_of};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals};
-use super::guard::authenticate;
+use super::guard::Authn;
+use super::kube_auth::Verb;
 use super::operator::as_role;
 use super::pending::{BreakGlassRequested, Pending};
 use super::state::{ApiState, MAX_REASON};
@@ -111,6 +112,7 @@ fn page(state: &ApiState, playbook: &str, reason: &str, actor: &str) {
 /// `"breakGlass": true`, else the ordinary operator failover (documented there).
 pub(super) async fn failover(
     state: State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     name: Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -122,19 +124,20 @@ pub(super) async fn failover(
         .and_then(|v| v.get("breakGlass").and_then(serde_json::Value::as_bool))
         == Some(true);
     if break_glass {
-        return request(state.0, headers, name.0, body).await;
+        return request(state.0, authn, headers, name.0, body).await;
     }
-    super::actions::failover(state, headers, name, body).await
+    super::actions::failover(state, authn, headers, name, body).await
 }
 
 /// `POST /v1/playbooks/{name}/failover` with `"breakGlass": true`.
 async fn request(
     state: ApiState,
+    authn: Authn,
     headers: HeaderMap,
     name: String,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let checked = async {
         on_the_leader(&state)?;
         let Some(idx) = state.shared.index(&name) else {
@@ -175,7 +178,8 @@ async fn request(
     let (target, ttl, reason) = as_role(
         &state,
         &caller,
-        Role::Admin,
+        Verb::Escalate,
+        std::slice::from_ref(&name),
         &body,
         "break-glass-request",
         || name.clone(),
@@ -317,11 +321,12 @@ fn approve_checks(
 )]
 pub(super) async fn approve(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let playbook = state
         .break_glass
         .lock()
@@ -332,7 +337,8 @@ pub(super) async fn approve(
     let (p, reason) = as_role(
         &state,
         &caller,
-        Role::Admin,
+        Verb::Escalate,
+        std::slice::from_ref(&playbook),
         &body,
         "break-glass-approve",
         || playbook.clone(),

@@ -101,6 +101,9 @@ pub struct RunArgs {
     /// on when any residency is set); overrides `policy.requireStrictMTLS`.
     #[arg(long)]
     pub require_strict_mtls: Option<bool>,
+    /// Cluster identities and client certificates.
+    #[command(flatten)]
+    pub auth: super::auth_flags::AuthArgs,
 }
 
 impl RunArgs {
@@ -260,6 +263,12 @@ impl RunArgs {
         };
         let audit_trail = self.audit_trail(&file, &at, &mut problems);
         let fence = self.fence(&file, &at, &mut problems);
+        let kubeconfig = self.kubeconfig.clone().or(file.kubeconfig.clone());
+        let context = self.context.clone().or(file.kube_context.clone());
+        let kube_auth = self
+            .auth
+            .kube_auth(&file, kubeconfig, context, &at, &mut problems);
+        let tls_client_ca = self.auth.client_ca(&file);
         let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
             (playbooks, store, listen, audit, external_url)
         else {
@@ -304,6 +313,8 @@ impl RunArgs {
             },
             audit_trail,
             fence,
+            kube_auth,
+            tls_client_ca,
         })
     }
 
@@ -485,7 +496,11 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "residency and mesh policy fence every move: a target the cluster does not clear is never routed to, not even by force"
         ),
     }
-    if settings.tokens.is_none() {
+    let kube_auth = match &settings.kube_auth {
+        Some(c) => Some(super::auth_flags::connect(c, kube_client.clone()).await?),
+        None => None,
+    };
+    if settings.tokens.is_none() && kube_auth.is_none() {
         warn!(
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
         );
@@ -674,7 +689,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             listener: crate::server::ListenerOptions {
                 max_connections: settings.max_connections,
                 tls: settings.tls.clone(),
+                client_ca: settings.tls_client_ca.clone(),
             },
+            kube_auth,
         },
     )
     .await;

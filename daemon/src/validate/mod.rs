@@ -156,11 +156,23 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     // The API listener's certificate and key, loaded as the start would load them (a pair
     // that does not load refuses the start, so it must refuse the reload too).
     if let Some(files) = &settings.tls
-        && let Err(e) = crate::tls::server_config(files.clone())
+        && let Err(e) =
+            crate::tls::server_config_with(files.clone(), settings.tls_client_ca.as_deref())
     {
         let mut p = config_problem(settings.config.as_deref(), "tls", e);
         if p.line == 0 {
             p.file = "--tls-cert".into();
+        }
+        problems.push(p);
+    }
+    if settings.tls_client_ca.is_some() && settings.tls.is_none() {
+        let mut p = config_problem(
+            settings.config.as_deref(),
+            "tls",
+            "tls.clientCAFile needs tls.certFile and tls.keyFile: client certificates are presented over HTTPS".into(),
+        );
+        if p.line == 0 {
+            p.file = "--tls-client-ca".into();
         }
         problems.push(p);
     }
