@@ -485,6 +485,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "residency and mesh policy fence every move: a target the cluster does not clear is never routed to, not even by force"
         ),
     }
+    for w in crate::validate::unreachable_targets(&settings, &loaded) {
+        warn!("{w}");
+    }
     if settings.tokens.is_none() {
         warn!(
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
