@@ -155,6 +155,18 @@ fn main() {
         "judge + decide over {PLAYBOOKS} fenced playbooks (30,000 namespaces in the view), fence on",
         &passes,
     );
+    // The share of it that is judging (the Policy observations alone, no decide).
+    let passes = timed(|| {
+        let mut n = 0;
+        for (pb, fence, _, _) in &fenced {
+            n += policy_observations(pb, fence, &snap, now).len();
+        }
+        n
+    });
+    report(
+        "of which judge alone ({PLAYBOOKS} x 3 targets; \"actions\" = observations)",
+        &passes,
+    );
 }
 
 /// Runs `pass` [`PASSES`] times; the sorted durations and the actions per pass.
