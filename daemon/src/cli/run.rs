@@ -496,6 +496,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "residency and mesh policy fence every move: a target the cluster does not clear is never routed to, not even by force"
         ),
     }
+    for w in crate::validate::unreachable_targets(&settings, &loaded) {
+        warn!("{w}");
+    }
     let kube_auth = match &settings.kube_auth {
         Some(c) => Some(super::auth_flags::connect(c, kube_client.clone()).await?),
         None => None,

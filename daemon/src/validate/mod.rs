@@ -16,6 +16,9 @@ use crate::playbook::{self, Loaded, Problem, Problems};
 pub use crate::screen::{MAX_FILE_BYTES, files, read_regular, read_text, screen_yaml};
 use crate::screen::{kind, position, problem, screen_paths};
 
+mod fence;
+pub use fence::unreachable_targets;
+
 /// Everything `run` needs from the configuration set, checked.
 #[derive(Debug)]
 pub struct ValidSet {
