@@ -17,24 +17,10 @@ const ADMIN_A: (&str, &str) = ("ana@platform", "token-ana");
 const ADMIN_B: (&str, &str) = ("budi@platform", "token-budi");
 const OPERATOR: (&str, &str) = ("citra@oncall", "token-citra");
 
-/// The cluster as the file store reads it: the two namespaces with their jurisdictions, a
-/// mesh-wide STRICT PeerAuthentication, and `extra` documents.
-fn cluster(primary: &str, dr: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Namespace
-metadata: {{ name: demo, labels: {{ failoverd.dev/jurisdiction: {primary} }} }}
----
-apiVersion: v1
-kind: Namespace
-metadata: {{ name: demo-dr, labels: {{ failoverd.dev/jurisdiction: {dr} }} }}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{ name: default, namespace: istio-system }}
-spec: {{ mtls: {{ mode: STRICT }} }}
-{extra}"
-    )
+/// The cluster as the file store reads it: the demo's facts (namespace `demo` in ID,
+/// `demo-dr` in `dr`, STRICT mTLS mesh-wide) and `extra` documents.
+fn cluster(dr: &str, extra: &str) -> String {
+    format!("{}{extra}", failoverd::demo::mesh_facts(dr))
 }
 
 const DR_PERMISSIVE: &str = "---
@@ -139,7 +125,7 @@ impl Rig {
 /// break-glass never moving traffic while two admins' does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_holds_on_the_file_store() {
-    let mut r = Rig::start(&cluster("ID", "SG", "")).await;
+    let mut r = Rig::start(&cluster("SG", "")).await;
     let untouched = r.s.vs_bytes().unwrap();
     r.s.primary.stop();
     // Three failed probes (1 s apart) and the primary is down: the DR copy is in SG.
@@ -173,7 +159,7 @@ async fn the_fence_holds_on_the_file_store() {
 
     // The DR copy's namespace is relabelled ID: the next round fails over.
     let relabelled = Instant::now();
-    r.facts(&cluster("ID", "ID", ""));
+    r.facts(&cluster("ID", ""));
     r.s.wait_routing(|x| x == Routing::Failover { target: 0 }, WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", r.d.logs()));
@@ -200,7 +186,7 @@ async fn the_fence_holds_on_the_file_store() {
     r.s.wait_routing(|x| x == Routing::Primary, WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", r.d.logs()));
-    r.facts(&cluster("ID", "ID", DR_PERMISSIVE));
+    r.facts(&cluster("ID", DR_PERMISSIVE));
     r.explained("PERMISSIVE").await;
     let back = r.s.vs_bytes().unwrap();
     r.s.primary.stop();

@@ -1,13 +1,24 @@
 //! Engine benchmark: one pass of `decide` over 10,000 playbooks, repeated; prints p50/p99.
+//! Then the same fleet fenced (residency ID, strict mTLS): each pass judges every target
+//! again on the mesh view (`control::fence::policy_observations`, i.e. `judge`, on a
+//! `ClusterView` of 30,000 Namespaces and a mesh-wide STRICT PeerAuthentication) and
+//! decides with those `Policy` observations: what re-judging the whole fleet costs on one
+//! view change (a relabel). Both lines are printed (fence off / on).
 //!
 //! `cargo bench -p failoverd --bench decide` (goal: one pass ≤ 50 ms).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use failoverd::config::FenceConfig;
+use failoverd::control::fence::{fence_of, policy_observations};
 use failoverd::engine::{Health, Observation, Overrides, SignalKind, State, decide};
+use failoverd::mesh::{ClusterView, Snapshot};
 use failoverd::playbook::{self, Target, Validate};
 use jiff::Timestamp;
+use serde_json::json;
 
 const PLAYBOOKS: usize = 10_000;
 const PASSES: usize = 50;
@@ -65,21 +76,117 @@ fn main() {
         })
         .collect();
     let ov = Overrides::default();
-    let mut passes = Vec::with_capacity(PASSES);
+    let passes = timed(|| {
+        let mut moves = 0;
+        for (pb, st, obs) in &fleet {
+            moves += decide(pb, st, obs, &ov, now).actions.len();
+        }
+        moves
+    });
+    report("decide over {PLAYBOOKS} playbooks, fence off", &passes);
+
+    // Fenced: every playbook's namespaces in the view (each playbook its own three, as a
+    // fleet of separate services would be), the first DR copy in ID, the second in SG (the
+    // fence refuses it), all under a mesh-wide STRICT PeerAuthentication.
+    let daemon = FenceConfig {
+        allowed: Some(vec!["ID".into()]),
+        require_strict_mtls: None,
+    };
+    let mut view = ClusterView::default();
+    let ns = |name: String, code: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"failoverd.dev/jurisdiction": code}}})
+    };
+    for i in 0..PLAYBOOKS {
+        view.insert(&ns(format!("ns{i}"), "ID")).unwrap();
+        view.insert(&ns(format!("dr{i}"), "ID")).unwrap();
+        view.insert(&ns(format!("drb{i}"), "SG")).unwrap();
+    }
+    view.insert(
+        &json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "istio-system"},
+        "spec": {"mtls": {"mode": "STRICT"}}}),
+    )
+    .unwrap();
+    let snap = Snapshot {
+        view: Arc::new(view),
+        synced: true,
+        error: None,
+    };
+    let fenced: Vec<_> = fleet
+        .iter()
+        .enumerate()
+        .map(|(i, (pb, st, obs))| {
+            let mut pb = pb.clone();
+            pb.spec.primary.host.value = format!("svc.ns{i}.svc.cluster.local");
+            pb.spec.failover.value[0].host.value = format!("svc.dr{i}.svc.cluster.local");
+            pb.spec.failover.value[1].host.value = format!("svc.drb{i}.svc.cluster.local");
+            pb.fenced = true;
+            let fence = fence_of(&pb, &daemon);
+            (pb, fence, st, obs)
+        })
+        .collect();
+    // What one pass must produce, checked once outside the timing: three verdicts per
+    // playbook, the SG copy refused, the others cleared.
+    let (pb, fence, _, _) = &fenced[1];
+    let verdicts = policy_observations(pb, fence, &snap, now);
+    let refused: Vec<_> = verdicts
+        .iter()
+        .filter(|o| matches!(o.health, Health::Unhealthy(_)))
+        .map(|o| o.target)
+        .collect();
+    assert_eq!(
+        (verdicts.len(), refused),
+        (3, vec![Target::Failover(1)]),
+        "{verdicts:?}"
+    );
+    let passes = timed(|| {
+        let mut moves = 0;
+        for (pb, fence, st, obs) in &fenced {
+            // As the controller does on a view change: judge every target, then decide on
+            // the probes' observations with the verdicts appended.
+            let policy = policy_observations(pb, fence, &snap, now);
+            let all: Vec<Observation> = obs.iter().cloned().chain(policy).collect();
+            moves += decide(pb, st, &all, &ov, now).actions.len();
+        }
+        moves
+    });
+    report(
+        "judge + decide over {PLAYBOOKS} fenced playbooks (30,000 namespaces in the view), fence on",
+        &passes,
+    );
+    // The share of it that is judging (the Policy observations alone, no decide).
+    let passes = timed(|| {
+        let mut n = 0;
+        for (pb, fence, _, _) in &fenced {
+            n += policy_observations(pb, fence, &snap, now).len();
+        }
+        n
+    });
+    report(
+        "of which judge alone ({PLAYBOOKS} x 3 targets; \"actions\" = observations)",
+        &passes,
+    );
+}
+
+/// Runs `pass` [`PASSES`] times; the sorted durations and the actions per pass.
+fn timed(mut pass: impl FnMut() -> usize) -> (Vec<Duration>, usize) {
+    let mut out = Vec::with_capacity(PASSES);
     let mut moves = 0usize;
     for _ in 0..PASSES {
         let t = Instant::now();
-        for (pb, st, obs) in &fleet {
-            let d = decide(pb, st, obs, &ov, now);
-            moves += d.actions.len();
-        }
-        passes.push(t.elapsed());
+        moves += pass();
+        out.push(t.elapsed());
     }
-    passes.sort();
+    out.sort();
+    (out, moves / PASSES)
+}
+
+fn report(what: &str, (passes, actions): &(Vec<Duration>, usize)) {
     let pct = |p: f64| passes[((passes.len() - 1) as f64 * p).round() as usize];
     println!(
-        "decide over {PLAYBOOKS} playbooks, {PASSES} passes ({} actions per pass)",
-        moves / PASSES
+        "{}, {PASSES} passes ({actions} actions per pass)",
+        what.replace("{PLAYBOOKS}", &PLAYBOOKS.to_string())
     );
     println!(
         "  p50 {:.2} ms   p99 {:.2} ms   min {:.2} ms   max {:.2} ms",

@@ -27,6 +27,8 @@ pub struct ServeOptions {
     /// A cap on API connections (default [`crate::server::DEFAULT_MAX_CONNECTIONS`],
     /// lowered to fit the open-file limit) and TLS.
     pub listener: ListenerOptions,
+    /// Cluster identities (TokenReview and SubjectAccessReview); None: token file only.
+    pub kube_auth: Option<Arc<crate::api::kube_auth::KubeAuth>>,
 }
 
 /// Runs the daemon with an HTTP listener until `shutdown` turns true.
@@ -42,12 +44,13 @@ pub async fn serve(
     let ServeOptions {
         drills,
         listener: listener_options,
+        kube_auth,
     } = options;
     // A certificate that does not load refuses the start, naming the file.
     let tls = listener_options
         .tls
         .clone()
-        .map(crate::tls::server_config)
+        .map(|f| crate::tls::server_config_with(f, listener_options.client_ca.as_deref()))
         .transpose()
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     // Operator calls are rare and each waits for its answer; a small queue is plenty.
@@ -60,6 +63,7 @@ pub async fn serve(
         rt.audit.clone(),
         audit_path,
     );
+    api.kube_auth = kube_auth;
     if let Some((defs, dir)) = drills {
         // Error budgets are read like SLOs: the `prometheusClient` settings, else a plain
         // client.

@@ -87,9 +87,38 @@ pub struct FileConfig {
     pub residency: Option<ResidencyConfig>,
     /// `policy: { requireStrictMTLS: true }`: the mesh protections a target must keep.
     pub policy: Option<PolicyConfig>,
+    /// `auth: { kubernetes: { ... } }`: callers with a cluster identity.
+    pub auth: Option<AuthConfig>,
     /// OTLP traces of decisions and moves (off unless an endpoint is set here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub tracing: Option<crate::trace::TracingConfig>,
+}
+
+/// `auth:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TokenReview and SubjectAccessReview through the cluster's API server.
+    pub kubernetes: Option<KubeAuthFile>,
+}
+
+/// `auth.kubernetes:` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeAuthFile {
+    /// Turn it on (also `--auth-kubernetes`): a bearer token not in the token file is sent to
+    /// TokenReview, and each call of such a caller is authorised by SubjectAccessReview.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespace of the `playbooks.failoverd.dev` resource the reviews name (default: the
+    /// pod's namespace, else `failoverd`).
+    pub namespace: Option<String>,
+    /// `spec.audiences` of every TokenReview (default: none, the API server's own).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// How long a review's answer is reused (default 10s; at most 10m).
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<crate::playbook::Duration>,
 }
 
 /// `residency:` in the config file.
@@ -141,6 +170,10 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// Private key (PEM).
     pub key_file: PathBuf,
+    /// CA bundle (PEM) for client certificates: clients may then authenticate with a
+    /// certificate signed by one of these CAs (mTLS); others are refused at the handshake.
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `leaderElection:` in the config file.
@@ -205,6 +238,9 @@ impl FileConfig {
     }
 }
 
+/// What `main` read before logging started, until the start's checks take it.
+static KEPT: std::sync::Mutex<Option<Preloaded>> = std::sync::Mutex::new(None);
+
 /// The config file of a start, read once before logging starts (the OTLP exporter is a layer
 /// of the log subscriber, so tracing must be known then), and the tracing settings resolved
 /// from it and the environment once; the start's checks use the same reading.
@@ -229,6 +265,22 @@ impl Preloaded {
             Err(_) => Ok(None),
         };
         Self { file, tracing }
+    }
+
+    /// Keeps this reading for the start's checks ([`Preloaded::take_or_read`]).
+    pub fn keep(self) {
+        if let Ok(mut kept) = KEPT.lock() {
+            *kept = Some(self);
+        }
+    }
+
+    /// The reading `main` kept, once (the start's checks); after that, or without one, a
+    /// fresh reading of `path` (a reload, `validate`).
+    pub fn take_or_read(path: Option<&Path>) -> Self {
+        KEPT.lock()
+            .ok()
+            .and_then(|mut k| k.take())
+            .unwrap_or_else(|| Self::read(path))
     }
 }
 
@@ -339,6 +391,10 @@ pub struct Settings {
     pub audit_trail: AuditTrail,
     /// `residency:` and `policy:`.
     pub fence: FenceConfig,
+    /// `auth.kubernetes` (None: token-file callers only).
+    pub kube_auth: Option<crate::api::kube_auth::KubeAuthConfig>,
+    /// `tls.clientCAFile` / `--tls-client-ca` (None: no client certificates).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

@@ -9,7 +9,7 @@ use failoverd::cli::{self, Cli, Command};
 async fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, before any client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut cli = Cli::parse();
+    let cli = Cli::parse();
     // The daemon logs its decisions; one-shot commands (and the demo, which prints its own
     // timeline) log only warnings and errors.
     let default = if matches!(cli.command, Command::Run(_)) {
@@ -19,11 +19,11 @@ async fn main() -> ExitCode {
     };
     // The config file is read here, once, before logging starts: the OTLP exporter is one
     // layer of the subscriber. `run` checks the same reading and locates its problems.
-    let otlp = match &mut cli.command {
+    let otlp = match &cli.command {
         Command::Run(args) => {
             let pre = failoverd::config::Preloaded::read(args.config.as_deref());
             let otlp = pre.tracing.clone().ok().flatten();
-            args.preloaded = Some(pre);
+            pre.keep();
             otlp
         }
         _ => None,

@@ -96,7 +96,9 @@ async fn tls_serves_and_reloads_the_certificate() {
                     cert: cert.clone(),
                     key: key.clone(),
                 }),
+                ..Default::default()
             },
+            ..Default::default()
         },
     ));
     let url = format!("https://{addr}/v1/overrides");

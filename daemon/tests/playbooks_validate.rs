@@ -217,3 +217,64 @@ fn validate_config_refuses_a_fifo_secret_file() {
         "{err}"
     );
 }
+
+// ---- the fence seen statically: every failover target outside the allowed set ----
+
+/// The file store's cluster facts: namespace `ns` in ID, `ns-dr` labelled `dr` (None: no
+/// label at all).
+fn cluster_facts(dir: &Path, dr: Option<&str>) {
+    let label = dr.map_or_else(String::new, |c| {
+        format!(", labels: {{ failoverd.dev/jurisdiction: {c} }}")
+    });
+    write(
+        dir,
+        "routes/_cluster/mesh.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: ns, labels: {{ failoverd.dev/jurisdiction: ID }} }}\n\
+             ---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: ns-dr{label} }}\n"
+        ),
+    );
+}
+
+/// A fenced playbook whose only failover target is, by `_cluster/`, in SG while only ID is
+/// allowed: `validate --config` still accepts the set (exit 0) but warns, naming the
+/// playbook, its file and the target with its jurisdiction. No warning once the target is in
+/// ID, nor when its jurisdiction is unknown (a missing label is not a static refusal), nor
+/// without a residency rule.
+#[test]
+fn validate_config_warns_when_every_failover_target_is_outside_the_allowed_set() {
+    let (dir, cfg) = config_set("residency: { allowed: [ID] }\n");
+    cluster_facts(dir.path(), Some("SG"));
+    let (code, out, err) = cli(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "a warning, not a problem\n{out}\n{err}");
+    assert!(out.contains("ok (svc)"), "{out}");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning:\n{err}"));
+    let file = dir.path().join("pb/svc.yaml");
+    for part in [
+        file.display().to_string().as_str(),
+        "playbook `svc`",
+        "[ID]",
+        "svc.ns-dr.svc.cluster.local (SG)",
+    ] {
+        assert!(warning.contains(part), "`{part}` not in: {warning}");
+    }
+
+    for (what, dr, extra) in [
+        ("target in ID", Some("ID"), "residency: { allowed: [ID] }\n"),
+        (
+            "jurisdiction unknown",
+            None,
+            "residency: { allowed: [ID] }\n",
+        ),
+        ("no residency rule", Some("SG"), ""),
+    ] {
+        let (dir, cfg) = config_set(extra);
+        cluster_facts(dir.path(), dr);
+        let (code, out, err) = cli(&["validate", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{what}\n{out}\n{err}");
+        assert!(!err.contains("warning:"), "{what}: {err}");
+    }
+}

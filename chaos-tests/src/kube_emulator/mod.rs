@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
+pub use handler::reviews::ReviewRecord;
 pub use resources::Rule;
 
 /// The token [`Emulator::start`] registers with full rights (identity `admin`).
@@ -154,6 +155,8 @@ pub(crate) struct Shared {
     /// Bumped to close every connection and the listener (restart / shutdown).
     pub epoch: watch::Sender<u64>,
     pub stopped: watch::Sender<bool>,
+    /// TokenReview and SubjectAccessReview tables (handler/reviews.rs).
+    pub reviews: Mutex<handler::reviews::Reviews>,
 }
 
 impl Shared {
@@ -273,6 +276,7 @@ impl Emulator {
             addr,
             epoch: watch::channel(0).0,
             stopped: watch::channel(false).0,
+            reviews: Mutex::default(),
         });
         tokio::spawn(handler::accept_loop(shared.clone(), listener));
         Ok(Emulator { shared })

@@ -286,3 +286,44 @@ pub fn playbooks_of(r: &Render) -> Vec<failoverd::playbook::Loaded> {
     failoverd::playbook::load_paths(&[tmp.path().to_path_buf()])
         .unwrap_or_else(|e| panic!("{}: playbooks do not load:\n{e}", r.name))
 }
+
+/// The rules of deploy/base's Role and ClusterRoles as the emulator's RBAC (the same reading
+/// as `deploy_rbac.rs`): the Role in its own namespace, a ClusterRole bound by a
+/// ClusterRoleBinding everywhere, any other ClusterRole in `guarded` (where the example
+/// overlay binds it with a RoleBinding). For end-to-end tests that run the binary as the
+/// ServiceAccount the manifests create.
+pub fn base_rules(guarded: &str) -> Vec<chaos_tests::kube_emulator::Rule> {
+    let base = renders()
+        .iter()
+        .find(|r| r.name == "deploy/base")
+        .expect("deploy/base is rendered");
+    let mut out = Vec::new();
+    for role in base
+        .objects
+        .iter()
+        .filter(|o| matches!(kind(o), "Role" | "ClusterRole"))
+    {
+        let cluster_wide = base.objects.iter().any(|b| {
+            kind(b) == "ClusterRoleBinding"
+                && s(b, "/roleRef/kind") == "ClusterRole"
+                && s(b, "/roleRef/name") == name(role)
+        });
+        let scope = if kind(role) == "Role" {
+            ns(role)
+        } else if cluster_wide {
+            "*"
+        } else {
+            guarded
+        };
+        for rule in arr(role.get("rules")) {
+            out.push(chaos_tests::kube_emulator::Rule::new(
+                &strs(rule.get("verbs")),
+                &strs(rule.get("apiGroups")),
+                &strs(rule.get("resources")),
+                &[scope],
+            ));
+        }
+    }
+    assert!(!out.is_empty(), "deploy/base grants nothing");
+    out
+}

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::auth::Role;
 use crate::engine::Actor;
 use crate::shared::{Control, ControlKind, ControlReply};
 
@@ -17,7 +16,7 @@ use super::body::{Body, control_kind, parse_body, read_body, require_json};
 use super::error::{
     ActionRefusals, ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals,
 };
-use super::guard::authenticate;
+use super::guard::Authn;
 use super::operator::as_operator;
 use super::schema;
 use super::state::{ApiState, CALL_TIMEOUT};
@@ -72,12 +71,13 @@ pub(super) async fn send(
 
 pub(super) async fn act(
     state: ApiState,
+    authn: Authn,
     headers: HeaderMap,
     name: String,
     action: &str,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let audit_action = format!("override-{action}");
     let checked = async {
         if state.shared.index(&name).is_none() {
@@ -96,6 +96,7 @@ pub(super) async fn act(
     let (kind, reason) = as_operator(
         &state,
         &caller,
+        std::slice::from_ref(&name),
         &body,
         &audit_action,
         playbook,
@@ -140,11 +141,12 @@ pub(super) async fn act(
 )]
 pub(super) async fn failover(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    act(state, headers, name, "failover", body).await
+    act(state, authn, headers, name, "failover", body).await
 }
 
 /// Fail back now
@@ -172,11 +174,12 @@ pub(super) async fn failover(
 )]
 pub(super) async fn failback(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    act(state, headers, name, "failback", body).await
+    act(state, authn, headers, name, "failback", body).await
 }
 
 /// Freeze automation
@@ -202,11 +205,12 @@ pub(super) async fn failback(
 )]
 pub(super) async fn freeze(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    act(state, headers, name, "freeze", body).await
+    act(state, authn, headers, name, "freeze", body).await
 }
 
 /// Resume automation
@@ -232,9 +236,10 @@ pub(super) async fn freeze(
 )]
 pub(super) async fn resume(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    act(state, headers, name, "resume", body).await
+    act(state, authn, headers, name, "resume", body).await
 }

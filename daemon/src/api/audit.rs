@@ -1,17 +1,17 @@
 //! `GET /v1/audit`: filtered reads of the hash-chained audit log.
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Role;
 use crate::audit::Record;
 
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, ReadRefusals};
-use super::guard::authenticate;
+use super::guard::{Authn, authorize};
+use super::kube_auth::Verb;
 use super::schema;
 use super::state::{AUDIT_READ_WAIT, ApiState};
 
@@ -69,10 +69,10 @@ pub(super) struct AuditQuery {
 )]
 pub(super) async fn get_audit(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::List, None).await?;
     let Query(q) = query.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(json!(e.body_text()))
     })?;

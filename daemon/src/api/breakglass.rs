@@ -3,8 +3,9 @@
 //! approves within [`PENDING_TTL`] (`POST /v1/breakglass/{id}/approve`), and only then is the
 //! move sent to the controller, as a forced hold of at most [`MAX_HOLD`].
 //!
-//! Requests are kept in this replica's memory: a restart or a leader handover drops the
-//! pending ones (never an approved one: that is a hold in the override set). Each request,
+//! Requests are kept in the leader's memory (a standby refuses both calls with 503 naming the
+//! leader): a restart or a leader handover drops the pending ones (never an approved one:
+//! that is a hold in the override set). Each request,
 //! approval and refusal is audited before it is answered, and pages on-call (`break-glass`,
 //! critical).
 
@@ -20,10 +21,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::send;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::body::{Body, parse_body, read_body, require_json, target_of, ttl_of};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals};
-use super::guard::authenticate;
+use super::guard::Authn;
+use super::kube_auth::Verb;
 use super::operator::as_role;
 use super::pending::{BreakGlassRequested, Pending};
 use super::state::{ApiState, MAX_REASON};
@@ -47,6 +49,25 @@ pub(super) struct ApproveBody {
     /// Why the approver agrees (goes into the audit log). Not empty, at most 1024 characters.
     #[schema(min_length = 1, max_length = 1024)]
     reason: String,
+}
+
+/// A standby writes nothing, so it keeps no requests either: both halves of a break-glass go
+/// to the leader, where the approval can find the request.
+fn on_the_leader(state: &ApiState) -> ApiResult<()> {
+    if state.shared.leader.is_leader() {
+        return Ok(());
+    }
+    let leader = state
+        .shared
+        .leader
+        .holder()
+        .unwrap_or_else(|| "not known yet".into());
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "this replica is a standby and keeps no break-glass requests; the leader is `{leader}`"
+        ),
+    ))
 }
 
 fn unprocessable(msg: impl Into<String>) -> ApiError {
@@ -91,6 +112,7 @@ fn page(state: &ApiState, playbook: &str, reason: &str, actor: &str) {
 /// `"breakGlass": true`, else the ordinary operator failover (documented there).
 pub(super) async fn failover(
     state: State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     name: Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -102,20 +124,22 @@ pub(super) async fn failover(
         .and_then(|v| v.get("breakGlass").and_then(serde_json::Value::as_bool))
         == Some(true);
     if break_glass {
-        return request(state.0, headers, name.0, body).await;
+        return request(state.0, authn, headers, name.0, body).await;
     }
-    super::actions::failover(state, headers, name, body).await
+    super::actions::failover(state, authn, headers, name, body).await
 }
 
 /// `POST /v1/playbooks/{name}/failover` with `"breakGlass": true`.
 async fn request(
     state: ApiState,
+    authn: Authn,
     headers: HeaderMap,
     name: String,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let checked = async {
+        on_the_leader(&state)?;
         let Some(idx) = state.shared.index(&name) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -154,7 +178,8 @@ async fn request(
     let (target, ttl, reason) = as_role(
         &state,
         &caller,
-        Role::Admin,
+        Verb::Escalate,
+        std::slice::from_ref(&name),
         &body,
         "break-glass-request",
         || name.clone(),
@@ -231,6 +256,7 @@ fn approve_checks(
     body: &Result<Bytes, BytesRejection>,
     headers: &HeaderMap,
 ) -> ApiResult<(Pending, String)> {
+    on_the_leader(state)?;
     let bytes = read_body(body)?;
     require_json(headers, bytes)?;
     let b: ApproveBody =
@@ -289,17 +315,18 @@ fn approve_checks(
         (status = 404, description = "No such pending request", body = ErrorBody),
         (status = 409, description = "Refused by a rule (target missing, playbook inactive)", body = ErrorBody),
         (status = 422, description = "Body does not fit", body = ErrorBody),
-        (status = 503, description = "The audit log refuses appends: nothing done", body = ErrorBody),
+        (status = 503, description = "The audit log refuses appends, or this replica is a standby: nothing done", body = ErrorBody),
         (status = 504, description = "Accepted, but the routing write did not finish in time", body = ErrorBody),
     )
 )]
 pub(super) async fn approve(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let playbook = state
         .break_glass
         .lock()
@@ -310,7 +337,8 @@ pub(super) async fn approve(
     let (p, reason) = as_role(
         &state,
         &caller,
-        Role::Admin,
+        Verb::Escalate,
+        std::slice::from_ref(&playbook),
         &body,
         "break-glass-approve",
         || playbook.clone(),

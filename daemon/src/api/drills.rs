@@ -11,11 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Role;
-
 use super::body::{DrillBody, parse_drill_body, read_body, require_json};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals, ReadRefusals};
-use super::guard::authenticate;
+use super::guard::{Authn, authorize};
+use super::kube_auth::Verb;
 use super::operator::as_operator;
 use super::state::ApiState;
 
@@ -75,9 +74,9 @@ pub(super) fn no_drill(name: &str) -> ApiError {
 )]
 pub(super) async fn list_drills(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::List, None).await?;
     let drills = drills_of(&state).map(|d| d.list()).unwrap_or_default();
     Ok(axum::Json(DrillList { drills }).into_response())
 }
@@ -102,10 +101,10 @@ pub(super) async fn list_drills(
 )]
 pub(super) async fn list_drill_runs(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::List, None).await?;
     let d = drills_of(&state)
         .filter(|d| d.exists(&name))
         .ok_or_else(|| no_drill(&name))?;
@@ -151,11 +150,11 @@ pub(super) struct RunQuery {
 )]
 pub(super) async fn get_drill_run(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
     Path((name, id)): Path<(String, String)>,
     query: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::List, None).await?;
     let Query(q) = query.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid query").detail(json!(e.body_text()))
     })?;
@@ -216,11 +215,12 @@ pub(super) async fn get_drill_run(
 )]
 pub(super) async fn run_drill(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let started = async {
         let d = drills_of(&state)
             .filter(|d| d.exists(&name))
@@ -246,9 +246,15 @@ pub(super) async fn run_drill(
     };
     let playbook = || name.clone();
     let inputs = json!({ "drill": name });
+    // `update` on every playbook the drill moves.
+    let on: Vec<String> = drills_of(&state)
+        .and_then(|d| d.list().into_iter().find(|s| s.name == name))
+        .map(|s| s.playbooks)
+        .unwrap_or_default();
     let run = as_operator(
         &state,
         &caller,
+        &on,
         &body,
         "drill-run",
         playbook,

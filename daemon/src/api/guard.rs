@@ -1,18 +1,20 @@
 //! What runs before and around every handler: the [`guard`] middleware (path limits,
-//! failed-authentication limits, per-identity rate limits), authentication and role
-//! checks, and the audit record of a refused call.
+//! failed-authentication limits, per-identity rate limits), authentication (token file,
+//! TokenReview, client certificate) and permission checks (role, or SubjectAccessReview
+//! for cluster identities), and the audit record of a refused call.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::auth::{AuthError, Caller, Role};
+use super::auth::{AuthError, Authority, Caller, Role, bearer};
+use super::kube_auth::{self, Verb};
 use crate::audit::Entry;
 
 use super::error::{ApiError, ApiResult};
@@ -24,11 +26,14 @@ pub(super) fn is_mutating(method: &Method) -> bool {
 
 /// Runs before every `/v1` handler, in this order, so abuse is refused before it costs a
 /// role check, a disk write or an fsync: (1) a path longer than [`MAX_PATH`] or with a
-/// segment longer than [`MAX_NAME`] → 404; (2) a failed authentication is counted
+/// segment longer than [`MAX_NAME`] → 404; (2) the caller is identified ([`identify`]; an
+/// uncached TokenReview is charged to the address's failure limit before it is sent, and a
+/// cluster that does not answer is a 503 here); (3) a failed authentication is counted
 /// (`failoverd_api_auth_failures_total{reason}`), logged in aggregate, and limited per
-/// source address (429 beyond the limit; the handler's 401 otherwise); (3) a mutating call
-/// by an authenticated caller is rate-limited per identity (429, not audited). The handlers
-/// then check the role and audit refusals within the identity's audit budget.
+/// source address (429 beyond the limit; the handler's 401 otherwise); (4) a mutating call
+/// by an authenticated caller is rate-limited per identity (429, not audited). The outcome
+/// goes to the handler as [`Authn`]; the handlers then check the permission (role or
+/// SubjectAccessReview) and audit refusals within the identity's audit budget.
 ///
 /// Every call is one server span `failoverd.api` (tracing on) with the caller's identity
 /// (`enduser.id`, never the token); an incoming W3C `traceparent` header becomes its parent.
@@ -53,7 +58,7 @@ pub async fn guard(state: State<ApiState>, req: Request, next: Next) -> Response
     res
 }
 
-async fn guard_in(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn guard_in(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/v1/openapi.json" {
         return next.run(req).await;
@@ -65,32 +70,51 @@ async fn guard_in(State(state): State<ApiState>, req: Request, next: Next) -> Re
             )))
             .into_response();
     }
-    let auth = req
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    // Owned copies: the request body is not `Sync`, so no reference to it may be held
+    // across the review.
+    let header = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match state.tokens.authenticate(auth) {
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cert = req
+        .extensions()
+        .get::<crate::tls::ClientIdentity>()
+        .cloned();
+    let outcome = identify(&state, header.as_deref(), cert, ip).await;
+    req.extensions_mut().insert(Authn(outcome.clone()));
+    match outcome {
+        Err(AuthError::Unavailable(why)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot check the caller's cluster identity: the Kubernetes API server did not answer",
+        )
+        .detail(json!(why))
+        .into_response(),
         Err(e) => {
             let reason = match e {
                 AuthError::NotConfigured => "not_configured",
                 AuthError::Missing => "missing",
                 AuthError::Invalid => "invalid",
+                AuthError::Rejected => "rejected",
+                AuthError::Throttled | AuthError::Unavailable(_) => "throttled",
             };
             let m = &state.shared.metrics;
             m.api_auth_failures
                 .get_or_create(&crate::metrics::labels([("reason", reason)]))
                 .inc();
-            let ip = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
             let key = format!("address {ip}");
-            // One entry per address ever seen: drop the ones whose limit has recovered
-            // before the map grows large.
-            if state.auth_limiter.len() > LIMITER_KEYS {
-                state.auth_limiter.retain_recent();
-            }
-            if state.auth_limiter.check_key(&ip).is_err() {
+            // A TokenReview rejection was charged to the address before the review was sent
+            // (see `identify`); every other failure is charged here.
+            let limited = match e {
+                AuthError::Throttled => true,
+                AuthError::Rejected => false,
+                _ => !charge(&state, ip),
+            };
+            if limited {
                 m.api_rate_limited
                     .get_or_create(&crate::metrics::labels([("by", "address")]))
                     .inc();
@@ -133,6 +157,192 @@ async fn guard_in(State(state): State<ApiState>, req: Request, next: Next) -> Re
     }
 }
 
+/// Takes one unit of the address's failed-authentication budget; false when it is spent.
+fn charge(state: &ApiState, ip: IpAddr) -> bool {
+    // One entry per address ever seen: drop the ones whose limit has recovered before the
+    // map grows large.
+    if state.auth_limiter.len() > LIMITER_KEYS {
+        state.auth_limiter.retain_recent();
+    }
+    state.auth_limiter.check_key(&ip).is_ok()
+}
+
+/// Who is calling: a bearer token from the token file; else (with `auth.kubernetes`) one
+/// the cluster's TokenReview authenticates; else a client certificate verified at the
+/// handshake, mapped in the token file or (with `auth.kubernetes`) taken as a cluster user
+/// of that name. A TokenReview not answered from the cache first takes a unit of the
+/// address's failed-authentication budget, so a flood of bad tokens can never become a
+/// flood of TokenReviews.
+async fn identify(
+    state: &ApiState,
+    header: Option<&str>,
+    cert: Option<crate::tls::ClientIdentity>,
+    ip: IpAddr,
+) -> Result<Caller, AuthError> {
+    let kube = state.kube_auth.as_ref();
+    let Some(token) = bearer(header) else {
+        return match cert {
+            Some(id) => match (state.tokens.by_certificate(&id.0), kube) {
+                (Some(caller), _) => Ok(caller),
+                (None, Some(_)) => Ok(Caller {
+                    identity: id.0,
+                    role: Role::Viewer,
+                    authority: Authority::Cluster { groups: Vec::new() },
+                }),
+                (None, None) => Err(AuthError::Rejected),
+            },
+            None if !state.tokens.configured() && kube.is_none() => Err(AuthError::NotConfigured),
+            None => Err(AuthError::Missing),
+        };
+    };
+    if let Some(caller) = state.tokens.lookup(token) {
+        return Ok(caller);
+    }
+    let Some(kube) = kube else {
+        return Err(if state.tokens.configured() {
+            AuthError::Invalid
+        } else {
+            AuthError::NotConfigured
+        });
+    };
+    let known = match kube.cached_token(token) {
+        Some(known) => known,
+        None if !charge(state, ip) => return Err(AuthError::Throttled),
+        None => kube
+            .review_token(token)
+            .await
+            .map_err(|e| AuthError::Unavailable(e.0))?,
+    };
+    match known {
+        Some(user) => Ok(Caller {
+            identity: user.username,
+            role: Role::Viewer,
+            authority: Authority::Cluster {
+                groups: user.groups,
+            },
+        }),
+        None => Err(AuthError::Rejected),
+    }
+}
+
+/// The outcome of authentication, put on the request by [`guard`] for the handler.
+#[derive(Clone, Debug)]
+pub(super) struct Authn(Result<Caller, AuthError>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Authn {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Authn>()
+            .cloned()
+            .unwrap_or(Authn(Err(AuthError::Missing))))
+    }
+}
+
+impl Authn {
+    /// The authenticated caller, or the 401 (503 when the cluster could not be asked).
+    pub(super) fn caller(&self) -> ApiResult<Caller> {
+        self.0.clone().map_err(|e| match e {
+            AuthError::NotConfigured => ApiError::new(StatusCode::UNAUTHORIZED, "authentication is not configured")
+                .detail(json!("start failoverd with --tokens FILE (YAML: - { identity, role, sha256 }) or auth.kubernetes to enable the API")),
+            AuthError::Missing => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token")
+                .detail(json!("send Authorization: Bearer <token>")),
+            AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token"),
+            AuthError::Rejected => ApiError::new(StatusCode::UNAUTHORIZED, "invalid credentials")
+                .detail(json!("the cluster does not authenticate this token, or the client certificate maps to no one")),
+            AuthError::Throttled => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address",
+            ),
+            AuthError::Unavailable(why) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the caller's cluster identity: the Kubernetes API server did not answer",
+            )
+            .detail(json!(why)),
+        })
+    }
+}
+
+/// Authenticates and checks that the caller may `verb` the playbook `name` (None: the
+/// fleet): the token-file role for token-file callers, SubjectAccessReview for cluster
+/// identities (403 when denied, 503 when the cluster does not answer). Reads use this;
+/// mutating calls use the audited frame in `operator`.
+pub(super) async fn authorize(
+    state: &ApiState,
+    authn: &Authn,
+    verb: Verb,
+    name: Option<&str>,
+) -> ApiResult<Caller> {
+    let caller = authn.caller()?;
+    let on: Vec<String> = name.map(str::to_string).into_iter().collect();
+    permit(state, &caller, verb, &on).await?;
+    Ok(caller)
+}
+
+/// Whether `caller` may `verb` each playbook in `on` (empty: the fleet).
+pub(super) async fn permit(
+    state: &ApiState,
+    caller: &Caller,
+    verb: Verb,
+    on: &[String],
+) -> ApiResult<()> {
+    let groups = match &caller.authority {
+        Authority::Role if caller.role < verb.role() => {
+            return Err(forbidden(caller, verb.role()));
+        }
+        Authority::Role => return Ok(()),
+        Authority::Cluster { groups } => groups,
+    };
+    let Some(kube) = &state.kube_auth else {
+        return Err(forbidden(caller, verb.role()));
+    };
+    let names: Vec<Option<&str>> = if on.iter().all(String::is_empty) {
+        vec![None]
+    } else {
+        on.iter().map(|n| Some(n.as_str())).collect()
+    };
+    for name in names {
+        let allowed = kube
+            .allowed(&caller.identity, groups, verb, name)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the caller's permission: the Kubernetes API server did not answer",
+                )
+                .detail(json!(e.0))
+            })?;
+        if !allowed {
+            let what = name.map_or_else(
+                || {
+                    format!(
+                        "{} in namespace {}",
+                        kube_auth::RESOURCE,
+                        kube.config().namespace
+                    )
+                },
+                |n| format!("playbook {n} (namespace {})", kube.config().namespace),
+            );
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{} may not {} {what}", caller.identity, verb.as_str()),
+            )
+            .detail(json!(format!(
+                "grant verb {} on {}.{} through Kubernetes RBAC",
+                verb.as_str(),
+                kube_auth::RESOURCE,
+                kube_auth::GROUP
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// 503 until the saved state (overrides) is loaded and published: before that, an empty
 /// override list would read as "not frozen" while a freeze holds.
 pub(super) fn require_loaded(state: &ApiState) -> ApiResult<()> {
@@ -145,23 +355,6 @@ pub(super) fn require_loaded(state: &ApiState) -> ApiResult<()> {
         )
         .detail(json!("retry in a moment")))
     }
-}
-
-pub(super) fn authenticate(state: &ApiState, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
-    let h = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = state.tokens.authenticate(h).map_err(|e| match e {
-        AuthError::NotConfigured => ApiError::new(StatusCode::UNAUTHORIZED, "authentication is not configured")
-            .detail(json!("start failoverd with --tokens FILE (YAML: - { identity, role, sha256 }) to enable the API")),
-        AuthError::Missing => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token")
-            .detail(json!("send Authorization: Bearer <token>")),
-        AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token"),
-    })?;
-    if caller.role < need {
-        return Err(forbidden(&caller, need));
-    }
-    Ok(caller)
 }
 
 pub(super) fn forbidden(caller: &Caller, need: Role) -> ApiError {

@@ -28,6 +28,7 @@ mod breakglass;
 mod drills;
 mod error;
 mod guard;
+pub mod kube_auth;
 mod openapi;
 mod operator;
 mod overrides;

@@ -13,7 +13,7 @@ use super::error::ErrorBody;
 #[openapi(
     info(
         title = "failoverd override API",
-        description = "Read the state of failoverd's playbooks and force, fail back, freeze or resume them.\n\nEvery call except this document needs `Authorization: Bearer <token>`; reads need the viewer role, mutating calls the operator role. Mutating calls are rate-limited per identity (before the role check) and audited; refusals of authenticated callers are audited within a per-identity budget (bursts of 30, then 10 a minute), never 401 or 429. Failed authentications are limited per source address. Bodies must be `Content-Type: application/json`. Errors are JSON `{ \"error\": \"...\", \"detail\": ... }`.",
+        description = "Read the state of failoverd's playbooks and force, fail back, freeze or resume them.\n\nEvery call except this document needs `Authorization: Bearer <token>` (or, with `tls.clientCAFile`, a client certificate); reads need the viewer role, mutating calls the operator role. With `auth.kubernetes`, a token not in the token file is checked by TokenReview and each call by SubjectAccessReview on `playbooks.failoverd.dev` (verbs `get`, `list`, `update`, `escalate`); when the Kubernetes API server does not answer within 5 s the call fails closed with 503. Mutating calls are rate-limited per identity (before the role check) and audited; refusals of authenticated callers are audited within a per-identity budget (bursts of 30, then 10 a minute), never 401 or 429. Failed authentications are limited per source address. Bodies must be `Content-Type: application/json`. Errors are JSON `{ \"error\": \"...\", \"detail\": ... }`.",
         license(name = "Apache-2.0")
     ),
     paths(

@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::auth::Role;
 use crate::engine::Actor;
 use crate::overrides::OverrideRecord;
 use crate::shared::ControlKind;
@@ -17,7 +16,8 @@ use crate::shared::ControlKind;
 use super::actions::send;
 use super::body::{Body, parse_body, read_body, require_json};
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals, ReadRefusals};
-use super::guard::{authenticate, require_loaded};
+use super::guard::{Authn, authorize, require_loaded};
+use super::kube_auth::Verb;
 use super::operator::as_operator;
 use super::schema;
 use super::state::ApiState;
@@ -48,9 +48,9 @@ pub struct OverrideList {
 )]
 pub(super) async fn list_overrides(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::List, None).await?;
     require_loaded(&state)?;
     let overrides = state
         .shared
@@ -87,11 +87,12 @@ pub(super) async fn list_overrides(
 )]
 pub(super) async fn delete_override(
     State(state): State<ApiState>,
+    authn: Authn,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = authenticate(&state, &headers, Role::Viewer)?;
+    let caller = authn.caller()?;
     let checked = async {
         require_loaded(&state)?;
         // Checked here too (the controller checks again) so the refusal is audited.
@@ -131,6 +132,7 @@ pub(super) async fn delete_override(
     let reason = as_operator(
         &state,
         &caller,
+        &[playbook()],
         &body,
         "override-delete",
         playbook,

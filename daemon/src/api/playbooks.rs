@@ -1,19 +1,19 @@
 //! `GET /v1/playbooks` and `GET /v1/playbooks/{name}`: playbook state and the route as the store holds it.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::auth::Role;
 use crate::engine::Routing;
 use crate::overrides::OverrideRecord;
 use crate::shared::PlaybookStatus;
 
 use super::error::{ApiError, ApiResult, AuthRefusals, ErrorBody, ReadRefusals};
-use super::guard::{authenticate, require_loaded};
+use super::guard::{Authn, authorize, require_loaded};
+use super::kube_auth::Verb;
 use super::schema;
 use super::state::ApiState;
 
@@ -101,9 +101,9 @@ pub struct StoreView {
 )]
 pub(super) async fn list_playbooks(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::List, None).await?;
     require_loaded(&state)?;
     // Serve the cached body while nothing the list shows has changed: with a large fleet the
     // list is ~100 KB of JSON, and dashboards poll it far more often than it changes.
@@ -178,10 +178,10 @@ pub(super) fn json_bytes(body: axum::body::Bytes) -> Response {
 )]
 pub(super) async fn get_playbook(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    authn: Authn,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    authenticate(&state, &headers, Role::Viewer)?;
+    authorize(&state, &authn, Verb::Get, Some(&name)).await?;
     require_loaded(&state)?;
     let idx = state.shared.index(&name).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("no playbook named `{name}`"))

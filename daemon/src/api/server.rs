@@ -95,6 +95,8 @@ pub struct ListenerOptions {
     pub max_connections: Option<usize>,
     /// Serve HTTPS with these files (re-read when they change).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// With `tls`: accept client certificates signed by a CA in this PEM bundle.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Limits of the API listener.
@@ -304,10 +306,16 @@ pub async fn serve(
             open.insert(id, conn.clone());
         }
         let (app, conn_svc, conns_svc) = (app.clone(), conn.clone(), conns.clone());
+        // The client certificate's identity, known once the TLS handshake is done.
+        let peer = Arc::new(std::sync::OnceLock::<crate::tls::ClientIdentity>::new());
+        let peer_svc = peer.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
+                if let Some(id) = peer_svc.get() {
+                    req.extensions_mut().insert(id.clone());
+                }
                 conn_svc.active.fetch_add(1, Ordering::AcqRel);
                 let active = Active {
                     conn: conn_svc.clone(),
@@ -336,6 +344,15 @@ pub async fn serve(
                         if let Ok(Ok(stream)) =
                             tokio::time::timeout(handshake_within, acceptor.accept(stream)).await
                         {
+                            if let Some(id) = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| crate::tls::identity_of(c))
+                            {
+                                let _ = peer.set(crate::tls::ClientIdentity(id));
+                            }
                             let _ = watcher
                                 .watch(http.serve_connection(TokioIo::new(stream), svc))
                                 .await;

@@ -11,6 +11,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 
 use super::auth::Tokens;
+use super::kube_auth::KubeAuth;
 use super::refusals::RefusalLog;
 use crate::audit::AuditLog;
 use crate::routing::RoutingStore;
@@ -82,6 +83,9 @@ pub struct ApiState {
     pub drills: Option<Arc<crate::drill::Drills>>,
     /// Break-glass requests waiting for their second admin.
     pub break_glass: Arc<Mutex<super::pending::BreakGlassBook>>,
+    /// Cluster identities (`auth.kubernetes`): TokenReview and SubjectAccessReview (None:
+    /// token-file callers only).
+    pub kube_auth: Option<Arc<KubeAuth>>,
 }
 
 impl ApiState {
@@ -116,6 +120,7 @@ impl ApiState {
             list_cache: Arc::default(),
             drills: None,
             break_glass: Arc::default(),
+            kube_auth: None,
         }
     }
 }

@@ -6,6 +6,11 @@
 //! or size of either changed, both are read again; a pair that does not load (half-written,
 //! key not matching) is logged and the previous certificate stays in force until a good
 //! pair appears.
+//!
+//! With `tls.clientCAFile`, clients may present a certificate signed by one of those CAs
+//! (rustls `WebPkiClientVerifier`; a client without one is still served, so bearer tokens keep
+//! working; a certificate from any other CA fails the handshake). The caller's identity is the
+//! certificate's SPIFFE URI SAN, else its subject CN ([`identity_of`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -140,14 +145,115 @@ impl ResolvesServerCert for ReloadingCert {
 /// The listener's TLS configuration: TLS 1.2 and 1.3 with ring, HTTP/1.1, the reloading
 /// certificate.
 pub fn server_config(files: TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config_with(files, None)
+}
+
+/// The identity of a client whose certificate was verified at the handshake, put on each of
+/// the connection's requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity(pub String);
+
+/// A certificate's identity: its first `spiffe://` URI SAN, else its subject CN (None when
+/// it has neither or does not parse).
+pub fn identity_of(cert: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    let spiffe = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
+                _ => None,
+            })
+        });
+    spiffe.or_else(|| {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .filter(|cn| !cn.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// Reads the client CA bundle (`tls.clientCAFile`, PEM) into a verifier that accepts
+/// certificates chaining to it and clients without any.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let at = |e: &dyn std::fmt::Display| format!("tls.clientCAFile {}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| at(&e))? {
+        roots.add(cert.map_err(|e| at(&e))?).map_err(|e| at(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(at(&"no certificate in the file"));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| at(&e))
+}
+
+/// [`server_config`], asking clients for a certificate signed by a CA in `client_ca`.
+pub fn server_config_with(
+    files: TlsFiles,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let resolver = ReloadingCert::new(files)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("tls: {e}"))?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(resolver));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match client_ca {
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cert(cn: Option<&str>, sans: &[rcgen::SanType]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
+        p.subject_alt_names = sans.to_vec();
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// Ensures the identity is the SPIFFE URI SAN when there is one (other URIs and DNS
+    /// names are not identities), else the subject CN, else none.
+    #[test]
+    fn identity_is_the_spiffe_uri_else_the_cn() {
+        let uri = |u: &str| rcgen::SanType::URI(u.try_into().unwrap());
+        let dns = rcgen::SanType::DnsName("bot.example".try_into().unwrap());
+        let both = cert(
+            Some("alice"),
+            &[
+                dns.clone(),
+                uri("https://example.org/x"),
+                uri("spiffe://cluster.local/ns/ops/sa/runbook"),
+            ],
+        );
+        assert_eq!(
+            identity_of(&both).as_deref(),
+            Some("spiffe://cluster.local/ns/ops/sa/runbook")
+        );
+        let cn_only = cert(Some("alice@oncall"), &[dns, uri("https://example.org/x")]);
+        assert_eq!(identity_of(&cn_only).as_deref(), Some("alice@oncall"));
+        assert_eq!(identity_of(&cert(None, &[])), None);
+        assert_eq!(identity_of(b"not a certificate"), None);
+    }
 }

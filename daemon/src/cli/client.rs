@@ -1,5 +1,6 @@
 //! The override API's command-line client: `failoverd status | failover | failback | freeze |
-//! resume | why`. Reads `FAILOVERD_URL` and `FAILOVERD_TOKEN`.
+//! resume | why`. Reads `FAILOVERD_URL` and `FAILOVERD_TOKEN`; without a token, a client
+//! certificate or the kubeconfig's token (`credentials`).
 //!
 //! Exit codes scripts can rely on: 0 done; 1 refused (a safety rule, unknown playbook, bad
 //! request); 3 not authenticated or not allowed; 4 failoverd unreachable or failing.
@@ -36,6 +37,9 @@ pub struct Conn {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    /// Kubeconfig token, client certificate, server CA.
+    #[command(flatten)]
+    pub creds: Box<super::credentials::Credentials>,
 }
 
 /// Exit code: refused by failoverd.
@@ -56,17 +60,16 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, Failure> {
-    let client = reqwest::Client::builder()
-        // Longer than the server's own 30 s wait for a routing write.
-        .timeout(Duration::from_secs(40))
-        .build()
-        .map_err(|e| Failure {
-            code: EXIT_UNAVAILABLE,
-            message: format!("cannot build an HTTP client: {e}"),
-        })?;
+    let (client, token) =
+        conn.creds
+            .build(&conn.url, conn.token.as_deref())
+            .map_err(|message| Failure {
+                code: EXIT_AUTH,
+                message,
+            })?;
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
     let mut req = client.request(method, &url);
-    if let Some(t) = &conn.token {
+    if let Some(t) = &token {
         req = req.bearer_auth(t);
     }
     if let Some(b) = body {

@@ -23,11 +23,14 @@ pub(super) async fn validate(
             ..RunArgs::default()
         }
         .checked_settings()
-        .and_then(|s| crate::validate::check(&s))
-        .map(|set| (set.playbooks, set.drills)),
-        None => crate::validate::check_paths(paths),
+        .and_then(|s| {
+            let set = crate::validate::check(&s)?;
+            let warnings = crate::validate::unreachable_targets(&s, &set.playbooks);
+            Ok((set.playbooks, set.drills, warnings))
+        }),
+        None => crate::validate::check_paths(paths).map(|(l, d)| (l, d, Vec::new())),
     };
-    let (loaded, drills) = match checked {
+    let (loaded, drills, warnings) = match checked {
         Ok(set) => set,
         Err(problems) => {
             eprintln!("{problems}");
@@ -40,6 +43,10 @@ pub(super) async fn validate(
     }
     for d in &drills {
         println!("{}: ok (drill {})", d.file.display(), d.name());
+    }
+    // Not a problem (the set is valid), but the fence will refuse every move it has.
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     let has_slos = loaded.iter().any(|l| !l.playbook.spec.slos.is_empty());
     if prometheus.is_some() && has_slos {

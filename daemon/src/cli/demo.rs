@@ -236,7 +236,7 @@ pub async fn run() -> anyhow::Result<()> {
 
 /// The demo's cluster facts (the file store's `_cluster/`): the primary's namespace in
 /// Indonesia, the DR copy's namespace in `dr`, strict mTLS mesh-wide.
-fn mesh_facts(dr: &str) -> String {
+pub fn mesh_facts(dr: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Namespace

@@ -5,8 +5,10 @@
 //! override API's client commands and `demo` the self-contained demo. The daemon itself
 //! is wired in [`crate::app`], below both `run` and the demo.
 
+mod auth_flags;
 pub mod client;
 mod commands;
+pub mod credentials;
 pub mod demo;
 mod run;
 

@@ -101,10 +101,9 @@ pub struct RunArgs {
     /// on when any residency is set); overrides `policy.requireStrictMTLS`.
     #[arg(long)]
     pub require_strict_mtls: Option<bool>,
-    /// The config file as `main` read it before logging started (None: read it here). The
-    /// reload gate clears it, so a reload reads the file again.
-    #[arg(skip)]
-    pub preloaded: Option<crate::config::Preloaded>,
+    /// Cluster identities and client certificates.
+    #[command(flatten)]
+    pub auth: super::auth_flags::AuthArgs,
 }
 
 impl RunArgs {
@@ -121,11 +120,8 @@ impl RunArgs {
     /// files), so a bad sink refuses the start instead of failing at 3 a.m.
     pub fn checked_settings(&self) -> Result<Settings, Problems> {
         let cfg = self.config.as_deref();
-        let pre = self
-            .preloaded
-            .clone()
-            .unwrap_or_else(|| crate::config::Preloaded::read(cfg));
-        let file = pre.file.map_err(|p| Problems(vec![p]))?;
+        let pre = crate::config::Preloaded::take_or_read(cfg);
+        let file = pre.file.clone().map_err(|p| Problems(vec![p]))?;
         let named = crate::validate::screen_named_files(&file, cfg);
         if !named.is_empty() {
             return Err(Problems(named));
@@ -208,13 +204,7 @@ impl RunArgs {
         {
             problems.push(crate::validate::config_problem(cfg, &e.field, e.message));
         }
-        if let Err(e) = pre.tracing {
-            problems.push(if e.field.starts_with("OTEL_") {
-                at(true, &e.field, &e.field, e.message)
-            } else {
-                crate::validate::config_problem(cfg, &e.field, e.message)
-            });
-        }
+        problems.extend(crate::validate::tracing_problem(&pre, cfg));
         let leader_election = match file
             .leader_election
             .clone()
@@ -272,6 +262,12 @@ impl RunArgs {
         };
         let audit_trail = self.audit_trail(&file, &at, &mut problems);
         let fence = self.fence(&file, &at, &mut problems);
+        let kubeconfig = self.kubeconfig.clone().or(file.kubeconfig.clone());
+        let context = self.context.clone().or(file.kube_context.clone());
+        let kube_auth = self
+            .auth
+            .kube_auth(&file, kubeconfig, context, &at, &mut problems);
+        let tls_client_ca = self.auth.client_ca(&file);
         let (Some(playbooks), Some(store), Some(listen), Some(audit), Some(external_url)) =
             (playbooks, store, listen, audit, external_url)
         else {
@@ -316,6 +312,8 @@ impl RunArgs {
             },
             audit_trail,
             fence,
+            kube_auth,
+            tls_client_ca,
         })
     }
 
@@ -497,7 +495,14 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "residency and mesh policy fence every move: a target the cluster does not clear is never routed to, not even by force"
         ),
     }
-    if settings.tokens.is_none() {
+    for w in crate::validate::unreachable_targets(&settings, &loaded) {
+        warn!("{w}");
+    }
+    let kube_auth = match &settings.kube_auth {
+        Some(c) => Some(super::auth_flags::connect(c, kube_client.clone()).await?),
+        None => None,
+    };
+    if settings.tokens.is_none() && kube_auth.is_none() {
         warn!(
             "no --tokens: the override API refuses every call (health, readiness and metrics stay open); create a token file to enable it"
         );
@@ -600,8 +605,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // and runs the same gate as above, so a reload never re-executes into a refused start.
     let mut watched = settings.playbooks.clone();
     watched.extend(settings.config.clone());
-    let mut gate_args = args.clone();
-    gate_args.preloaded = None;
+    let gate_args = args.clone();
     let running = settings.clone();
     crate::reload::spawn_watcher(
         watched,
@@ -687,7 +691,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             listener: crate::server::ListenerOptions {
                 max_connections: settings.max_connections,
                 tls: settings.tls.clone(),
+                client_ca: settings.tls_client_ca.clone(),
             },
+            kube_auth,
         },
     )
     .await;

@@ -16,6 +16,9 @@ use crate::playbook::{self, Loaded, Problem, Problems};
 pub use crate::screen::{MAX_FILE_BYTES, files, read_regular, read_text, screen_yaml};
 use crate::screen::{kind, position, problem, screen_paths};
 
+mod fence;
+pub use fence::unreachable_targets;
+
 /// Everything `run` needs from the configuration set, checked.
 #[derive(Debug)]
 pub struct ValidSet {
@@ -156,11 +159,23 @@ pub fn check(settings: &Settings) -> Result<ValidSet, Problems> {
     // The API listener's certificate and key, loaded as the start would load them (a pair
     // that does not load refuses the start, so it must refuse the reload too).
     if let Some(files) = &settings.tls
-        && let Err(e) = crate::tls::server_config(files.clone())
+        && let Err(e) =
+            crate::tls::server_config_with(files.clone(), settings.tls_client_ca.as_deref())
     {
         let mut p = config_problem(settings.config.as_deref(), "tls", e);
         if p.line == 0 {
             p.file = "--tls-cert".into();
+        }
+        problems.push(p);
+    }
+    if settings.tls_client_ca.is_some() && settings.tls.is_none() {
+        let mut p = config_problem(
+            settings.config.as_deref(),
+            "tls",
+            "tls.clientCAFile needs tls.certFile and tls.keyFile: client certificates are presented over HTTPS".into(),
+        );
+        if p.line == 0 {
+            p.file = "--tls-client-ca".into();
         }
         problems.push(p);
     }
@@ -305,6 +320,17 @@ pub fn config_problem(config: Option<&Path>, field: &str, message: String) -> Pr
     };
     let (line, column) = read_text(config).map_or((0, 0), |t| locate(&t, field));
     problem(config.display().to_string(), line, column, field, message)
+}
+
+/// The tracing problem of a start, if any: located in the config file (`config`), or naming
+/// the `OTEL_*` variable it came from.
+pub fn tracing_problem(pre: &crate::config::Preloaded, config: Option<&Path>) -> Option<Problem> {
+    let e = pre.tracing.as_ref().err()?;
+    Some(if e.field.starts_with("OTEL_") || config.is_none() {
+        problem(e.field.clone(), 0, 0, &e.field, e.message.clone())
+    } else {
+        config_problem(config, &e.field, e.message.clone())
+    })
 }
 
 /// 1-based line and column of a dotted field path (`notify.webhooks[1].secretFile`) in a

@@ -119,6 +119,8 @@ impl Fixture {
             tls: None,
             audit_trail: Default::default(),
             fence: Default::default(),
+            kube_auth: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -421,6 +423,30 @@ fn tls_files_are_loaded_by_the_gate() {
     });
     let e = check(&s).unwrap_err();
     assert!(e.0.iter().any(|p| p.field == "tls"), "{e}");
+}
+
+/// A client CA bundle (`tls.clientCAFile`) is loaded by the gate too: one that is missing or
+/// holds no certificate refuses the set, and one without `tls` (no HTTPS) is refused.
+#[test]
+fn client_ca_is_loaded_by_the_gate() {
+    let f = Fixture::new();
+    let mut s = f.settings();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = f.write("cert.pem", ck.cert.pem().as_bytes());
+    let key = f.write("key.pem", ck.signing_key.serialize_pem().as_bytes());
+    s.tls_client_ca = Some(cert.clone());
+    let e = check(&s).unwrap_err();
+    assert!(e.to_string().contains("needs tls.certFile"), "{e}");
+    s.tls = Some(crate::tls::TlsFiles {
+        cert: cert.clone(),
+        key,
+    });
+    check(&s).unwrap();
+    for bad in [f.path("missing.pem"), f.write("empty.pem", b"")] {
+        s.tls_client_ca = Some(bad);
+        let e = check(&s).unwrap_err();
+        assert!(e.to_string().contains("tls.clientCAFile"), "{e}");
+    }
 }
 
 /// A config edit that passes the set check but would fail the re-executed start is

@@ -2,6 +2,7 @@
 
 mod mesh_kinds;
 mod objects;
+pub mod reviews;
 mod watch;
 
 use objects::*;
@@ -391,6 +392,9 @@ async fn route(
     };
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
+    if reviews::is_review(&segs) {
+        return reviews::serve(shared, &identity, &segs, req).await;
+    }
     let q = query_pairs(&req);
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match segs.as_slice() {
