@@ -163,6 +163,12 @@ async fn without_token_file_api_is_closed_but_health_open() {
         assert_eq!(r.status, 200, "GET {p}: {r:?}");
     }
     let m = d.call("GET", "/metrics", None, Payload::None).await;
-    assert!(m.body.as_str().unwrap().contains("# EOF"), "{m:?}");
+    // The Prometheus text format without an `Accept` asking for OpenMetrics (which alone
+    // ends with `# EOF`): the whole exposition, unauthenticated.
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains("# TYPE failoverd_decision_seconds histogram") && !text.contains("# EOF"),
+        "{m:?}"
+    );
     d.shutdown().await;
 }
