@@ -8,14 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, FAST_FAILBACK, Scenario, run_cli, wait_for};
-use failoverd::auth::hash_token;
+use chaos_tests::{Daemon, FAST_FAILBACK, Scenario, wait_for};
 use failoverd::engine::Routing;
 
+mod support;
+
+use support::oncall::{self, ADMIN_A, ADMIN_B, OPERATOR};
+
 const WAIT: Duration = Duration::from_secs(30);
-const ADMIN_A: (&str, &str) = ("ana@platform", "token-ana");
-const ADMIN_B: (&str, &str) = ("budi@platform", "token-budi");
-const OPERATOR: (&str, &str) = ("citra@oncall", "token-citra");
 
 /// The cluster as the file store reads it: the demo's facts (namespace `demo` in ID,
 /// `demo-dr` in `dr`, STRICT mTLS mesh-wide) and `extra` documents.
@@ -42,20 +42,7 @@ impl Rig {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mesh.yaml"), facts).unwrap();
         let tokens = s.dir.path().join("tokens.yaml");
-        let entries: String = [
-            (ADMIN_A, "admin"),
-            (ADMIN_B, "admin"),
-            (OPERATOR, "operator"),
-        ]
-        .iter()
-        .map(|((id, tok), role)| {
-            format!(
-                "- {{ identity: \"{id}\", role: {role}, sha256: \"{}\" }}\n",
-                hash_token(tok)
-            )
-        })
-        .collect();
-        std::fs::write(&tokens, entries).unwrap();
+        support::oncall::write_tokens(&tokens);
         let mut d = Daemon::spawn_with(
             &s.paths,
             "residency",
@@ -79,44 +66,6 @@ impl Rig {
         std::fs::write(dir.join(".mesh.tmp"), text).unwrap();
         std::fs::rename(dir.join(".mesh.tmp"), dir.join("mesh.yaml")).unwrap();
     }
-
-    /// `failoverd ARGS --url ... --token TOKEN`: exit code and stdout + stderr.
-    async fn cli(&self, token: &str, args: &[&str]) -> (i32, String) {
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        all.extend([
-            "--url".into(),
-            format!("http://{}", self.d.addr),
-            "--token".into(),
-            token.into(),
-        ]);
-        let out =
-            tokio::task::spawn_blocking(move || run_cli(all, Duration::from_secs(60)).unwrap())
-                .await
-                .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    }
-
-    /// What `failoverd why demo` says, once it mentions `what`.
-    async fn explained(&self, what: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let (_, text) = self.cli(OPERATOR.1, &["why", "demo"]).await;
-            if text.contains(what) {
-                return text;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "no `{what}` in `why demo`: {text}\n{}",
-                self.d.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 /// Ensures the whole story on the file store: refused while the DR copy is in SG (no
@@ -129,19 +78,19 @@ async fn the_fence_holds_on_the_file_store() {
     let untouched = r.s.vs_bytes().unwrap();
     r.s.primary.stop();
     // Three failed probes (1 s apart) and the primary is down: the DR copy is in SG.
-    let stuck = r.explained("refused by the fence").await;
+    let stuck = oncall::explained(&r.d, "refused by the fence", WAIT).await;
     assert!(
         stuck.contains("residency: jurisdiction SG is outside the allowed set"),
         "{stuck}"
     );
-    let (code, out) = r
-        .cli(
-            OPERATOR.1,
-            &[
-                "failover", "demo", "--reason", "INC-1", "--target", "0", "--force",
-            ],
-        )
-        .await;
+    let (code, out) = oncall::cli(
+        &r.d,
+        OPERATOR.1,
+        &[
+            "failover", "demo", "--reason", "INC-1", "--target", "0", "--force",
+        ],
+    )
+    .await;
     assert_eq!(code, 1, "refused (409): {out}");
     assert!(
         out.contains("409") && out.contains("residency: jurisdiction SG"),
@@ -187,10 +136,10 @@ async fn the_fence_holds_on_the_file_store() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", r.d.logs()));
     r.facts(&cluster("ID", DR_PERMISSIVE));
-    r.explained("PERMISSIVE").await;
+    oncall::explained(&r.d, "PERMISSIVE", WAIT).await;
     let back = r.s.vs_bytes().unwrap();
     r.s.primary.stop();
-    r.explained("primary unhealthy").await;
+    oncall::explained(&r.d, "primary unhealthy", WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         r.s.vs_bytes().unwrap(),
@@ -199,22 +148,22 @@ async fn the_fence_holds_on_the_file_store() {
     );
 
     // One admin alone: a request and a self-approval move nothing.
-    let (code, out) = r
-        .cli(
-            ADMIN_A.1,
-            &[
-                "failover",
-                "demo",
-                "--break-glass",
-                "--target",
-                "0",
-                "--ttl",
-                "10m",
-                "--reason",
-                "INC-2 region down",
-            ],
-        )
-        .await;
+    let (code, out) = oncall::cli(
+        &r.d,
+        ADMIN_A.1,
+        &[
+            "failover",
+            "demo",
+            "--break-glass",
+            "--target",
+            "0",
+            "--ttl",
+            "10m",
+            "--reason",
+            "INC-2 region down",
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     let id = out
         .split_whitespace()
@@ -222,7 +171,7 @@ async fn the_fence_holds_on_the_file_store() {
         .unwrap_or_else(|| panic!("no request id in: {out}"))
         .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string();
-    let (code, out) = r.cli(ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
+    let (code, out) = oncall::cli(&r.d, ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
     assert_eq!(code, 3, "403 for the requester: {out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -231,9 +180,7 @@ async fn the_fence_holds_on_the_file_store() {
         "one admin moved traffic past the fence"
     );
     // A second admin: the move, marked.
-    let (code, out) = r
-        .cli(ADMIN_B.1, &["approve", &id, "--reason", "agreed"])
-        .await;
+    let (code, out) = oncall::cli(&r.d, ADMIN_B.1, &["approve", &id, "--reason", "agreed"]).await;
     assert_eq!(code, 0, "{out}");
     let vs = wait_for("the break-glass routing", WAIT, || {
         let vs = r.s.read_vs().ok()?;

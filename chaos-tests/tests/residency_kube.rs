@@ -14,20 +14,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chaos_tests::kube_emulator::{COMPETING_WRITER, Emulator, WriteRecord};
-use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Daemon, FAST_FAILBACK, Scenario, run_cli};
-use failoverd::auth::hash_token;
+use chaos_tests::{DEMO_VIRTUAL_SERVICE, DR_HOST, Daemon, FAST_FAILBACK, Scenario};
 use failoverd::engine::Routing;
 use serde_json::{Value, json};
 
 mod support;
 
+use support::oncall::{self, ADMIN_A, ADMIN_B, OPERATOR};
+
 const WAIT: Duration = Duration::from_secs(30);
 const VS_API: &str = "networking.istio.io/v1";
 const SA: &str = "system:serviceaccount:failoverd:failoverd";
 const SA_TOKEN: &str = "residency-kube-sa-token";
-const ADMIN_A: (&str, &str) = ("ana@platform", "token-ana");
-const ADMIN_B: (&str, &str) = ("budi@platform", "token-budi");
-const OPERATOR: (&str, &str) = ("citra@oncall", "token-citra");
 
 fn namespace(name: &str, jurisdiction: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace",
@@ -61,20 +59,7 @@ impl Rig {
         let kubeconfig = s.dir.path().join("kubeconfig");
         emu.write_kubeconfig(&kubeconfig, SA_TOKEN).unwrap();
         let tokens = s.dir.path().join("tokens.yaml");
-        let entries: String = [
-            (ADMIN_A, "admin"),
-            (ADMIN_B, "admin"),
-            (OPERATOR, "operator"),
-        ]
-        .iter()
-        .map(|((id, tok), role)| {
-            format!(
-                "- {{ identity: \"{id}\", role: {role}, sha256: \"{}\" }}\n",
-                hash_token(tok)
-            )
-        })
-        .collect();
-        std::fs::write(&tokens, entries).unwrap();
+        support::oncall::write_tokens(&tokens);
         let kubeconfig: &Path = &kubeconfig;
         let mut d = Daemon::spawn_store(
             &s.paths,
@@ -135,44 +120,6 @@ impl Rig {
             .filter(|w| w.kind == "VirtualService" && w.identity != COMPETING_WRITER)
             .collect()
     }
-
-    /// `failoverd ARGS --url ... --token TOKEN`: exit code and stdout + stderr.
-    async fn cli(&self, token: &str, args: &[&str]) -> (i32, String) {
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        all.extend([
-            "--url".into(),
-            format!("http://{}", self.d.addr),
-            "--token".into(),
-            token.into(),
-        ]);
-        let out =
-            tokio::task::spawn_blocking(move || run_cli(all, Duration::from_secs(60)).unwrap())
-                .await
-                .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    }
-
-    /// What `failoverd why demo` says, once it mentions `what`.
-    async fn explained(&self, what: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let (_, text) = self.cli(OPERATOR.1, &["why", "demo"]).await;
-            if text.contains(what) {
-                return text;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "no `{what}` in `why demo`: {text}\n{}",
-                self.d.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 /// Ensures the whole story on the kubernetes store, with the deploy/ RBAC only: refused
@@ -187,19 +134,19 @@ async fn the_fence_holds_on_the_kubernetes_store() {
     assert_eq!(r.routing(), Some(Routing::Primary), "{untouched:#}");
     r.s.primary.stop();
     // Three failed probes (1 s apart) and the primary is down: the DR copy is in SG.
-    let stuck = r.explained("refused by the fence").await;
+    let stuck = oncall::explained(&r.d, "refused by the fence", WAIT).await;
     assert!(
         stuck.contains("residency: jurisdiction SG is outside the allowed set"),
         "{stuck}"
     );
-    let (code, out) = r
-        .cli(
-            OPERATOR.1,
-            &[
-                "failover", "demo", "--reason", "INC-1", "--target", "0", "--force",
-            ],
-        )
-        .await;
+    let (code, out) = oncall::cli(
+        &r.d,
+        OPERATOR.1,
+        &[
+            "failover", "demo", "--reason", "INC-1", "--target", "0", "--force",
+        ],
+    )
+    .await;
     assert_eq!(code, 1, "refused (409): {out}");
     assert!(
         out.contains("409") && out.contains("residency: jurisdiction SG"),
@@ -254,11 +201,11 @@ async fn the_fence_holds_on_the_kubernetes_store() {
     r.s.primary.restart().await.unwrap();
     r.wait_routing(Routing::Primary).await;
     r.emu.seed(peer_auth("demo-dr", "PERMISSIVE")).unwrap();
-    r.explained("PERMISSIVE").await;
+    oncall::explained(&r.d, "PERMISSIVE", WAIT).await;
     let back = r.vs();
     let writes = r.vs_writes().len();
     r.s.primary.stop();
-    r.explained("primary unhealthy").await;
+    oncall::explained(&r.d, "primary unhealthy", WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         (r.vs_writes().len(), &r.vs()["metadata"]["resourceVersion"]),
@@ -267,22 +214,22 @@ async fn the_fence_holds_on_the_kubernetes_store() {
     );
 
     // One admin alone: a request and a self-approval move nothing.
-    let (code, out) = r
-        .cli(
-            ADMIN_A.1,
-            &[
-                "failover",
-                "demo",
-                "--break-glass",
-                "--target",
-                "0",
-                "--ttl",
-                "10m",
-                "--reason",
-                "INC-2 region down",
-            ],
-        )
-        .await;
+    let (code, out) = oncall::cli(
+        &r.d,
+        ADMIN_A.1,
+        &[
+            "failover",
+            "demo",
+            "--break-glass",
+            "--target",
+            "0",
+            "--ttl",
+            "10m",
+            "--reason",
+            "INC-2 region down",
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     let id = out
         .split_whitespace()
@@ -290,7 +237,7 @@ async fn the_fence_holds_on_the_kubernetes_store() {
         .unwrap_or_else(|| panic!("no request id in: {out}"))
         .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string();
-    let (code, out) = r.cli(ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
+    let (code, out) = oncall::cli(&r.d, ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
     assert_eq!(code, 3, "403 for the requester: {out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -299,9 +246,7 @@ async fn the_fence_holds_on_the_kubernetes_store() {
         "one admin moved traffic past the fence"
     );
     // A second admin: the move, marked, in the cluster.
-    let (code, out) = r
-        .cli(ADMIN_B.1, &["approve", &id, "--reason", "agreed"])
-        .await;
+    let (code, out) = oncall::cli(&r.d, ADMIN_B.1, &["approve", &id, "--reason", "agreed"]).await;
     assert_eq!(code, 0, "{out}");
     let start = Instant::now();
     let vs = loop {
