@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use chaos_tests::kube_emulator::{Emulator, Rule};
+use chaos_tests::kube_emulator::Emulator;
 use chaos_tests::{
     DEMO_VIRTUAL_SERVICE, DR_HOST, Scenario, free_addr, http_get, kube_replica_command,
 };
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::deploy::{arr, id, kind, name, ns, of_kind, renders, s, strs};
+use support::deploy::{arr, base_rules, id, kind, name, ns, of_kind, renders, s, strs};
 
 /// What failoverd does in the cluster, read off its code: (API group, resource, verbs).
 /// The RBAC must grant exactly these, nothing more and nothing missing.
@@ -212,45 +212,6 @@ fn rbac_grants_exactly_what_failoverd_uses() {
     }
 }
 
-/// The rules of deploy/base's Role and ClusterRoles as the emulator's RBAC: the Role in its
-/// own namespace, a ClusterRole bound by a ClusterRoleBinding everywhere, any other
-/// ClusterRole in `guarded` (where the example overlay binds it with a RoleBinding).
-fn granted_rules(guarded: &str) -> Vec<Rule> {
-    let base = renders()
-        .iter()
-        .find(|r| r.name == "deploy/base")
-        .expect("deploy/base is rendered");
-    let mut out = Vec::new();
-    for role in base
-        .objects
-        .iter()
-        .filter(|o| matches!(kind(o), "Role" | "ClusterRole"))
-    {
-        let cluster_wide = base.objects.iter().any(|b| {
-            kind(b) == "ClusterRoleBinding"
-                && s(b, "/roleRef/kind") == "ClusterRole"
-                && s(b, "/roleRef/name") == name(role)
-        });
-        let scope = if kind(role) == "Role" {
-            ns(role)
-        } else if cluster_wide && kind(role) == "ClusterRole" {
-            "*"
-        } else {
-            guarded
-        };
-        for rule in arr(role.get("rules")) {
-            out.push(Rule::new(
-                &strs(rule.get("verbs")),
-                &strs(rule.get("apiGroups")),
-                &strs(rule.get("resources")),
-                &[scope],
-            ));
-        }
-    }
-    assert!(!out.is_empty(), "deploy/base grants nothing");
-    out
-}
-
 /// The list above is read off the code; this checks it against the code running. The real
 /// `failoverd` binary (`cargo build -p failoverd` first), holding only the rules the
 /// manifests grant, on the API server emulator with leader election: it takes the Lease,
@@ -268,7 +229,7 @@ async fn the_granted_rbac_is_enough_for_failover_with_leader_election() {
     emu.seed(serde_saphyr::from_str::<Value>(DEMO_VIRTUAL_SERVICE).expect("demo VS"))
         .expect("seed");
     let sa = "system:serviceaccount:failoverd:failoverd";
-    emu.add_token("deploy-rbac-token", sa, granted_rules("demo"));
+    emu.add_token("deploy-rbac-token", sa, base_rules("demo"));
     let mut sc = Scenario::new(&[]).await.expect("scenario");
     let dir = sc.dir.path();
     let kubeconfig = dir.join("kubeconfig");
@@ -415,7 +376,7 @@ async fn the_granted_rbac_is_enough_for_the_mesh_view() {
         "metadata": {"name": "cases-dr", "labels": {"failoverd.dev/jurisdiction": "ID"}}}))
         .expect("seed");
     let sa = "system:serviceaccount:failoverd:failoverd";
-    emu.add_token("mesh-rbac-token", sa, granted_rules("demo"));
+    emu.add_token("mesh-rbac-token", sa, base_rules("demo"));
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     emu.write_kubeconfig(&kubeconfig, "mesh-rbac-token")
