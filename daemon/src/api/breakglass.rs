@@ -350,7 +350,7 @@ pub(super) async fn approve(
         "break-glass {id} requested by {} ({}), approved by {}: {reason}",
         p.requested_by, p.reason, caller.identity
     );
-    record(
+    let recorded = record(
         &state,
         Entry {
             actor: caller.identity.clone(),
@@ -362,7 +362,14 @@ pub(super) async fn approve(
             ..Entry::default()
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = recorded {
+        // Nothing was done: the request waits again for an approval the log can record.
+        if let Ok(mut book) = state.break_glass.lock() {
+            book.pending.insert(id.clone(), p);
+        }
+        return Err(e);
+    }
     page(&state, &p.playbook, &why, &caller.identity);
     let kind = ControlKind::Failover {
         target: Some(p.target),
