@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::oncall::{self, ADMIN_A, ADMIN_B, OPERATOR};
+use support::oncall::{self, ADMIN_B, OPERATOR};
 
 const WAIT: Duration = Duration::from_secs(30);
 const VS_API: &str = "networking.istio.io/v1";
@@ -214,31 +214,7 @@ async fn the_fence_holds_on_the_kubernetes_store() {
     );
 
     // One admin alone: a request and a self-approval move nothing.
-    let (code, out) = oncall::cli(
-        &r.d,
-        ADMIN_A.1,
-        &[
-            "failover",
-            "demo",
-            "--break-glass",
-            "--target",
-            "0",
-            "--ttl",
-            "10m",
-            "--reason",
-            "INC-2 region down",
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
-    let id = out
-        .split_whitespace()
-        .find(|w| w.starts_with("bg-"))
-        .unwrap_or_else(|| panic!("no request id in: {out}"))
-        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string();
-    let (code, out) = oncall::cli(&r.d, ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
-    assert_eq!(code, 3, "403 for the requester: {out}");
+    let id = oncall::ask_and_self_approve(&r.d).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         r.vs_writes().len(),

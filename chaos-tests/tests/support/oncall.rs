@@ -68,3 +68,34 @@ pub async fn explained(d: &Daemon, what: &str, wait: Duration) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// One admin alone: [`ADMIN_A`] asks for a break-glass to `failover[0]` (202) and tries to
+/// approve it herself (403). Returns the request's id; the caller checks nothing moved.
+pub async fn ask_and_self_approve(d: &Daemon) -> String {
+    let (code, out) = cli(
+        d,
+        ADMIN_A.1,
+        &[
+            "failover",
+            "demo",
+            "--break-glass",
+            "--target",
+            "0",
+            "--ttl",
+            "10m",
+            "--reason",
+            "INC-2 region down",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("bg-"))
+        .unwrap_or_else(|| panic!("no request id in: {out}"))
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    let (code, out) = cli(d, ADMIN_A.1, &["approve", &id, "--reason", "me"]).await;
+    assert_eq!(code, 3, "403 for the requester: {out}");
+    id
+}

@@ -6,6 +6,7 @@
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use super::fence::{crossing, hold_for};
 use super::*;
 use crate::residency::{ClusterView, Fence, judge};
 
@@ -169,13 +170,7 @@ proptest! {
                     judge_all(&mut w, &pb, &view, now);
                 }
                 Ev::Hold { target, force, break_glass } => {
-                    ov.hold = Some(Hold {
-                        by: actor(),
-                        target,
-                        until: now + jiff::SignedDuration::from_secs(60),
-                        force,
-                        break_glass: break_glass.then(|| "bg-1".to_string()),
-                    });
+                    ov.hold = Some(hold_for(target, force, break_glass, now));
                 }
                 Ev::Failback { force } => {
                     ov.hold = None;
@@ -183,19 +178,8 @@ proptest! {
                 }
             }
             let d = decide(&pb, &st, &w.list(), &ov, now);
-            for a in &d.actions {
-                let Action::Route { to, .. } = a else { continue };
-                for t in to.targets() {
-                    let i = match t { Target::Primary => 0, Target::Failover(n) => n + 1 };
-                    let glass = ov.hold.as_ref().is_some_and(|h| {
-                        h.break_glass.is_some() && h.until > now && t == Target::Failover(h.target)
-                    });
-                    prop_assert!(
-                        allowed(facts_now[i], mesh_strict) || glass,
-                        "routed to {} ({:?}, mesh STRICT {}): {:?}", t, facts_now[i], mesh_strict, a
-                    );
-                }
-            }
+            let crossed = crossing(&d, &ov, now, |i| !allowed(facts_now[i], mesh_strict));
+            prop_assert!(crossed.is_none(), "{:?} (facts {:?}, mesh STRICT {})", crossed, facts_now, mesh_strict);
             st = d.state.clone();
         }
     }
