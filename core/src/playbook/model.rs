@@ -303,6 +303,18 @@ impl Playbook {
         }
     }
 
+    /// Every destination with its target: the primary, then each failover target in order.
+    pub fn destinations(&self) -> impl Iterator<Item = (Target, &Destination)> {
+        std::iter::once((Target::Primary, &self.spec.primary)).chain(
+            self.spec
+                .failover
+                .value
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (Target::Failover(i), d)),
+        )
+    }
+
     /// The route steps as a slice (percent on the primary).
     pub fn failback_steps(&self) -> &[u8] {
         &self.spec.failback.steps.value

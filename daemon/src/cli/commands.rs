@@ -481,31 +481,19 @@ fn print_fence(pb: &playbook::Playbook, dir: &std::path::Path) {
     };
     let fence = crate::mesh::Fence {
         allowed: pb
-            .spec
-            .residency
-            .as_ref()
-            .map(|r| r.allowed.value.iter().map(|c| c.value.clone()).collect()),
+            .allowed_jurisdictions(None)
+            .map(|v| v.into_iter().collect()),
         require_strict_mtls: true,
     };
-    let targets = std::iter::once(("primary".to_string(), &pb.spec.primary)).chain(
-        pb.spec
-            .failover
-            .value
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (format!("failover[{i}]"), d)),
-    );
     println!("# residency and policy (from {}/_cluster):", dir.display());
-    for (name, d) in targets {
-        let host =
-            failoverd_core::residency::qualify(&d.host.value, &pb.spec.virtual_service.namespace);
-        let subset = d.subset.as_ref().map(|s| s.value.as_str());
-        let v = crate::mesh::judge(&view, &host, subset, &fence);
+    for (target, d) in pb.destinations() {
+        let v = crate::mesh::judge_destination(&view, pb, d, &fence);
         let verdict = v
             .violation
             .map_or_else(|| "allowed".to_string(), |r| format!("REFUSED: {r}"));
         println!(
-            "#   {name} {host}: jurisdiction {}; {verdict} ({})",
+            "#   {target} {}: jurisdiction {}; {verdict} ({})",
+            v.host,
             v.jurisdiction.as_deref().unwrap_or("unknown"),
             v.detail
         );

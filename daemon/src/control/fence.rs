@@ -9,9 +9,8 @@ use jiff::Timestamp;
 
 use crate::config::FenceConfig;
 use crate::engine::{Health, Observation, SignalKind};
-use crate::mesh::{Fence, Snapshot, judge};
-use crate::playbook::{Playbook, Target};
-use failoverd_core::residency::qualify;
+use crate::mesh::{Fence, Snapshot, judge_destination};
+use crate::playbook::Playbook;
 
 /// The signal name of the fence's observations (in `why`, the API and the audit `inputs`).
 pub const SIGNAL: &str = "residency-policy";
@@ -41,15 +40,7 @@ pub fn policy_observations(
     if !pb.fenced {
         return Vec::new();
     }
-    let targets = std::iter::once((Target::Primary, &pb.spec.primary)).chain(
-        pb.spec
-            .failover
-            .value
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (Target::Failover(i), d)),
-    );
-    targets
+    pb.destinations()
         .map(|(target, dest)| {
             let (health, detail) = if !snap.synced {
                 let why = snap
@@ -63,10 +54,7 @@ pub fn policy_observations(
                     String::new(),
                 )
             } else {
-                let subset = dest.subset.as_ref().map(|s| s.value.as_str());
-                // A short name means a Service in the VirtualService's namespace, as Istio reads it.
-                let host = qualify(&dest.host.value, &pb.spec.virtual_service.namespace);
-                let v = judge(&snap.view, &host, subset, fence);
+                let v = judge_destination(&snap.view, pb, dest, fence);
                 let where_ = v.jurisdiction.as_deref().unwrap_or("unknown");
                 let detail = format!("jurisdiction {where_}; {}", v.detail);
                 match v.violation {
@@ -106,6 +94,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
+
+    use crate::mesh::judge;
 
     use super::*;
 

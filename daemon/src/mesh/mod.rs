@@ -18,10 +18,26 @@ mod file;
 
 use std::sync::Arc;
 
+use failoverd_core::residency::qualify;
 /// The facts and the verdict, re-exported beside the live view that feeds them.
 pub use failoverd_core::residency::{ClusterView, Fence, TargetPolicy, judge};
 pub use file::read_file_store;
 use tokio::sync::watch;
+
+use crate::playbook::{Destination, Playbook};
+
+/// Judges one of `pb`'s destinations with its host as Istio resolves it in the
+/// VirtualService's namespace (a short name is a Service there).
+pub fn judge_destination(
+    view: &ClusterView,
+    pb: &Playbook,
+    dest: &Destination,
+    fence: &Fence,
+) -> TargetPolicy {
+    let host = qualify(&dest.host.value, &pb.spec.virtual_service.namespace);
+    let subset = dest.subset.as_ref().map(|s| s.value.as_str());
+    judge(view, &host, subset, fence)
+}
 
 /// The current facts and whether they can be trusted yet.
 #[derive(Clone, Debug)]

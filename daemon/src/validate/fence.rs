@@ -7,9 +7,8 @@
 use std::collections::BTreeSet;
 
 use crate::config::{Settings, StoreSpec};
-use crate::mesh::{ClusterView, Fence, judge, read_file_store};
+use crate::mesh::{ClusterView, Fence, judge_destination, read_file_store};
 use crate::playbook::Loaded;
-use failoverd_core::residency::qualify;
 
 /// One warning line per fenced playbook (with an allowed set and at least one failover
 /// target) whose every failover target has a known jurisdiction outside that set, naming the
@@ -50,12 +49,12 @@ fn outside_everywhere(l: &Loaded, daemon: Option<&[String]>, view: &ClusterView)
     };
     let mut outside = Vec::new();
     for dest in &pb.spec.failover.value {
-        let host = qualify(&dest.host.value, &pb.spec.virtual_service.namespace);
-        let subset = dest.subset.as_ref().map(|s| s.value.as_str());
-        let verdict = judge(view, &host, subset, &fence);
+        let verdict = judge_destination(view, pb, dest, &fence);
         match verdict.jurisdiction {
             // Unknown is not "statically outside": a missing label may be added any time.
-            Some(code) if !allowed.contains(&code) => outside.push(format!("{host} ({code})")),
+            Some(code) if !allowed.contains(&code) => {
+                outside.push(format!("{} ({code})", verdict.host))
+            }
             _ => return None,
         }
     }
