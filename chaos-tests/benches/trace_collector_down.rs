@@ -9,7 +9,8 @@
 //!
 //! Prints the daemon's RSS (`VmRSS`, `/proc/PID/status`) once ready, every 30 s and at the
 //! end, with the moves so far (`failoverd_failovers_total` + `failoverd_failbacks_total`) and
-//! `failoverd_trace_spans_dropped_total`. Bounded: the storm stops after `MINUTES`.
+//! `failoverd_trace_spans_dropped_total` (and `failoverd_kube_events_dropped_total`: the
+//! storm's moves outpace the Kubernetes Event rate limit). Bounded: the storm stops after `MINUTES`.
 //! `TRACING=off` runs the same storm without tracing: the baseline the growth compares to.
 //!
 //! `cargo build -p failoverd && MINUTES=10 cargo bench --profile dev -p chaos-tests --bench trace_collector_down`
@@ -60,16 +61,7 @@ async fn main() {
     let toggle = Duration::from_millis(knob("TOGGLE_MS", 3_000).max(500));
     let storm = Storm::new(n, Timing::FAST).await.unwrap();
     // Automatic failback, quick, so the storm keeps moving without an operator.
-    for entry in std::fs::read_dir(&storm.paths.playbooks).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text = text.replace(
-            "  failback:\n    mode: manual\n",
-            "  failback:\n    mode: automatic\n    after: 1s\n    steps: [100]\n  minDwell: 1s\n",
-        );
-        assert!(text.contains("mode: automatic"), "{}", path.display());
-        std::fs::write(&path, text).unwrap();
-    }
+    storm.automatic_failback().unwrap();
     let dead = free_addr().unwrap();
     let cfg = storm.dir.path().join("failoverd.yaml");
     std::fs::write(
@@ -94,8 +86,9 @@ async fn main() {
         let moves =
             sum(metrics, "failoverd_failovers_total") + sum(metrics, "failoverd_failbacks_total");
         let dropped = sum(metrics, "failoverd_trace_spans_dropped_total");
+        let events = sum(metrics, "failoverd_kube_events_dropped_total");
         println!(
-            "{label:>6} t={:>4}s rss={} KiB moves={moves} spans_dropped={dropped}",
+            "{label:>6} t={:>4}s rss={} KiB moves={moves} spans_dropped={dropped} events_dropped={events}",
             started.elapsed().as_secs(),
             rss_kib(pid)
         );

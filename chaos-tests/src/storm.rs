@@ -150,6 +150,27 @@ impl Storm {
         })
     }
 
+    /// Turns every playbook's failback automatic, quick and in one step (`after: 1s`,
+    /// `minDwell: 1s`): a primary toggled unhealthy and healthy again then keeps the whole
+    /// fleet moving back and forth without an operator. Call before [`Storm::spawn`].
+    pub fn automatic_failback(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.paths.playbooks)? {
+            let path = entry?.path();
+            let text = std::fs::read_to_string(&path)?;
+            let text = text.replace(
+                "  failback:\n    mode: manual\n",
+                "  failback:\n    mode: automatic\n    after: 1s\n    steps: [100]\n  minDwell: 1s\n",
+            );
+            anyhow::ensure!(
+                text.contains("mode: automatic"),
+                "{}: no manual failback to replace",
+                path.display()
+            );
+            std::fs::write(&path, text)?;
+        }
+        Ok(())
+    }
+
     /// Starts `failoverd run --store kubernetes` on the emulator with `extra` arguments;
     /// `name` names the log files.
     pub fn spawn(&self, name: &str, extra: &[&str]) -> anyhow::Result<Daemon> {

@@ -172,6 +172,11 @@ impl Metrics {
             "Spans not exported: the export queue was full or the collector failed (tracing on)",
             crate::trace::DROPPED.clone(),
         );
+        registry.register(
+            "kube_events_dropped",
+            "Kubernetes Events about moves not sent: moves outpaced the event rate limit and the backlog was full",
+            crate::routing::kube::EVENTS_DROPPED.clone(),
+        );
         let audit_replica_lag = Gauge::default();
         registry.register(
             "audit_replica_lag_records",

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 use tracing::debug;
 
 use super::{RouteView, RoutingStore, Stamp, StoreError, StoreFuture, WriteOutcome, view};
@@ -77,6 +78,19 @@ impl Default for KubeOptions {
     }
 }
 
+/// Kubernetes Events sent per second at most (burst twice that): Events tell people about a
+/// move, the audit log is its record, so they never compete with writes.
+const EVENT_RATE: u32 = 10;
+/// Events queued for the event bucket at most (about 6 s of its rate). Past that an Event is
+/// dropped and counted in `failoverd_kube_events_dropped_total`: a storm of moves keeps
+/// memory flat, and the Events that are sent are about recent moves.
+pub const EVENT_BACKLOG: usize = 64;
+
+/// `failoverd_kube_events_dropped_total`: Events not sent because [`EVENT_BACKLOG`] were
+/// already waiting (one process-wide counter, registered by [`crate::metrics::Metrics::new`]).
+pub static EVENTS_DROPPED: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 /// VirtualServices in a Kubernetes cluster.
 pub struct KubeStore {
     client: kube::Client,
@@ -90,6 +104,10 @@ pub struct KubeStore {
     read_limiter: Arc<DefaultDirectRateLimiter>,
     /// Events have their own, smaller bucket: they must never take a token a write needs.
     event_limiter: Arc<DefaultDirectRateLimiter>,
+    /// Events waiting for a token or being sent, at most [`EVENT_BACKLOG`]: in a failover
+    /// storm moves outpace the event bucket, and an unbounded backlog would grow the
+    /// daemon's memory with every move and deliver Events minutes late.
+    event_slots: Arc<Semaphore>,
     recorder: Recorder,
     options: KubeOptions,
     server: String,
@@ -145,7 +163,8 @@ impl KubeStore {
             resource: OnceCell::new(),
             limiter: bucket(options.qps, options.burst),
             read_limiter: bucket(options.qps, options.burst),
-            event_limiter: bucket(10, 20),
+            event_limiter: bucket(EVENT_RATE, 2 * EVENT_RATE),
+            event_slots: Arc::new(Semaphore::new(EVENT_BACKLOG)),
             options,
             server,
             fence: None,

@@ -290,6 +290,17 @@ impl KubeStore {
             namespace: Some(pb.spec.virtual_service.namespace.clone()),
             ..Default::default()
         };
+        let Ok(slot) = self.event_slots.clone().try_acquire_owned() else {
+            // Counted, and logged once per hundred so a storm does not flood the log too.
+            if super::EVENTS_DROPPED.inc().is_multiple_of(100) {
+                warn!(
+                    object = object_name(pb),
+                    backlog = super::EVENT_BACKLOG,
+                    "Kubernetes Events are dropped: moves outpace the event rate limit (counted in failoverd_kube_events_dropped_total)"
+                );
+            }
+            return;
+        };
         let recorder = self.recorder.clone();
         let limiter = self.event_limiter.clone();
         let timeout = self.options.request_timeout;
@@ -301,6 +312,7 @@ impl KubeStore {
                 Ok(Err(e)) => warn!(object, error = %e, "cannot publish the Kubernetes Event"),
                 Err(_) => warn!(object, "publishing the Kubernetes Event timed out"),
             }
+            drop(slot);
         });
     }
 }
