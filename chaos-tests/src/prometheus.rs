@@ -77,12 +77,23 @@ pub struct Prometheus {
     addr: SocketAddr,
     /// Holds `prometheus.yml`, `data/` (the TSDB) and `prometheus.log`.
     dir: TempDir,
+    /// Feature flags (`--enable-feature=`), kept across [`Prometheus::restart`].
+    features: Vec<String>,
 }
 
 impl Prometheus {
     /// Starts Prometheus on a free loopback port scraping `targets` every second, with a fresh
     /// TSDB; returns once `/-/ready` answers 200 (at most [`PROMETHEUS_READY_WITHIN`]).
     pub async fn start(targets: &[SocketAddr]) -> anyhow::Result<Self> {
+        Self::start_with_features(targets, &[]).await
+    }
+
+    /// [`Prometheus::start`] with feature flags, e.g. `exemplar-storage` (what a dashboard's
+    /// exemplars need).
+    pub async fn start_with_features(
+        targets: &[SocketAddr],
+        features: &[&str],
+    ) -> anyhow::Result<Self> {
         let bin = prometheus_bin()?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("prometheus.yml"), config_yaml(targets))?;
@@ -92,6 +103,7 @@ impl Prometheus {
             child: None,
             addr: free_addr()?,
             dir,
+            features: features.iter().map(|f| f.to_string()).collect(),
         };
         p.launch()?;
         p.wait_ready(PROMETHEUS_READY_WITHIN).await?;
@@ -111,6 +123,11 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", self.data_dir().display()))
             .arg(format!("--web.listen-address={}", self.addr))
             .arg("--storage.tsdb.retention.time=1d")
+            .args(
+                self.features
+                    .iter()
+                    .map(|f| format!("--enable-feature={f}")),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -155,3 +155,112 @@ async fn a_moves_trace_id_is_the_exemplar_of_its_write_and_decision_times() {
     assert!(bucket(&plain).is_some(), "{plain}");
     d.terminate(10 * SEC).unwrap();
 }
+
+/// The Grafana dashboard's exemplar link, as far as it can be shown without Grafana: a real
+/// Prometheus (with `--enable-feature=exemplar-storage`, as `deploy/README.md` says) scrapes
+/// the real daemon, and the exact query of the dashboard's "Routing write latency" panel
+/// (read from `deploy/base/dashboards/failoverd.json`, the panel that asks for exemplars)
+/// returns, from `/api/v1/query_exemplars`, an exemplar whose `trace_id` is the failover's
+/// `traceId` in the audit log: the id Grafana's exemplar link opens in Jaeger or Tempo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_keeps_the_exemplar_the_dashboards_write_latency_panel_links_to_the_trace() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/base/dashboards/failoverd.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let panel = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Routing write latency")
+        .expect("the dashboard has a Routing write latency panel");
+    let exprs: Vec<&str> = panel["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["exemplar"] == true)
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(!exprs.is_empty(), "the panel asks for exemplars: {panel}");
+
+    let mut s = Scenario::new(&[]).await.unwrap();
+    let dir = s.dir.path().to_path_buf();
+    let dead = free_addr().unwrap();
+    let cfg = dir.join("failoverd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tracing:\n  otlp: {{ endpoint: \"http://{dead}\", timeout: 1s }}\n  sampleRatio: 0\n"
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn_with(
+        &s.paths,
+        "exemplars-prometheus",
+        &["--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    ok(d.wait_ready(10 * SEC).await, &d);
+    let prom = chaos_tests::Prometheus::start_with_features(&[d.addr], &["exemplar-storage"]).await;
+    let prom = ok(prom, &d);
+    let start = jiff::Timestamp::now().as_second() - 60;
+
+    s.primary.stop();
+    ok(
+        s.wait_routing(|r| r == Routing::Failover { target: 0 }, FAILOVER_WITHIN)
+            .await,
+        &d,
+    );
+    let written = ok(
+        s.wait_audit(
+            "the failover's outcome record",
+            |r| r.action == "failover" && r.outcome == "written",
+            5 * SEC,
+        )
+        .await,
+        &d,
+    );
+    let trace = written
+        .trace_id
+        .clone()
+        .unwrap_or_else(|| panic!("no traceId in {written:?}"));
+
+    // Scraped every second; room for a loaded box.
+    for expr in exprs {
+        let deadline = std::time::Instant::now() + 20 * SEC;
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let path = format!(
+                "/api/v1/query_exemplars?query={}&start={start}&end={}",
+                chaos_tests::prometheus::percent_encode(expr),
+                jiff::Timestamp::now().as_second() + 60
+            );
+            if let Ok((200, body)) = prom.get(&path).await {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["status"], "success", "{body}");
+                seen = v["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_string))
+                    .collect();
+            }
+            if seen.contains(&trace) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{expr}`: no exemplar with the audit record's traceId {trace} (saw {seen:?})\n{}\n{}",
+                prom.logs(),
+                d.logs()
+            );
+            tokio::time::sleep(SEC / 2).await;
+        }
+    }
+    d.terminate(10 * SEC).unwrap();
+}
