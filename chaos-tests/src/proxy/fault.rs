@@ -176,15 +176,3 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let d: jiff::SignedDuration = text.trim().parse()?;
     Duration::try_from(d).context("negative duration")
 }
-
-/// The HTTP/1.1 answer for an abort: the status with a short text body, or a gRPC
-/// trailers-only answer (HTTP 200, `content-type: application/grpc`, `grpc-status`).
-pub fn abort_answer(abort: &Abort) -> Vec<u8> {
-    match abort {
-        Abort::Http(code) => super::serve::plain(*code, "fault filter abort"),
-        Abort::Grpc { code, .. } => format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: {code}\r\ngrpc-message: fault filter abort\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .into_bytes(),
-    }
-}

@@ -278,7 +278,7 @@ fn abort_http_status_is_answered_for_every_request() {
         assert_eq!(d.abort, Some(Abort::Http(503)));
         assert_eq!(d.delay, None);
     }
-    let answer = String::from_utf8(fault::abort_answer(&Abort::Http(503))).unwrap();
+    let answer = String::from_utf8(serve::abort_answer(&Abort::Http(503))).unwrap();
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     // Istio's validation: one of abort/delay set, a status a client can receive.
     assert!(fault(json!({})).is_err());
@@ -316,7 +316,7 @@ fn grpc_status_names_map_to_codes_in_a_trailers_only_answer() {
         let f = fault(json!({"abort": {"grpcStatus": name}})).unwrap();
         let d = f.roll(&mut StdRng::seed_from_u64(7));
         let abort = d.abort.unwrap();
-        let answer = String::from_utf8(fault::abort_answer(&abort)).unwrap();
+        let answer = String::from_utf8(serve::abort_answer(&abort)).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 "), "{name}: {answer}");
         let lower = answer.to_ascii_lowercase();
         assert!(

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::fault::abort_answer;
+use super::fault::Abort;
 use super::matching::Request;
 use super::{MAX_MESSAGE, Shared, pick};
 
@@ -147,4 +147,16 @@ pub(super) fn plain(code: u16, body: &str) -> Vec<u8> {
         body.len() + 1
     )
     .into_bytes()
+}
+
+/// The HTTP/1.1 answer for an abort: the status with a short text body, or a gRPC
+/// trailers-only answer (HTTP 200, `content-type: application/grpc`, `grpc-status`).
+pub(super) fn abort_answer(abort: &Abort) -> Vec<u8> {
+    match abort {
+        Abort::Http(code) => plain(*code, "fault filter abort"),
+        Abort::Grpc { code, .. } => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: {code}\r\ngrpc-message: fault filter abort\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .into_bytes(),
+    }
 }
