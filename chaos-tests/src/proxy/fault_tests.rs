@@ -482,3 +482,60 @@ async fn a_delay_waits_then_forwards_or_aborts() {
     assert_eq!((stats.requests, stats.delayed, stats.aborted), (3, 2, 1));
     assert!(proxy.unsupported().is_empty());
 }
+
+// CRD `method` and `authority`: "HTTP Method values are case-sensitive", "HTTP Authority
+// values are case-sensitive", each exact/prefix/regex; authority is the Host header in HTTP/1.1.
+#[test]
+fn method_and_authority_match() {
+    let v = vs(json!([
+        to("post", json!({"match": [{"method": {"exact": "POST"}}]})),
+        to(
+            "host",
+            json!({"match": [{"authority": {"prefix": "web."}}]})
+        ),
+        to("rest", json!({})),
+    ]));
+    let r = |head: &str| host_for(&v, &Request::parse_head(head)).unwrap();
+    assert_eq!(r("POST / HTTP/1.1\r\nHost: x\r\n\r\n"), "post");
+    assert_eq!(
+        r("post / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "rest",
+        "methods are case-sensitive"
+    );
+    assert_eq!(r("GET / HTTP/1.1\r\nHost: web.demo\r\n\r\n"), "host");
+    assert_eq!(r("GET / HTTP/1.1\r\nHost: api.web.demo\r\n\r\n"), "rest");
+}
+
+// Istio's validation refuses a VirtualService with an invalid regex or fault, so Envoy never
+// receives it and keeps serving its last good config; the proxy does the same and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_object_keeps_the_routes_in_force() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yaml");
+    let write = |v: &Value| {
+        let tmp = dir.path().join("web.tmp");
+        std::fs::write(&tmp, serde_json::to_string(v).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(&vs(json!([to("web", json!({}))])));
+    let proxy = Proxy::start(ProxyConfig::new(path.clone(), None).upstream("web", None, up))
+        .await
+        .unwrap();
+    write(&vs(json!([
+        to(
+            "web",
+            json!({"match": [{"headers": {"x": {"regex": "(unclosed"}}}]})
+        ),
+        to("web", json!({"fault": {"abort": {"httpStatus": 503}}})),
+    ])));
+    crate::wait_for("the refusal", Duration::from_secs(5), || {
+        (!proxy.rejected().is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    let why = proxy.rejected().join("\n");
+    assert!(why.contains("http[0].match[0].headers.x.regex"), "{why}");
+    assert_eq!(proxy.http_history().len(), 1, "nothing applied");
+    assert_eq!(send(proxy.addr(), "").await.0, 200, "the old routes serve");
+}

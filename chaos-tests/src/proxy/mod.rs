@@ -440,15 +440,7 @@ impl Follower {
         }
         let (routes, named) = match compile(vs, self.cfg.route.as_deref()) {
             Ok(c) => c,
-            Err(e) => {
-                if let Ok(mut t) = self.table.lock() {
-                    let why = format!("{e:#}");
-                    if t.rejected.last() != Some(&why) {
-                        t.rejected.push(why);
-                    }
-                }
-                return;
-            }
+            Err(e) => return self.reject(&e),
         };
         self.seen_http = http;
         let named = (named != self.seen).then(|| {
@@ -463,6 +455,18 @@ impl Follower {
                 t.apply(Arc::new(routes), named);
             }
         });
+    }
+}
+
+impl Follower {
+    /// Notes why an object was refused (once per run of the same reason).
+    fn reject(&self, e: &anyhow::Error) {
+        if let Ok(mut t) = self.table.lock() {
+            let why = format!("{e:#}");
+            if t.rejected.last() != Some(&why) {
+                t.rejected.push(why);
+            }
+        }
     }
 }
 
@@ -482,11 +486,7 @@ async fn follow_file(mut f: Follower) {
         seen = now;
         match read_virtual_service(&path) {
             Ok(vs) => f.offer_object(&vs),
-            Err(e) => {
-                if let Ok(mut t) = f.table.lock() {
-                    t.rejected.push(format!("{e:#}"));
-                }
-            }
+            Err(e) => f.reject(&e),
         }
     }
 }
