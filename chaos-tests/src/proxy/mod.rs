@@ -28,9 +28,9 @@
 //! destinations picked by weight; `host` + `subset` map to a stand-in's loopback address
 //! through a table the test supplies. The configured route ([`ProxyConfig::route`], the one
 //! failoverd rewrites) is what [`Proxy::current`] and [`Proxy::history`] report; every applied
-//! `http[]` is kept in [`Proxy::http_history`]. An unknown destination answers 503 (Envoy's "no healthy
-//! upstream"), an upstream that refuses answers 503, one that does not answer within the
-//! upstream timeout answers 504. Every upstream request uses a fresh connection, so a stand-in
+//! `http[]` is kept in [`Proxy::http_history`]. An unknown destination answers 503 (Envoy's
+//! "no healthy upstream"), an upstream that refuses answers 503, one that does not answer
+//! within the upstream timeout answers 504. Every upstream request uses a fresh connection, so a stand-in
 //! that closes its listener fails the very next request.
 
 use std::collections::HashMap;
