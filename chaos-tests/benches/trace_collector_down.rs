@@ -44,14 +44,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
 fn sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .fold(0.0, |a, v| a + v)
+    chaos_tests::prometheus::sum_series(metrics, name, &[])
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

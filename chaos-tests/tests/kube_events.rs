@@ -17,14 +17,7 @@ use chaos_tests::storm::{Storm, Timing};
 
 /// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
 fn sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .fold(0.0, |a, v| a + v)
+    chaos_tests::prometheus::sum_series(metrics, name, &[])
 }
 
 /// Ensures that 50 playbooks failing over and back every 3 s for 30 s (about 16 moves a

@@ -67,12 +67,12 @@ fn exemplar_traces(body: &str, metric: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_moves_trace_id_is_the_exemplar_of_its_write_and_decision_times() {
-    let mut s = Scenario::new(&[]).await.unwrap();
-    let dir = s.dir.path().to_path_buf();
+/// A scenario and the real daemon on it with tracing on, the exporter at a port nothing
+/// listens on (`sampleRatio: 0`: only moves and refusals are traced).
+async fn traced(name: &str) -> (Scenario, Daemon) {
+    let s = Scenario::new(&[]).await.unwrap();
     let dead = free_addr().unwrap();
-    let cfg = dir.join("failoverd.yaml");
+    let cfg = s.dir.path().join("failoverd.yaml");
     std::fs::write(
         &cfg,
         format!(
@@ -80,22 +80,19 @@ async fn a_moves_trace_id_is_the_exemplar_of_its_write_and_decision_times() {
         ),
     )
     .unwrap();
-    let mut d =
-        Daemon::spawn_with(&s.paths, "exemplars", &["--config", cfg.to_str().unwrap()]).unwrap();
+    let mut d = Daemon::spawn_with(&s.paths, name, &["--config", cfg.to_str().unwrap()]).unwrap();
     ok(d.wait_ready(10 * SEC).await, &d);
+    (s, d)
+}
 
-    // Before any move: no traced round, so no exemplar at all.
-    let (_, before) = scrape(d.addr, "application/openmetrics-text; version=1.0.0").await;
-    assert!(
-        !before.contains(" # {"),
-        "no exemplar before a move:\n{before}"
-    );
-
+/// Stops the primary, waits for the failover to be written and returns the `traceId` of its
+/// audit outcome record.
+async fn fail_over(s: &mut Scenario, d: &Daemon) -> String {
     s.primary.stop();
     ok(
         s.wait_routing(|r| r == Routing::Failover { target: 0 }, FAILOVER_WITHIN)
             .await,
-        &d,
+        d,
     );
     let written = ok(
         s.wait_audit(
@@ -104,12 +101,26 @@ async fn a_moves_trace_id_is_the_exemplar_of_its_write_and_decision_times() {
             5 * SEC,
         )
         .await,
-        &d,
+        d,
     );
-    let trace = written
+    written
         .trace_id
         .clone()
-        .unwrap_or_else(|| panic!("no traceId in {written:?}"));
+        .unwrap_or_else(|| panic!("no traceId in {written:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moves_trace_id_is_the_exemplar_of_its_write_and_decision_times() {
+    let (mut s, mut d) = traced("exemplars").await;
+
+    // Before any move: no traced round, so no exemplar at all.
+    let (_, before) = scrape(d.addr, "application/openmetrics-text; version=1.0.0").await;
+    assert!(
+        !before.contains(" # {"),
+        "no exemplar before a move:\n{before}"
+    );
+
+    let trace = fail_over(&mut s, &d).await;
 
     // What Prometheus sends when it wants exemplars.
     let (ct, open) = scrape(
@@ -187,47 +198,12 @@ async fn prometheus_keeps_the_exemplar_the_dashboards_write_latency_panel_links_
         .collect();
     assert!(!exprs.is_empty(), "the panel asks for exemplars: {panel}");
 
-    let mut s = Scenario::new(&[]).await.unwrap();
-    let dir = s.dir.path().to_path_buf();
-    let dead = free_addr().unwrap();
-    let cfg = dir.join("failoverd.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "tracing:\n  otlp: {{ endpoint: \"http://{dead}\", timeout: 1s }}\n  sampleRatio: 0\n"
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::spawn_with(
-        &s.paths,
-        "exemplars-prometheus",
-        &["--config", cfg.to_str().unwrap()],
-    )
-    .unwrap();
-    ok(d.wait_ready(10 * SEC).await, &d);
+    let (mut s, mut d) = traced("exemplars-prometheus").await;
     let prom = chaos_tests::Prometheus::start_with_features(&[d.addr], &["exemplar-storage"]).await;
     let prom = ok(prom, &d);
     let start = jiff::Timestamp::now().as_second() - 60;
 
-    s.primary.stop();
-    ok(
-        s.wait_routing(|r| r == Routing::Failover { target: 0 }, FAILOVER_WITHIN)
-            .await,
-        &d,
-    );
-    let written = ok(
-        s.wait_audit(
-            "the failover's outcome record",
-            |r| r.action == "failover" && r.outcome == "written",
-            5 * SEC,
-        )
-        .await,
-        &d,
-    );
-    let trace = written
-        .trace_id
-        .clone()
-        .unwrap_or_else(|| panic!("no traceId in {written:?}"));
+    let trace = fail_over(&mut s, &d).await;
 
     // Scraped every second; room for a loaded box.
     for expr in exprs {
