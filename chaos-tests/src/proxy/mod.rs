@@ -240,6 +240,12 @@ impl Proxy {
     pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Self> {
         // For the Kubernetes source, the list's resourceVersion is where the watch starts, so
         // no change between this read and the watch is missed.
+        // For the file source, the file's stamp is taken before the read, so a change made
+        // between this read and the follower's first poll is seen by that poll.
+        let stamp_before = match &cfg.source {
+            RouteSource::File(path) => file_stamp(path),
+            RouteSource::Kube { .. } => None,
+        };
         let (obj, list_rv) = match &cfg.source {
             RouteSource::File(path) => (read_virtual_service(path)?, None),
             RouteSource::Kube { .. } => {
@@ -265,7 +271,7 @@ impl Proxy {
             seen: first,
         };
         let watcher = match list_rv {
-            None => tokio::spawn(follow_file(follower)),
+            None => tokio::spawn(follow_file(follower, stamp_before)),
             Some(rv) => tokio::spawn(follow_kube(follower, rv)),
         };
         let shared = Arc::new(Shared {
@@ -470,16 +476,26 @@ impl Follower {
     }
 }
 
-/// Polls the file; a file that does not parse keeps the routes in force.
-async fn follow_file(mut f: Follower) {
+/// What tells one version of the route file from the next: its modification time, size and
+/// inode. The time alone is not enough: it ticks coarsely (a jiffy), and two writes renamed
+/// into place within one tick differ in inode.
+type FileStamp = (SystemTime, u64, u64);
+
+fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Polls the file; a file that does not parse keeps the routes in force. `seen`: the stamp
+/// of the version [`Proxy::start`] read (taken before that read).
+async fn follow_file(mut f: Follower, mut seen: Option<FileStamp>) {
     let RouteSource::File(path) = f.cfg.source.clone() else {
         return;
     };
-    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen: Option<SystemTime> = mtime(&path);
     loop {
         tokio::time::sleep(POLL_EVERY).await;
-        let now = mtime(&path);
+        let now = file_stamp(&path);
         if now == seen {
             continue;
         }
