@@ -12,7 +12,7 @@
 #
 #   cargo build --release -p failoverd && probes/benches/blackbox/daemon.sh
 #   PLAYBOOKS=1000 SIDE=daemon probes/benches/blackbox/daemon.sh   # 2,000 probes, no blackbox
-#   PERF=1 SIDE=daemon ...   # also `perf record -g` the daemon over the window (perf.data)
+#   PERF=1 SIDE=daemon ...   # also `perf record` (DWARF call graphs) the daemon over the window
 #   BIN=/path/to/failoverd ...   # another build (e.g. the baseline) on the same script
 # Needs: apt-get install -y nginx prometheus prometheus-blackbox-exporter curl (perf for PERF=1)
 # Bounded: each side runs WARM + SECS s plus start-up (≤ 60 s); everything started is
@@ -46,14 +46,15 @@ measure() {
     l0=$(load)
     t0=$(ticks "$pid"); r0=$(served)
     if [ "${PERF:-0}" = 1 ] && [ "$name" = failoverd ]; then
-        perf record -g -o "$work/perf.data" -p "$pid" -- sleep "$SECS" > "$work/perf.log" 2>&1
+        # DWARF unwinding: a release build has no frame pointers, but has .eh_frame.
+        perf record --call-graph dwarf,16384 -o "$work/perf.data" -p "$pid" -- sleep "$SECS" > "$work/perf.log" 2>&1
     else
         sleep "$SECS"
     fi
     t1=$(ticks "$pid"); r1=$(served)
     per=$(awk -v t=$((t1 - t0)) -v r=$((r1 - r0 - 1)) 'BEGIN { printf "%.4f", t * 10 / r }')
     echo "$name: $((t1 - t0)) ticks (1/100 s) CPU over ${SECS}s, $((r1 - r0 - 1)) probes served" \
-        "= $per ms CPU per probe; VmRSS $(kib "$pid" VmRSS) KiB, VmHWM $(kib "$pid" VmHWM) KiB;" \
+        "= $per ms CPU per probe; VmRSS $(kib "$pid" VmRSS) KiB (anon $(kib "$pid" RssAnon), file $(kib "$pid" RssFile)), VmHWM $(kib "$pid" VmHWM) KiB;" \
         "load average $l0 → $(load)"
 }
 
@@ -106,8 +107,10 @@ YML
     echo "failoverd: $unhealthy results not healthy since start (must be 0 for a fair comparison)"
     kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$work/failoverd.pid"
     if [ "${PERF:-0}" = 1 ]; then
-        perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | head -80 > "$work/perf.txt"
-        echo "perf report: $work/perf.txt"
+        # Flat self time per symbol; the call graphs stay in perf.data (`perf report -i`).
+        perf report -i "$work/perf.data" --no-children --sort dso,symbol -g none --stdio 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -60 > "$work/perf.txt"
+        echo "perf report: $work/perf.txt (perf.data next to it; the next run deletes both)"
     fi
 fi
 
