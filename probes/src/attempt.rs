@@ -239,7 +239,8 @@ pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prep
 /// Never panics and never takes (much) longer than `spec.timeout`: the whole attempt
 /// — connect, request and reading the body — runs under that timeout. A probe whose
 /// options need its own client (see [`HttpProbe::needs_own_client`]) gets one built
-/// for this attempt; `client` serves the others.
+/// for this attempt; `client` serves the others, except plain `http://` probes, which take
+/// the plain path (see [`probe_once_via_client`] to compare).
 pub async fn probe_once(client: &reqwest::Client, spec: &ProbeSpec) -> ProbeResult {
     let started = Instant::now();
     let prepared = prepare(client, spec);
