@@ -446,3 +446,49 @@ fn incomplete_body() -> io::Error {
 fn bad_chunk(text: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, text)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn plain(url: &str, method: &str) -> PlainHttp {
+        let url = reqwest::Url::parse(url).unwrap();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        PlainHttp::new(&url, &method, &reqwest::header::HeaderMap::new()).unwrap()
+    }
+
+    /// Ensures `Host` leaves out the default port 80 and keeps IPv6 brackets, while the
+    /// address connected to is the bare host and the real port.
+    #[test]
+    fn host_header_and_address() {
+        let agent = concat!("failoverd-probe/", env!("CARGO_PKG_VERSION"));
+        let p = plain("http://case-api.child-welfare:80/healthz#frag", "GET");
+        assert_eq!(
+            String::from_utf8_lossy(&p.head),
+            format!(
+                "GET /healthz HTTP/1.1\r\naccept: */*\r\nuser-agent: {agent}\r\n\
+                 host: case-api.child-welfare\r\n\r\n"
+            )
+        );
+        assert_eq!((p.host.as_str(), p.port), ("case-api.child-welfare", 80));
+        let p = plain("http://[::1]:8080/", "HEAD");
+        assert!(String::from_utf8_lossy(&p.head).contains("\r\nhost: [::1]:8080\r\n"));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.head_method),
+            ("::1", 8080, true)
+        );
+    }
+
+    /// Ensures only `http://` URLs take the plain path.
+    #[test]
+    fn https_is_not_plain() {
+        let url = reqwest::Url::parse("https://example.test/").unwrap();
+        let none = PlainHttp::new(
+            &url,
+            &reqwest::Method::GET,
+            &reqwest::header::HeaderMap::new(),
+        );
+        assert!(none.is_none());
+    }
+}

@@ -342,8 +342,8 @@ async fn request_bytes_are_the_clients() {
     );
 }
 
-/// Ensures a probe's own `Host` replaces the URL's, and that port 80 is left out of the
-/// URL's (checked on the request line only: nothing listens on port 80 here).
+/// Ensures a probe's own `Host` replaces the URL's, sent once. (Port 80 left out of the
+/// URL's `Host` is checked in `plain.rs`'s unit tests: nothing listens on port 80 here.)
 #[tokio::test]
 async fn host_header_set_by_the_probe() {
     let (addr, seen) = scripted(
