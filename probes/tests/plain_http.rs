@@ -396,3 +396,20 @@ async fn malformed_framing_is_unhealthy() {
         );
     }
 }
+
+/// Ensures a host name is resolved (the system resolver; `localhost` comes from the
+/// hosts file, so nothing leaves the machine) and sent as `Host` with its port.
+#[tokio::test]
+async fn host_name_is_resolved() {
+    let (addr, seen) = scripted(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        After::Hold,
+    )
+    .await;
+    let url = format!("http://localhost:{}/", addr.port());
+    assert_both(HttpProbe::new(url, vec![200]), T, Outcome::Healthy).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0], seen[1]);
+    let host = format!("\r\nhost: localhost:{}\r\n", addr.port());
+    assert!(String::from_utf8_lossy(&seen[0]).contains(&host));
+}
