@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error_text::{describe, describe_io, io_cause, is_local_exhaustion};
+use crate::plain::{Failure, PlainHttp};
 use crate::tls::load_ca;
 use crate::{HttpProbe, Outcome, ProbeError, ProbeKind, ProbeResult, ProbeSpec, TcpProbe};
 
@@ -164,6 +165,9 @@ pub(crate) struct PreparedHttp {
     body_re: Option<regex::Regex>,
     connect_timeout: Duration,
     want_h2: bool,
+    /// The plain path (see `plain.rs`) for a probe the shared client would serve over
+    /// `http://`; `None` keeps the client.
+    plain: Option<PlainHttp>,
 }
 
 /// Prepares `spec` once; an error (e.g. a CA file that vanished since validation) makes
@@ -213,6 +217,11 @@ pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prep
         Some(re) => Some(regex::Regex::new(re).map_err(|e| format!("bodyMatches: {e}"))?),
         None => None,
     };
+    let plain = if http.needs_own_client() {
+        None
+    } else {
+        PlainHttp::new(&url, &method, &headers)
+    };
     Ok(Prepared::Http(Box::new(PreparedHttp {
         client,
         method,
@@ -221,6 +230,7 @@ pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prep
         body_re,
         connect_timeout: http.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
         want_h2: http.http2,
+        plain,
     })))
 }
 
@@ -229,10 +239,23 @@ pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prep
 /// Never panics and never takes (much) longer than `spec.timeout`: the whole attempt
 /// — connect, request and reading the body — runs under that timeout. A probe whose
 /// options need its own client (see [`HttpProbe::needs_own_client`]) gets one built
-/// for this attempt; `client` serves the others.
+/// for this attempt; `client` serves the others, except plain `http://` probes, which take
+/// the plain path (see [`probe_once_via_client`] to compare).
 pub async fn probe_once(client: &reqwest::Client, spec: &ProbeSpec) -> ProbeResult {
     let started = Instant::now();
     let prepared = prepare(client, spec);
+    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO).await
+}
+
+/// [`probe_once`] through the general HTTP client (`client`) even where the plain
+/// `http://` path would serve the probe: what the plain path is compared with in tests
+/// and benches. Every other probe runs as in [`probe_once`].
+pub async fn probe_once_via_client(client: &reqwest::Client, spec: &ProbeSpec) -> ProbeResult {
+    let started = Instant::now();
+    let mut prepared = prepare(client, spec);
+    if let Ok(Prepared::Http(http)) = &mut prepared {
+        http.plain = None;
+    }
     run_prepared(prepared.as_ref(), spec, started, Duration::ZERO).await
 }
 
@@ -268,6 +291,17 @@ pub(crate) async fn run_prepared(
 
 async fn http_attempt(prepared: &PreparedHttp, def: &HttpProbe, timeout: Duration) -> Outcome {
     let want_body = def.body_contains.is_some() || prepared.body_re.is_some();
+    if let Some(plain) = &prepared.plain {
+        return match tokio::time::timeout(timeout, plain.exchange(want_body, MAX_BODY_BYTES)).await
+        {
+            Err(_) => timed_out(timeout),
+            Ok(Err(failure)) => classify_plain_failure(failure),
+            Ok(Ok(answer)) if !def.expect_status.contains(&answer.status) => Outcome::Unhealthy(
+                format!("status {} not in {:?}", answer.status, def.expect_status),
+            ),
+            Ok(Ok(answer)) => judge_body(def, prepared.body_re.as_ref(), &answer.body),
+        };
+    }
     let request = async {
         let mut response = prepared
             .client
@@ -345,6 +379,18 @@ fn classify_http_error(e: &reqwest::Error, connect_timeout: Duration) -> Outcome
         Outcome::Unhealthy(format!("redirect: {}", describe(e)))
     } else {
         Outcome::Unhealthy(format!("request: {}", describe(e)))
+    }
+}
+
+/// The reasons the client gave for the same failures (see `classify_http_error`).
+fn classify_plain_failure(failure: Failure) -> Outcome {
+    match failure {
+        Failure::Connect(e) | Failure::Io(e) if is_local_exhaustion(&e) => {
+            Outcome::Unknown(format!("local: {}", describe_io(&e)))
+        }
+        Failure::Connect(e) => Outcome::Unhealthy(format!("connect: {}", describe_io(&e))),
+        Failure::Io(e) => Outcome::Unhealthy(format!("request: {}", describe_io(&e))),
+        Failure::Malformed(text) => Outcome::Unhealthy(format!("request: {text}")),
     }
 }
 

@@ -16,6 +16,7 @@ mod check;
 mod error_text;
 pub mod exposition;
 mod grpc;
+mod plain;
 mod schedule;
 pub mod scrape;
 mod tls;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use attempt::{http_client, http_client_for, probe_once};
+pub use attempt::{http_client, http_client_for, probe_once, probe_once_via_client};
 pub use check::{check_kind, check_spec};
 pub use schedule::{MAX_IN_FLIGHT, ProbeSet, spawn_probes, spawn_probes_limited};
 pub use window::ProbeWindow;

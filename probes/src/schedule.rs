@@ -74,6 +74,11 @@ impl ProbeSet {
 ///
 /// Must be called from within a tokio runtime (it uses `JoinSet::spawn`). At most
 /// [`MAX_IN_FLIGHT`] attempts run at once.
+///
+/// `client` serves the HTTP probes that need no client of their own, except plain
+/// `http://` ones: those take the plain path (one request on a fresh `TcpStream`, same
+/// bytes and verdicts as [`http_client`](crate::http_client)), so settings of a
+/// different client (a proxy, say) do not reach them.
 pub fn spawn_probes(
     specs: Vec<ProbeSpec>,
     client: reqwest::Client,

@@ -17,7 +17,7 @@ use crate::shared::{Clock, Shared};
 
 use super::commands::Book;
 use super::expiry::end_orphaned_drills;
-use super::step::{retry_delay, set_status, step};
+use super::step::{retry_delay, set_phase_metric, set_status, step};
 use super::{Guarded, Job, MAX_BACKOFF, MIN_BACKOFF};
 
 /// Reads the routes at `idxs` (one bulk read), ends drills left by a dead leader whose routes
@@ -101,8 +101,18 @@ pub(super) async fn reread_after_failed_writes(
             s.phase = Some(st.phase.clone());
             s.routing = Some(st.routing);
         });
-        g.state = Some(st);
+        adopt(g, shared, st);
     }
+}
+
+/// Takes a state found by a read (start, takeover, after a failed write) and moves the phase
+/// gauge with it: a round only moves the gauge from the state it started with, so a phase
+/// left by a read alone would otherwise keep showing 1 beside the new one.
+fn adopt(g: &mut Guarded, shared: &Shared, st: State) {
+    let new = st.phase.name();
+    let old = g.state.as_ref().map_or(new, |s| s.phase.name());
+    set_phase_metric(shared, g.pb.name(), old, new);
+    g.state = Some(st);
 }
 
 /// Reads the routes of the playbooks at `idxs` in one bulk read and settles each.
@@ -166,7 +176,7 @@ pub(super) async fn settle_read(
                 s.routing = Some(st.routing);
                 s.error = None;
             });
-            g.state = Some(st);
+            adopt(g, shared, st);
             g.retry_at = None;
             g.backoff = MIN_BACKOFF;
         }

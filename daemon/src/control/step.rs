@@ -470,11 +470,15 @@ pub(super) async fn blast_radius(
 }
 
 pub(super) fn set_phase_metric(shared: &Shared, playbook: &str, old: &str, new: &str) {
-    shared
-        .metrics
-        .phase
-        .get_or_create(&labels([("playbook", playbook), ("phase", old)]))
-        .set(0);
+    // Most rounds keep the phase: zeroing it first would cost a second label set and
+    // lookup on every round (and let a scrape see the playbook in no phase at all).
+    if old != new {
+        shared
+            .metrics
+            .phase
+            .get_or_create(&labels([("playbook", playbook), ("phase", old)]))
+            .set(0);
+    }
     shared
         .metrics
         .phase
