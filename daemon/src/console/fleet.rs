@@ -337,6 +337,7 @@ pub fn overrides_short(list: &[OverrideRecord], now: Timestamp) -> Markup {
                 }
                 " by " (o.actor) ", "
                 (span_words(u64::try_from(o.until.as_second() - now.as_second()).unwrap_or(0))) " left"
+                br;
                 span class="abs" { "until " (super::layout::absolute(o.until)) }
             }
         }

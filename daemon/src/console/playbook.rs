@@ -71,8 +71,8 @@ pub async fn render(
         p { a href="/ui/" { "← Fleet" } }
         h1 { (name) }
         p class="muted" { "VirtualService " (pb.spec.virtual_service) }
-        (live)
         @if let Some(r) = &result { div id="result" { (r) } }
+        (live)
         @if may_act {
             h2 id="actions" { "Actions" }
             (actions::forms(&pb, &session.csrf))
