@@ -45,7 +45,11 @@ async fn post(base: &str, action: &str, body: Value) {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "{action}: {}", r.text().await.unwrap());
+    assert!(
+        r.status().is_success(),
+        "{action}: {}",
+        r.text().await.unwrap()
+    );
 }
 
 /// Waits until the page recorded `phase` at index `from` or later; returns its time (ms).

@@ -114,7 +114,9 @@ fn fleet(now: Timestamp) -> (Vec<Loaded>, Arc<Shared>) {
             actor: "alice@oncall".into(),
             reason: "INC-1".into(),
             created: now,
-            until: now.checked_add(jiff::SignedDuration::from_secs(3600)).unwrap(),
+            until: now
+                .checked_add(jiff::SignedDuration::from_secs(3600))
+                .unwrap(),
             target: None,
             force: false,
             break_glass: None,
