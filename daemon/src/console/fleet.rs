@@ -113,12 +113,13 @@ fn rows(state: &ConsoleState) -> Vec<Row> {
         .iter()
         .enumerate()
         .map(|(i, s): (usize, &PlaybookStatus)| {
+            // The controller's own "no healthy destination" flag, as `/metrics` shows it
+            // (a read lock: the page never adds a series).
             let stuck = shared
                 .metrics
                 .stuck
-                .get_or_create(&crate::metrics::labels([("playbook", &s.name)]))
-                .get()
-                != 0;
+                .get(&crate::metrics::labels([("playbook", &s.name)]))
+                .is_some_and(|g| g.get() != 0);
             Row {
                 name: s.name.clone(),
                 service: shared
