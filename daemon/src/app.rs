@@ -106,15 +106,16 @@ pub async fn serve(
             }
         });
     }
+    // Connection cap, header-read timeout, per-connection peer address (server.rs).
+    let limits = crate::server::ListenerLimits::for_process(listener_options.max_connections);
     let console = console.enabled.then(|| {
         crate::console::ConsoleState::new(api.clone(), console, tls.is_some(), shutdown.clone())
+            .with_stream_cap(limits.max_connections / 4)
     });
     let mut app = crate::server::router(shared.clone(), api);
     if let Some(console) = console {
         app = app.merge(crate::console::routes(console));
     }
-    // Connection cap, header-read timeout, per-connection peer address (server.rs).
-    let limits = crate::server::ListenerLimits::for_process(listener_options.max_connections);
     let http = tokio::spawn(crate::server::serve(
         listener,
         app,

@@ -453,3 +453,63 @@ async fn live_stream_announces_a_route_write() {
     }
     d.shutdown().await;
 }
+
+/// Ensures live streams are capped: with a cap of one, a second stream is refused (503)
+/// while the first is open, and accepted once the first is gone — open pages can never hold
+/// every connection slot of the listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_are_capped() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::Service;
+    let f = Fixture::new().await;
+    let (_shared, api) = f.api_state();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut app = failoverd::console::routes(
+        failoverd::console::ConsoleState::new(api, ConsoleOptions::default(), false, stop_rx)
+            .with_stream_cap(1),
+    );
+    let signed = app
+        .call(
+            Request::post("/ui/sign-in")
+                .header(header::HOST, "127.0.0.1:1")
+                .header(header::ORIGIN, "http://127.0.0.1:1")
+                .header(header::CONTENT_TYPE, FORM)
+                .body(Body::from(encode(&[("token", VIEWER.1)])))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    let cookie = signed.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let events = || {
+        Request::get("/ui/events")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.call(events()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = app.call(events()).await.unwrap();
+    assert_eq!(second.status(), 503);
+    drop(first);
+    // The first stream's task notices its page is gone and gives its place back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = app.call(events()).await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream's place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::Stream;
@@ -29,7 +29,14 @@ pub async fn events(State(state): State<ConsoleState>, headers: HeaderMap) -> Re
     {
         return *r;
     }
-    Sse::new(stream(state, headers))
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live streams open; retrying shortly",
+        )
+            .into_response();
+    };
+    Sse::new(stream(state, headers, permit))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
@@ -37,9 +44,12 @@ pub async fn events(State(state): State<ConsoleState>, headers: HeaderMap) -> Re
 fn stream(
     state: ConsoleState,
     headers: HeaderMap,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut changes = state.changes.clone();
     async_stream(move |tx| async move {
+        // Held until the stream's task ends (the page went away, the session ended, shutdown).
+        let _permit = permit;
         // The first event tells the page the stream is up and which version it holds.
         let first = *changes.borrow_and_update();
         if tx.send(change(first)).await.is_err() {

@@ -66,7 +66,12 @@ pub struct ConsoleState {
     trace_url: Option<String>,
     /// The change counter the live stream follows (`Shared::list_version`).
     changes: watch::Receiver<u64>,
+    /// Live streams open at once (see [`ConsoleState::with_stream_cap`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Live streams open at once by default: a quarter of the listener's default connection cap.
+pub const DEFAULT_STREAMS: usize = crate::server::DEFAULT_MAX_CONNECTIONS / 4;
 
 /// How often the change counter is looked at: a route write reaches every open page well
 /// within the promised second (this, plus one fragment fetch).
@@ -114,7 +119,18 @@ impl ConsoleState {
             secure,
             trace_url: options.trace_url,
             changes: rx,
+            streams: Arc::new(tokio::sync::Semaphore::new(DEFAULT_STREAMS)),
         }
+    }
+
+    /// At most `n` live streams at once. A stream is a call that never finishes, and the
+    /// listener never evicts a connection with a call in progress: without a cap, open pages
+    /// could hold every connection slot and lock operators and `/healthz` out. Give it a
+    /// share of the connection cap (the daemon gives a quarter); a page beyond it is told it
+    /// lost the stream and retries.
+    pub fn with_stream_cap(mut self, n: usize) -> Self {
+        self.streams = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 
     /// The session of a request allowed to `verb` (the fleet, or playbook `name`); else
