@@ -279,7 +279,7 @@ fn live(state: &ConsoleState, f: &Filters, now: Timestamp) -> Markup {
             }
             p class={ "fleet-rule" @if rule.0 { " hold" } } role=(if rule.0 { "alert" } else { "status" }) { (rule.1) }
             p class="muted" { "Showing " (shown.len()) " of " (t.playbooks) " playbooks." }
-            table class="cards" {
+            table class="cards fleet" {
                 thead { tr {
                     th scope="col" { "Playbook" }
                     th scope="col" { "Phase" }
@@ -299,29 +299,29 @@ fn live(state: &ConsoleState, f: &Filters, now: Timestamp) -> Markup {
 fn row(r: &Row, now: Timestamp) -> Markup {
     html! {
         tr id={ "pb-" (r.name) } data-phase=(r.phase_class()) {
-            td data-label="Playbook" {
+            td {
                 a href={ "/ui/playbooks/" (r.name) } { (r.name) }
                 span class="abs" { (r.service) }
             }
-            td data-label="Phase" {
+            td {
                 (phase_badge(r.phase.as_ref()))
                 @if r.stuck { " " span class="badge phase-failedOver" { "Stuck" } }
             }
-            td data-label="Weights" { (weights(r.routing.as_ref())) }
-            td data-label="Signals" {
+            td { (weights(r.routing.as_ref())) }
+            td {
                 @if r.failing == 0 && r.unknown == 0 { span class="muted" { "all healthy" } }
                 @else {
                     @if r.failing > 0 { span class="badge health-unhealthy" { (r.failing) " failing" } " " }
                     @if r.unknown > 0 { span class="badge health-unknown" { (r.unknown) " unknown" } }
                 }
             }
-            td data-label="Last move" {
+            td {
                 @match &r.last {
                     Some(m) => { (m.kind.as_str()) " by " (m.actor) br; (when(m.time, now)) }
                     None => span class="muted" { "none since start" },
                 }
             }
-            td data-label="Overrides" { (overrides_short(&r.overrides, now)) }
+            td { (overrides_short(&r.overrides, now)) }
         }
     }
 }

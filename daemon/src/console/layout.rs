@@ -23,9 +23,9 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="htmx-config" content=(HTMX_CONFIG);
                 title { (title) " · failoverd" }
-                link rel="stylesheet" href=(super::assets::CSS_PATH);
-                script src=(super::assets::HTMX_PATH) defer {}
-                script src=(super::assets::JS_PATH) defer {}
+                link rel="stylesheet" href=(super::assets::path("console.css"));
+                script src=(super::assets::path("htmx.min.js")) defer {}
+                script src=(super::assets::path("console.js")) defer {}
             }
             body {
                 a class="skip" href="#main" { "Skip to content" }

@@ -250,7 +250,7 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/ui/playbooks/{name}/confirm", post(actions::confirm))
         .route("/ui/playbooks/{name}/act", post(actions::act))
         .route("/ui/events", get(live::events))
-        .route("/ui/assets/v1/{file}", get(assets::asset))
+        .route("/ui/assets/{version}/{file}", get(assets::asset))
         .layer(axum::middleware::from_fn(security_headers))
         // Forms are a reason and a few fields; the API's limit serves here too.
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
