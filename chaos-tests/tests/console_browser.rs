@@ -90,8 +90,9 @@ async fn shoot(b: &Browser, dir: &std::path::Path, name: &str, width: u32, heigh
 /// playbook; the demo primary fails and the open page shows the failover within 1 s of the
 /// route write, without a reload; the operator freezes the playbook from its form with a
 /// reason (through the confirmation step); `GET /v1/playbooks/demo` shows the freeze and the
-/// audit record names the operator. Then a viewer sees no action controls. Screenshots of
-/// both pages at 1280 px and 360 px are taken along the way.
+/// audit record names the operator. Then a viewer sees no action controls, and when the
+/// daemon goes away the open page says it lost its live stream. Screenshots of both pages at
+/// 1280 px and 360 px are taken along the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_sees_the_failover_live_and_freezes() {
     if !browser_or_skip() {
@@ -243,6 +244,19 @@ async fn operator_sees_the_failover_live_and_freezes() {
         .await
         .unwrap();
     assert!(buttons.is_empty(), "a viewer sees action buttons");
+
+    // The daemon goes away: the open page says it lost its live stream.
+    let mut c = c;
+    b.wait_live().await.unwrap();
+    c.daemon.kill().unwrap();
+    wait_page(
+        &b,
+        "var s = document.getElementById('live-status'); \
+         return !!s && s.classList.contains('live-lost') && s.textContent.indexOf('lost') >= 0;",
+        Duration::from_secs(5),
+        "the page saying it lost the stream",
+    )
+    .await;
     b.quit().await;
     drop(c);
 }
