@@ -260,3 +260,165 @@ async fn operator_sees_the_failover_live_and_freezes() {
     b.quit().await;
     drop(c);
 }
+
+/// Ensures a cluster identity signs in to the console through the same TokenReview as the
+/// API (`--auth-kubernetes`, the API server emulator answering), reads the fleet it may
+/// `list`, and acts only where SubjectAccessReview allows `update`: its freeze on `demo` is
+/// recorded under its cluster username, its freeze on `other` is refused with the API's 403
+/// text and audited. No browser: plain HTTP with the session cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_identity_signs_in_through_tokenreview() {
+    use chaos_tests::kube_emulator::{Emulator, Rule};
+    const NS: &str = "failoverd";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s = chaos_tests::Scenario::new(&[]).await.unwrap();
+    let other = s
+        .playbook_text
+        .replacen("name: demo #", "name: other #", 1)
+        .replacen(
+            "{ namespace: demo, name: web }",
+            "{ namespace: demo, name: web2 }",
+            1,
+        );
+    std::fs::write(s.paths.playbooks.join("other.yaml"), other).unwrap();
+    let mut vs = chaos_tests::Scenario::original_vs().unwrap();
+    vs["metadata"]["name"] = serde_json::json!("web2");
+    std::fs::write(s.paths.store.join("demo/web2.yaml"), vs.to_string()).unwrap();
+    let emu = Emulator::start().await.unwrap();
+    emu.set_anonymous(None);
+    emu.add_token(
+        "sa-token",
+        "system:serviceaccount:failoverd:failoverd",
+        vec![
+            Rule::new(
+                &["create"],
+                &["authentication.k8s.io"],
+                &["tokenreviews"],
+                &["*"],
+            ),
+            Rule::new(
+                &["create"],
+                &["authorization.k8s.io"],
+                &["subjectaccessreviews"],
+                &["*"],
+            ),
+        ],
+    );
+    let kubeconfig = s.dir.path().join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig, "sa-token").unwrap();
+    emu.review_token("oidc-carol", "carol@example.com", &["oncall"]);
+    for (verb, name) in [("list", "*"), ("get", "*"), ("update", "demo")] {
+        emu.allow("carol@example.com", NS, verb, name);
+    }
+    let mut d = chaos_tests::Daemon::spawn_with(
+        &s.paths,
+        "console-cluster",
+        &[
+            "--auth-kubernetes",
+            "--auth-namespace",
+            NS,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    d.wait_ready(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d.logs()));
+    let base = format!("http://{}", d.addr);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let form = |pairs: &[(&str, &str)]| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish()
+    };
+    let post = |path: String, cookie: Option<String>, body: String| {
+        let mut r = http
+            .post(format!("{base}{path}"))
+            .header("origin", &base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send()
+    };
+    let r = post("/ui/sign-in".into(), None, form(&[("token", "oidc-carol")]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", d.logs());
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = http
+        .get(format!("{base}/ui/playbooks/demo"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("carol@example.com"), "{page}");
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    let csrf = page[at..at + 64].to_string();
+    let freeze = |reason: &str| {
+        form(&[
+            ("csrf", csrf.as_str()),
+            ("action", "freeze"),
+            ("reason", reason),
+        ])
+    };
+    let r = post(
+        "/ui/playbooks/demo/act".into(),
+        Some(cookie.clone()),
+        freeze("INC-31"),
+    )
+    .await
+    .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let rec = s
+        .wait_audit(
+            "carol's freeze",
+            |r| r.action == "override-freeze" && r.playbook == "demo",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.actor, "carol@example.com");
+    let r = post(
+        "/ui/playbooks/other/act".into(),
+        Some(cookie.clone()),
+        freeze("INC-32"),
+    )
+    .await
+    .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("may not update playbook other"), "{body}");
+    let refused = s
+        .wait_audit(
+            "the audited refusal",
+            |r| r.playbook == "other" && r.outcome.starts_with("refused"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.actor, "carol@example.com");
+    // A token the cluster does not authenticate gets the sign-in page with 401.
+    let r = post("/ui/sign-in".into(), None, form(&[("token", "nobody")]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
