@@ -252,6 +252,8 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/ui/events", get(live::events))
         .route("/ui/assets/{version}/{file}", get(assets::asset))
         .layer(axum::middleware::from_fn(security_headers))
+        // gzip when the browser asks for it (every browser does); never the event stream.
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
         // Forms are a reason and a few fields; the API's limit serves here too.
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))
         .layer(axum::middleware::from_fn(crate::server::read_body_in_time))
