@@ -10,6 +10,8 @@ declare -A NEED=(
   [prometheus-alertmanager]=prometheus-alertmanager   # real Alertmanager (daemon/tests/notify.rs)
   [kubectl]=kubernetes-client   # real kubectl against the API server emulator (chaos-tests/tests/kube_emulator.rs) and `kubectl kustomize` of deploy/ (chaos-tests/tests/deploy_*.rs)
   [promtool]=prometheus   # `promtool check rules` / `test rules` on the alert rules (chaos-tests/tests/deploy_metrics.rs)
+  [chromium]=chromium   # real headless Chromium for the console's browser test (chaos-tests/tests/console_browser.rs)
+  [chromedriver]=chromium-driver   # its WebDriver server, started on loopback by that test
 )
 missing=()
 for bin in "${!NEED[@]}"; do

@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub listener: ListenerOptions,
     /// Cluster identities (TokenReview and SubjectAccessReview); None: token file only.
     pub kube_auth: Option<Arc<crate::api::kube_auth::KubeAuth>>,
+    /// The on-call console under `/ui/` (on by default).
+    pub console: crate::console::ConsoleOptions,
 }
 
 /// Runs the daemon with an HTTP listener until `shutdown` turns true.
@@ -45,6 +47,7 @@ pub async fn serve(
         drills,
         listener: listener_options,
         kube_auth,
+        console,
     } = options;
     // A certificate that does not load refuses the start, naming the file.
     let tls = listener_options
@@ -103,9 +106,16 @@ pub async fn serve(
             }
         });
     }
-    let app = crate::server::router(shared.clone(), api);
     // Connection cap, header-read timeout, per-connection peer address (server.rs).
     let limits = crate::server::ListenerLimits::for_process(listener_options.max_connections);
+    let console = console.enabled.then(|| {
+        crate::console::ConsoleState::new(api.clone(), console, tls.is_some(), shutdown.clone())
+            .with_stream_cap(limits.max_connections / 4)
+    });
+    let mut app = crate::server::router(shared.clone(), api);
+    if let Some(console) = console {
+        app = app.merge(crate::console::routes(console));
+    }
     let http = tokio::spawn(crate::server::serve(
         listener,
         app,

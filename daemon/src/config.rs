@@ -92,6 +92,26 @@ pub struct FileConfig {
     /// OTLP traces of decisions and moves (off unless an endpoint is set here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub tracing: Option<crate::trace::TracingConfig>,
+    /// `console: { enabled: true }`: the on-call web console under `/ui/` (on by default;
+    /// `--no-console` turns it off).
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `console:` in the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsoleConfig {
+    /// Serve the console (default true); off, `/ui/` answers 404.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// A link to a move's trace in your tracing UI, `{traceId}` replaced by the audit
+    /// record's trace id (e.g. `https://jaeger.example/trace/{traceId}`). Absent: the id is
+    /// shown as text.
+    pub trace_url: Option<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// `auth:` in the config file.
@@ -395,6 +415,8 @@ pub struct Settings {
     pub kube_auth: Option<crate::api::kube_auth::KubeAuthConfig>,
     /// `tls.clientCAFile` / `--tls-client-ca` (None: no client certificates).
     pub tls_client_ca: Option<PathBuf>,
+    /// `console:` / `--no-console`.
+    pub console: crate::console::ConsoleOptions,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

@@ -14,6 +14,7 @@ pub mod cli;
 /// The override API's command-line client (kept at its old path).
 pub use cli::client;
 pub mod config;
+pub mod console;
 pub mod control;
 /// The demo (kept at its old path).
 pub use cli::demo;

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 800;
 
 /// The daemon's folder rooms checked here (add a room once it is split).
-const DAEMON_ROOMS: [&str; 6] = ["api", "notify", "cli", "control", "signals", "mesh"];
+const DAEMON_ROOMS: [&str; 7] = [
+    "api", "notify", "cli", "control", "signals", "mesh", "console",
+];
 
 fn daemon_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::engine::Actor;
 use crate::shared::{Control, ControlKind, ControlReply};
 
+use super::auth::Caller;
 use super::body::{Body, control_kind, parse_body, read_body, require_json};
 use super::error::{
     ActionRefusals, ApiError, ApiResult, AuthRefusals, ErrorBody, MutatingRefusals,
@@ -27,6 +28,18 @@ pub(super) async fn send(
     kind: ControlKind,
     actor: Actor,
 ) -> ApiResult<Response> {
+    send_reply(state, playbook, kind, actor)
+        .await
+        .map(|reply| axum::Json::<ControlReply>(reply).into_response())
+}
+
+/// [`send`], answering with the controller's reply itself (the console renders it).
+async fn send_reply(
+    state: &ApiState,
+    playbook: Option<String>,
+    kind: ControlKind,
+    actor: Actor,
+) -> ApiResult<ControlReply> {
     let (tx, rx) = oneshot::channel();
     state
         .control
@@ -46,7 +59,7 @@ pub(super) async fn send(
             )
         })?;
     match tokio::time::timeout(CALL_TIMEOUT, rx).await {
-        Ok(Ok(Ok(reply))) => Ok(axum::Json::<ControlReply>(reply).into_response()),
+        Ok(Ok(Ok(reply))) => Ok(reply),
         Ok(Ok(Err(e))) => Err(ApiError::new(
             StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             e.error,
@@ -78,6 +91,47 @@ pub(super) async fn act(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = authn.caller()?;
+    act_as(&state, caller, &headers, name, action, body)
+        .await
+        .map(|reply| axum::Json::<ControlReply>(reply).into_response())
+}
+
+/// An operator action by the console's signed-in `caller`: the same body, checks, permission,
+/// audit of refusals and controller command as the `/v1` call, with `body` the JSON the API
+/// would have been sent.
+pub(crate) async fn console_act(
+    state: &ApiState,
+    caller: Caller,
+    name: String,
+    action: &str,
+    body: serde_json::Value,
+) -> ApiResult<ControlReply> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let bytes = serde_json::to_vec(&body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    act_as(
+        state,
+        caller,
+        &headers,
+        name,
+        action,
+        Ok(Bytes::from(bytes)),
+    )
+    .await
+}
+
+async fn act_as(
+    state: &ApiState,
+    caller: Caller,
+    headers: &HeaderMap,
+    name: String,
+    action: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<ControlReply> {
     let audit_action = format!("override-{action}");
     let checked = async {
         if state.shared.index(&name).is_none() {
@@ -87,14 +141,14 @@ pub(super) async fn act(
             ));
         }
         let bytes = read_body(&body)?;
-        require_json(&headers, bytes)?;
+        require_json(headers, bytes)?;
         let body = parse_body(bytes)?;
         let kind = control_kind(action, &body)?;
         Ok((kind, body.reason.trim().to_string()))
     };
     let playbook = || name.clone();
     let (kind, reason) = as_operator(
-        &state,
+        state,
         &caller,
         std::slice::from_ref(&name),
         &body,
@@ -108,7 +162,7 @@ pub(super) async fn act(
         identity: caller.identity.clone(),
         reason,
     };
-    send(&state, Some(name), kind, actor).await
+    send_reply(state, Some(name), kind, actor).await
 }
 
 /// Force a failover

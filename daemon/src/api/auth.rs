@@ -271,6 +271,17 @@ impl Tokens {
             .and_then(|i| i.by_hash.get(&hash).cloned())
     }
 
+    /// The token-file caller whose token hashes to `hash` (the console's sessions keep the
+    /// hash, never the token, and look it up again so a reload that drops the entry ends them).
+    pub fn by_hash(&self, hash: &str) -> Option<Caller> {
+        self.path.as_ref()?;
+        self.maybe_reload();
+        self.inner
+            .read()
+            .ok()
+            .and_then(|i| i.by_hash.get(hash).cloned())
+    }
+
     /// The token-file caller mapped to a client certificate's identity.
     pub fn by_certificate(&self, identity: &str) -> Option<Caller> {
         self.path.as_ref()?;

@@ -39,6 +39,21 @@ impl ApiError {
         self.detail = detail;
         self
     }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The one-line error (what the console shows of a refusal).
+    pub fn message(&self) -> &str {
+        &self.error
+    }
+
+    /// The detail (null when none).
+    pub fn detail_value(&self) -> &Value {
+        &self.detail
+    }
 }
 
 impl IntoResponse for ApiError {

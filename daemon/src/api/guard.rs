@@ -157,6 +157,40 @@ async fn guard_in(State(state): State<ApiState>, mut req: Request, next: Next) -
     }
 }
 
+/// The console's sign-in: `token` identified exactly as a bearer token on `/v1` is (token
+/// file, else TokenReview), with the same failed-authentication budget per source address,
+/// so the sign-in form is no faster a way to guess tokens than the API.
+pub(crate) async fn sign_in(state: &ApiState, token: &str, ip: IpAddr) -> ApiResult<Caller> {
+    let header = format!("Bearer {}", token.trim());
+    let outcome = identify(state, Some(&header), None, ip).await;
+    if let Err(e) = &outcome {
+        let charged = match e {
+            AuthError::Throttled => false,
+            AuthError::Rejected | AuthError::Unavailable(_) => true,
+            _ => charge(state, ip),
+        };
+        if !charged {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed sign-ins from this address",
+            ));
+        }
+    }
+    Authn(outcome).caller()
+}
+
+/// Whether `caller` may `verb` the playbook `name` (None: the fleet): the same check the
+/// `/v1` handlers make (role, or SubjectAccessReview for a cluster identity).
+pub(crate) async fn may(
+    state: &ApiState,
+    caller: &Caller,
+    verb: Verb,
+    name: Option<&str>,
+) -> ApiResult<()> {
+    let on: Vec<String> = name.map(str::to_string).into_iter().collect();
+    permit(state, caller, verb, &on).await
+}
+
 /// Takes one unit of the address's failed-authentication budget; false when it is spent.
 fn charge(state: &ApiState, ip: IpAddr) -> bool {
     // One entry per address ever seen: drop the ones whose limit has recovered before the

@@ -44,10 +44,12 @@ use axum::Router;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post};
 
+pub(crate) use actions::console_act;
 pub use audit::AuditRecords;
 pub use drills::{DrillList, DrillRuns, DrillStarted};
 pub use error::{ApiError, ErrorBody};
 pub use guard::guard;
+pub(crate) use guard::{may, sign_in};
 pub use openapi::openapi_json;
 pub use overrides::OverrideList;
 pub use playbooks::{PlaybookDetail, PlaybookList, PlaybookSummary, StoreView};

@@ -53,7 +53,10 @@ pub const MIN_CONNECTIONS: usize = 16;
 
 /// Buffers a request body within [`BODY_READ_TIMEOUT`] (408 otherwise), before any handler
 /// runs, so a slow body cannot hold a handler (and its connection slot) open.
-async fn read_body_in_time(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn read_body_in_time(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if matches!(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD

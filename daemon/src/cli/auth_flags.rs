@@ -35,12 +35,26 @@ pub struct AuthArgs {
     /// CA bundle (PEM) for client certificates on the HTTPS API (`tls.clientCAFile`).
     #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
+    /// Do not serve the on-call console under `/ui/` (`console.enabled: false`).
+    #[arg(long)]
+    pub no_console: bool,
 }
 
 /// A problem with a key: located in the config file, or naming the flag it came from.
 pub(super) type At<'a> = &'a dyn Fn(bool, &str, &str, String) -> Problem;
 
 impl AuthArgs {
+    /// The console's settings over the config file (`--no-console` wins).
+    pub(super) fn console(
+        &self,
+        file: Option<&crate::config::ConsoleConfig>,
+    ) -> crate::console::ConsoleOptions {
+        crate::console::ConsoleOptions {
+            enabled: !self.no_console && file.is_none_or(|c| c.enabled),
+            trace_url: file.and_then(|c| c.trace_url.clone()),
+        }
+    }
+
     /// `auth.kubernetes` resolved over the config file (None: off). `kubeconfig` and
     /// `context` are those of the store flags: the reviews use the same cluster.
     pub(super) fn kube_auth(

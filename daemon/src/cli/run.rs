@@ -288,6 +288,7 @@ impl RunArgs {
             listen,
             audit,
             tokens: self.tokens.clone().or(file.tokens),
+            console: self.auth.console(file.console.as_ref()),
             state,
             prometheus: self.prometheus.clone().or(file.prometheus),
             prometheus_client,
@@ -694,6 +695,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 client_ca: settings.tls_client_ca.clone(),
             },
             kube_auth,
+            console: settings.console.clone(),
         },
     )
     .await;

@@ -107,6 +107,7 @@ impl Fixture {
             listen,
             audit: self.path("audit.jsonl"),
             tokens: None,
+            console: Default::default(),
             state: self.path("overrides.json"),
             prometheus: None,
             prometheus_client: None,
