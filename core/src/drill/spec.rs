@@ -70,6 +70,11 @@ pub struct DrillSpec {
     /// When a live drill stops early and restores routing.
     #[serde(default)]
     pub abort: Abort,
+    /// A fault drill: the fault failoverd writes into the guarded route so its own signals
+    /// detect the outage (see [`super::inject`]). Absent: a forced failover as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<super::inject::Inject>")]
+    pub inject: Option<Spanned<super::inject::Inject>>,
 }
 
 fn default_time_zone() -> Spanned<String> {
@@ -481,6 +486,14 @@ impl Drill {
                 && let Err(e) = check_server_url(&s.value)
             {
                 push(s.referenced, &format!("{field}.server"), e);
+            }
+        }
+        if let Some(i) = &spec.inject {
+            for p in i
+                .value
+                .check(i.referenced, spec.abort.error_budget.is_some())
+            {
+                push(p.at, &p.field, p.message);
             }
         }
         if out.is_empty() {
