@@ -242,6 +242,7 @@ pub fn istio_duration(d: std::time::Duration) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
