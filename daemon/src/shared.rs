@@ -248,7 +248,26 @@ pub enum ControlKind {
         /// Its id.
         id: String,
     },
+    /// A fault drill's fault written into, or every drill fault removed from, the
+    /// playbook's VirtualService, in its writer lane (audited, read back).
+    DrillFault {
+        /// The edit.
+        edit: FaultRequest,
+    },
 }
+
+/// A drill fault edit carried by [`ControlKind::DrillFault`]; equal when it reads the same
+/// (the fault holds floating-point percentages, so no derived `Eq`).
+#[derive(Clone, Debug)]
+pub struct FaultRequest(pub crate::routing::fault::FaultEdit);
+
+impl PartialEq for FaultRequest {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for FaultRequest {}
 
 impl ControlKind {
     pub(crate) fn action(&self) -> &'static str {
@@ -258,6 +277,7 @@ impl ControlKind {
             ControlKind::Freeze { .. } => "override-freeze",
             ControlKind::Resume => "override-resume",
             ControlKind::DeleteOverride { .. } => "override-delete",
+            ControlKind::DrillFault { edit } => edit.0.action(),
         }
     }
 }

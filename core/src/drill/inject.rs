@@ -373,39 +373,4 @@ mod tests {
             "1.000000001s"
         );
     }
-
-    #[test]
-    fn drill_problems_are_located_by_line_and_column() {
-        let text = "apiVersion: failoverd.dev/v1alpha1\nkind: Drill\nmetadata: { name: f }\nspec:\n  playbooks: [ web ]\n  mode: live\n  inject:\n    abort: { httpStatus: 700 }\n    scope: all\n";
-        let d = crate::drill::spec::parse("f.yaml", text).unwrap();
-        let probs = d
-            .check(std::path::Path::new("f.yaml"), &["web"])
-            .unwrap_err();
-        let shown: Vec<String> = probs.iter().map(|p| p.to_string()).collect();
-        assert_eq!(probs.len(), 3, "{shown:?}");
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("f.yaml:8:") && s.contains("httpStatus")),
-            "{shown:?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("f.yaml:9:") && s.contains("allTraffic")),
-            "{shown:?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("f.yaml:9:") && s.contains("errorBudget")),
-            "{shown:?}"
-        );
-        let plan = text
-            .replace("mode: live", "mode: plan")
-            .replace("700", "503")
-            .replace("scope: all", "percentage: 50");
-        let ok = crate::drill::spec::parse("f.yaml", &plan).unwrap();
-        assert!(ok.check(std::path::Path::new("f.yaml"), &["web"]).is_ok());
-    }
 }

@@ -218,6 +218,40 @@ pub fn remove_faults(vs: &mut Value, pb: &Playbook) -> Result<Vec<String>, Store
     Ok(found)
 }
 
+/// One change of a drill's fault, as the writer carries it.
+#[derive(Clone, Debug)]
+pub enum FaultEdit {
+    /// Write run `run`'s fault (see [`add_fault`]).
+    Add {
+        /// The drill run's id.
+        run: String,
+        /// The fault.
+        inject: Box<Inject>,
+    },
+    /// Take every drill fault out (see [`remove_faults`]).
+    Remove,
+}
+
+impl FaultEdit {
+    /// Applies the edit to `vs`; false when `vs` already is as the edit wants it (the same
+    /// run's fault written, or no fault to remove), so nothing needs writing.
+    pub fn apply(&self, vs: &mut Value, pb: &Playbook) -> Result<bool, StoreError> {
+        match self {
+            FaultEdit::Add { run, .. } if faults_in(vs) == std::slice::from_ref(run) => Ok(false),
+            FaultEdit::Add { run, inject } => add_fault(vs, pb, run, inject).map(|()| true),
+            FaultEdit::Remove => remove_faults(vs, pb).map(|r| !r.is_empty()),
+        }
+    }
+
+    /// `drill-fault-written` or `drill-fault-removed`: the audit action of the edit.
+    pub fn action(&self) -> &'static str {
+        match self {
+            FaultEdit::Add { .. } => "drill-fault-written",
+            FaultEdit::Remove => "drill-fault-removed",
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "fault_tests.rs"]
 mod tests;

@@ -13,6 +13,7 @@
 mod commands;
 pub mod drift;
 mod expiry;
+mod fault;
 pub mod fence;
 mod read;
 mod recording;
@@ -152,6 +153,8 @@ enum Job {
     /// A record the chain must get even if the log refuses appends now (it is kept and
     /// written first once it takes them): what became of an intent.
     AuditOwed(Box<Entry>),
+    /// A drill fault written or removed in its VirtualService's lane.
+    Fault(Box<fault::FaultJob>),
 }
 
 struct Done {

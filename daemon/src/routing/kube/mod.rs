@@ -329,6 +329,10 @@ impl RoutingStore for KubeStore {
         })
     }
 
+    fn faults<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move { Ok(super::fault::faults_in(&self.object(pb).await?)) })
+    }
+
     fn describe(&self) -> String {
         format!("kubernetes:{}", self.server)
     }
