@@ -233,7 +233,7 @@ pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prep
 pub async fn probe_once(client: &reqwest::Client, spec: &ProbeSpec) -> ProbeResult {
     let started = Instant::now();
     let prepared = prepare(client, spec);
-    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO).await
+    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO, &[]).await
 }
 
 /// One attempt of a prepared probe that started (was due) at `started`.
@@ -242,11 +242,12 @@ pub(crate) async fn run_prepared(
     spec: &ProbeSpec,
     started: Instant,
     lateness: Duration,
+    extra: &[(String, String)],
 ) -> ProbeResult {
     let outcome = match (prepared, &spec.kind) {
         (Err(reason), _) => Outcome::Unknown(format!("prepare: {reason}")),
         (Ok(Prepared::Http(http)), ProbeKind::Http(def)) => {
-            http_attempt(http, def, spec.timeout).await
+            http_attempt(http, def, spec.timeout, extra).await
         }
         (Ok(_), ProbeKind::Tcp(tcp)) => tcp_attempt(tcp, spec.timeout).await,
         (Ok(Prepared::Grpc(endpoint)), ProbeKind::Grpc(grpc)) => {
@@ -266,13 +267,18 @@ pub(crate) async fn run_prepared(
     }
 }
 
-async fn http_attempt(prepared: &PreparedHttp, def: &HttpProbe, timeout: Duration) -> Outcome {
+async fn http_attempt(
+    prepared: &PreparedHttp,
+    def: &HttpProbe,
+    timeout: Duration,
+    extra: &[(String, String)],
+) -> Outcome {
     let want_body = def.body_contains.is_some() || prepared.body_re.is_some();
     let request = async {
         let mut response = prepared
             .client
             .request(prepared.method.clone(), prepared.url.clone())
-            .headers(prepared.headers.clone())
+            .headers(with_extra(&prepared.headers, extra))
             .send()
             .await?;
         let status = response.status().as_u16();
@@ -398,4 +404,22 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn timed_out(timeout: Duration) -> Outcome {
     Outcome::Unhealthy(format!("timeout after {}ms", timeout.as_millis()))
+}
+
+/// The prepared headers plus run-time ones (a name or value that is not valid HTTP is
+/// skipped: the probe still runs, as it would without them).
+fn with_extra(
+    headers: &reqwest::header::HeaderMap,
+    extra: &[(String, String)],
+) -> reqwest::header::HeaderMap {
+    let mut out = headers.clone();
+    for (name, value) in extra {
+        if let (Ok(n), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) {
+            out.insert(n, v);
+        }
+    }
+    out
 }
