@@ -8,7 +8,10 @@ use std::sync::{Arc, RwLock};
 /// Extra request headers by probe id (`ProbeSpec::id`), shared between the scheduler and
 /// whoever sets them. Cloning shares the same set. Non-HTTP probes ignore them.
 #[derive(Clone, Debug, Default)]
-pub struct RuntimeHeaders(Arc<RwLock<HashMap<usize, Vec<(String, String)>>>>);
+pub struct RuntimeHeaders(Arc<RwLock<HashMap<usize, Headers>>>);
+
+/// Header name and value pairs, sent in this order.
+pub type Headers = Vec<(String, String)>;
 
 impl RuntimeHeaders {
     /// Sends `headers` (replacing any set before) with every later attempt of probe `id`.

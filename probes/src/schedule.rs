@@ -159,6 +159,7 @@ fn start_offset(rng: &mut impl Rng, interval: Duration) -> Duration {
     Duration::from_nanos(nanos)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_probe(
     spec: ProbeSpec,
     interval: Duration,
