@@ -2,7 +2,7 @@
 //! write, for each playbook of the drill, as a diff of the object in the store. Nothing is
 //! written.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use crate::playbook;
 use crate::routing::fault::add_fault;
@@ -13,12 +13,8 @@ use super::StoreSpec;
 /// The run id shown in a plan: a real run writes its own (`dr-<unix seconds>-<hex>`).
 pub const PLAN_RUN_ID: &str = "dr-plan";
 
-pub(super) async fn plan_drill(
-    path: &PathBuf,
-    store: &StoreSpec,
-    drill: &str,
-) -> anyhow::Result<()> {
-    let paths = vec![path.clone()];
+pub(super) async fn plan_drill(path: &Path, store: &StoreSpec, drill: &str) -> anyhow::Result<()> {
+    let paths = vec![path.to_path_buf()];
     let loaded = playbook::load_paths(&paths).map_err(|p| anyhow::anyhow!("{p}"))?;
     let drills =
         crate::drill::spec::load_paths(&paths, &loaded).map_err(|p| anyhow::anyhow!("{p}"))?;
