@@ -631,10 +631,14 @@ async fn target_unhealthy_at_the_start_is_skipped_with_nothing_written() {
     for _ in 0..400 {
         let (_, body) = api_get(d.addr, "/v1/playbooks/demo").await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        seen = v["signals"].as_array().into_iter().flatten().any(|s| {
-            s["signal"] == "dr-health"
-                && s["health"].to_string().to_lowercase().contains("unhealthy")
-        });
+        seen = v["status"]["signals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                s["signal"] == "dr-health"
+                    && s["health"].to_string().to_lowercase().contains("unhealthy")
+            });
         if seen {
             break;
         }
