@@ -529,9 +529,30 @@ const PROBES_DRILL: &str = "  mode: live\n  hold: 2s\n  success: { failoverWithi
 /// run is exactly the original; the fault's writes are audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_scope_drill_passes_and_users_see_no_error() {
-    let setup = Setup::new(&[("fault", PROBES_DRILL)]).await;
+    let setup = Setup::new(&[
+        ("fault", PROBES_DRILL),
+        (
+            "fault-plan",
+            "  mode: plan\n  inject: { abort: { httpStatus: 503 } }\n",
+        ),
+    ])
+    .await;
     let original = setup.vs();
     let d = setup.spawn("fault-pass").await;
+    // Plan mode: reports the fault a live run would write, writes nothing.
+    let before = setup.s.vs_bytes().unwrap();
+    let out = setup.cli(&d, &["drill", "run", "fault-plan", "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{out:?}");
+    assert!(
+        text.contains("**Result: PASSED**") && text.contains("failoverd-drill-<run id>"),
+        "{text}"
+    );
+    assert_eq!(
+        setup.s.vs_bytes().unwrap(),
+        before,
+        "plan mode wrote the store"
+    );
     // Users: a bounded request loop through the router, without the header.
     let (stop, users) = user_load(setup.router.addr, 5_000);
     let id = setup.start(&d, "fault");

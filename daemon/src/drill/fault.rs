@@ -41,6 +41,30 @@ const MARGIN: Duration = Duration::from_secs(5);
 /// How often a drill fault left with no drill in flight is looked for.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Plan mode of a fault drill: the fault a live run would write, in the report (nothing is
+/// written; `failoverd plan DIR --drill NAME` shows the whole VirtualService).
+pub(super) fn plan_fault(run: &mut Run, i: usize, inject: &Inject) {
+    let name = run.playbooks[i].playbook.clone();
+    let scope = format!("{:?}", inject.scope.value).to_lowercase();
+    let what = match inject.scope.value {
+        Scope::Probes => format!(
+            "a live run would write route failoverd-drill-<run id> first in http[], matched on header {}: <run id>, with fault {} (nothing written)",
+            failoverd_core::drill::inject::DRILL_HEADER,
+            inject.fault()
+        ),
+        Scope::All => format!(
+            "a live run would set fault {} on the guarded route itself (nothing written)",
+            inject.fault()
+        ),
+    };
+    run.step(Some(&name), "fault-planned", what);
+    run.playbooks[i].fault = Some(FaultLeg {
+        fault: inject.fault(),
+        scope,
+        ..FaultLeg::default()
+    });
+}
+
 /// The detection budget of a playbook: the longest interval of its probes of the primary
 /// and its trigger (`interval × failureThreshold + for`).
 fn detection_budget(pb: &Playbook) -> (Duration, Duration) {
