@@ -42,8 +42,18 @@ impl FaultJob {
 /// Why a fault may not be written to this playbook now (None: it may). Checked in the
 /// controller when the command applies, not only by the drill runner before it asks.
 pub(super) fn refusal(g: &Guarded, overrides: &[OverrideRecord], now: Timestamp) -> Option<String> {
-    let name = g.pb.name();
-    let Some(state) = &g.state else {
+    refusal_of(g.pb.name(), g.state.as_ref(), g.pending, overrides, now)
+}
+
+/// [`refusal`] on plain values.
+fn refusal_of(
+    name: &str,
+    state: Option<&crate::engine::State>,
+    pending: bool,
+    overrides: &[OverrideRecord],
+    now: Timestamp,
+) -> Option<String> {
+    let Some(state) = state else {
         return Some(format!(
             "playbook `{name}` is inactive: its VirtualService could not be read"
         ));
@@ -55,7 +65,7 @@ pub(super) fn refusal(g: &Guarded, overrides: &[OverrideRecord], now: Timestamp)
             state.routing
         ));
     }
-    if g.pending {
+    if pending {
         return Some(format!("playbook `{name}` has a routing write in flight"));
     }
     if let Some(r) = overrides
@@ -249,4 +259,84 @@ pub(super) async fn write_fault(
         (Err(_), a) => a,
     };
     let _ = reply.send(answer);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::engine::State;
+    use crate::overrides::OverrideKind;
+
+    fn record(kind: OverrideKind, until: Timestamp) -> OverrideRecord {
+        OverrideRecord {
+            id: "ov-1".into(),
+            playbook: "web".into(),
+            kind,
+            actor: "alice@oncall".into(),
+            reason: "change freeze".into(),
+            created: Timestamp::UNIX_EPOCH,
+            until,
+            target: None,
+            force: false,
+            break_glass: None,
+        }
+    }
+
+    /// A fault is written only on a playbook in normal operation on its primary, with no
+    /// write in flight and no live freeze or hold; an expired override does not count.
+    #[test]
+    fn fault_only_on_a_normal_unheld_playbook() {
+        let now: Timestamp = "2026-12-05T12:00:00Z".parse().unwrap();
+        let later: Timestamp = "2026-12-05T13:00:00Z".parse().unwrap();
+        let earlier: Timestamp = "2026-12-05T11:00:00Z".parse().unwrap();
+        let normal = State::default();
+        assert_eq!(normal.routing, Routing::Primary);
+        assert!(matches!(normal.phase, Phase::Normal));
+        assert_eq!(refusal_of("web", Some(&normal), false, &[], now), None);
+        assert!(
+            refusal_of("web", None, false, &[], now)
+                .unwrap()
+                .contains("inactive")
+        );
+        assert!(
+            refusal_of("web", Some(&normal), true, &[], now)
+                .unwrap()
+                .contains("in flight")
+        );
+        let failed_over = State {
+            routing: Routing::Failover { target: 0 },
+            phase: Phase::FailedOver {
+                target: 0,
+                since: earlier,
+            },
+            ..State::default()
+        };
+        assert!(
+            refusal_of("web", Some(&failed_over), false, &[], now)
+                .unwrap()
+                .contains("not in normal operation")
+        );
+        let suspect = State {
+            phase: Phase::Suspect { since: earlier },
+            ..State::default()
+        };
+        assert!(refusal_of("web", Some(&suspect), false, &[], now).is_some());
+        for kind in [OverrideKind::Freeze, OverrideKind::Failover] {
+            let live = [record(kind, later)];
+            assert!(
+                refusal_of("web", Some(&normal), false, &live, now)
+                    .unwrap()
+                    .contains("frozen or held"),
+                "{kind:?}"
+            );
+            let expired = [record(kind, earlier)];
+            assert_eq!(refusal_of("web", Some(&normal), false, &expired, now), None);
+            let other = [OverrideRecord {
+                playbook: "other".into(),
+                ..record(kind, later)
+            }];
+            assert_eq!(refusal_of("web", Some(&normal), false, &other, now), None);
+        }
+    }
 }
