@@ -257,6 +257,15 @@ impl Drills {
         if abort.is_none() {
             abort = self.detect(def, run, &legs, &inject).await;
         }
+        // `scope: all`: the fault is on the guarded route itself, which now points at the
+        // failover target: it comes out before the hold, or the target's traffic is harmed.
+        if inject.scope.value == Scope::All && !*self.shutdown.borrow() {
+            for (i, idx, pb) in &legs {
+                if run.playbooks[*i].fault.as_ref().is_some_and(|f| f.written) {
+                    self.take_out(run, *i, *idx, pb, &actor).await;
+                }
+            }
+        }
         if abort.is_none() && !*self.shutdown.borrow() {
             abort = self.hold_fault(def, run, &legs).await;
         }
@@ -270,30 +279,9 @@ impl Drills {
         }
         // The fault out first, whatever happened; then the failback.
         for (i, idx, pb) in &legs {
-            let name = run.playbooks[*i].playbook.clone();
-            let written = run.playbooks[*i].fault.as_ref().is_some_and(|f| f.written);
-            if !written {
-                continue;
+            if run.playbooks[*i].fault.as_ref().is_some_and(|f| f.written) {
+                self.take_out(run, *i, *idx, pb, &actor).await;
             }
-            match self.remove_fault(&name, &actor).await {
-                Ok(_) => {
-                    if let Some(f) = run.playbooks[*i].fault.as_mut() {
-                        f.written = false;
-                        f.fault_removed = Some(Timestamp::now());
-                    }
-                    run.step(
-                        Some(&name),
-                        "fault-removed",
-                        "every drill fault route removed and read back",
-                    );
-                }
-                Err(e) => {
-                    run.step(Some(&name), "fault-not-removed", e.clone());
-                    run.reasons.push(format!("{name}: {e}"));
-                }
-            }
-            self.persist_in_flight(run);
-            self.await_primary_healthy(run, *i, *idx, pb).await;
         }
         let moved: Vec<usize> = legs
             .iter()
@@ -325,6 +313,31 @@ impl Drills {
             Verdict::Failed
         };
         self.finish_audited(run, result).await;
+    }
+
+    /// Removes leg `i`'s fault (recorded in the report and the in-flight record), then waits
+    /// for the primary to be seen healthy again.
+    async fn take_out(&self, run: &mut Run, i: usize, idx: usize, pb: &Playbook, actor: &Actor) {
+        let name = run.playbooks[i].playbook.clone();
+        match self.remove_fault(&name, actor).await {
+            Ok(_) => {
+                if let Some(f) = run.playbooks[i].fault.as_mut() {
+                    f.written = false;
+                    f.fault_removed = Some(Timestamp::now());
+                }
+                run.step(
+                    Some(&name),
+                    "fault-removed",
+                    "every drill fault removed and read back",
+                );
+            }
+            Err(e) => {
+                run.step(Some(&name), "fault-not-removed", e.clone());
+                run.reasons.push(format!("{name}: {e}"));
+            }
+        }
+        self.persist_in_flight(run);
+        self.await_primary_healthy(run, i, idx, pb).await;
     }
 
     /// Waits for the engine to see the fault and fail over: the first failing result, the
