@@ -80,6 +80,18 @@ fn detection_budget(pb: &Playbook) -> (Duration, Duration) {
     (interval, interval * threshold + pb.spec.trigger.for_.get())
 }
 
+/// The longest timeout of the playbook's probes of the primary: the first failing result
+/// comes at most one interval and one timeout after the fault.
+fn first_probe_timeout(pb: &Playbook) -> Duration {
+    pb.spec
+        .probes
+        .iter()
+        .filter(|p| p.target.value == Target::Primary)
+        .map(|p| p.timeout.value.get())
+        .max()
+        .unwrap_or_default()
+}
+
 fn primary_signals(obs: &[Observation]) -> impl Iterator<Item = &Observation> {
     obs.iter().filter(|o| o.target == Target::Primary)
 }
@@ -591,7 +603,10 @@ impl Drills {
         push(
             "fault-written → first failing signal",
             between(f.fault_written, f.first_failing),
-            Some((interval, "one probe interval")),
+            Some((
+                interval + first_probe_timeout(pb),
+                "one probe interval + the probe's timeout",
+            )),
         );
         push(
             "fault-written → detected",
