@@ -130,6 +130,52 @@ pub struct Shared {
     /// Routing writes in flight at once (`writeConcurrency`, validated; set before the
     /// controller runs).
     pub write_concurrency: usize,
+    /// The fault-drill header on a playbook's probes of its primary (set by the controller
+    /// when it starts the probes, marked and cleared by the drill runner).
+    pub drill_probes: DrillProbes,
+}
+
+/// Which probes a fault drill marks with its header: each playbook's HTTP probes of its
+/// primary (the failover targets' probes stay truthful), and the headers they send.
+#[derive(Debug, Default)]
+pub struct DrillProbes {
+    /// The probe scheduler's run-time headers.
+    pub headers: failover_probes::RuntimeHeaders,
+    /// Probe ids of each playbook's HTTP probes of the primary.
+    pub primary: RwLock<std::collections::HashMap<String, Vec<usize>>>,
+}
+
+impl DrillProbes {
+    /// Makes `playbook`'s probes of the primary send `x-failoverd-drill: <run>`; returns how
+    /// many probes carry it (0: the playbook has no HTTP probe of its primary).
+    pub fn mark(&self, playbook: &str, run: &str) -> usize {
+        let ids = self.ids(playbook);
+        for id in &ids {
+            self.headers.set(
+                *id,
+                vec![(
+                    failoverd_core::drill::inject::DRILL_HEADER.to_string(),
+                    run.to_string(),
+                )],
+            );
+        }
+        ids.len()
+    }
+
+    /// Stops `playbook`'s probes sending the drill header.
+    pub fn unmark(&self, playbook: &str) {
+        for id in self.ids(playbook) {
+            self.headers.clear(id);
+        }
+    }
+
+    fn ids(&self, playbook: &str) -> Vec<usize> {
+        self.primary
+            .read()
+            .ok()
+            .and_then(|m| m.get(playbook).cloned())
+            .unwrap_or_default()
+    }
 }
 
 impl Shared {
@@ -172,6 +218,7 @@ impl Shared {
             leader: Arc::new(crate::leader::Leadership::always()),
             kept_overrides: None,
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
+            drill_probes: DrillProbes::default(),
         }
     }
 
@@ -248,7 +295,26 @@ pub enum ControlKind {
         /// Its id.
         id: String,
     },
+    /// A fault drill's fault written into, or every drill fault removed from, the
+    /// playbook's VirtualService, in its writer lane (audited, read back).
+    DrillFault {
+        /// The edit.
+        edit: FaultRequest,
+    },
 }
+
+/// A drill fault edit carried by [`ControlKind::DrillFault`]; equal when it reads the same
+/// (the fault holds floating-point percentages, so no derived `Eq`).
+#[derive(Clone, Debug)]
+pub struct FaultRequest(pub crate::routing::fault::FaultEdit);
+
+impl PartialEq for FaultRequest {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for FaultRequest {}
 
 impl ControlKind {
     pub(crate) fn action(&self) -> &'static str {
@@ -258,6 +324,7 @@ impl ControlKind {
             ControlKind::Freeze { .. } => "override-freeze",
             ControlKind::Resume => "override-resume",
             ControlKind::DeleteOverride { .. } => "override-delete",
+            ControlKind::DrillFault { edit } => edit.0.action(),
         }
     }
 }

@@ -244,7 +244,7 @@ pub(crate) fn prepare(shared: &reqwest::Client, spec: &ProbeSpec) -> Result<Prep
 pub async fn probe_once(client: &reqwest::Client, spec: &ProbeSpec) -> ProbeResult {
     let started = Instant::now();
     let prepared = prepare(client, spec);
-    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO).await
+    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO, &[]).await
 }
 
 /// [`probe_once`] through the general HTTP client (`client`) even where the plain
@@ -256,7 +256,7 @@ pub async fn probe_once_via_client(client: &reqwest::Client, spec: &ProbeSpec) -
     if let Ok(Prepared::Http(http)) = &mut prepared {
         http.plain = None;
     }
-    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO).await
+    run_prepared(prepared.as_ref(), spec, started, Duration::ZERO, &[]).await
 }
 
 /// One attempt of a prepared probe that started (was due) at `started`.
@@ -265,11 +265,12 @@ pub(crate) async fn run_prepared(
     spec: &ProbeSpec,
     started: Instant,
     lateness: Duration,
+    extra: &[(String, String)],
 ) -> ProbeResult {
     let outcome = match (prepared, &spec.kind) {
         (Err(reason), _) => Outcome::Unknown(format!("prepare: {reason}")),
         (Ok(Prepared::Http(http)), ProbeKind::Http(def)) => {
-            http_attempt(http, def, spec.timeout).await
+            http_attempt(http, def, spec.timeout, extra).await
         }
         (Ok(_), ProbeKind::Tcp(tcp)) => tcp_attempt(tcp, spec.timeout).await,
         (Ok(Prepared::Grpc(endpoint)), ProbeKind::Grpc(grpc)) => {
@@ -289,9 +290,30 @@ pub(crate) async fn run_prepared(
     }
 }
 
-async fn http_attempt(prepared: &PreparedHttp, def: &HttpProbe, timeout: Duration) -> Outcome {
+async fn http_attempt(
+    prepared: &PreparedHttp,
+    def: &HttpProbe,
+    timeout: Duration,
+    extra: &[(String, String)],
+) -> Outcome {
     let want_body = def.body_contains.is_some() || prepared.body_re.is_some();
     if let Some(plain) = &prepared.plain {
+        // Run-time headers (a fault drill's `x-failoverd-drill`) are rare: such an attempt's
+        // head is built afresh from the headers the client path would send.
+        let fresh;
+        let plain = match extra.is_empty() {
+            true => plain,
+            false => {
+                let headers = with_extra(&prepared.headers, extra);
+                match PlainHttp::new(&prepared.url, &prepared.method, &headers) {
+                    Some(p) => {
+                        fresh = p;
+                        &fresh
+                    }
+                    None => plain,
+                }
+            }
+        };
         return match tokio::time::timeout(timeout, plain.exchange(want_body, MAX_BODY_BYTES)).await
         {
             Err(_) => timed_out(timeout),
@@ -306,7 +328,7 @@ async fn http_attempt(prepared: &PreparedHttp, def: &HttpProbe, timeout: Duratio
         let mut response = prepared
             .client
             .request(prepared.method.clone(), prepared.url.clone())
-            .headers(prepared.headers.clone())
+            .headers(with_extra(&prepared.headers, extra))
             .send()
             .await?;
         let status = response.status().as_u16();
@@ -444,4 +466,22 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn timed_out(timeout: Duration) -> Outcome {
     Outcome::Unhealthy(format!("timeout after {}ms", timeout.as_millis()))
+}
+
+/// The prepared headers plus run-time ones (a name or value that is not valid HTTP is
+/// skipped: the probe still runs, as it would without them).
+fn with_extra(
+    headers: &reqwest::header::HeaderMap,
+    extra: &[(String, String)],
+) -> reqwest::header::HeaderMap {
+    let mut out = headers.clone();
+    for (name, value) in extra {
+        if let (Ok(n), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) {
+            out.insert(n, v);
+        }
+    }
+    out
 }

@@ -17,6 +17,7 @@ mod error_text;
 pub mod exposition;
 mod grpc;
 mod plain;
+mod runtime_headers;
 mod schedule;
 pub mod scrape;
 mod tls;
@@ -28,7 +29,10 @@ use std::time::Duration;
 
 pub use attempt::{http_client, http_client_for, probe_once, probe_once_via_client};
 pub use check::{check_kind, check_spec};
-pub use schedule::{MAX_IN_FLIGHT, ProbeSet, spawn_probes, spawn_probes_limited};
+pub use runtime_headers::RuntimeHeaders;
+pub use schedule::{
+    MAX_IN_FLIGHT, ProbeSet, spawn_probes, spawn_probes_limited, spawn_probes_with_headers,
+};
 pub use window::ProbeWindow;
 
 /// What a probe checks.

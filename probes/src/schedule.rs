@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::RuntimeHeaders;
 use crate::attempt::{Prepared, prepare, run_prepared};
 use crate::{ProbeResult, ProbeSpec};
 
@@ -96,6 +97,36 @@ pub fn spawn_probes_limited(
     shutdown: watch::Receiver<bool>,
     max_in_flight: usize,
 ) -> ProbeSet {
+    spawn(
+        specs,
+        client,
+        tx,
+        shutdown,
+        max_in_flight,
+        RuntimeHeaders::default(),
+    )
+}
+
+/// [`spawn_probes`] whose HTTP probes also send the headers `extra` holds for their id at
+/// each attempt (see [`RuntimeHeaders`]).
+pub fn spawn_probes_with_headers(
+    specs: Vec<ProbeSpec>,
+    client: reqwest::Client,
+    tx: mpsc::Sender<ProbeResult>,
+    shutdown: watch::Receiver<bool>,
+    extra: RuntimeHeaders,
+) -> ProbeSet {
+    spawn(specs, client, tx, shutdown, MAX_IN_FLIGHT, extra)
+}
+
+fn spawn(
+    specs: Vec<ProbeSpec>,
+    client: reqwest::Client,
+    tx: mpsc::Sender<ProbeResult>,
+    shutdown: watch::Receiver<bool>,
+    max_in_flight: usize,
+    extra: RuntimeHeaders,
+) -> ProbeSet {
     let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut rng = rand::rng();
@@ -111,6 +142,7 @@ pub fn spawn_probes_limited(
             tx.clone(),
             shutdown.clone(),
             slots.clone(),
+            extra.clone(),
         ));
     }
     ProbeSet { tasks }
@@ -132,6 +164,7 @@ fn start_offset(rng: &mut impl Rng, interval: Duration) -> Duration {
     Duration::from_nanos(nanos)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_probe(
     spec: ProbeSpec,
     interval: Duration,
@@ -140,6 +173,7 @@ async fn run_probe(
     tx: mpsc::Sender<ProbeResult>,
     mut shutdown: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
+    extra: RuntimeHeaders,
 ) {
     let mut ticker = tokio::time::interval_at(first, interval);
     // Skip, not Delay or Burst: if an attempt overruns or the runtime stalls, Burst
@@ -178,7 +212,14 @@ async fn run_probe(
         // Boxed: an HTTP attempt's future is several KiB, and held inline it would sit in
         // every idle probe task between attempts (11 MB at 2,000 probes); boxed, it exists
         // only while the attempt runs.
-        let attempt = Box::pin(run_prepared(ready.as_ref(), &spec, started, lateness));
+        let headers = extra.get(spec.id);
+        let attempt = Box::pin(run_prepared(
+            ready.as_ref(),
+            &spec,
+            started,
+            lateness,
+            &headers,
+        ));
         let result = tokio::select! {
             biased;
             () = signalled(&mut shutdown) => break,

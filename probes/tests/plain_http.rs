@@ -413,3 +413,59 @@ async fn host_name_is_resolved() {
     let host = format!("\r\nhost: localhost:{}\r\n", addr.port());
     assert!(String::from_utf8_lossy(&seen[0]).contains(&host));
 }
+
+/// Ensures run-time headers (a fault drill's `x-failoverd-drill`, set while the probe runs)
+/// reach the server on the plain path too, replacing a probe header of the same name as the
+/// client path does, and stop once cleared: a drill whose header never left would never
+/// reach its fault route, and one whose header stayed would keep harming the probe.
+#[tokio::test]
+async fn run_time_headers_are_sent_on_the_plain_path_until_cleared() {
+    let (addr, seen) = scripted(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        After::Close,
+    )
+    .await;
+    let mut p = probe(addr, "/healthz");
+    p.headers
+        .push(("x-failoverd-drill".to_owned(), "stale".to_owned()));
+    let mut s = spec(p, T);
+    s.interval = Duration::from_millis(100);
+    let extra = failover_probes::RuntimeHeaders::default();
+    extra.set(
+        1,
+        vec![("x-failoverd-drill".to_owned(), "run-7".to_owned())],
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let _set =
+        failover_probes::spawn_probes_with_headers(vec![s], client(), tx, stop, extra.clone());
+    let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(first.outcome, Outcome::Healthy),
+        "{:?}",
+        first.outcome
+    );
+    let head = |i: usize| String::from_utf8_lossy(&seen.lock().unwrap()[i]).to_lowercase();
+    let h = head(0);
+    assert!(h.contains("x-failoverd-drill: run-7\r\n"), "{h}");
+    assert!(
+        !h.contains("stale"),
+        "the run-time value replaces the probe's: {h}"
+    );
+    extra.clear(1);
+    // The attempt after the clear sends the probe's own header again.
+    let before = seen.lock().unwrap().len();
+    let deadline = Instant::now() + T;
+    loop {
+        let _ = tokio::time::timeout(T, rx.recv()).await;
+        let n = seen.lock().unwrap().len();
+        if n > before + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt after the clear");
+    }
+    let n = seen.lock().unwrap().len();
+    let last = head(n - 1);
+    assert!(last.contains("x-failoverd-drill: stale\r\n"), "{last}");
+    assert!(!last.contains("run-7"), "{last}");
+}

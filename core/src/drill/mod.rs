@@ -3,5 +3,6 @@
 //! the error-budget query) is the daemon's.
 
 pub mod budget;
+pub mod inject;
 pub mod spec;
 pub mod window;

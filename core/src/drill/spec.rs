@@ -70,6 +70,11 @@ pub struct DrillSpec {
     /// When a live drill stops early and restores routing.
     #[serde(default)]
     pub abort: Abort,
+    /// A fault drill: the fault failoverd writes into the guarded route so its own signals
+    /// detect the outage (see [`super::inject`]). Absent: a forced failover as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<super::inject::Inject>")]
+    pub inject: Option<Spanned<super::inject::Inject>>,
 }
 
 fn default_time_zone() -> Spanned<String> {
@@ -483,6 +488,14 @@ impl Drill {
                 push(s.referenced, &format!("{field}.server"), e);
             }
         }
+        if let Some(i) = &spec.inject {
+            for p in i
+                .value
+                .check(i.referenced, spec.abort.error_budget.is_some())
+            {
+                push(p.at, &p.field, p.message);
+            }
+        }
         if out.is_empty() {
             Ok(LoadedDrill {
                 file: file.to_path_buf(),
@@ -536,4 +549,43 @@ pub fn check_servers(drills: &[LoadedDrill], default: Option<&str>) -> Vec<Probl
 pub fn json_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(Drill);
     serde_json::to_value(schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn drill_problems_are_located_by_line_and_column() {
+        let text = "apiVersion: failoverd.dev/v1alpha1\nkind: Drill\nmetadata: { name: f }\nspec:\n  playbooks: [ web ]\n  mode: live\n  inject:\n    abort: { httpStatus: 700 }\n    scope: all\n";
+        let d = super::parse("f.yaml", text).unwrap();
+        let probs = d
+            .check(std::path::Path::new("f.yaml"), &["web"])
+            .unwrap_err();
+        let shown: Vec<String> = probs.iter().map(|p| p.to_string()).collect();
+        assert_eq!(probs.len(), 3, "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("f.yaml:8:") && s.contains("httpStatus")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("f.yaml:9:") && s.contains("allTraffic")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("f.yaml:9:") && s.contains("errorBudget")),
+            "{shown:?}"
+        );
+        let plan = text
+            .replace("mode: live", "mode: plan")
+            .replace("700", "503")
+            .replace("scope: all", "percentage: 50");
+        let ok = super::parse("f.yaml", &plan).unwrap();
+        assert!(ok.check(std::path::Path::new("f.yaml"), &["web"]).is_ok());
+    }
 }

@@ -7,6 +7,7 @@
 //! records the original route in the annotation [`ORIGINAL_ROUTE`] so failback restores it
 //! exactly, and keeps every other field.
 
+pub mod fault;
 pub mod istio;
 
 use serde_json::{Map, Value, json};
@@ -187,11 +188,14 @@ pub fn route_index(vs: &Value, pb: &Playbook) -> Result<usize, StoreError> {
             message: "spec.http is missing or not a list".into(),
         })?;
     match &pb.spec.route {
-        None if !http.is_empty() => Ok(0),
-        None => Err(StoreError::RouteNotFound {
-            object,
-            route: "(first)".into(),
-        }),
+        // The first route that is not a drill's fault route (placed first while a drill runs).
+        None => http
+            .iter()
+            .position(|r| !fault::is_drill_route(r))
+            .ok_or_else(|| StoreError::RouteNotFound {
+                object,
+                route: "(first)".into(),
+            }),
         Some(name) => http
             .iter()
             .position(|r| r.get("name").and_then(Value::as_str) == Some(name.value.as_str()))

@@ -177,7 +177,7 @@ fn last_move_round_trips() {
     assert_eq!(view_at(&v, &pb, t).unwrap().last_move, None);
 }
 
-mod istio_property {
+pub(crate) mod istio_property {
     //! No object failoverd writes is one the Istio schema or istiod's webhook would reject,
     //! whatever the VirtualService looked like and whatever sequence of moves is applied.
     use proptest::prelude::*;
@@ -213,7 +213,7 @@ mod istio_property {
     prop_compose! {
         /// A valid VirtualService: 1-3 http routes, the playbook's one named `main`, with
         /// 1-4 weighted destinations (weights relative, not all zero), plus other fields.
-        fn virtual_service()(
+        pub(crate) fn virtual_service()(
             before in 0usize..2,
             after in 0usize..2,
             dests in proptest::collection::vec((dest(), 0u32..200), 1..5),
@@ -259,7 +259,7 @@ mod istio_property {
         }
     }
 
-    fn playbook(targets: usize) -> Playbook {
+    pub(crate) fn playbook(targets: usize) -> Playbook {
         let failover: String = (0..targets)
             .map(|i| {
                 format!(

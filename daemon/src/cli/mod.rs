@@ -10,6 +10,7 @@ pub mod client;
 mod commands;
 pub mod credentials;
 pub mod demo;
+mod plan_drill;
 mod run;
 
 use std::path::PathBuf;
@@ -90,6 +91,10 @@ pub enum Command {
         /// Failover target index (default 0; at run time the first *healthy* target wins).
         #[arg(long)]
         target: Option<usize>,
+        /// Show the VirtualService this fault drill's fault would write instead; PLAYBOOK is
+        /// then the playbooks directory holding the drill and its playbooks.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["failback", "target"])]
+        drill: Option<String>,
     },
     /// A self-contained run: stand-in services on loopback, a temporary file store, a fault
     /// and a recovery, shown as a live timeline.
@@ -289,14 +294,13 @@ pub async fn main(cli: Cli) -> ExitCode {
             context,
             failback,
             target,
+            drill,
         } => {
-            plan(
-                &playbook,
-                &store.with_kube(kubeconfig, context, None, None),
-                failback,
-                target,
-            )
-            .await
+            let store = store.with_kube(kubeconfig, context, None, None);
+            match drill {
+                Some(drill) => plan_drill::plan_drill(&playbook, &store, &drill).await,
+                None => plan(&playbook, &store, failback, target).await,
+            }
         }
         Command::Demo => demo::run().await,
         Command::Audit {

@@ -91,6 +91,10 @@ pub(super) async fn handle_control_in(
         return;
     };
     let g = &mut guarded[idx];
+    if let ControlKind::DrillFault { edit } = kind {
+        super::fault::request(edit.0, g, store.all(), now, actor, reply, traceparent, jobs).await;
+        return;
+    }
     let inputs = json!({ "request": format!("{kind:?}") });
     let Some(state) = g.state.clone() else {
         let _ = reply.send(Err(refuse(
@@ -206,6 +210,8 @@ pub(super) async fn handle_control_in(
             records.retain(|r| &r.id != id);
             Ok(format!("override {id} removed"))
         }
+        // Sent to its lane above; never reaches the override book.
+        ControlKind::DrillFault { .. } => Err(refuse(500, "a drill fault is not an override")),
     };
     let message = match checked {
         Ok(m) => m,

@@ -13,6 +13,7 @@
 mod commands;
 pub mod drift;
 mod expiry;
+mod fault;
 pub mod fence;
 mod read;
 mod recording;
@@ -152,6 +153,8 @@ enum Job {
     /// A record the chain must get even if the log refuses appends now (it is kept and
     /// written first once it takes them): what became of an intent.
     AuditOwed(Box<Entry>),
+    /// A drill fault written or removed in its VirtualService's lane.
+    Fault(Box<fault::FaultJob>),
 }
 
 struct Done {
@@ -260,7 +263,27 @@ pub async fn run(
     let n_probes = specs.len();
     let client = failover_probes::http_client()?;
     let (res_tx, mut res_rx) = mpsc::channel::<ProbeResult>(RESULT_QUEUE);
-    let probes = failover_probes::spawn_probes(specs, client, res_tx, shutdown.clone());
+    // A fault drill marks the playbook's HTTP probes of its primary with its header.
+    if let Ok(mut m) = shared.drill_probes.primary.write() {
+        m.clear();
+        for (id, (spec, &(pi, si))) in specs.iter().zip(owners.iter()).enumerate() {
+            let Some(l) = rt.playbooks.get(pi) else {
+                continue;
+            };
+            let primary =
+                l.playbook.spec.probes.get(si).map(|p| p.target.value) == Some(Target::Primary);
+            if primary && matches!(spec.kind, ProbeKind::Http(_)) {
+                m.entry(l.playbook.name().to_string()).or_default().push(id);
+            }
+        }
+    }
+    let probes = failover_probes::spawn_probes_with_headers(
+        specs,
+        client,
+        res_tx,
+        shutdown.clone(),
+        shared.drill_probes.headers.clone(),
+    );
     // SLO queries share one pooled client: Prometheus is one server, reuse is right here.
     let (slo_tx, mut slo_rx) = mpsc::channel::<SloResult>(RESULT_QUEUE);
     let prom = match rt.prometheus_client.clone() {

@@ -275,7 +275,7 @@ pub(super) async fn writer(
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.write_concurrency.max(1)));
     // Unbounded, yet bounded in practice: the controller has at most one write in flight per
     // playbook, so a lane never holds more jobs than playbooks share its object.
-    let mut lanes: std::collections::HashMap<String, mpsc::UnboundedSender<Box<WriteJob>>> =
+    let mut lanes: std::collections::HashMap<String, mpsc::UnboundedSender<LaneJob>> =
         std::collections::HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -295,8 +295,12 @@ pub(super) async fn writer(
                             warn!(error = %e, "audit record kept: written first once the log takes appends again");
                         }
                     }
-                    Job::Write(job) => {
-                        let key = job.pb.spec.virtual_service.to_string();
+                    Job::Write(_) | Job::Fault(_) => {
+                        let (key, job) = match job {
+                            Job::Write(j) => (j.pb.spec.virtual_service.to_string(), LaneJob::Move(j)),
+                            Job::Fault(j) => (j.object(), LaneJob::Fault(j)),
+                            _ => continue,
+                        };
                         let lane = lanes.entry(key.clone()).or_insert_with(|| {
                             let (tx, rx) = mpsc::unbounded_channel();
                             tasks.spawn(
@@ -330,9 +334,17 @@ pub(super) async fn writer(
     }
 }
 
+/// What a lane writes: a routing move, or a drill's fault.
+pub(super) enum LaneJob {
+    /// A move decided by the controller (reported back as [`Done`]).
+    Move(Box<WriteJob>),
+    /// A drill fault edit (answered to its caller).
+    Fault(Box<super::fault::FaultJob>),
+}
+
 /// One VirtualService's writes, in the order the controller sent them.
 pub(super) async fn lane(
-    mut jobs: mpsc::UnboundedReceiver<Box<WriteJob>>,
+    mut jobs: mpsc::UnboundedReceiver<LaneJob>,
     store: Arc<dyn RoutingStore>,
     log: Arc<Mutex<AuditLog>>,
     done: mpsc::Sender<Done>,
@@ -343,6 +355,14 @@ pub(super) async fn lane(
         // Never closed, so this only fails if the writer is gone.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
+        };
+        let job = match job {
+            LaneJob::Move(job) => job,
+            LaneJob::Fault(job) => {
+                super::fault::write_fault(job, store.as_ref(), &log, &shared).await;
+                drop(permit);
+                continue;
+            }
         };
         let write = write_one(job, store.as_ref(), &log, &shared);
         tokio::pin!(write);

@@ -442,6 +442,7 @@ impl Drills {
             );
             let why =
                 "failoverd restarted during the drill; routing rolled back on start".to_string();
+            self.recover_faults(&mut run).await;
             for i in 0..run.playbooks.len() {
                 run.playbooks[i].moved = true;
                 let name = run.playbooks[i].playbook.clone();

@@ -16,9 +16,11 @@
 //! records it as aborted.
 
 pub mod budget;
+pub mod fault_report;
 pub mod report;
 pub mod spec;
 
+mod fault;
 mod live;
 mod run;
 pub use failoverd_core::drill::window;
@@ -241,6 +243,7 @@ impl Drills {
     /// Rolls back drills a previous process left in flight, then starts the schedule.
     pub fn start(self: &Arc<Self>) {
         let svc = self.clone();
+        tokio::spawn(self.clone().sweep_faults());
         tokio::spawn(async move {
             svc.recover().await;
             if let Err(e) = svc.clone().schedule().await {
@@ -531,6 +534,9 @@ impl Drills {
                 svc.audit_run(&run, "drill-start", "started").await;
                 match def.drill.spec.mode {
                     Mode::Plan => svc.run_plan(&def, &mut run).await,
+                    Mode::Live if def.drill.spec.inject.is_some() => {
+                        svc.run_fault(&def, &mut run).await
+                    }
                     Mode::Live => svc.run_live(&def, &mut run).await,
                 }
                 tracing::Span::current().record("failoverd.result", run.result.as_str());

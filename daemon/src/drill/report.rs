@@ -100,6 +100,9 @@ pub struct Leg {
     /// True while traffic is (or may be) on the failover target because of this drill.
     #[serde(default)]
     pub moved: bool,
+    /// A fault drill's fault and its measured intervals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<super::fault_report::FaultLeg>,
 }
 
 /// One run of a drill.
@@ -207,6 +210,11 @@ impl Run {
                         "NO"
                     }
                 );
+            }
+        }
+        for l in &self.playbooks {
+            if let Some(f) = &l.fault {
+                s.push_str(&f.markdown(&l.playbook));
             }
         }
         if !self.timeline.is_empty() {

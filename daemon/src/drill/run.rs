@@ -179,6 +179,9 @@ impl Drills {
                 }
             };
             run.playbooks[i].original_route = view.route.clone();
+            if let Some(inject) = &def.drill.spec.inject {
+                super::fault::plan_fault(run, i, &inject.value);
+            }
             match engine::check_operator_failover(&pb, &obs, None, false, false, now) {
                 Ok(t) => {
                     let to = Routing::Failover { target: t };

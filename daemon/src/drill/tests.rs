@@ -315,7 +315,14 @@ fn repository_drills_load() {
     let drills = super::spec::load_paths(&[dir], &playbooks).unwrap_or_else(|e| panic!("{e}"));
     let mut names: Vec<&str> = drills.iter().map(|d| d.name()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["daily-identity-plan", "weekly-case-management"]);
+    assert_eq!(
+        names,
+        [
+            "daily-identity-plan",
+            "weekly-case-management",
+            "weekly-case-management-fault"
+        ]
+    );
     for d in &drills {
         let text = std::fs::read_to_string(&d.file).unwrap();
         assert_eq!(

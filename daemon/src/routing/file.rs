@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::fault::{FaultEdit, faults_in};
 use super::{
     RouteView, RoutingStore, Stamp, StoreError, StoreFuture, WriteOutcome, apply, route_index, view,
 };
@@ -149,6 +150,73 @@ impl FileStore {
         }
         Err(StoreError::Conflict(pb.spec.virtual_service.to_string()))
     }
+
+    /// [`RoutingStore::write_fault`]: the same compare-and-swap as `write_sync`, checked by
+    /// reading the whole object back.
+    fn write_fault_sync(
+        &self,
+        pb: &Playbook,
+        edit: &FaultEdit,
+        traceparent: Option<&str>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let path = self.path(pb);
+        let object = pb.spec.virtual_service.to_string();
+        for _ in 0..CONFLICT_RETRIES {
+            let (mut vs, digest) = self.load(pb)?;
+            let before = vs.pointer("/spec/http").cloned().unwrap_or(Value::Null);
+            if !edit.apply(&mut vs, pb)? {
+                return Ok(WriteOutcome {
+                    after: before.clone(),
+                    before,
+                    changed: false,
+                });
+            }
+            if let Err(v) = crate::routing::istio::validate_virtual_service(&vs) {
+                return Err(StoreError::Invalid {
+                    object,
+                    message: v.join("; "),
+                });
+            }
+            let after = vs.pointer("/spec/http").cloned().unwrap_or(Value::Null);
+            crate::routing::annotate_trace(&mut vs, traceparent);
+            let text = serde_saphyr::to_string(&vs).map_err(|e| StoreError::Malformed {
+                object: object.clone(),
+                message: format!("cannot serialise: {e}"),
+            })?;
+            let io = |e| StoreError::Io {
+                context: format!("writing {}", path.display()),
+                source: e,
+            };
+            let staged = stage(&path, text.as_bytes()).map_err(io)?;
+            let dir = parent_dir(&path);
+            let Some(lock) = lock_dir(dir, LOCK_WAIT).map_err(io)? else {
+                return Err(StoreError::Conflict(format!(
+                    "{object}: {} stayed locked by another writer for {LOCK_WAIT:?}",
+                    dir.display()
+                )));
+            };
+            let (_, again) = self.load(pb)?;
+            if again != digest {
+                continue;
+            }
+            commit(staged, &path).map_err(io)?;
+            drop(lock);
+            let (read_back, _) = self.load(pb)?;
+            let got = read_back
+                .pointer("/spec/http")
+                .cloned()
+                .unwrap_or(Value::Null);
+            if got != after || faults_in(&read_back) != faults_in(&vs) {
+                return Err(StoreError::Verify { object });
+            }
+            return Ok(WriteOutcome {
+                before,
+                after: got,
+                changed: true,
+            });
+        }
+        Err(StoreError::Conflict(object))
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
@@ -240,6 +308,32 @@ impl RoutingStore for FileStore {
 
     fn describe(&self) -> String {
         format!("file:{}", self.dir.display())
+    }
+
+    fn faults<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, Vec<String>> {
+        let this = self.clone();
+        let pb = pb.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.load(&pb).map(|(vs, _)| faults_in(&vs)))
+                .await
+                .map_err(join_error)?
+        })
+    }
+
+    fn write_fault<'a>(
+        &'a self,
+        pb: &'a Playbook,
+        edit: &'a FaultEdit,
+    ) -> StoreFuture<'a, WriteOutcome> {
+        let this = self.clone();
+        let pb = pb.clone();
+        let edit = edit.clone();
+        Box::pin(async move {
+            let tp = crate::trace::traceparent(&tracing::Span::current());
+            tokio::task::spawn_blocking(move || this.write_fault_sync(&pb, &edit, tp.as_deref()))
+                .await
+                .map_err(join_error)?
+        })
     }
 }
 

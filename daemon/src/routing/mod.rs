@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use failoverd_core::routing::fault;
 pub use failoverd_core::routing::*;
 pub use file::{FileStore, atomic_write};
 
@@ -87,6 +88,23 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
     }
     /// A short description for logs (`file:/var/lib/failoverd/routes`).
     fn describe(&self) -> String;
+    /// The run ids of the drill faults the playbook's VirtualService holds (see
+    /// [`fault::faults_in`]). The default: this store cannot hold drill faults.
+    fn faults<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, Vec<String>> {
+        let _ = pb;
+        Box::pin(async move { Err(no_faults(self.describe())) })
+    }
+    /// Writes a drill's fault edit into the playbook's VirtualService with the same
+    /// compare-and-swap and read-back as [`RoutingStore::write`]; `before`/`after` are the
+    /// whole `spec.http`. The default: this store cannot write drill faults.
+    fn write_fault<'a>(
+        &'a self,
+        pb: &'a Playbook,
+        edit: &'a fault::FaultEdit,
+    ) -> StoreFuture<'a, WriteOutcome> {
+        let _ = (pb, edit);
+        Box::pin(async move { Err(no_faults(self.describe())) })
+    }
     /// Change notices for these `(namespace, name)` objects, for stores that can watch
     /// (`kubernetes`): drift is then found within a second instead of at the next periodic
     /// check. The default (`file`) has none.
@@ -96,6 +114,13 @@ pub trait RoutingStore: Send + Sync + std::fmt::Debug {
     ) -> Option<tokio::sync::mpsc::Receiver<(String, String)>> {
         let _ = objects;
         None
+    }
+}
+
+fn no_faults(store: String) -> StoreError {
+    StoreError::Invalid {
+        object: store.clone(),
+        message: format!("the store {store} does not support fault drills"),
     }
 }
 

@@ -159,3 +159,66 @@ async fn file_store_lock_held_too_long_is_a_conflict() {
     assert_eq!(std::fs::read_to_string(store.path(&pb)).unwrap(), VS);
     assert_eq!(ns.read_dir().unwrap().count(), 1, "no temp file left");
 }
+
+/// Ensures a drill fault is written through the file store with its read-back, a second
+/// write of the same run is `unchanged`, a failover and failback under it keep it, and
+/// removing it gives back the original object exactly (a second removal changes nothing).
+#[tokio::test]
+async fn file_store_writes_and_removes_a_drill_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let pb = pb();
+    std::fs::create_dir_all(dir.path().join("demo")).unwrap();
+    std::fs::write(store.path(&pb), VS).unwrap();
+    let inject = serde_saphyr::from_str("abort: { httpStatus: 503 }").unwrap();
+    let add = fault::FaultEdit::Add {
+        run: "dr-1-ab".into(),
+        inject: Box::new(inject),
+    };
+    assert!(store.faults(&pb).await.unwrap().is_empty());
+    let out = store.write_fault(&pb, &add).await.unwrap();
+    assert!(out.changed);
+    assert_eq!(out.before, vs()["spec"]["http"]);
+    assert_eq!(out.after[0]["name"], json!("failoverd-drill-dr-1-ab"));
+    assert_eq!(
+        store.faults(&pb).await.unwrap(),
+        vec!["dr-1-ab".to_string()]
+    );
+    assert!(!store.write_fault(&pb, &add).await.unwrap().changed);
+    // A second drill's fault is refused while one is written.
+    let other = fault::FaultEdit::Add {
+        run: "dr-2-cd".into(),
+        inject: Box::new(serde_saphyr::from_str("abort: { httpStatus: 500 }").unwrap()),
+    };
+    assert!(matches!(
+        store.write_fault(&pb, &other).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    store
+        .write(&pb, Routing::Failover { target: 0 }, Default::default())
+        .await
+        .unwrap();
+    store
+        .write(&pb, Routing::Primary, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.faults(&pb).await.unwrap(),
+        vec!["dr-1-ab".to_string()]
+    );
+    let out = store
+        .write_fault(&pb, &fault::FaultEdit::Remove)
+        .await
+        .unwrap();
+    assert!(out.changed);
+    let restored: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(store.path(&pb)).unwrap()).unwrap();
+    assert_eq!(restored, vs());
+    assert!(
+        !store
+            .write_fault(&pb, &fault::FaultEdit::Remove)
+            .await
+            .unwrap()
+            .changed
+    );
+}

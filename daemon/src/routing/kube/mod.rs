@@ -16,6 +16,7 @@
 //! cache in `cache.rs`.
 
 mod cache;
+mod fault;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -346,6 +347,18 @@ impl RoutingStore for KubeStore {
             }
             results
         })
+    }
+
+    fn faults<'a>(&'a self, pb: &'a Playbook) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move { Ok(super::fault::faults_in(&self.object(pb).await?)) })
+    }
+
+    fn write_fault<'a>(
+        &'a self,
+        pb: &'a Playbook,
+        edit: &'a super::fault::FaultEdit,
+    ) -> StoreFuture<'a, WriteOutcome> {
+        Box::pin(self.write_fault_with_budget(pb, edit))
     }
 
     fn describe(&self) -> String {

@@ -1,0 +1,605 @@
+//! Fault drills (`spec.inject`) against the real `failoverd` binary, the file store and
+//! stand-in services, with the primary's probes going through a router that follows the
+//! VirtualService the way Envoy does for what these tests use: `http[]` in order, first
+//! match wins, header `exact` matches, `fault.abort.httpStatus` at 100 %.
+//!
+//! The router here is deliberately minimal and local to this file: the routing proxy in
+//! `chaos_tests::proxy` follows one named route and has no fault semantics on this branch
+//! (issue 17 item 4 is another branch's). Anything it does not understand in a route it
+//! meets (another match field, a fault it cannot apply) fails the test rather than being
+//! guessed.
+//!
+//! Must hold (issue 17): a `scope: probes` drill on a healthy playbook passes, user traffic
+//! without the header sees no error at any point, detection within interval × threshold +
+//! 1 interval, the VirtualService after the run equals the original exactly; the failover
+//! target unhealthy at the start → `skipped`, nothing written; the target dying during the
+//! hold → `aborted`, fault removed, failback done; kill -9 right after the fault is written
+//! (10 runs) → after restart the fault is gone within one round and its removal audited; no
+//! fault written to a playbook failed over for real, frozen or held.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/fault_router.rs"]
+mod fault_router;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chaos_tests::{Daemon, Scenario, run_cli, wait_for};
+use failoverd::auth::hash_token;
+use failoverd::engine::Routing;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use fault_router::{Router, user_load};
+
+const TOKEN: &str = "fault-drill-operator-token";
+/// Generous: a loaded 2-core CI box.
+const WAIT: Duration = Duration::from_secs(30);
+/// The probe interval and threshold the tests run with (the detection budget follows).
+const INTERVAL: Duration = Duration::from_millis(500);
+const THRESHOLD: u32 = 2;
+
+/// The demo playbook with 500 ms probes, two failures to trigger, a quick failback.
+const FAST: &[(&str, &str)] = &[
+    ("interval: 1s # one attempt per second", "interval: 500ms"),
+    (
+        "timeout: 500ms # an attempt without an answer after 500 ms is a failure",
+        "timeout: 300ms",
+    ),
+    ("interval: 1s\n", "interval: 500ms\n"),
+    ("timeout: 500ms\n", "timeout: 300ms\n"),
+    ("failureThreshold: 3", "failureThreshold: 2"),
+    ("after: 5s", "after: 1s"),
+    ("minDwell: 5s", "minDwell: 1s"),
+    ("steps: [50, 100]", "steps: [100]"),
+];
+
+/// The demo VirtualService plus a route for the primary's probe (`x-probe: primary`), so
+/// the probe reaches the primary whatever the guarded route points at, as a probe of a
+/// subset would in a mesh.
+const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: web
+  namespace: demo
+  labels: { app: web }
+  annotations: { owner: platform-team }
+spec:
+  hosts: [ web.demo.svc.cluster.local ]
+  gateways: [ mesh ]
+  http:
+    - name: probe-primary
+      match:
+        - headers:
+            x-probe: { exact: primary }
+      route:
+        - destination: { host: web.demo.svc.cluster.local, subset: v1 }
+    - name: primary
+      retries: { attempts: 2, perTryTimeout: 2s }
+      timeout: 10s
+      route:
+        - destination: { host: web.demo.svc.cluster.local, subset: v1 }
+          weight: 100
+";
+
+// ---------------------------------------------------------------------------------------
+// The set-up.
+
+struct Setup {
+    s: Scenario,
+    tokens: PathBuf,
+    router: Router,
+}
+
+impl Setup {
+    /// The demo scenario with the primary's probe through the router (header
+    /// `x-probe: primary`), the DR probe direct, and the drills given as (name, spec body).
+    async fn new(drills: &[(&str, &str)]) -> Self {
+        let s = Scenario::new(FAST).await.unwrap();
+        std::fs::write(&s.vs_path, VS).unwrap();
+        let router = Router::start(s.vs_path.clone(), s.primary.addr(), s.dr.addr()).await;
+        let primary_url = format!("http://{}/healthz", s.primary.addr());
+        assert_eq!(s.playbook_text.matches(&primary_url).count(), 1);
+        let text = s.playbook_text.replace(
+            &format!("url: \"{primary_url}\" }}"),
+            &format!(
+                "url: \"http://{}/healthz\", headers: {{ x-probe: primary }} }}",
+                router.addr
+            ),
+        );
+        assert_ne!(text, s.playbook_text, "the primary probe was not rerouted");
+        std::fs::write(&s.playbook_path, text).unwrap();
+        let dir = s.paths.playbooks.join("drills");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, body) in drills {
+            std::fs::write(
+                dir.join(format!("{name}.yaml")),
+                format!(
+                    "apiVersion: failoverd.dev/v1alpha1\nkind: Drill\nmetadata: {{ name: {name} }}\nspec:\n  playbooks: [ demo ]\n{body}"
+                ),
+            )
+            .unwrap();
+        }
+        let tokens = s.dir.path().join("tokens.yaml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "- {{ identity: \"fault-test@oncall\", role: admin, sha256: \"{}\" }}\n",
+                hash_token(TOKEN)
+            ),
+        )
+        .unwrap();
+        Self { s, tokens, router }
+    }
+
+    async fn spawn(&self, name: &str) -> Daemon {
+        let mut d = Daemon::spawn_with(
+            &self.s.paths,
+            name,
+            &[std::ffi::OsStr::new("--tokens"), self.tokens.as_os_str()],
+        )
+        .unwrap();
+        d.wait_ready(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+        d
+    }
+
+    fn cli(&self, d: &Daemon, args: &[&str]) -> std::process::Output {
+        let url = format!("http://{}", d.addr);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--url", &url, "--token", TOKEN]);
+        run_cli(all, Duration::from_secs(90)).unwrap()
+    }
+
+    /// Starts drill `name` (no wait); the run id.
+    fn start(&self, d: &Daemon, name: &str) -> String {
+        let out = self.cli(d, &["drill", "run", name, "--reason", "fault drill test"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "drill run failed: {text}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.logs()
+        );
+        text.split_whitespace()
+            .skip_while(|w| *w != "run")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no run id in {text:?}"))
+            .to_string()
+    }
+
+    fn vs(&self) -> Value {
+        self.s.read_vs().unwrap()
+    }
+
+    fn fault_routes(&self) -> Vec<String> {
+        fault_routes(&self.s.vs_path)
+    }
+
+    fn fault_audit(&self) -> Vec<(String, String, String)> {
+        self.s
+            .audit()
+            .into_iter()
+            .filter(|r| r.action.starts_with("drill-fault"))
+            .map(|r| (r.action, r.outcome, r.actor))
+            .collect()
+    }
+}
+
+fn fault_routes(vs: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(vs) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_saphyr::from_str::<Value>(&text) else {
+        return Vec::new();
+    };
+    v["spec"]["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .filter(|n| n.starts_with("failoverd-drill-"))
+        .map(String::from)
+        .collect()
+}
+
+async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap()
+        .unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Polls a run until it has a verdict (bounded).
+async fn verdict(addr: SocketAddr, drill: &str, id: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..1200 {
+        let (code, body) = api_get(addr, &format!("/v1/drills/{drill}/runs/{id}")).await;
+        if code == 200 {
+            last = serde_json::from_str(&body).unwrap();
+            if last["result"] != "running" {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("drill {drill} run {id} never finished: {last:#}");
+}
+
+/// Waits until no run of `drill` is in progress (bounded).
+async fn wait_free(addr: SocketAddr, drill: &str) {
+    for _ in 0..600 {
+        let (_, body) = api_get(addr, "/v1/drills").await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let busy = v["drills"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["name"] == drill && !d["running"].is_null());
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("drill {drill} still running");
+}
+
+fn events(report: &Value) -> Vec<String> {
+    report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_in_order(ev: &[String], names: &[&str]) {
+    let at = |name: &str| {
+        ev.iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
+    };
+    for pair in names.windows(2) {
+        assert!(
+            at(pair[0]) < at(pair[1]),
+            "{} before {}: {ev:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+const PROBES_DRILL: &str = "  mode: live\n  hold: 2s\n  success: { failoverWithin: 2s }\n  inject: { abort: { httpStatus: 503 } }\n";
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+/// A `scope: probes` drill on a healthy playbook passes; users never see an error; the
+/// fault is detected within interval × threshold + 1 interval; the VirtualService after the
+/// run is exactly the original; the fault's writes are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_scope_drill_passes_and_users_see_no_error() {
+    let setup = Setup::new(&[
+        ("fault", PROBES_DRILL),
+        (
+            "fault-plan",
+            "  mode: plan\n  inject: { abort: { httpStatus: 503 } }\n",
+        ),
+    ])
+    .await;
+    let original = setup.vs();
+    let d = setup.spawn("fault-pass").await;
+    // Plan mode: reports the fault a live run would write, writes nothing.
+    let before = setup.s.vs_bytes().unwrap();
+    let out = setup.cli(&d, &["drill", "run", "fault-plan", "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{out:?}");
+    assert!(
+        text.contains("**Result: PASSED**") && text.contains("failoverd-drill-<run id>"),
+        "{text}"
+    );
+    assert_eq!(
+        setup.s.vs_bytes().unwrap(),
+        before,
+        "plan mode wrote the store"
+    );
+    // Users: a bounded request loop through the router, without the header.
+    let (stop, users) = user_load(setup.router.addr, 5_000);
+    let id = setup.start(&d, "fault");
+    // Observed from outside: when the fault route appears, and when the route moves.
+    let vs_path = setup.s.vs_path.clone();
+    wait_for("the fault route in the VirtualService", WAIT, || {
+        (!fault_routes(&vs_path).is_empty()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let fault_seen = Instant::now();
+    setup
+        .s
+        .wait_routing(|r| r != Routing::Primary, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let failover_seen = fault_seen.elapsed();
+    let report = verdict(d.addr, "fault", &id).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, errors) = users.await.unwrap();
+    assert_eq!(report["result"], "passed", "{report:#}\n{}", d.logs());
+    assert!(sent >= 20, "the user loop ran only {sent} requests");
+    assert!(
+        errors.is_empty(),
+        "users saw errors during the drill (seconds, status): {errors:?}"
+    );
+    assert!(
+        setup.router.unsupported.lock().unwrap().is_empty(),
+        "{:?}",
+        setup.router.unsupported.lock().unwrap()
+    );
+    assert_in_order(
+        &events(&report),
+        &[
+            "steady-state",
+            "fault-written",
+            "failover-written",
+            "held",
+            "fault-removed",
+            "restored",
+            "finished",
+        ],
+    );
+    // Detection: the report's measure, and the outside view (the fault route seen to the
+    // failover seen in the file, which adds the failover write and two 50 ms polls).
+    let budget = INTERVAL.as_secs_f64() * f64::from(THRESHOLD) + INTERVAL.as_secs_f64();
+    let leg = &report["playbooks"][0];
+    let intervals = leg["fault"]["intervals"].as_array().unwrap();
+    let detect = intervals
+        .iter()
+        .find(|i| i["name"] == "fault-written → detected")
+        .unwrap_or_else(|| panic!("{leg:#}"));
+    assert!(
+        detect["seconds"].as_f64().unwrap() <= budget,
+        "detection {detect} over {budget} s"
+    );
+    assert!(
+        failover_seen.as_secs_f64() <= budget + 2.0,
+        "fault route seen → failover seen took {failover_seen:?}"
+    );
+    assert!(
+        leg["fault"]["errorWindowSeconds"].as_f64().unwrap() > 0.0,
+        "{leg:#}"
+    );
+    assert_eq!(
+        setup.vs(),
+        original,
+        "the VirtualService is not exactly the original"
+    );
+    assert!(setup.fault_routes().is_empty());
+    let audit = setup.fault_audit();
+    for want in [
+        ("drill-fault-written", "intent"),
+        ("drill-fault-written", "written"),
+        ("drill-fault-removed", "intent"),
+        ("drill-fault-removed", "written"),
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|(a, o, who)| a == want.0 && o == want.1 && who == "drill:fault"),
+            "no {want:?} in {audit:?}"
+        );
+    }
+    chaos_tests::assert_audit_verifies(&setup.s.paths.audit);
+}
+
+/// The failover target unhealthy at the start: the run is skipped, nothing is written and
+/// no fault is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_unhealthy_at_the_start_is_skipped_with_nothing_written() {
+    let setup = Setup::new(&[("fault", PROBES_DRILL)]).await;
+    let d = setup.spawn("fault-skip").await;
+    setup.s.dr.set_health_status(503);
+    // Wait until failoverd has seen it: its status shows the DR probe failing.
+    let mut seen = false;
+    for _ in 0..400 {
+        let (_, body) = api_get(d.addr, "/v1/playbooks/demo").await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        seen = v["status"]["signals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                s["signal"] == "dr-health"
+                    && s["health"].to_string().to_lowercase().contains("unhealthy")
+            });
+        if seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "failoverd never saw the DR probe fail\n{}", d.logs());
+    let before = setup.s.vs_bytes().unwrap();
+    let id = setup.start(&d, "fault");
+    let report = verdict(d.addr, "fault", &id).await;
+    assert_eq!(report["result"], "skipped", "{report:#}");
+    assert!(
+        report["reasons"][0].as_str().unwrap().contains("dr-health"),
+        "{report:#}"
+    );
+    assert_eq!(
+        setup.s.vs_bytes().unwrap(),
+        before,
+        "a skipped drill wrote the store"
+    );
+    assert!(setup.fault_audit().is_empty(), "{:?}", setup.fault_audit());
+}
+
+/// The target dies during the hold: the run aborts, the fault is removed before the
+/// failback, the failback is done and the VirtualService is the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_dying_during_the_hold_aborts_removes_the_fault_and_fails_back() {
+    let body = "  mode: live\n  hold: 30s\n  success: { failoverWithin: 2s }\n  inject: { abort: { httpStatus: 503 } }\n";
+    let setup = Setup::new(&[("fault", body)]).await;
+    let original = setup.vs();
+    let d = setup.spawn("fault-abort").await;
+    let id = setup.start(&d, "fault");
+    setup
+        .s
+        .wait_routing(|r| r != Routing::Primary, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    setup.s.dr.set_health_status(503);
+    let report = verdict(d.addr, "fault", &id).await;
+    assert_eq!(report["result"], "aborted", "{report:#}\n{}", d.logs());
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("failover target failover[0] turned unhealthy"),
+        "{report:#}"
+    );
+    assert_in_order(
+        &events(&report),
+        &["failover-written", "aborted", "fault-removed", "restored"],
+    );
+    assert!(report["playbooks"][0]["heldSeconds"].as_f64().unwrap() < 30.0);
+    assert_eq!(setup.vs(), original);
+    assert!(setup.fault_routes().is_empty());
+}
+
+/// kill -9 right after the fault route is written, ten times: each time the restarted
+/// failoverd removes the fault within one probe round of being ready, audits the removal,
+/// and fails back; the VirtualService ends exactly the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_after_the_fault_is_written_is_cleaned_up_on_restart() {
+    const RUNS: usize = 10;
+    let body = "  mode: live\n  hold: 60s\n  success: { failoverWithin: 2s }\n  inject: { abort: { httpStatus: 503 } }\n";
+    let setup = Setup::new(&[("fault", body)]).await;
+    let original = setup.vs();
+    let mut d = setup.spawn("kill9-0").await;
+    for run in 0..RUNS {
+        setup.start(&d, "fault");
+        let vs_path = setup.s.vs_path.clone();
+        // Right after the write: polled every 5 ms, killed at once.
+        let deadline = Instant::now() + WAIT;
+        while fault_routes(&vs_path).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "run {run}: no fault route\n{}",
+                d.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        d.kill().unwrap();
+        assert!(!setup.fault_routes().is_empty(), "run {run}");
+        let removed_before = setup
+            .fault_audit()
+            .iter()
+            .filter(|(a, o, _)| a == "drill-fault-removed" && o == "written")
+            .count();
+        d = setup.spawn(&format!("kill9-{}", run + 1)).await;
+        let ready = Instant::now();
+        wait_for("the fault route removed after the restart", WAIT, || {
+            fault_routes(&vs_path).is_empty().then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run {run}: {e}\n{}", d.logs()));
+        let gone = ready.elapsed();
+        // One round: the first probe round (recovery waits for it) plus the removal write.
+        assert!(
+            gone <= INTERVAL * 2 + Duration::from_secs(2),
+            "run {run}: the fault stayed {gone:?} after the restart"
+        );
+        wait_for("the removal audited", WAIT, || {
+            (setup
+                .fault_audit()
+                .iter()
+                .filter(|(a, o, _)| a == "drill-fault-removed" && o == "written")
+                .count()
+                > removed_before)
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run {run}: {e}\n{:?}", setup.fault_audit()));
+        // Back to a steady state before the next run (the recovered run fails back).
+        wait_for("the original route back", WAIT, || {
+            (setup.vs() == original).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run {run}: {e}\n{}", d.logs()));
+        wait_free(d.addr, "fault").await;
+        tokio::time::sleep(INTERVAL * 3).await;
+    }
+    d.terminate(WAIT).unwrap();
+    assert_eq!(setup.vs(), original);
+    chaos_tests::assert_audit_verifies(&setup.s.paths.audit);
+}
+
+/// No fault is written to a playbook that is frozen, held on a target by an operator, or
+/// failed over for real: each run is refused (409) and the VirtualService never holds a
+/// fault route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fault_on_a_frozen_held_or_failed_over_playbook() {
+    let setup = Setup::new(&[("fault", PROBES_DRILL)]).await;
+    let d = setup.spawn("fault-refused").await;
+    let refused = |what: &str| {
+        let out = setup.cli(
+            &d,
+            &["drill", "run", "fault", "--reason", "must be refused"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("409"),
+            "{what}: {out:?}"
+        );
+        assert!(setup.fault_routes().is_empty(), "{what}");
+    };
+    let ok = |args: &[&str]| {
+        let out = setup.cli(&d, args);
+        assert!(out.status.success(), "{args:?}: {out:?}\n{}", d.logs());
+    };
+    ok(&["freeze", "demo", "--reason", "change freeze"]);
+    refused("frozen");
+    ok(&["resume", "demo", "--reason", "freeze over"]);
+    ok(&["failover", "demo", "--reason", "operator hold"]);
+    setup
+        .s
+        .wait_routing(|r| r != Routing::Primary, WAIT)
+        .await
+        .unwrap();
+    refused("held");
+    ok(&["resume", "demo", "--reason", "hold over"]);
+    setup
+        .s
+        .wait_routing(|r| r == Routing::Primary, WAIT)
+        .await
+        .unwrap();
+    // A real incident: the primary fails and the engine fails over on its own.
+    setup.s.primary.set_health_status(503);
+    setup
+        .s
+        .wait_routing(|r| r != Routing::Primary, WAIT)
+        .await
+        .unwrap();
+    refused("failed over for real");
+    assert!(setup.fault_audit().is_empty(), "{:?}", setup.fault_audit());
+}
