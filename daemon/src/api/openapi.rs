@@ -344,10 +344,15 @@ mod tests {
             phases().iter().map(|p| p.name().to_string()).collect(),
         );
         assert_strings("MoveKind", real_strings(&move_kinds()));
-        let kinds = [SignalKind::Probe, SignalKind::Slo, SignalKind::Policy];
+        let kinds = [
+            SignalKind::Probe,
+            SignalKind::Slo,
+            SignalKind::Policy,
+            SignalKind::Vantage,
+        ];
         for k in &kinds {
             match k {
-                SignalKind::Probe | SignalKind::Slo | SignalKind::Policy => {}
+                SignalKind::Probe | SignalKind::Slo | SignalKind::Policy | SignalKind::Vantage => {}
             }
         }
         assert_strings("SignalKind", real_strings(&kinds));
