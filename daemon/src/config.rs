@@ -92,6 +92,9 @@ pub struct FileConfig {
     /// OTLP traces of decisions and moves (off unless an endpoint is set here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub tracing: Option<crate::trace::TracingConfig>,
+    /// `vantage: { zone, peers, interval, tokenFile, caFile, suspectAfter }`: this replica as
+    /// a vantage point and the peers whose verdicts must agree before a failover.
+    pub vantage: Option<crate::vantage::VantageConfig>,
 }
 
 /// `auth:` in the config file.
@@ -395,6 +398,8 @@ pub struct Settings {
     pub kube_auth: Option<crate::api::kube_auth::KubeAuthConfig>,
     /// `tls.clientCAFile` / `--tls-client-ca` (None: no client certificates).
     pub tls_client_ca: Option<PathBuf>,
+    /// `vantage:`, resolved (identity, peers, exchange interval).
+    pub vantage: crate::vantage::VantageSettings,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

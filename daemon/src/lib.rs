@@ -41,3 +41,4 @@ pub mod standin;
 /// TLS on the API listener (kept at its old path).
 pub use api::tls;
 pub mod validate;
+pub mod vantage;

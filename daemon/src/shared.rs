@@ -130,6 +130,8 @@ pub struct Shared {
     /// Routing writes in flight at once (`writeConcurrency`, validated; set before the
     /// controller runs).
     pub write_concurrency: usize,
+    /// This replica as a vantage point, its own verdicts and the peers' latest reports.
+    pub vantage: Arc<crate::vantage::Vantages>,
 }
 
 impl Shared {
@@ -141,6 +143,10 @@ impl Shared {
             AuditHealth::with_gauge(metrics.audit_available.clone())
                 .with_ship_errors(metrics.audit_ship_errors.clone()),
         );
+        let vantage = Arc::new(crate::vantage::Vantages::new(
+            &crate::vantage::VantageSettings::default(),
+            metrics.vantage.clone(),
+        ));
         Self {
             audit_health,
             metrics,
@@ -172,6 +178,7 @@ impl Shared {
             leader: Arc::new(crate::leader::Leadership::always()),
             kept_overrides: None,
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
+            vantage,
         }
     }
 

@@ -31,6 +31,7 @@ use super::error::ErrorBody;
         super::drills::list_drill_runs,
         super::drills::get_drill_run,
         super::drills::run_drill,
+        super::vantage::get_vantage,
         openapi_document
     ),
     components(schemas(ErrorBody)),
@@ -40,6 +41,7 @@ use super::error::ErrorBody;
         (name = "overrides", description = "Active freezes and failover holds"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "drills", description = "Chaos drills: scheduled and on-demand failover exercises with reports"),
+        (name = "vantage", description = "This replica's verdicts, for the other replicas to agree before a failover"),
         (name = "meta", description = "This document")
     )
 )]

@@ -226,6 +226,7 @@ impl RunArgs {
                     .into(),
             ));
         }
+        let vantage = crate::validate::vantage(&file, leader_election.as_ref(), cfg, &mut problems);
         let external_url = match &file.external_url {
             Some(u) => match reqwest::Url::parse(u) {
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
@@ -314,6 +315,7 @@ impl RunArgs {
             fence,
             kube_auth,
             tls_client_ca,
+            vantage,
         })
     }
 
@@ -661,6 +663,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(n) = settings.write_concurrency {
         shared.write_concurrency = n;
     }
+    shared.vantage = crate::vantage::start(&settings.vantage, &shared.metrics.vantage, rx.clone())
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
         n_playbooks,
         settings.max_concurrent_failovers,

@@ -121,6 +121,7 @@ impl Fixture {
             fence: Default::default(),
             kube_auth: None,
             tls_client_ca: None,
+            vantage: Default::default(),
         }
     }
 }
