@@ -65,8 +65,6 @@ pub(super) fn note_fallback(pb: &Playbook, reason: Option<&'static str>, shared:
 /// The controller's vantage bookkeeping between ticks.
 #[derive(Debug, Default)]
 pub(super) struct Round {
-    /// The peers' verdict version last decided on.
-    seen: u64,
     /// When the own verdicts and the lone-observer check last ran.
     last: Option<Instant>,
     /// Since when each vantage has alone seen enough primaries failing.
@@ -76,15 +74,6 @@ pub(super) struct Round {
 }
 
 impl Round {
-    /// True (once) when a peer's verdicts changed since the last call: the controller then
-    /// decides every playbook again, not at its next probe result.
-    pub(super) fn peers_changed(&mut self, shared: &Shared) -> bool {
-        let v = shared.vantage.version();
-        let changed = v != self.seen;
-        self.seen = v;
-        changed
-    }
-
     /// Runs on the controller's tick, once per exchange interval: refreshes this replica's
     /// own verdicts (so a quiet playbook's stale signals are reported unknown) and looks for
     /// a lone observer.

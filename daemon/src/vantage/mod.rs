@@ -3,10 +3,13 @@
 //! (the rule itself is pure: `failoverd_core::engine::vantages`).
 //!
 //! The exchange: every replica serves its own verdicts at `GET /v1/vantage` (a fleet read,
-//! authenticated like any API call) and polls the peers listed in `vantage.peers` every
-//! exchange interval (default 1 s), one request in flight per peer, each bounded by the
-//! interval. The controller never waits for a peer: it reads the latest report kept here,
-//! and a report older than three intervals is not live. Peers are a config list (the
+//! authenticated like any API call) and polls the peers listed in `vantage.peers`, one
+//! request in flight per peer. The poll is a long poll: `?wait=V` is answered as soon as the
+//! verdicts differ from version `V`, or after one exchange interval (default 1 s) with the
+//! same ones, so a change reaches the leader in one round trip and a quiet peer still reports
+//! every interval. Each request is bounded by two intervals. The controller never waits for
+//! a peer: it reads the latest report kept here (and decides again when one changes), and a
+//! report older than three intervals is not live. Peers are a config list (the
 //! StatefulSet's stable names); a replica's own entry is recognised by the name it answers
 //! with and dropped. Nothing goes through the Kubernetes API.
 
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::engine::{Health, Observation, SignalKind, Verdict};
@@ -70,6 +74,9 @@ pub struct Report {
     /// When the verdicts were made (this replica's clock; shown, never compared).
     #[schema(value_type = String, format = DateTime)]
     pub evaluated_at: Timestamp,
+    /// Changes whenever a verdict changes: pass it back as `?wait=` to hear of the next.
+    #[serde(default)]
+    pub version: u64,
     /// Per playbook.
     pub playbooks: Vec<PlaybookView>,
 }
@@ -99,6 +106,15 @@ pub fn views(name: &str, verdicts: &[(Target, Verdict)]) -> PlaybookView {
 
 /// A peer's word in the engine's terms: failing below its trigger is neither agreement nor
 /// a healthy view (it may be seconds from agreeing).
+/// Same targets in the same states (reasons and their running clocks aside).
+fn same_states(a: &PlaybookView, b: &PlaybookView) -> bool {
+    a.targets.len() == b.targets.len()
+        && a.targets
+            .iter()
+            .zip(&b.targets)
+            .all(|(x, y)| x.target == y.target && x.state == y.state)
+}
+
 fn health_of(v: &TargetView) -> Health {
     match v.state.as_str() {
         "healthy" => Health::Healthy,
@@ -154,6 +170,10 @@ pub struct Vantages {
     peers: Mutex<BTreeMap<String, Peer>>,
     /// Bumped when a peer's verdicts change (not its timestamps): the controller decides again.
     version: AtomicU64,
+    /// The same, for the controller to wait on.
+    changed: watch::Sender<u64>,
+    /// Bumped when this replica's own verdicts change: answers the peers' long polls.
+    own_version: watch::Sender<u64>,
     /// This replica's verdicts per playbook index, and when the controller made them.
     own: Mutex<(Option<Instant>, Vec<Option<PlaybookView>>)>,
     /// Exchange and fallback counters.
@@ -182,6 +202,8 @@ impl Vantages {
                     .collect(),
             ),
             version: AtomicU64::new(0),
+            changed: watch::channel(0).0,
+            own_version: watch::channel(0).0,
             own: Mutex::new((None, Vec::new())),
             metrics,
         }
@@ -202,15 +224,39 @@ impl Vantages {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Keeps this replica's verdicts on playbook `idx`, made now.
+    /// Resolves when a peer's verdicts changed (for the controller's `select!`).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Keeps this replica's verdicts on playbook `idx`, made now; a change answers the
+    /// peers' waiting polls at once.
     pub fn publish(&self, idx: usize, view: PlaybookView) {
-        if let Ok(mut own) = self.own.lock() {
-            if own.1.len() <= idx {
-                own.1.resize(idx + 1, None);
+        let changed = match self.own.lock() {
+            Ok(mut own) => {
+                if own.1.len() <= idx {
+                    own.1.resize(idx + 1, None);
+                }
+                let changed = own.1[idx]
+                    .as_ref()
+                    .is_none_or(|old| !same_states(old, &view));
+                own.1[idx] = Some(view);
+                own.0 = Some(Instant::now());
+                changed
             }
-            own.1[idx] = Some(view);
-            own.0 = Some(Instant::now());
+            Err(_) => false,
+        };
+        if changed {
+            self.own_version.send_modify(|v| *v += 1);
         }
+    }
+
+    /// This replica's report once its verdicts differ from version `seen`, or after one
+    /// exchange interval with the same ones (the long poll of `GET /v1/vantage?wait=`).
+    pub async fn report_after(&self, seen: u64) -> Report {
+        let mut rx = self.own_version.subscribe();
+        let _ = tokio::time::timeout(self.interval, rx.wait_for(|v| *v != seen)).await;
+        self.report()
     }
 
     /// This replica's report. Verdicts the controller has not refreshed for three exchange
@@ -242,6 +288,7 @@ impl Vantages {
         Report {
             vantage: self.identity.clone(),
             evaluated_at: Timestamp::now(),
+            version: *self.own_version.borrow(),
             playbooks,
         }
     }
@@ -345,7 +392,8 @@ impl Vantages {
         p.received = Some(at);
         p.error = None;
         if changed {
-            self.version.fetch_add(1, Ordering::AcqRel);
+            let v = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+            self.changed.send_replace(v);
         }
     }
 

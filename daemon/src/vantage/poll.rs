@@ -15,6 +15,9 @@ use super::{Report, Vantages};
 /// thousands of playbooks while a broken peer cannot make this replica buffer without end.
 const MAX_REPORT_BYTES: usize = 4 << 20;
 
+/// The least time between two asks of one peer.
+const MIN_SPACING: Duration = Duration::from_millis(100);
+
 /// This replica as a vantage point from its settings, polling the peers until `stop` turns
 /// true. Errors only when the HTTP client cannot be built (a CA file that does not load).
 pub fn start(
@@ -45,9 +48,9 @@ pub fn spawn(
         return Ok(());
     }
     let mut builder = reqwest::Client::builder()
-        // A peer that does not answer within the interval is retried at the next one: a
-        // report older than three intervals no longer counts anyway.
-        .timeout(vantages.interval)
+        // A long poll is held up to one interval; one more for the round trip. A peer that
+        // does not answer by then is asked again: its report stops counting after three.
+        .timeout(vantages.interval.saturating_mul(2))
         .connect_timeout(vantages.interval)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = &ca_file {
@@ -82,19 +85,25 @@ async fn poll_peer(
     token_file: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(v.interval);
-    // A slow exchange is not made up for with a burst: the next starts one interval later.
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Long polls follow each other at once; this floor keeps a peer whose verdicts change at
+    // every probe result (a streak counting up) from being asked more than 10 times a second.
+    let mut floor = tokio::time::interval(MIN_SPACING);
+    floor.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut seen: Option<u64> = None;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = floor.tick() => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
             return;
         }
-        match exchange(&client, &url, token_file.as_deref(), v.interval).await {
+        let result = tokio::select! {
+            r = exchange(&client, &url, token_file.as_deref(), seen, v.interval.saturating_mul(2)) => r,
+            _ = stop.changed() => return,
+        };
+        match result {
             Ok(r) if r.vantage.name == v.identity.name => {
                 debug!(%url, "this is this replica's own entry in vantage.peers: not polled");
                 v.mark_self(&url);
@@ -106,6 +115,7 @@ async fn poll_peer(
                     failing = false;
                 }
                 v.metrics.exchange(&url, "ok");
+                seen = Some(r.version);
                 v.accept(&url, r, Instant::now());
             }
             Err(e) => {
@@ -115,6 +125,12 @@ async fn poll_peer(
                 }
                 v.metrics.exchange(&url, "error");
                 v.failed(&url, e);
+                seen = None;
+                // A refusing or dead peer is asked again one interval later, not in a loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(v.interval) => {}
+                    _ = stop.changed() => return,
+                }
             }
         }
     }
@@ -125,9 +141,14 @@ async fn exchange(
     client: &reqwest::Client,
     url: &str,
     token_file: Option<&std::path::Path>,
+    seen: Option<u64>,
     budget: Duration,
 ) -> Result<Report, String> {
-    let mut req = client.get(format!("{url}/v1/vantage"));
+    let mut req = match seen {
+        Some(v) => client.get(format!("{url}/v1/vantage?wait={v}")),
+        // The first ask (or after an error) is answered at once.
+        None => client.get(format!("{url}/v1/vantage")),
+    };
     if let Some(f) = token_file {
         // Read at every exchange: a projected service-account token is rotated in place.
         let token = std::fs::read_to_string(f)

@@ -35,6 +35,7 @@ fn report(name: &str, primary: &str) -> Report {
             zone: Some("z2".into()),
         },
         evaluated_at: Timestamp::UNIX_EPOCH,
+        version: 1,
         playbooks: vec![PlaybookView {
             name: "pb".into(),
             targets: vec![
@@ -175,4 +176,74 @@ fn bad_config_is_refused_naming_the_key() {
     assert_eq!(s.peers, vec!["http://x:8080".to_string()]);
     assert_eq!(s.interval, Duration::from_secs(2));
     assert!(serde_saphyr::from_str::<VantageConfig>("zones: x").is_err());
+}
+
+/// Ensures the long poll answers at once when the verdicts already differ from the version
+/// the caller saw, as soon as a verdict changes while it waits (not at the interval), and
+/// after one interval when nothing changes; a running clock in a reason is not a change.
+#[tokio::test(start_paused = true)]
+async fn long_poll_answers_on_change_or_after_one_interval() {
+    let v = std::sync::Arc::new(Vantages::new(
+        &settings(&["http://b"]),
+        VantageMetrics::default(),
+    ));
+    let healthy = |since: i64| {
+        super::views(
+            "pb",
+            &[(
+                Target::Primary,
+                Verdict::Healthy {
+                    since: Timestamp::from_second(since).unwrap(),
+                },
+            )],
+        )
+    };
+    v.publish(0, healthy(1));
+    let seen = v.report().version;
+    // Already newer than what the caller saw: at once.
+    let start = Instant::now();
+    assert_eq!(v.report_after(seen - 1).await.version, seen);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // Nothing changes (a new `since` is not a new state): one interval.
+    let start = Instant::now();
+    let waiting = tokio::spawn({
+        let v = v.clone();
+        async move { v.report_after(seen).await }
+    });
+    // Let it start waiting before the clock moves.
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    v.publish(0, healthy(2));
+    let r = waiting.await.unwrap();
+    assert_eq!(r.version, seen);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    // A change while waiting: answered then.
+    let start = Instant::now();
+    let waiting = tokio::spawn({
+        let v = v.clone();
+        async move { v.report_after(seen).await }
+    });
+    // Let it start waiting before the clock moves.
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    v.publish(
+        0,
+        super::views(
+            "pb",
+            &[(
+                Target::Primary,
+                Verdict::Unhealthy {
+                    reason: "p: refused".into(),
+                },
+            )],
+        ),
+    );
+    let r = waiting.await.unwrap();
+    assert_eq!(r.version, seen + 1);
+    assert_eq!(r.playbooks[0].targets[0].state, "unhealthy");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
 }
