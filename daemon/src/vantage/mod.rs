@@ -174,6 +174,8 @@ pub struct Vantages {
     changed: watch::Sender<u64>,
     /// Bumped when this replica's own verdicts change: answers the peers' long polls.
     own_version: watch::Sender<u64>,
+    /// When the exchange began: a peer never heard from counts as silent since then.
+    started: Instant,
     /// This replica's verdicts per playbook index, and when the controller made them.
     own: Mutex<(Option<Instant>, Vec<Option<PlaybookView>>)>,
     /// Exchange and fallback counters.
@@ -202,6 +204,7 @@ impl Vantages {
                     .collect(),
             ),
             version: AtomicU64::new(0),
+            started: Instant::now(),
             changed: watch::channel(0).0,
             own_version: watch::channel(0).0,
             own: Mutex::new((None, Vec::new())),
@@ -304,8 +307,24 @@ impl Vantages {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for p in peers.values().filter(|p| !p.is_self) {
+        for (url, p) in peers.iter().filter(|(_, p)| !p.is_self) {
             let (Some(r), Some(at)) = (&p.report, p.received) else {
+                // A peer not heard from yet is a vantage with no view, silent since the
+                // exchange began: for three intervals it holds a failover (missing data is
+                // not agreement), then this replica decides alone, as for a dead peer.
+                out.push(Observation {
+                    signal: url.clone(),
+                    kind: SignalKind::Vantage,
+                    target: Target::Primary,
+                    health: Health::Unknown(
+                        p.error.clone().unwrap_or_else(|| "no report yet".into()),
+                    ),
+                    streak: 1,
+                    streak_since: ts(self.started),
+                    at: ts(self.started),
+                    max_age: self.live_for(),
+                    detail: String::new(),
+                });
                 continue;
             };
             let at = ts(at);
