@@ -7,8 +7,10 @@
 //! replicas see the primary healthy again. p50/p99 over every route of every fault, beside
 //! the goal `interval × threshold + 1 s` (4 s).
 //!
-//! `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench vantages`
-//! (`FAULTS` changes the 20 faults). Bounded: every wait ≤ 30 s.
+//! `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench vantages`, or with
+//! a debug harness driving the release daemon (how the README's numbers were taken):
+//! `FAILOVERD_BIN=$PWD/target/release/failoverd cargo bench --profile dev -p chaos-tests
+//! --bench vantages` (`FAULTS` changes the 20 faults). Bounded: every wait ≤ 30 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant, SystemTime};
