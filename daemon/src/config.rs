@@ -95,6 +95,9 @@ pub struct FileConfig {
     /// `console: { enabled: true }`: the on-call web console under `/ui/` (on by default;
     /// `--no-console` turns it off).
     pub console: Option<ConsoleConfig>,
+    /// `vantage: { zone, peers, interval, tokenFile, caFile, suspectAfter }`: this replica as
+    /// a vantage point and the peers whose verdicts must agree before a failover.
+    pub vantage: Option<crate::vantage::VantageConfig>,
 }
 
 /// `console:` in the config file.
@@ -417,6 +420,8 @@ pub struct Settings {
     pub tls_client_ca: Option<PathBuf>,
     /// `console:` / `--no-console`.
     pub console: crate::console::ConsoleOptions,
+    /// `vantage:`, resolved (identity, peers, exchange interval).
+    pub vantage: crate::vantage::VantageSettings,
 }
 
 /// `auditCheckpoint*` and `auditShip`, resolved.

@@ -42,3 +42,4 @@ pub mod standin;
 /// TLS on the API listener (kept at its old path).
 pub use api::tls;
 pub mod validate;
+pub mod vantage;

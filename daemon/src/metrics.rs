@@ -74,6 +74,8 @@ pub struct Metrics {
     /// Refusals of authenticated calls beyond the per-identity audit budget (counted and
     /// logged in aggregate instead of audited one by one).
     pub api_refusals_unaudited: Counter,
+    /// The vantage exchange (`failoverd_vantage_*`).
+    pub vantage: crate::vantage::VantageMetrics,
 }
 
 fn write_buckets() -> impl Iterator<Item = f64> {
@@ -264,7 +266,9 @@ impl Metrics {
             "Refused API calls not audited because the caller's audit budget was spent",
             api_refusals_unaudited.clone(),
         );
+        let vantage = crate::vantage::VantageMetrics::register(&mut registry);
         Self {
+            vantage,
             registry,
             api_auth_failures,
             api_rate_limited,

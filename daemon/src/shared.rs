@@ -133,6 +133,8 @@ pub struct Shared {
     /// The fault-drill header on a playbook's probes of its primary (set by the controller
     /// when it starts the probes, marked and cleared by the drill runner).
     pub drill_probes: DrillProbes,
+    /// This replica as a vantage point, its own verdicts and the peers' latest reports.
+    pub vantage: Arc<crate::vantage::Vantages>,
 }
 
 /// Which probes a fault drill marks with its header: each playbook's HTTP probes of its
@@ -187,6 +189,10 @@ impl Shared {
             AuditHealth::with_gauge(metrics.audit_available.clone())
                 .with_ship_errors(metrics.audit_ship_errors.clone()),
         );
+        let vantage = Arc::new(crate::vantage::Vantages::new(
+            &crate::vantage::VantageSettings::default(),
+            metrics.vantage.clone(),
+        ));
         Self {
             audit_health,
             metrics,
@@ -219,6 +225,7 @@ impl Shared {
             kept_overrides: None,
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
             drill_probes: DrillProbes::default(),
+            vantage,
         }
     }
 

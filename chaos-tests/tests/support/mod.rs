@@ -4,7 +4,8 @@
 //! `deploy` (the rendered manifests, for `tests/deploy_*.rs`) and `leader` (two replicas with
 //! leader election on the emulator, for `tests/leader_*.rs`) and `otlp` (a real OTLP receiver,
 //! for `tests/traces.rs`) and `oncall` (three identities and the CLI as each, for
-//! `tests/residency*.rs`).
+//! `tests/residency*.rs`) and `vantage` (two replicas exchanging verdicts, for
+//! `tests/vantages.rs`).
 #![allow(dead_code)] // each test binary uses its own part of the fixtures
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,3 +13,4 @@ pub mod deploy;
 pub mod leader;
 pub mod oncall;
 pub mod otlp;
+pub mod vantage;

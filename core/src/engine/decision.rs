@@ -12,6 +12,7 @@ use super::types::{
     Action, Actor, Command, Decision, MoveKind, Observation, Overrides, Phase, Routing, State,
     Verdict,
 };
+use super::vantages::{self, Agreement};
 use super::verdicts::{describe, elapsed, fence, first_healthy_target, round_ms, verdict};
 
 struct Ctx<'a> {
@@ -24,6 +25,8 @@ struct Ctx<'a> {
     explain: String,
     /// The break-glass id the next route carries (set only for a break-glass hold's target).
     glass: Option<String>,
+    /// Why an automatic failover was made on fewer vantages than asked for (see `vantages`).
+    fallback: Option<&'static str>,
 }
 
 impl Ctx<'_> {
@@ -70,6 +73,13 @@ impl Ctx<'_> {
         if !fenced.is_empty() {
             reason = format!("{reason} (refused by the fence: {})", fenced.join("; "));
         }
+        let vetoed = vantages::vetoed_targets(self.pb, self.obs, self.now);
+        if !vetoed.is_empty() {
+            reason = format!(
+                "{reason} (seen unhealthy from another vantage: {})",
+                vetoed.join("; ")
+            );
+        }
         if !self.state.stuck {
             self.actions.push(Action::Stuck {
                 reason: reason.clone(),
@@ -81,6 +91,12 @@ impl Ctx<'_> {
 
     fn target_verdict(&self, t: usize) -> Verdict {
         verdict(self.pb, self.obs, Target::Failover(t), self.now)
+    }
+
+    /// The first failover target automation may use: healthy here, unhealthy from no live
+    /// vantage.
+    fn safe_target(&self, except: Option<usize>) -> Option<usize> {
+        vantages::first_safe_target(self.pb, self.obs, self.now, except)
     }
 }
 
@@ -103,6 +119,7 @@ pub fn decide(
         actions: Vec::new(),
         explain: String::new(),
         glass: None,
+        fallback: None,
     };
     cx.next.stuck = false;
 
@@ -245,6 +262,7 @@ fn finish(cx: Ctx<'_>, primary: Verdict) -> Decision {
         actions: cx.actions,
         explain: cx.explain,
         primary,
+        fallback: cx.fallback,
     }
 }
 
@@ -257,7 +275,17 @@ fn on_primary(cx: &mut Ctx<'_>, primary: &Verdict, phase: &Phase) {
                 _ => now,
             };
             cx.next.phase = Phase::Suspect { since };
-            let Some(t) = first_healthy_target(cx.pb, cx.obs, now, None) else {
+            // Agreement across vantages holds back a failover the others do not confirm.
+            let fallback = match vantages::agreement(cx.pb, cx.obs, reason, now) {
+                Agreement::Disagree(views) => {
+                    cx.explain =
+                        format!("primary unhealthy here but not confirmed: {views}: holding");
+                    return;
+                }
+                Agreement::Fallback(why) => Some(why),
+                Agreement::Alone | Agreement::Agreed => None,
+            };
+            let Some(t) = cx.safe_target(None) else {
                 cx.stuck(format!(
                     "primary unhealthy ({reason}) and no failover target is known healthy: staying on the primary"
                 ));
@@ -275,10 +303,17 @@ fn on_primary(cx: &mut Ctx<'_>, primary: &Verdict, phase: &Phase) {
                 .destination(Target::Failover(t))
                 .map(|d| d.to_string())
                 .unwrap_or_default();
+            cx.fallback = fallback;
+            let alone = match fallback {
+                Some(why) => format!(" (decided on this vantage's view: {why})"),
+                None => String::new(),
+            };
             cx.route(
                 Routing::Failover { target: t },
                 MoveKind::Failover,
-                format!("primary unhealthy ({reason}); failing over to failover[{t}] {dest}"),
+                format!(
+                    "primary unhealthy ({reason}); failing over to failover[{t}] {dest}{alone}"
+                ),
                 false,
                 None,
             );
@@ -324,7 +359,7 @@ fn failed_over(
         // The target we are on died. Prefer a healthy primary, else another healthy target.
         let (to, kind) = if primary.is_healthy() {
             (Routing::Primary, MoveKind::Failback)
-        } else if let Some(t) = first_healthy_target(pb, cx.obs, now, Some(target)) {
+        } else if let Some(t) = cx.safe_target(Some(target)) {
             (Routing::Failover { target: t }, MoveKind::Switch)
         } else {
             cx.stuck(format!(
@@ -429,7 +464,7 @@ fn failing_back(cx: &mut Ctx<'_>, primary: &Verdict, target: usize, step: usize,
             let to = if cx.target_verdict(target).is_healthy() {
                 Some(target)
             } else {
-                first_healthy_target(pb, cx.obs, now, None)
+                cx.safe_target(None)
             };
             match to {
                 Some(t) => {

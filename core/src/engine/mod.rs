@@ -13,6 +13,9 @@ mod operator;
 #[cfg(test)]
 mod tests;
 mod types;
+pub mod vantages;
+#[cfg(test)]
+mod vantages_tests;
 mod verdicts;
 
 pub use decision::decide;

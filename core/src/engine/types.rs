@@ -50,6 +50,11 @@ pub enum SignalKind {
     /// that does not clear its target makes the target ineligible at once, and `force`
     /// cannot override it (only an approved break-glass can).
     Policy,
+    /// Another replica's verdict on the target (`signal` is its vantage name, `at` when its
+    /// report arrived here, `max_age` three exchange intervals). Never read as a signal of
+    /// the target: it only holds back an automatic failover the vantages do not agree on,
+    /// and vetoes a failover target it sees unhealthy.
+    Vantage,
 }
 
 /// The current summary of one signal, as the engine reads it.
@@ -488,4 +493,9 @@ pub struct Decision {
     pub explain: String,
     /// The primary's verdict this round.
     pub primary: Verdict,
+    /// Set when an automatic failover was made on this replica's view alone although the
+    /// playbook asks for agreement (no live peer, fewer live than `min`): a bounded reason
+    /// for the log and `failoverd_vantage_fallback_total{reason}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<&'static str>,
 }

@@ -98,10 +98,9 @@ fn signals_verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Time
     let mut suspect: Option<String> = None;
     let mut unknown: Option<String> = None;
     let mut seen = 0usize;
-    for o in obs
-        .iter()
-        .filter(|o| o.target == target && o.kind != SignalKind::Policy)
-    {
+    for o in obs.iter().filter(|o| {
+        o.target == target && !matches!(o.kind, SignalKind::Policy | SignalKind::Vantage)
+    }) {
         let stale = elapsed(now, o.at) > o.max_age;
         let health = if stale {
             Health::Unknown(format!(
@@ -142,8 +141,8 @@ fn signals_verdict(pb: &Playbook, obs: &[Observation], target: Target, now: Time
                 }
                 suspect.get_or_insert_with(|| match o.kind {
                     SignalKind::Probe => format!("{}: {r} ({streak}/{threshold})", o.signal),
-                    // Policy observations never reach this loop (filtered above).
-                    SignalKind::Slo | SignalKind::Policy => format!(
+                    // Policy and vantage observations never reach this loop (filtered above).
+                    SignalKind::Slo | SignalKind::Policy | SignalKind::Vantage => format!(
                         "{}: {r} (for {})",
                         o.signal,
                         humantime::format_duration(round_ms(lasted))

@@ -27,7 +27,7 @@ pub use duration::Duration;
 pub use fence::is_country_code;
 pub use model::{
     Destination, Failback, FailbackMode, Metadata, ObjectRef, OnDrift, OnMissing, Playbook,
-    PlaybookSpec, Residency, Trigger,
+    PlaybookSpec, Residency, Trigger, Vantages,
 };
 pub use names::{check_dns_label, check_dns_subdomain, check_host};
 pub use parse::{Loaded, json_schema, parse, yaml_problem};

@@ -181,6 +181,21 @@ pub struct Trigger {
     /// so a monitoring fault cannot move traffic.
     #[serde(default)]
     pub require_probe_corroboration: bool,
+    /// Agreement across vantage points (replicas) before an automatic failover. Absent:
+    /// every live vantage (one that reported within 3 exchange intervals) must see the
+    /// primary failing. `min: 1` turns agreement off (this replica's view alone decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vantages: Option<Vantages>,
+}
+
+/// `trigger.vantages`: how many vantage points must see the primary failing.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Vantages {
+    /// Vantages (this replica included) that must see the primary failing (≥ 1). Capped at
+    /// the number of live vantages: a replica that stopped reporting cannot block a failover.
+    #[schemars(with = "u32")]
+    pub min: Spanned<u32>,
 }
 
 fn default_failure_threshold() -> Spanned<u32> {
@@ -197,6 +212,7 @@ impl Default for Trigger {
             failure_threshold: default_failure_threshold(),
             for_: Duration::default(),
             require_probe_corroboration: false,
+            vantages: None,
         }
     }
 }

@@ -116,6 +116,15 @@ impl Playbook {
                 "must be at least 1".into(),
             );
         }
+        if let Some(v) = &spec.trigger.vantages
+            && v.min.value < 1
+        {
+            push(
+                v.min.referenced,
+                "spec.trigger.vantages.min",
+                "must be at least 1 (1: this replica's view alone decides)".into(),
+            );
+        }
         let mut names: HashMap<&str, ()> = HashMap::new();
         let mut watched: Vec<Target> = Vec::new();
         let n_failover = spec.failover.value.len();

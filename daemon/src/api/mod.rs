@@ -39,6 +39,7 @@ pub mod schema;
 pub mod server;
 mod state;
 pub mod tls;
+mod vantage;
 
 use axum::Router;
 use axum::http::Method;
@@ -105,6 +106,7 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         ),
         (Method::POST, "/v1/drills/{name}/run", post(run_drill)),
         (Method::GET, "/v1/openapi.json", get(openapi_document)),
+        (Method::GET, "/v1/vantage", get(vantage::get_vantage)),
     ]
 }
 

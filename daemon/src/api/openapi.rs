@@ -31,6 +31,7 @@ use super::error::ErrorBody;
         super::drills::list_drill_runs,
         super::drills::get_drill_run,
         super::drills::run_drill,
+        super::vantage::get_vantage,
         openapi_document
     ),
     components(schemas(ErrorBody)),
@@ -40,6 +41,7 @@ use super::error::ErrorBody;
         (name = "overrides", description = "Active freezes and failover holds"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "drills", description = "Chaos drills: scheduled and on-demand failover exercises with reports"),
+        (name = "vantage", description = "This replica's verdicts, for the other replicas to agree before a failover"),
         (name = "meta", description = "This document")
     )
 )]
@@ -344,10 +346,15 @@ mod tests {
             phases().iter().map(|p| p.name().to_string()).collect(),
         );
         assert_strings("MoveKind", real_strings(&move_kinds()));
-        let kinds = [SignalKind::Probe, SignalKind::Slo, SignalKind::Policy];
+        let kinds = [
+            SignalKind::Probe,
+            SignalKind::Slo,
+            SignalKind::Policy,
+            SignalKind::Vantage,
+        ];
         for k in &kinds {
             match k {
-                SignalKind::Probe | SignalKind::Slo | SignalKind::Policy => {}
+                SignalKind::Probe | SignalKind::Slo | SignalKind::Policy | SignalKind::Vantage => {}
             }
         }
         assert_strings("SignalKind", real_strings(&kinds));

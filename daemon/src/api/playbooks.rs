@@ -59,6 +59,8 @@ pub struct PlaybookDetail {
     /// Active overrides on this playbook.
     #[schema(value_type = Vec<schema::OverrideRecord>)]
     pub overrides: Vec<OverrideRecord>,
+    /// This replica as a vantage point and the peers whose verdicts it weighs.
+    pub vantages: crate::vantage::VantageStatus,
 }
 
 /// The route as the store holds it: `routing` and `route`, or `error`; `source` says where
@@ -227,6 +229,7 @@ pub(super) async fn get_playbook(
         status,
         store,
         overrides,
+        vantages: state.shared.vantage.status(),
     })
     .into_response())
 }

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod demo;
 mod plan_drill;
 mod run;
+mod run_audit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

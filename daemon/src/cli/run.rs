@@ -226,6 +226,7 @@ impl RunArgs {
                     .into(),
             ));
         }
+        let vantage = crate::validate::vantage(&file, leader_election.as_ref(), cfg, &mut problems);
         let external_url = match &file.external_url {
             Some(u) => match reqwest::Url::parse(u) {
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
@@ -315,6 +316,7 @@ impl RunArgs {
             fence,
             kube_auth,
             tls_client_ca,
+            vantage,
         })
     }
 
@@ -514,7 +516,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         AuditLog::open(&settings.audit)?
     };
     if let Some(chain) = &chain {
-        audit = join_chain(chain, audit).await?;
+        audit = super::run_audit::join_chain(chain, audit).await?;
         audit.attach_chain(chain.clone());
     }
     if let Some(k) = &settings.audit_trail.checkpoint_key {
@@ -632,7 +634,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
             shared.metrics.audit_replica_lag.clone(),
             rx.clone(),
         );
-        lead_the_audit(rt.audit.clone(), leadership.subscribe());
+        super::run_audit::lead_the_audit(rt.audit.clone(), leadership.subscribe());
     }
     shared.kept_overrides = kept_overrides;
     {
@@ -662,6 +664,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(n) = settings.write_concurrency {
         shared.write_concurrency = n;
     }
+    shared.vantage = crate::vantage::start(&settings.vantage, &shared.metrics.vantage, rx.clone())
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     shared.fleet = std::sync::Mutex::new(crate::engine::fleet::FleetGuard::new(
         n_playbooks,
         settings.max_concurrent_failovers,
@@ -706,72 +710,6 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("cannot restart with the new playbook set: {e}");
     }
     result
-}
-
-/// With one chain in the cluster only the leader ships records and makes checkpoints: on
-/// taking over it turns both on and ships again the records from the last checkpoint (the
-/// last leader may have died with lines still queued), so the shipped stream holds every
-/// record at least once.
-fn lead_the_audit(
-    log: Arc<std::sync::Mutex<AuditLog>>,
-    mut leading: tokio::sync::watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        while leading.changed().await.is_ok() {
-            let on = *leading.borrow_and_update();
-            let log = log.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                let mut l = log
-                    .lock()
-                    .map_err(|_| "audit log lock poisoned".to_string())?;
-                l.set_leading(on);
-                if on {
-                    l.reship_since_last_checkpoint().map_err(|e| e.to_string())
-                } else {
-                    Ok(0)
-                }
-            })
-            .await;
-            match done {
-                Ok(Ok(n)) if n > 0 => {
-                    info!(
-                        records = n,
-                        "audit records from the last checkpoint on shipped again"
-                    )
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "cannot ship the audit records since the last checkpoint again")
-                }
-                _ => {}
-            }
-        }
-    });
-}
-
-/// Brings the local audit file and the cluster's chain together before anything is
-/// recorded: retried for a minute (the API server may be starting too), then the start fails
-/// (a replica must not record outside the deployment's chain).
-async fn join_chain(chain: &crate::trail::ClusterChain, log: AuditLog) -> anyhow::Result<AuditLog> {
-    let path = log.path().to_path_buf();
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut log = Some(log);
-    loop {
-        let current = match log.take() {
-            Some(l) => l,
-            None => AuditLog::open_copy(&path)?,
-        };
-        match chain.reconcile(current).await {
-            Ok(l) => return Ok(l),
-            Err(e) if tokio::time::Instant::now() < until => {
-                warn!(error = %e, chain = %chain.name(), "cannot join the cluster's audit chain yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-            Err(e) => anyhow::bail!(
-                "cannot join the cluster's audit chain {}: {e}",
-                chain.name()
-            ),
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -22,6 +22,7 @@ mod step;
 #[cfg(test)]
 mod tests;
 mod traced;
+mod vantage;
 mod writer;
 
 use std::sync::atomic::Ordering;
@@ -437,6 +438,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut audit_episode = false;
+    let mut vantage_round = vantage::Round::default();
+    let mut peer_verdicts = shared.vantage.subscribe();
     loop {
         tokio::select! {
             biased;
@@ -548,6 +551,14 @@ pub async fn run(
                     .collect();
                 reread_after_failed_writes(&mut guarded, rt.store.as_ref(), &job_tx, &shared, &clock).await;
                 read_and_step(&due, &mut guarded, rt.store.as_ref(), &mut ov_store, &mut orphaned_drills, &log, &job_tx, &shared, &clock).await;
+                vantage_round.tick(&guarded, &shared, &clock);
+            }
+            Ok(()) = peer_verdicts.changed() => {
+                // A peer's verdict changed: what it now agrees to (or vetoes) is decided now,
+                // not at each playbook's next probe result.
+                for (i, g) in guarded.iter_mut().enumerate() {
+                    step(i, g, &job_tx, &shared, &clock).await;
+                }
             }
         }
     }

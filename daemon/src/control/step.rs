@@ -142,8 +142,12 @@ pub(super) async fn step(
     if g.pending || g.reread || g.retry_at.is_some_and(|t| Instant::now() < t) {
         return outcome;
     }
-    let obs = g.observations(clock);
+    let mut obs = g.observations(clock);
     let now = clock.now();
+    // Own verdicts for the peers first (from this replica's signals only), then the peers'
+    // verdicts join the decision's inputs (and its audit record).
+    super::vantage::publish(i, &g.pb, &obs, now, shared);
+    super::vantage::with_peers(&mut obs, &g.pb, shared, clock);
     // A queued operator command is decided now; its caller (if waiting) hears the result.
     g.overrides.command = g.command.take();
     let waiter = if g.overrides.command.is_some() {
@@ -154,6 +158,7 @@ pub(super) async fn step(
     let started = std::time::Instant::now();
     let d: Decision = engine::decide(&g.pb, &state, &obs, &g.overrides, now);
     let took = started.elapsed();
+    super::vantage::note_fallback(&g.pb, d.fallback, shared);
     g.overrides.command = None;
     let command_trace = g.command_trace.take();
     let name = g.pb.name().to_string();

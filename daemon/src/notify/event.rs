@@ -39,11 +39,14 @@ pub enum EventKind {
     /// A two-person break-glass was requested (page the second admin) or approved (traffic
     /// may now go where residency or mesh policy forbids).
     BreakGlass,
+    /// One vantage (replica) alone sees many primaries failing that every other live vantage
+    /// sees healthy: the observer is suspect, not the services. Once per episode.
+    SuspectObserver,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Failover,
         EventKind::Failback,
         EventKind::WriteFailed,
@@ -58,6 +61,7 @@ impl EventKind {
         EventKind::AuditUnavailable,
         EventKind::AuditRecovered,
         EventKind::BreakGlass,
+        EventKind::SuspectObserver,
     ];
 
     /// Stable name, as used in webhook `events:` filters and metric labels.
@@ -77,6 +81,7 @@ impl EventKind {
             EventKind::AuditUnavailable => "audit-unavailable",
             EventKind::AuditRecovered => "audit-recovered",
             EventKind::BreakGlass => "break-glass",
+            EventKind::SuspectObserver => "suspect-observer",
         }
     }
 
@@ -93,7 +98,12 @@ impl EventKind {
             | EventKind::BlastRadius
             | EventKind::AuditUnavailable
             | EventKind::BreakGlass => "critical",
-            EventKind::Failover | EventKind::Refused | EventKind::SignalUnknown => "warning",
+            // Suspect observer: agreement already holds the false failover (no traffic is
+            // harmed); that replica's node needs looking at while it is one observer short.
+            EventKind::Failover
+            | EventKind::Refused
+            | EventKind::SignalUnknown
+            | EventKind::SuspectObserver => "warning",
             EventKind::Failback
             | EventKind::Override
             | EventKind::Freeze
@@ -120,6 +130,7 @@ impl EventKind {
             EventKind::AuditUnavailable => "FailoverdAuditUnavailable",
             EventKind::AuditRecovered => "FailoverdAuditRecovered",
             EventKind::BreakGlass => "FailoverdBreakGlass",
+            EventKind::SuspectObserver => "FailoverdSuspectObserver",
         }
     }
 
@@ -171,6 +182,9 @@ impl EventKind {
             }
             EventKind::BreakGlass => {
                 "[{severity}] failoverd {playbook}: BREAK-GLASS past residency/mesh policy: {reason}. By {actor}. {link}"
+            }
+            EventKind::SuspectObserver => {
+                "[{severity}] failoverd {playbook}: SUSPECT OBSERVER, failover held: {reason}. {link}"
             }
         }
     }

@@ -333,6 +333,23 @@ pub fn tracing_problem(pre: &crate::config::Preloaded, config: Option<&Path>) ->
     })
 }
 
+/// `vantage:` resolved (identity from `POD_NAME`, else the Lease identity); a bad key is a
+/// problem located in the config file (the defaults stand in so the other keys are checked).
+pub fn vantage(
+    file: &crate::config::FileConfig,
+    election: Option<&crate::leader::ElectionConfig>,
+    config: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) -> crate::vantage::VantageSettings {
+    let raw = file.vantage.clone().unwrap_or_default();
+    raw.resolve(election.map(|e| e.identity.as_str()))
+        .unwrap_or_else(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("vantage", e.as_str()));
+            problems.push(config_problem(config, field, message.to_string()));
+            Default::default()
+        })
+}
+
 /// 1-based line and column of a dotted field path (`notify.webhooks[1].secretFile`) in a
 /// block-style YAML text: each key is searched after its parent, `[i]` steps to the i-th
 /// `- ` item of the list. (0, 0) when the first key is not found; otherwise the deepest

@@ -122,6 +122,7 @@ impl Fixture {
             fence: Default::default(),
             kube_auth: None,
             tls_client_ca: None,
+            vantage: Default::default(),
         }
     }
 }
