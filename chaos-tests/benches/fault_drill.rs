@@ -1,19 +1,17 @@
 #![allow(clippy::unwrap_used)]
 //! Fault drills end to end: how long failoverd takes to detect a fault Istio injects on the
-//! primary and to fail over, measured through a router that applies the fault the way Envoy
-//! does (`tests/support/fault_router.rs`).
+//! primary and to fail over, measured through the routing proxy (`chaos_tests::proxy`), which applies the fault the way
+//! Envoy does.
 //!
 //! `cargo build --release -p failoverd && cargo bench -p chaos-tests --bench fault_drill`
 //!
 //! One release daemon on the demo playbook with the primary's probe (500 ms, threshold 2)
-//! through the router and a `scope: probes` drill (`abort.httpStatus: 503`, hold 1 s); `RUNS`
+//! through the proxy and a `scope: probes` drill (`abort.httpStatus: 503`, hold 1 s); `RUNS`
 //! runs (default 20) one after the other. Per run, from the drill's report: fault written →
 //! detected (the result that met the threshold), detected → failover written, fault written
 //! → failover written; and from outside: the fault route seen in the file → the failover
 //! seen in the file. Prints p50 / p99 / max of each.
 
-#[path = "../tests/support/fault_router.rs"]
-mod fault_router;
 
 use std::time::{Duration, Instant};
 
@@ -100,19 +98,24 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     println!(
-        "fault_drill: {runs} runs, probes 500 ms x threshold 2 through the fault router ({})",
+        "fault_drill: {runs} runs, probes 500 ms x threshold 2 through the routing proxy ({})",
         chaos_tests::failoverd_bin().display()
     );
     let s = Scenario::new(FAST).await.unwrap();
     std::fs::write(&s.vs_path, VS).unwrap();
-    let router =
-        fault_router::Router::start(s.vs_path.clone(), s.primary.addr(), s.dr.addr()).await;
+    let router = chaos_tests::proxy::Proxy::start(
+        chaos_tests::proxy::ProxyConfig::new(s.vs_path.clone(), Some("primary".into()))
+            .upstream("web.demo.svc.cluster.local", Some("v1"), s.primary.addr())
+            .upstream(chaos_tests::DR_HOST, None, s.dr.addr()),
+    )
+    .await
+    .unwrap();
     let primary_url = format!("http://{}/healthz", s.primary.addr());
     let text = s.playbook_text.replace(
         &format!("url: \"{primary_url}\" }}"),
         &format!(
             "url: \"http://{}/healthz\", headers: {{ x-probe: primary }} }}",
-            router.addr
+            router.addr()
         ),
     );
     assert_ne!(text, s.playbook_text);

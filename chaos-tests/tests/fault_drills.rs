@@ -1,13 +1,9 @@
 //! Fault drills (`spec.inject`) against the real `failoverd` binary, the file store and
-//! stand-in services, with the primary's probes going through a router that follows the
-//! VirtualService the way Envoy does for what these tests use: `http[]` in order, first
-//! match wins, header `exact` matches, `fault.abort.httpStatus` at 100 %.
-//!
-//! The router here is deliberately minimal and local to this file: the routing proxy in
-//! `chaos_tests::proxy` follows one named route and has no fault semantics on this branch
-//! (issue 17 item 4 is another branch's). Anything it does not understand in a route it
-//! meets (another match field, a fault it cannot apply) fails the test rather than being
-//! guessed.
+//! stand-in services, with the primary's probes going through the routing proxy
+//! (`chaos_tests::proxy`), which follows the VirtualService file the way Envoy does: `http[]`
+//! in order, first match wins, header matches, `fault.abort`/`delay` with their percentages.
+//! A route the proxy cannot honour (an unsupported match field) or an object it refuses fails
+//! the test rather than being guessed.
 //!
 //! Must hold (issue 17): a `scope: probes` drill on a healthy playbook passes, user traffic
 //! without the header sees no error at any point, detection within interval × threshold +
@@ -18,8 +14,8 @@
 //! fault written to a playbook failed over for real, frozen or held.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/fault_router.rs"]
-mod fault_router;
+#[path = "support/user_load.rs"]
+mod user_load;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +29,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use fault_router::{Router, user_load};
+use chaos_tests::proxy::{Proxy, ProxyConfig};
+use user_load::user_load;
 
 const TOKEN: &str = "fault-drill-operator-token";
 /// Generous: a loaded 2-core CI box.
@@ -88,10 +85,22 @@ spec:
 // ---------------------------------------------------------------------------------------
 // The set-up.
 
+/// The routing proxy on the scenario's VirtualService file: the demo's primary subset and
+/// its DR host mapped to the stand-ins; `primary` is the route failoverd rewrites.
+async fn start_proxy(s: &Scenario) -> Proxy {
+    Proxy::start(
+        ProxyConfig::new(s.vs_path.clone(), Some("primary".into()))
+            .upstream("web.demo.svc.cluster.local", Some("v1"), s.primary.addr())
+            .upstream(chaos_tests::DR_HOST, None, s.dr.addr()),
+    )
+    .await
+    .unwrap()
+}
+
 struct Setup {
     s: Scenario,
     tokens: PathBuf,
-    router: Router,
+    router: Proxy,
 }
 
 impl Setup {
@@ -100,14 +109,14 @@ impl Setup {
     async fn new(drills: &[(&str, &str)]) -> Self {
         let s = Scenario::new(FAST).await.unwrap();
         std::fs::write(&s.vs_path, VS).unwrap();
-        let router = Router::start(s.vs_path.clone(), s.primary.addr(), s.dr.addr()).await;
+        let router = start_proxy(&s).await;
         let primary_url = format!("http://{}/healthz", s.primary.addr());
         assert_eq!(s.playbook_text.matches(&primary_url).count(), 1);
         let text = s.playbook_text.replace(
             &format!("url: \"{primary_url}\" }}"),
             &format!(
                 "url: \"http://{}/healthz\", headers: {{ x-probe: primary }} }}",
-                router.addr
+                router.addr()
             ),
         );
         assert_ne!(text, s.playbook_text, "the primary probe was not rerouted");
@@ -325,7 +334,7 @@ async fn probes_scope_drill_passes_and_users_see_no_error() {
         "plan mode wrote the store"
     );
     // Users: a bounded request loop through the router, without the header.
-    let (stop, users) = user_load(setup.router.addr, 5_000);
+    let (stop, users) = user_load(setup.router.addr(), 5_000);
     let id = setup.start(&d, "fault");
     // Observed from outside: when the fault route appears, and when the route moves.
     let vs_path = setup.s.vs_path.clone();
@@ -351,9 +360,14 @@ async fn probes_scope_drill_passes_and_users_see_no_error() {
         "users saw errors during the drill (seconds, status): {errors:?}"
     );
     assert!(
-        setup.router.unsupported.lock().unwrap().is_empty(),
-        "{:?}",
-        setup.router.unsupported.lock().unwrap()
+        setup.router.unsupported().is_empty() && setup.router.rejected().is_empty(),
+        "the proxy could not honour: {:?}; refused: {:?}",
+        setup.router.unsupported(),
+        setup.router.rejected()
+    );
+    assert!(
+        setup.router.stats().aborted > 0,
+        "the proxy aborted no request: the drill traffic never met the fault"
     );
     assert_in_order(
         &events(&report),
