@@ -12,7 +12,6 @@
 //! → failover written; and from outside: the fault route seen in the file → the failover
 //! seen in the file. Prints p50 / p99 / max of each.
 
-
 use std::time::{Duration, Instant};
 
 use chaos_tests::{Daemon, Scenario, percentile, run_cli};
