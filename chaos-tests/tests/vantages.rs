@@ -185,6 +185,29 @@ async fn both_vantages_lose_it_fail_over_within_one_exchange_interval() {
     assert!(fleet.hook.events("suspect-observer").is_empty());
 }
 
+/// Asserts that the leader, deciding alone, wrote every playbook's failover within
+/// `interval × threshold` + three exchange intervals + one probe interval of `fault` (when
+/// the standby was `what`: killed or stopped), and counted one `no-live-peer` fallback per
+/// playbook.
+async fn moved_alone(fleet: &Fleet, a: &support::leader::Replica, fault: SystemTime, what: &str) {
+    let budget = detection() + EXCHANGE * 3 + INTERVAL;
+    let seen = fleet.first_updates(fault);
+    println!("{what} -> route written: {seen:?} (budget {budget:?})");
+    assert!(
+        seen.iter().all(|t| t.is_some_and(|t| t <= budget)),
+        "{seen:?} (budget {budget:?})\n{}",
+        a.logs()
+    );
+    assert_eq!(
+        metric(
+            a,
+            "failoverd_vantage_fallback_total{reason=\"no-live-peer\"}"
+        )
+        .await,
+        Some(3.0)
+    );
+}
+
 /// Ensures a standby killed with SIGKILL cannot block a failover: the leader, alone blind to
 /// the primary from the same moment, decides on its own view once the standby's last report
 /// is three exchange intervals old, failing over within `interval × threshold` + three
@@ -202,22 +225,7 @@ async fn dead_standby_never_blocks_a_failover() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
-    let budget = detection() + EXCHANGE * 3 + INTERVAL;
-    let seen = fleet.first_updates(fault);
-    println!("kill -> route written: {seen:?} (budget {budget:?})");
-    assert!(
-        seen.iter().all(|t| t.is_some_and(|t| t <= budget)),
-        "{seen:?} (budget {budget:?})\n{}",
-        a.logs()
-    );
-    assert_eq!(
-        metric(
-            &a,
-            "failoverd_vantage_fallback_total{reason=\"no-live-peer\"}"
-        )
-        .await,
-        Some(3.0)
-    );
+    moved_alone(&fleet, &a, fault, "kill").await;
     let moved = first_move(&a).await;
     assert!(
         moved.contains("decided on this vantage's view: no-live-peer"),
@@ -251,20 +259,5 @@ async fn lagging_standby_never_blocks_a_failover() {
         .args(["-CONT", &pid])
         .status();
     moved.unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
-    let budget = detection() + EXCHANGE * 3 + INTERVAL;
-    let seen = fleet.first_updates(fault);
-    println!("stop -> route written: {seen:?} (budget {budget:?})");
-    assert!(
-        seen.iter().all(|t| t.is_some_and(|t| t <= budget)),
-        "{seen:?} (budget {budget:?})\n{}",
-        a.logs()
-    );
-    assert_eq!(
-        metric(
-            &a,
-            "failoverd_vantage_fallback_total{reason=\"no-live-peer\"}"
-        )
-        .await,
-        Some(3.0)
-    );
+    moved_alone(&fleet, &a, fault, "stop").await;
 }
