@@ -481,9 +481,32 @@ pub async fn http_get(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path, None, timeout).await
+}
+
+/// [`http_get`] with `Authorization: Bearer <token>` (what the API's tests send).
+pub async fn http_get_as(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path, Some(token), timeout).await
+}
+
+/// One HTTP/1.0 request without a body over a raw TCP connection (the server closes after
+/// answering), bounded by `timeout`: status and body.
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
             .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
@@ -491,12 +514,16 @@ pub async fn http_get(
     };
     let text = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| anyhow::anyhow!("GET {path} on {addr}: no answer within {timeout:?}"))??;
+        .map_err(|_| {
+            anyhow::anyhow!("{method} {path} on {addr}: no answer within {timeout:?}")
+        })??;
     let code = text
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("GET {path} on {addr}: not an HTTP answer: {text:?}"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("{method} {path} on {addr}: not an HTTP answer: {text:?}")
+        })?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())

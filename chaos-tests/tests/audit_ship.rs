@@ -73,28 +73,9 @@ fn operator(url: &str, verb: &str, reason: &str) {
 
 /// `GET path` with the operator's token (HTTP/1.0, bounded): status and body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), exchange)
+    chaos_tests::http_get_as(addr, path, TOKEN, Duration::from_secs(10))
         .await
         .unwrap()
-        .unwrap();
-    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// A failover, a failback and operator calls with `--audit-ship FILE`, a checkpoint key and a

@@ -15,7 +15,6 @@ use chaos_tests::{Daemon, Prometheus, Scenario, run_cli, wait_for};
 use failoverd::auth::hash_token;
 use failoverd::engine::Routing;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "drill-operator-token";
 /// Generous: a loaded 2-core CI box.
@@ -130,27 +129,9 @@ fn utc_date(days: i64) -> String {
 
 /// `GET path` with the bearer token: status and body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), exchange)
+    chaos_tests::http_get_as(addr, path, TOKEN, Duration::from_secs(5))
         .await
         .unwrap()
-        .unwrap();
-    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 async fn run_report(addr: SocketAddr, drill: &str, id: &str) -> Value {
