@@ -178,7 +178,7 @@ async fn operator_sees_the_failover_live_and_freezes() {
         .click()
         .await
         .unwrap();
-    let confirm = b.driver.find(By::Css("div.confirm")).await.unwrap();
+    let confirm = b.wait_find(By::Css("div.confirm")).await.unwrap();
     let said = confirm.text().await.unwrap();
     assert!(
         said.contains("Freeze") && said.contains("30m") && said.contains(OPERATOR.0),
@@ -191,7 +191,7 @@ async fn operator_sees_the_failover_live_and_freezes() {
         .click()
         .await
         .unwrap();
-    let result = b.driver.find(By::Id("result")).await.unwrap();
+    let result = b.wait_find(By::Id("result")).await.unwrap();
     let text = result.text().await.unwrap();
     assert!(text.contains("Done: freeze"), "{text}");
     b.wait_live().await.unwrap();

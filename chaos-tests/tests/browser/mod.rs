@@ -164,6 +164,25 @@ impl Browser {
         self.wait_live().await
     }
 
+    /// Finds `by`, waiting up to 10 s for it: a click on a form's submit button returns
+    /// before the browser has loaded the page it navigates to, so a plain `find` right after
+    /// one can look at the old page.
+    pub async fn wait_find(&self, by: By) -> anyhow::Result<WebElement> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.driver.find(by.clone()).await {
+                Ok(el) => return Ok(el),
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "{by:?} not on the page within 10 s ({e}): {}",
+                        self.driver.source().await.unwrap_or_default()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// Waits until the page says its live stream is up.
     pub async fn wait_live(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -190,6 +209,9 @@ impl Browser {
             .await?
             .click()
             .await?;
+        // Signed out once the sign-in page has loaded (else a `goto` right after could cancel
+        // the sign-out's own navigation).
+        self.wait_find(By::Id("token")).await?;
         Ok(())
     }
 
