@@ -10,22 +10,21 @@
 //! is full does not stop the next start. A route written whose outcome record did not fit is
 //! recorded once space returns, so the log and the store agree.
 
-use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use chaos_tests::{Daemon, DaemonPaths, POLL, Scenario, assert_audit_verifies, wait_for};
 use failoverd::audit::{AuditLog, Entry, Record};
 use failoverd::engine::Routing;
 use serde_json::Value;
+use tmpfs::{PAGE, Tmpfs};
 
 const SEC: Duration = Duration::from_secs(1);
-/// tmpfs accounts space in pages.
-const PAGE: u64 = 4096;
 /// Failover due: 3 probes at 1 s after the primary stops, plus the write; room for a loaded
 /// 2-core box.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(10);
@@ -87,78 +86,6 @@ impl Hook {
         )
         .unwrap();
         path
-    }
-}
-
-/// A tmpfs of `size` mounted on a fresh directory; unmounted (lazily, so a daemon still
-/// holding a file cannot keep it) when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `mount` (this test needs root): {e}"));
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs on {} (this test needs root to mount; it does not pass without checking): {}",
-            dir.path().display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn filler(&self) -> PathBuf {
-        self.path().join("filler")
-    }
-
-    /// Fills the tmpfs to the last byte, then gives back `free_pages` whole pages.
-    fn fill_leaving(&self, free_pages: u64) {
-        let mut f = File::create(self.filler()).unwrap();
-        let block = vec![0u8; PAGE as usize];
-        loop {
-            match f.write(&block) {
-                Ok(n) if n == block.len() => {}
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(28) => break,
-                Err(e) => panic!("filling the tmpfs: {e}"),
-            }
-        }
-        let len = f.metadata().unwrap().len();
-        assert!(
-            len >= free_pages * PAGE,
-            "tmpfs too small to leave {free_pages} pages"
-        );
-        f.set_len(len - (len % PAGE) - free_pages * PAGE).unwrap();
-        if free_pages == 0 {
-            // The last byte: a probe write must fail now.
-            assert!(
-                File::create(self.path().join("probe"))
-                    .and_then(|mut p| p.write_all(&[0]))
-                    .is_err(),
-                "the tmpfs still takes a byte after filling"
-            );
-            let _ = std::fs::remove_file(self.path().join("probe"));
-        }
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.filler()).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
     }
 }
 

@@ -14,227 +14,28 @@
 //! fault written to a playbook failed over for real, frozen or held.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/fault_drill.rs"]
+mod fault_drill;
 #[path = "support/user_load.rs"]
 mod user_load;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, Scenario, run_cli, wait_for};
-use failoverd::auth::hash_token;
+use chaos_tests::wait_for;
 use failoverd::engine::Routing;
 use serde_json::Value;
 
-use chaos_tests::proxy::{Proxy, ProxyConfig};
+use fault_drill::{Setup, WAIT, api_get, fault_routes, verdict};
 use user_load::user_load;
 
-const TOKEN: &str = "fault-drill-operator-token";
-/// Generous: a loaded 2-core CI box.
-const WAIT: Duration = Duration::from_secs(30);
 /// The probe interval and threshold the tests run with (the detection budget follows).
 const INTERVAL: Duration = Duration::from_millis(500);
 const THRESHOLD: u32 = 2;
 
-/// The demo playbook with 500 ms probes, two failures to trigger, a quick failback.
-const FAST: &[(&str, &str)] = &[
-    ("interval: 1s # one attempt per second", "interval: 500ms"),
-    (
-        "timeout: 500ms # an attempt without an answer after 500 ms is a failure",
-        "timeout: 300ms",
-    ),
-    ("interval: 1s\n", "interval: 500ms\n"),
-    ("timeout: 500ms\n", "timeout: 300ms\n"),
-    ("failureThreshold: 3", "failureThreshold: 2"),
-    ("after: 5s", "after: 1s"),
-    ("minDwell: 5s", "minDwell: 1s"),
-    ("steps: [50, 100]", "steps: [100]"),
-];
-
-/// The demo VirtualService plus a route for the primary's probe (`x-probe: primary`), so
-/// the probe reaches the primary whatever the guarded route points at, as a probe of a
-/// subset would in a mesh.
-const VS: &str = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: web
-  namespace: demo
-  labels: { app: web }
-  annotations: { owner: platform-team }
-spec:
-  hosts: [ web.demo.svc.cluster.local ]
-  gateways: [ mesh ]
-  http:
-    - name: probe-primary
-      match:
-        - headers:
-            x-probe: { exact: primary }
-      route:
-        - destination: { host: web.demo.svc.cluster.local, subset: v1 }
-    - name: primary
-      retries: { attempts: 2, perTryTimeout: 2s }
-      timeout: 10s
-      route:
-        - destination: { host: web.demo.svc.cluster.local, subset: v1 }
-          weight: 100
-";
-
 // ---------------------------------------------------------------------------------------
-// The set-up.
-
-/// The routing proxy on the scenario's VirtualService file: the demo's primary subset and
-/// its DR host mapped to the stand-ins; `primary` is the route failoverd rewrites.
-async fn start_proxy(s: &Scenario) -> Proxy {
-    Proxy::start(
-        ProxyConfig::new(s.vs_path.clone(), Some("primary".into()))
-            .upstream("web.demo.svc.cluster.local", Some("v1"), s.primary.addr())
-            .upstream(chaos_tests::DR_HOST, None, s.dr.addr()),
-    )
-    .await
-    .unwrap()
-}
-
-struct Setup {
-    s: Scenario,
-    tokens: PathBuf,
-    router: Proxy,
-}
-
-impl Setup {
-    /// The demo scenario with the primary's probe through the router (header
-    /// `x-probe: primary`), the DR probe direct, and the drills given as (name, spec body).
-    async fn new(drills: &[(&str, &str)]) -> Self {
-        let s = Scenario::new(FAST).await.unwrap();
-        std::fs::write(&s.vs_path, VS).unwrap();
-        let router = start_proxy(&s).await;
-        let primary_url = format!("http://{}/healthz", s.primary.addr());
-        assert_eq!(s.playbook_text.matches(&primary_url).count(), 1);
-        let text = s.playbook_text.replace(
-            &format!("url: \"{primary_url}\" }}"),
-            &format!(
-                "url: \"http://{}/healthz\", headers: {{ x-probe: primary }} }}",
-                router.addr()
-            ),
-        );
-        assert_ne!(text, s.playbook_text, "the primary probe was not rerouted");
-        std::fs::write(&s.playbook_path, text).unwrap();
-        let dir = s.paths.playbooks.join("drills");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, body) in drills {
-            std::fs::write(
-                dir.join(format!("{name}.yaml")),
-                format!(
-                    "apiVersion: failoverd.dev/v1alpha1\nkind: Drill\nmetadata: {{ name: {name} }}\nspec:\n  playbooks: [ demo ]\n{body}"
-                ),
-            )
-            .unwrap();
-        }
-        let tokens = s.dir.path().join("tokens.yaml");
-        std::fs::write(
-            &tokens,
-            format!(
-                "- {{ identity: \"fault-test@oncall\", role: admin, sha256: \"{}\" }}\n",
-                hash_token(TOKEN)
-            ),
-        )
-        .unwrap();
-        Self { s, tokens, router }
-    }
-
-    async fn spawn(&self, name: &str) -> Daemon {
-        let mut d = Daemon::spawn_with(
-            &self.s.paths,
-            name,
-            &[std::ffi::OsStr::new("--tokens"), self.tokens.as_os_str()],
-        )
-        .unwrap();
-        d.wait_ready(WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-        d
-    }
-
-    fn cli(&self, d: &Daemon, args: &[&str]) -> std::process::Output {
-        let url = format!("http://{}", d.addr);
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend_from_slice(&["--url", &url, "--token", TOKEN]);
-        run_cli(all, Duration::from_secs(90)).unwrap()
-    }
-
-    /// Starts drill `name` (no wait); the run id.
-    fn start(&self, d: &Daemon, name: &str) -> String {
-        let out = self.cli(d, &["drill", "run", name, "--reason", "fault drill test"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "drill run failed: {text}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            d.logs()
-        );
-        text.split_whitespace()
-            .skip_while(|w| *w != "run")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no run id in {text:?}"))
-            .to_string()
-    }
-
-    fn vs(&self) -> Value {
-        self.s.read_vs().unwrap()
-    }
-
-    fn fault_routes(&self) -> Vec<String> {
-        fault_routes(&self.s.vs_path)
-    }
-
-    fn fault_audit(&self) -> Vec<(String, String, String)> {
-        self.s
-            .audit()
-            .into_iter()
-            .filter(|r| r.action.starts_with("drill-fault"))
-            .map(|r| (r.action, r.outcome, r.actor))
-            .collect()
-    }
-}
-
-fn fault_routes(vs: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(vs) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_saphyr::from_str::<Value>(&text) else {
-        return Vec::new();
-    };
-    v["spec"]["http"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["name"].as_str())
-        .filter(|n| n.starts_with("failoverd-drill-"))
-        .map(String::from)
-        .collect()
-}
-
-async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    chaos_tests::http_get_as(addr, path, TOKEN, Duration::from_secs(5))
-        .await
-        .unwrap()
-}
-
-/// Polls a run until it has a verdict (bounded).
-async fn verdict(addr: SocketAddr, drill: &str, id: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..1200 {
-        let (code, body) = api_get(addr, &format!("/v1/drills/{drill}/runs/{id}")).await;
-        if code == 200 {
-            last = serde_json::from_str(&body).unwrap();
-            if last["result"] != "running" {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("drill {drill} run {id} never finished: {last:#}");
-}
+// The set-up (the shared part: `support/fault_drill.rs`).
 
 /// Waits until no run of `drill` is in progress (bounded).
 async fn wait_free(addr: SocketAddr, drill: &str) {
