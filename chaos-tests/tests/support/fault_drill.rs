@@ -128,12 +128,21 @@ impl Setup {
         self.spawn_on(&self.s.paths, name).await
     }
 
-    /// [`Setup::spawn`] on other paths (e.g. the audit log on a tmpfs).
+    /// [`Setup::spawn`] on other paths (e.g. the audit log on a tmpfs). The override state,
+    /// and the drill reports beside it, stay in the scenario's directory (`--state`; the
+    /// default is beside the audit log): with the audit log alone on a small filesystem,
+    /// their writes and deletions do not give it space.
     pub async fn spawn_on(&self, paths: &DaemonPaths, name: &str) -> Daemon {
+        let state = self.s.dir.path().join("overrides.json");
         let mut d = Daemon::spawn_with(
             paths,
             name,
-            &[std::ffi::OsStr::new("--tokens"), self.tokens.as_os_str()],
+            &[
+                std::ffi::OsStr::new("--tokens"),
+                self.tokens.as_os_str(),
+                std::ffi::OsStr::new("--state"),
+                state.as_os_str(),
+            ],
         )
         .unwrap();
         d.wait_ready(WAIT)
@@ -152,12 +161,7 @@ impl Setup {
 
     /// Starts drill `name` (no wait); the run id.
     pub fn start(&self, d: &Daemon, name: &str) -> String {
-        self.start_because(d, name, "fault drill test")
-    }
-
-    /// [`Setup::start`] with the run's reason.
-    pub fn start_because(&self, d: &Daemon, name: &str, reason: &str) -> String {
-        let out = self.cli(d, &["drill", "run", name, "--reason", reason]);
+        let out = self.cli(d, &["drill", "run", name, "--reason", "fault drill test"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
