@@ -17,19 +17,24 @@
 //!    passes, sequence numbers run 1..n, no drill-fault record exists.
 //! 2. **Disk fills while the fault is in place** (after the fault route and the failover are
 //!    seen in the VirtualService file, during the hold): the removal needs its intent record,
-//!    so nothing is written while the disk is full; the run retries the removal for 30 s
-//!    (`REMOVE_RETRY`), gives up, and from then on the probes stop sending the drill header
-//!    (the proxy aborts no more probe requests: the primary is seen healthy again); the run
-//!    ends `failed`, naming the removal it could not make. This test takes that path (the
-//!    full give-up, then the free), so the removal after the free is the sweep's
-//!    (`sweep_faults`, every 1 s, actor `failoverd`), and the failback the engine's (the
-//!    run's own failback is refused at the give-up, the primary still failing then, and the
-//!    run leaves it to the engine); after the free the two come in either order. Once space
-//!    returns: the fault is removed within seconds with its intent (dated after the free)
-//!    and outcome records, the VirtualService equals the original exactly (as an object: the
-//!    store writes its own YAML layout), every VirtualService change seen from outside has
-//!    its `written` record, `failoverd audit verify` passes, sequence numbers run 1..n, and
-//!    SIGTERM ends the daemon with status 0.
+//!    so nothing is written while the disk is full (the VirtualService and the log unchanged
+//!    byte for byte, `/readyz` degraded); the run retries the removal for 30 s
+//!    (`REMOVE_RETRY`), then gives up. Both paths are tested:
+//!    - *full past the give-up*: the probes carry the drill header until the give-up and
+//!      none after it (the proxy aborts no more probe requests; the primary is seen healthy
+//!      again); the run ends `failed`, naming the removal it could not make; after the free
+//!      the removal is the sweep's (`sweep_faults`, every 1 s, actor `failoverd`) and the
+//!      failback the engine's (the run's own failback is refused at the give-up, the primary
+//!      still failing then, and the run leaves it to the engine), in either order;
+//!    - *space back during the run's retry*: the run itself removes its fault (actor
+//!      `drill:fault`) within seconds of the free, then fails back.
+//!
+//!    Either way, once space returns: the fault is removed within seconds with one intent
+//!    (dated after the free: refused attempts leave nothing) and its `written` outcome, the
+//!    VirtualService equals the original exactly (as an object: the store writes its own
+//!    YAML layout), every VirtualService change seen from outside has its `written` record,
+//!    `failoverd audit verify` passes, sequence numbers run 1..n, every outcome names an
+//!    intent before it, and SIGTERM ends the daemon with status 0.
 //!
 //! "Full to the last byte": before the fill the daemon's log is made to end on a page
 //! boundary (refused API calls, each recorded, sized to land on it), so a full tmpfs takes
@@ -37,8 +42,8 @@
 //!
 //! The oracles are the VirtualService file's bytes (watched from outside), the audit log
 //! parsed here line by line, the proxy's count of aborted requests and the `failoverd audit
-//! verify` CLI; the daemon's own view (`/readyz`, the run report) only for sequencing and
-//! the reasons it gives.
+//! verify` CLI; the daemon's own view (`/readyz`, the run report, its log, the playbook's
+//! status) only for sequencing, the signals it must raise and the reasons it gives.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/fault_drill.rs"]
@@ -419,75 +424,206 @@ async fn full_disk_before_the_fault_writes_nothing_and_aborts_the_run() {
     );
 }
 
-/// The disk fills while the fault is in place (after the failover, during the hold): the
-/// removal is not written without its record; the run gives up after its retry and the
-/// probes stop sending the drill header; once space returns the fault is removed within
-/// seconds, audited, the VirtualService is the original exactly, the chain verifies
-/// with every sequence once, and the daemon exits 0 on SIGTERM.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disk_filling_while_the_fault_is_in_place_holds_the_removal_until_space_returns() {
-    let fs = Tmpfs::mount("1m");
-    let setup = Setup::new(&[("fault", LONG_HOLD)]).await;
-    let paths = paths_on(&setup, &fs);
-    // Compared as values: the store writes its own YAML layout, so a VirtualService that was
-    // written and restored has other bytes, the same object.
-    let original = setup.vs();
-    let mut d = setup.spawn_on(&paths, "fault-fills").await;
-    let watch = VsWatch::start(&setup.s.vs_path);
-    let id = setup.start(&d, "fault");
-    let vs_path = setup.s.vs_path.clone();
-    wait_for("the fault route in the VirtualService", WAIT, || {
-        (!fault_routes(&vs_path).is_empty()).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    setup
-        .s
-        .wait_routing(|r| r != Routing::Primary, WAIT)
+/// A fault drill with its fault and failover in place, during the hold, and then the audit
+/// log's tmpfs full to the last byte.
+struct FaultInPlace {
+    setup: Setup,
+    paths: DaemonPaths,
+    /// The VirtualService before the drill, as a value: the store writes its own YAML
+    /// layout, so one written and restored has other bytes, the same object.
+    original: Value,
+    d: Daemon,
+    watch: VsWatch,
+    id: String,
+    filled: Instant,
+    full_vs: Vec<u8>,
+    full_log: Vec<u8>,
+    /// Dropped last (fields drop in order): unmounted once the daemon is gone.
+    fs: Tmpfs,
+}
+
+impl FaultInPlace {
+    async fn start(name: &str) -> Self {
+        let fs = Tmpfs::mount("1m");
+        let setup = Setup::new(&[("fault", LONG_HOLD)]).await;
+        let paths = paths_on(&setup, &fs);
+        let original = setup.vs();
+        let d = setup.spawn_on(&paths, name).await;
+        let watch = VsWatch::start(&setup.s.vs_path);
+        let id = setup.start(&d, "fault");
+        let vs_path = setup.s.vs_path.clone();
+        wait_for("the fault route in the VirtualService", WAIT, || {
+            (!fault_routes(&vs_path).is_empty()).then_some(())
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+        setup
+            .s
+            .wait_routing(|r| r != Routing::Primary, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+        // During the hold (8 s): the log ends on a page, then the tmpfs is full.
+        pad_log_to_page(&d, &paths.audit).await;
+        fs.fill_leaving(0);
+        let filled = Instant::now();
+        let full_vs = setup.s.vs_bytes().unwrap();
+        let full_log = std::fs::read(&paths.audit).unwrap();
+        assert!(
+            !fault_routes(&vs_path).is_empty(),
+            "the fault was removed before the disk was full: the test did not reach the seam"
+        );
+        assert!(
+            events(&report(d.addr, &id).await)
+                .iter()
+                .all(|e| e != "held"),
+            "the hold ended before the disk was full: the test did not reach the seam"
+        );
+        Self {
+            setup,
+            paths,
+            original,
+            d,
+            watch,
+            id,
+            filled,
+            full_vs,
+            full_log,
+            fs,
+        }
+    }
 
-    // During the hold (8 s): the log ends on a page, then the tmpfs is full.
-    pad_log_to_page(&d, &paths.audit).await;
-    fs.fill_leaving(0);
-    let filled = Instant::now();
-    let full_vs = setup.s.vs_bytes().unwrap();
-    let full_log = std::fs::read(&paths.audit).unwrap();
-    assert!(
-        !fault_routes(&vs_path).is_empty(),
-        "the hold ended before the disk was full: the test did not reach the seam"
-    );
-    assert!(
-        events(&report(d.addr, &id).await)
+    fn has_fault(&self) -> bool {
+        !self.setup.fault_routes().is_empty()
+    }
+
+    /// Still full: nothing written since the fill (the fault still in place), the log
+    /// unchanged byte for byte, the daemon up and degraded.
+    async fn assert_held(&self) {
+        assert_eq!(
+            self.watch.changes_since(self.filled),
+            0,
+            "the VirtualService changed while no record could be written: {}\n{:?}\n{}",
+            self.watch.describe(),
+            summary(&lines(&self.paths.audit)),
+            self.d.logs()
+        );
+        assert_eq!(self.setup.s.vs_bytes().unwrap(), self.full_vs);
+        assert!(self.has_fault());
+        assert_eq!(std::fs::read(&self.paths.audit).unwrap(), self.full_log);
+        assert_degraded_for_space(&self.d).await;
+    }
+
+    /// Gives the space back; the fault is removed within seconds, then the VirtualService is
+    /// the original. Returns when the space was freed.
+    async fn free(&self) -> Timestamp {
+        let freed_at = Timestamp::now();
+        let freed = Instant::now();
+        self.fs.free();
+        let d = &self.d;
+        wait_for("the fault route removed", AFTER_FREE_WITHIN, || {
+            (!self.has_fault()).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+        eprintln!("fault removed {:?} after the free", freed.elapsed());
+        wait_for("the original VirtualService", AFTER_FREE_WITHIN, || {
+            (self.setup.vs() == self.original).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+        freed_at
+    }
+
+    /// SIGTERM ends the daemon with status 0; the VirtualService is the original; the chain
+    /// verifies with every sequence once and every outcome after its intent; the removal has
+    /// one intent, dated after the free (refused attempts left nothing), and its `written`
+    /// outcome by `remover`; every change of the VirtualService seen from outside has its
+    /// `written` record.
+    async fn finish(mut self, freed_at: Timestamp, remover: &str) {
+        let log = self.paths.audit.clone();
+        wait_for("the removal's written record", 4 * SEC, || {
+            lines(&log)
+                .into_iter()
+                .find(|r| r["action"] == "drill-fault-removed" && r["outcome"] == "written")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.d.logs()));
+        let status = self.d.terminate(WAIT).unwrap();
+        assert_eq!(status.code(), Some(0), "{}", self.d.logs());
+        assert_eq!(self.setup.vs(), self.original);
+        assert_audit_verifies(&log);
+        assert_no_sequence_reused(&log);
+        let recs = lines(&log);
+        eprintln!("the log: {:?}", summary(&recs));
+        assert_outcomes_follow_intents(&recs);
+        let removal: Vec<&Value> = recs
             .iter()
-            .all(|e| e != "held")
-    );
-    let aborted_at_fill = setup.router.stats().aborted;
+            .filter(|r| r["action"] == "drill-fault-removed")
+            .collect();
+        let outcomes: Vec<&str> = removal
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["intent", "written"], "{:?}", summary(&recs));
+        let intent_at: Timestamp = removal[0]["time"].as_str().unwrap().parse().unwrap();
+        assert!(
+            intent_at >= freed_at,
+            "the removal's intent is dated {intent_at}, before the free at {freed_at}"
+        );
+        assert_eq!(removal[1]["inputs"]["intentSeq"], removal[0]["seq"]);
+        assert_eq!(removal[1]["actor"], remover, "{:?}", summary(&recs));
+        let written = recs
+            .iter()
+            .filter(|r| r["outcome"].as_str().unwrap().starts_with("written"))
+            .count();
+        assert_eq!(
+            self.watch.versions().len() - 1,
+            written,
+            "VirtualService changes seen vs `written` records: {:?}",
+            summary(&recs)
+        );
+    }
+}
 
+/// The disk fills while the fault is in place (after the failover, during the hold) and
+/// stays full past the run's retry: the removal is not written without its record; the run
+/// gives up and the probes stop sending the drill header (the primary seen healthy again);
+/// the run fails naming the removal; once space returns the sweep removes the fault within
+/// seconds, audited, the VirtualService is the original exactly, the chain verifies with
+/// every sequence once, and the daemon exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_past_the_runs_retry_leaves_the_removal_to_the_sweep() {
+    let f = FaultInPlace::start("fault-give-up").await;
+    let (d, id) = (&f.d, &f.id);
+    let aborted_at_fill = f.setup.router.stats().aborted;
     // The run gives up on the removal after its retry; the header was sent until then.
     let gave_up = poll(
-        &d,
+        d,
         "give-up of the removal by the run",
         REMOVE_RETRY + 20 * SEC,
         || async {
-            let ev = events(&report(d.addr, &id).await);
+            let ev = events(&report(d.addr, id).await);
             ev.iter()
                 .any(|e| e == "fault-not-removed")
                 .then(Instant::now)
         },
     )
     .await;
-    let aborted_at_give_up = setup.router.stats().aborted;
+    eprintln!(
+        "gave up {:?} after the fill",
+        gave_up.duration_since(f.filled)
+    );
+    let aborted_at_give_up = f.setup.router.stats().aborted;
     assert!(
         aborted_at_give_up >= aborted_at_fill + 20,
         "the probes stopped meeting the fault before the run gave up ({aborted_at_fill} → {aborted_at_give_up})"
     );
     // One probe interval for a probe already on its way; then none carries the header.
     tokio::time::sleep(SEC).await;
-    let after = setup.router.stats().aborted;
+    let after = f.setup.router.stats().aborted;
     tokio::time::sleep(HOLD_FOR).await;
     assert_eq!(
-        setup.router.stats().aborted,
+        f.setup.router.stats().aborted,
         after,
         "the probes still send the drill header after the run gave up"
     );
@@ -500,51 +636,15 @@ async fn disk_filling_while_the_fault_is_in_place_holds_the_removal_until_space_
         .iter()
         .find(|s| s["signal"] == "primary-health")
         .unwrap_or_else(|| panic!("{pb:#}"));
+    let health = primary["health"].to_string().to_lowercase();
     assert!(
-        primary["health"]
-            .to_string()
-            .to_lowercase()
-            .contains("healthy")
-            && !primary["health"]
-                .to_string()
-                .to_lowercase()
-                .contains("unhealthy"),
+        health.contains("healthy") && !health.contains("unhealthy"),
         "{primary}"
     );
-    // Still full: nothing written since the fill, the log unchanged, the daemon up.
-    assert_eq!(
-        watch.changes_since(filled),
-        0,
-        "the VirtualService changed while no record could be written: {}\n{:?}\n{}",
-        watch.describe(),
-        summary(&lines(&paths.audit)),
-        d.logs()
-    );
-    assert_eq!(setup.s.vs_bytes().unwrap(), full_vs);
-    assert!(!fault_routes(&vs_path).is_empty());
-    assert_eq!(std::fs::read(&paths.audit).unwrap(), full_log);
-    assert_degraded_for_space(&d).await;
-    assert!(d.is_running(), "{}", d.logs());
-    eprintln!(
-        "gave up {:?} after the fill",
-        gave_up.duration_since(filled)
-    );
+    f.assert_held().await;
 
-    let freed_at = Timestamp::now();
-    let freed = Instant::now();
-    fs.free();
-    wait_for("the fault route removed", AFTER_FREE_WITHIN, || {
-        fault_routes(&vs_path).is_empty().then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    eprintln!("fault removed {:?} after the free", freed.elapsed());
-    wait_for("the original VirtualService", AFTER_FREE_WITHIN, || {
-        (setup.vs() == original).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    let run = verdict(d.addr, "fault", &id).await;
+    let freed_at = f.free().await;
+    let run = verdict(d.addr, "fault", id).await;
     assert_eq!(run["result"], "failed", "{run:#}");
     assert!(
         run["reasons"].as_array().unwrap().iter().any(|r| r
@@ -553,50 +653,47 @@ async fn disk_filling_while_the_fault_is_in_place_holds_the_removal_until_space_
             .contains("the fault could not be removed")),
         "{run:#}"
     );
-    wait_for("the removal's written record", 4 * SEC, || {
-        lines(&paths.audit)
-            .into_iter()
-            .find(|r| r["action"] == "drill-fault-removed" && r["outcome"] == "written")
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-    let status = d.terminate(WAIT).unwrap();
-    assert_eq!(status.code(), Some(0), "{}", d.logs());
-    assert_eq!(setup.vs(), original);
-    assert_audit_verifies(&paths.audit);
-    assert_no_sequence_reused(&paths.audit);
+    // The run gave up: the removal is the sweep's.
+    f.finish(freed_at, "failoverd").await;
+}
 
-    let recs = lines(&paths.audit);
-    eprintln!("the log: {:?}", summary(&recs));
-    assert_outcomes_follow_intents(&recs);
-    // The removal: one intent, written after the free (the refused attempts left nothing);
-    // its outcome `written`, by the sweep.
-    let removal: Vec<&Value> = recs
-        .iter()
-        .filter(|r| r["action"] == "drill-fault-removed")
-        .collect();
-    let outcomes: Vec<&str> = removal
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["intent", "written"], "{:?}", summary(&recs));
-    let intent_at: Timestamp = removal[0]["time"].as_str().unwrap().parse().unwrap();
+/// The disk fills while the fault is in place and space returns while the run still retries
+/// the removal (after the hold, before the 30 s give-up): nothing is written while full (the
+/// probes still meet the fault); after the free the run itself removes its fault within
+/// seconds, audited, and fails back; the VirtualService is the original exactly and the
+/// chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_returning_during_the_runs_retry_lets_the_run_remove_its_fault() {
+    let f = FaultInPlace::start("fault-retry").await;
+    let (d, id) = (&f.d, &f.id);
+    // The hold ends and the run's removal is refused (its report is saved only once the
+    // removal returns: its retry shows in the daemon's log).
+    poll(d, "the run's removal refused", WAIT, || async {
+        d.stderr_text()
+            .contains("drill fault not removed yet; retrying")
+            .then_some(())
+    })
+    .await;
+    let aborted_at_hold_end = f.setup.router.stats().aborted;
+    // Retried meanwhile.
+    tokio::time::sleep(HOLD_FOR).await;
+    f.assert_held().await;
     assert!(
-        intent_at >= freed_at,
-        "the removal's intent is dated {intent_at}, before the free at {freed_at}"
+        f.setup.router.stats().aborted >= aborted_at_hold_end + 3,
+        "the probes stopped meeting the fault while it was still in place"
     );
-    assert_eq!(removal[1]["inputs"]["intentSeq"], removal[0]["seq"]);
-    assert_eq!(removal[1]["actor"], "failoverd", "{:?}", summary(&recs));
-    // Every change of the VirtualService seen from outside has its `written` record.
-    let written = recs
-        .iter()
-        .filter(|r| r["outcome"].as_str().unwrap().starts_with("written"))
-        .count();
-    let changes = watch.versions().len() - 1;
-    assert_eq!(
-        changes,
-        written,
-        "VirtualService changes seen vs `written` records: {:?}",
-        summary(&recs)
+    let ev = events(&report(d.addr, id).await);
+    assert!(!ev.iter().any(|e| e == "fault-not-removed"), "{ev:?}");
+
+    let freed_at = f.free().await;
+    let run = verdict(d.addr, "fault", id).await;
+    eprintln!(
+        "verdict after the free: {} {}",
+        run["result"], run["reasons"]
     );
+    let ev = events(&run);
+    assert!(ev.iter().any(|e| e == "fault-removed"), "{ev:?}");
+    assert!(!ev.iter().any(|e| e == "fault-not-removed"), "{ev:?}");
+    // The run removed its own fault.
+    f.finish(freed_at, "drill:fault").await;
 }
