@@ -422,6 +422,24 @@ async fn full_disk_before_the_fault_writes_nothing_and_aborts_the_run() {
         "{:?}",
         summary(&recs)
     );
+    // The run's start and end were kept while the disk was full and written once it took
+    // appends: the chain shows the aborted run, start before end.
+    let of_run = |action: &str| {
+        recs.iter()
+            .position(|r| r["action"] == action && r["inputs"]["run"] == id.as_str())
+    };
+    let (start, end) = (of_run("drill-start"), of_run("drill-end"));
+    assert!(
+        start.is_some() && end.is_some() && start < end,
+        "the run's drill-start and drill-end records: {start:?} {end:?}\n{:?}",
+        summary(&recs)
+    );
+    assert_eq!(
+        recs[end.unwrap()]["outcome"],
+        "aborted",
+        "{:?}",
+        summary(&recs)
+    );
 }
 
 /// A fault drill with its fault and failover in place, during the hold, and then the audit
@@ -548,6 +566,15 @@ impl FaultInPlace {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", self.d.logs()));
+        // The run's end is in the chain too (kept while the disk was full, if it ended then).
+        let run = self.id.clone();
+        wait_for("the run's drill-end record", 4 * SEC, || {
+            lines(&log)
+                .into_iter()
+                .find(|r| r["action"] == "drill-end" && r["inputs"]["run"] == run.as_str())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.d.logs()));
         let status = self.d.terminate(WAIT).unwrap();
         assert_eq!(status.code(), Some(0), "{}", self.d.logs());
         assert_eq!(self.setup.vs(), self.original);
@@ -642,6 +669,21 @@ async fn disk_full_past_the_runs_retry_leaves_the_removal_to_the_sweep() {
         "{primary}"
     );
     f.assert_held().await;
+    // Some 40 s of refused attempts (every 250 ms) made a warning per removal, not a line
+    // per attempt: the run's own, and at most one from the sweep that took over.
+    let logs = d.stderr_text();
+    let retry_lines = logs
+        .lines()
+        .filter(|l| l.contains("drill fault not removed yet"))
+        .count();
+    let refused_lines = logs
+        .lines()
+        .filter(|l| l.contains("drill fault not written"))
+        .count();
+    assert!(
+        (1..=2).contains(&retry_lines) && refused_lines == 0,
+        "{retry_lines} retry warnings and {refused_lines} refusal lines for one full-disk episode\n{logs}"
+    );
 
     let freed_at = f.free().await;
     let run = verdict(d.addr, "fault", id).await;

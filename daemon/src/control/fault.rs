@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::audit::{AuditLog, Entry};
 use crate::engine::{Actor, Phase, Routing};
@@ -197,7 +197,10 @@ pub(super) async fn write_fault(
         Ok(r) => r.seq,
         Err(e) => {
             shared.metrics.audit_errors.inc();
-            error!(playbook = %name, error = %e, "audit append failed; drill fault not written");
+            // Not an error line per attempt: the drill runner retries every 250 ms and the
+            // log's refusal is announced once per episode (`audit_watch`); the caller gets
+            // the reason in its answer.
+            debug!(playbook = %name, error = %e, "audit append failed; drill fault not written");
             let _ = reply.send(Err(refuse(
                 503,
                 format!("nothing was written: no write without its audit record, and {e}"),

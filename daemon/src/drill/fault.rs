@@ -157,6 +157,9 @@ impl Drills {
     /// retrying for a while; the probes stop sending the header once it is gone.
     pub(super) async fn remove_fault(&self, name: &str, actor: &Actor) -> Result<bool, String> {
         let deadline = Instant::now() + REMOVE_RETRY;
+        // One warning per removal, not one per attempt: a full audit disk refuses every
+        // attempt, and its episode is announced once already.
+        let mut warned = false;
         loop {
             let res = self
                 .call(
@@ -177,7 +180,10 @@ impl Drills {
                     return Err(format!("the fault could not be removed: {}", e.error));
                 }
                 Err(e) => {
-                    warn!(playbook = %name, error = %e.error, "drill fault not removed yet; retrying");
+                    if !warned {
+                        warn!(playbook = %name, error = %e.error, retry_for = ?REMOVE_RETRY, "drill fault not removed yet; retrying every 250 ms");
+                        warned = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }

@@ -44,12 +44,15 @@ impl Drills {
             let res = tokio::task::spawn_blocking(move || {
                 log.lock()
                     .map_err(|_| "audit log lock poisoned".to_string())
-                    .and_then(|mut l| l.append(entry).map(|_| ()).map_err(|e| e.to_string()))
+                    // A run's start and end are facts once they happened: kept (in memory,
+                    // in order) and written first once the log takes appends again, rather
+                    // than leaving a chain with a drill that never started or never ended.
+                    .and_then(|mut l| l.append_owed(entry).map(|_| ()).map_err(|e| e.to_string()))
             })
             .await;
             if !matches!(res, Ok(Ok(()))) {
                 self.shared.metrics.audit_errors.inc();
-                error!(drill = %run.drill, "audit append for a drill failed");
+                error!(drill = %run.drill, action, "audit append for a drill failed; the record is kept and written first once the log takes appends");
             }
         }
     }
