@@ -475,6 +475,19 @@ impl Drop for Daemon {
     }
 }
 
+/// The event names of a drill run's report (`GET /v1/drills/{name}/runs/{id}`), in order.
+pub fn drill_events(report: &serde_json::Value) -> Vec<String> {
+    report["timeline"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|s| s["event"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A minimal HTTP/1.0 `GET` over a raw TCP connection (the server closes after answering).
 pub async fn http_get(
     addr: SocketAddr,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chaos_tests::prometheus::ratio_expr;
-use chaos_tests::{Daemon, Prometheus, Scenario, run_cli, wait_for};
+use chaos_tests::{Daemon, Prometheus, Scenario, drill_events, run_cli, wait_for};
 use failoverd::auth::hash_token;
 use failoverd::engine::Routing;
 use serde_json::Value;
@@ -159,7 +159,7 @@ async fn wait_verified(addr: SocketAddr, drill: &str, id: &str) {
     let mut last = Value::Null;
     for _ in 0..600 {
         last = run_report(addr, drill, id).await;
-        if events(&last).iter().any(|e| e == "verified") {
+        if drill_events(&last).iter().any(|e| e == "verified") {
             assert_eq!(last["result"], "running", "{last:#}");
             return;
         }
@@ -183,15 +183,6 @@ fn assert_in_order(ev: &[String], names: &[&str]) {
             pair[1]
         );
     }
-}
-
-fn events(report: &Value) -> Vec<String> {
-    report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["event"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// A live drill through the CLI with `--wait`: passes, its timeline is in order, the route
@@ -257,7 +248,7 @@ async fn live_drill_passes_and_restores_the_exact_route() {
     assert_eq!(run["result"], "passed", "{run:#}");
     assert_eq!(run["requestedBy"], "drill-test@oncall");
     assert_eq!(
-        events(run),
+        drill_events(run),
         [
             "started",
             "requested",
@@ -386,7 +377,7 @@ async fn drill_aborts_when_the_target_fails_during_the_hold() {
             .contains("failover target failover[0] turned unhealthy"),
         "{report:#}"
     );
-    let ev = events(&report);
+    let ev = drill_events(&report);
     assert_in_order(&ev, &["verified", "aborted", "restored"]);
     assert!(
         ev.iter().position(|e| e == "aborted") < ev.iter().position(|e| e == "restored"),
@@ -460,7 +451,7 @@ async fn sigkill_during_the_hold_is_rolled_back_on_restart() {
         report["reasons"][0].as_str().unwrap().contains("restarted"),
         "{report:#}"
     );
-    assert!(events(&report).contains(&"restarted".to_string()));
+    assert!(drill_events(&report).contains(&"restarted".to_string()));
     assert_eq!(report["playbooks"][0]["restored"], true, "{report:#}");
     assert_eq!(setup.vs(), original);
     // The drill's hold is gone: nothing pins the playbook any more.
@@ -576,7 +567,7 @@ async fn error_budget_floor_aborts_the_hold_and_refuses_the_next_run() {
             && why.ends_with("during the hold"),
         "{report:#}"
     );
-    let ev = events(&report);
+    let ev = drill_events(&report);
     assert_in_order(&ev, &["verified", "aborted", "restored"]);
     assert!(
         report["playbooks"][0]["heldSeconds"].as_f64().unwrap() < 30.0,

@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, DaemonPaths, POLL, assert_audit_verifies, wait_for};
+use chaos_tests::{Daemon, DaemonPaths, POLL, assert_audit_verifies, drill_events, wait_for};
 use failoverd::engine::Routing;
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -338,15 +338,6 @@ async fn wait_audit_available(d: &Daemon) {
     .await;
 }
 
-fn events(report: &Value) -> Vec<String> {
-    report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["event"].as_str().unwrap().to_string())
-        .collect()
-}
-
 async fn report(addr: SocketAddr, id: &str) -> Value {
     let (code, body) = api_get(addr, &format!("/v1/drills/fault/runs/{id}")).await;
     assert_eq!(code, 200, "{body}");
@@ -383,7 +374,7 @@ async fn full_disk_before_the_fault_writes_nothing_and_aborts_the_run() {
         "{run:#}"
     );
     eprintln!("aborted: {why}");
-    let ev = events(&run);
+    let ev = drill_events(&run);
     assert!(ev.contains(&"fault-refused".to_string()), "{ev:?}");
     assert!(!ev.contains(&"fault-written".to_string()), "{ev:?}");
     // Held for seconds after the verdict too: nothing comes later.
@@ -491,7 +482,7 @@ impl FaultInPlace {
             "the fault was removed before the disk was full: the test did not reach the seam"
         );
         assert!(
-            events(&report(d.addr, &id).await)
+            drill_events(&report(d.addr, &id).await)
                 .iter()
                 .all(|e| e != "held"),
             "the hold ended before the disk was full: the test did not reach the seam"
@@ -629,7 +620,7 @@ async fn disk_full_past_the_runs_retry_leaves_the_removal_to_the_sweep() {
         "give-up of the removal by the run",
         REMOVE_RETRY + 20 * SEC,
         || async {
-            let ev = events(&report(d.addr, id).await);
+            let ev = drill_events(&report(d.addr, id).await);
             ev.iter()
                 .any(|e| e == "fault-not-removed")
                 .then(Instant::now)
@@ -724,7 +715,7 @@ async fn space_returning_during_the_runs_retry_lets_the_run_remove_its_fault() {
         f.setup.router.stats().aborted >= aborted_at_hold_end + 3,
         "the probes stopped meeting the fault while it was still in place"
     );
-    let ev = events(&report(d.addr, id).await);
+    let ev = drill_events(&report(d.addr, id).await);
     assert!(!ev.iter().any(|e| e == "fault-not-removed"), "{ev:?}");
 
     let freed_at = f.free().await;
@@ -733,7 +724,7 @@ async fn space_returning_during_the_runs_retry_lets_the_run_remove_its_fault() {
         "verdict after the free: {} {}",
         run["result"], run["reasons"]
     );
-    let ev = events(&run);
+    let ev = drill_events(&run);
     assert!(ev.iter().any(|e| e == "fault-removed"), "{ev:?}");
     assert!(!ev.iter().any(|e| e == "fault-not-removed"), "{ev:?}");
     // The run removed its own fault.

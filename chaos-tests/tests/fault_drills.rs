@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chaos_tests::wait_for;
+use chaos_tests::{drill_events, wait_for};
 use failoverd::engine::Routing;
 use serde_json::Value;
 
@@ -53,15 +53,6 @@ async fn wait_free(addr: SocketAddr, drill: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("drill {drill} still running");
-}
-
-fn events(report: &Value) -> Vec<String> {
-    report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["event"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn assert_in_order(ev: &[String], names: &[&str]) {
@@ -151,7 +142,7 @@ async fn probes_scope_drill_passes_and_users_see_no_error() {
         "the proxy aborted no request: the drill traffic never met the fault"
     );
     assert_in_order(
-        &events(&report),
+        &drill_events(&report),
         &[
             "steady-state",
             "fault-written",
@@ -273,7 +264,7 @@ async fn target_dying_during_the_hold_aborts_removes_the_fault_and_fails_back() 
         "{report:#}"
     );
     assert_in_order(
-        &events(&report),
+        &drill_events(&report),
         &["failover-written", "aborted", "fault-removed", "restored"],
     );
     assert!(report["playbooks"][0]["heldSeconds"].as_f64().unwrap() < 30.0);
