@@ -7,7 +7,8 @@
 //! users see aborts at about its percentage (50 %); the fault is taken out as soon as the
 //! failover is written, not at the end of the hold; after the run the VirtualService equals
 //! the original exactly, the guarded route's own pre-existing `fault` restored from the
-//! annotation `failoverd.dev/drill-fault` it was kept in meanwhile.
+//! annotation `failoverd.dev/drill-fault` it was kept in meanwhile. Below the error-budget
+//! floor a `scope: all` drill is refused before anything moves.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/fault_drill.rs"]
@@ -61,6 +62,28 @@ fn users(
         })
         .collect();
     (stop, tasks)
+}
+
+/// failoverd on the set-up's file store with `--prometheus` (the error budget's server).
+async fn spawn(setup: &Setup, prom: &Prometheus, name: &str) -> Daemon {
+    let state = setup.s.dir.path().join("overrides.json");
+    let mut d = Daemon::spawn_with(
+        &setup.s.paths,
+        name,
+        &[
+            std::ffi::OsStr::new("--tokens"),
+            setup.tokens.as_os_str(),
+            std::ffi::OsStr::new("--state"),
+            state.as_os_str(),
+            std::ffi::OsStr::new("--prometheus"),
+            std::ffi::OsStr::new(&prom.url()),
+        ],
+    )
+    .unwrap();
+    d.wait_ready(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    d
 }
 
 /// The audit log's records, parsed here line by line.
@@ -119,23 +142,7 @@ async fn scope_all_aborts_users_at_its_percentage_and_restores_the_routes_own_fa
     let prom = Prometheus::start(&[setup.s.primary.addr()])
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let state = setup.s.dir.path().join("overrides.json");
-    let mut d = Daemon::spawn_with(
-        &setup.s.paths,
-        "fault-all",
-        &[
-            std::ffi::OsStr::new("--tokens"),
-            setup.tokens.as_os_str(),
-            std::ffi::OsStr::new("--state"),
-            state.as_os_str(),
-            std::ffi::OsStr::new("--prometheus"),
-            std::ffi::OsStr::new(&prom.url()),
-        ],
-    )
-    .unwrap();
-    d.wait_ready(WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
+    let mut d = spawn(&setup, &prom, "fault-all").await;
     prom.wait_value(&ratio_expr("primary", "10s"), |v| v == 0.0, WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", d.logs(), prom.logs()));
@@ -301,4 +308,43 @@ async fn scope_all_aborts_users_at_its_percentage_and_restores_the_routes_own_fa
     d.terminate(WAIT).unwrap();
     chaos_tests::assert_audit_verifies(&setup.s.paths.audit);
     drop(prom);
+}
+
+/// A `scope: all` drill on a service whose error budget is below the floor (the query, read
+/// by the real Prometheus, says half the requests fail: far past a 1 % budget) is refused
+/// (409) before anything moves: the VirtualService byte for byte, no fault audited, users
+/// never aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_all_below_the_error_budget_floor_is_refused_with_nothing_written() {
+    let body = "  mode: live\n  hold: 6s\n  abort:\n    errorBudget:\n      query: 'vector(0.5)'\n      objective: 99\n      floor: 50\n  inject:\n    abort: { httpStatus: 503 }\n    percentage: 50\n    scope: all\n    allTraffic: true\n";
+    let setup = Setup::new(&[("fault-all", body)]).await;
+    let prom = Prometheus::start(&[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let d = spawn(&setup, &prom, "fault-all-budget").await;
+    let before = setup.s.vs_bytes().unwrap();
+    let out = setup.cli(
+        &d,
+        &["drill", "run", "fault-all", "--reason", "budget spent"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}\n{}", d.logs());
+    assert!(stderr.contains("409"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("budget"), "{stderr}");
+    for _ in 0..5 {
+        assert_eq!(user_request(setup.router.addr()).await, 200);
+    }
+    assert_eq!(
+        setup.s.vs_bytes().unwrap(),
+        before,
+        "a refused drill wrote the store"
+    );
+    let recs = audit_lines(&setup.s.paths.audit);
+    assert!(
+        !recs
+            .iter()
+            .any(|r| r["action"].as_str().unwrap().starts_with("drill-fault")),
+        "{recs:#?}"
+    );
+    assert_eq!(setup.router.stats().aborted, 0);
 }
