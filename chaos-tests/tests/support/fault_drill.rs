@@ -1,4 +1,5 @@
-//! The fault-drill set-up shared by `tests/fault_drills.rs` and `tests/fault_drill_disk.rs`:
+//! The fault-drill set-up shared by `tests/fault_drills.rs`, `tests/fault_drill_disk.rs` and
+//! `tests/fault_drills_all.rs`:
 //! the demo scenario with fast probes, a VirtualService with a route for the primary's probe,
 //! the routing proxy (`chaos_tests::proxy`) the primary's probe goes through, drills written
 //! from (name, spec body), an admin token, and the polls of a run's report. The kubernetes
