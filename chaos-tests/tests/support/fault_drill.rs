@@ -1,14 +1,20 @@
-//! The fault-drill set-up shared by `tests/fault_drills.rs` and `tests/fault_drill_disk.rs`:
+//! The fault-drill set-up shared by `tests/fault_drills.rs`, `tests/fault_drill_disk.rs` and
+//! `tests/fault_drills_all.rs`:
 //! the demo scenario with fast probes, a VirtualService with a route for the primary's probe,
 //! the routing proxy (`chaos_tests::proxy`) the primary's probe goes through, drills written
-//! from (name, spec body), an admin token, and the polls of a run's report.
+//! from (name, spec body), an admin token, and the polls of a run's report. The kubernetes
+//! variant ([`Setup::new_kube`], for `tests/fault_drills_kube.rs`) keeps the same
+//! VirtualService in the API server emulator instead of the file, the router following it
+//! there.
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chaos_tests::proxy::{Proxy, ProxyConfig};
+use chaos_tests::kube_emulator::{ADMIN_TOKEN, Emulator};
+use chaos_tests::proxy::{Proxy, ProxyConfig, RouteSource};
 use chaos_tests::{Daemon, DaemonPaths, Scenario, run_cli};
 use failoverd::auth::hash_token;
 use serde_json::Value;
@@ -80,6 +86,9 @@ pub struct Setup {
     pub tokens: PathBuf,
     /// The routing proxy the primary's probe goes through.
     pub router: Proxy,
+    /// The API server emulator holding the VirtualService (`--store kubernetes`; shared, so a
+    /// competing client's task can hold it); None on the file store.
+    pub emu: Option<Arc<Emulator>>,
 }
 
 impl Setup {
@@ -89,6 +98,39 @@ impl Setup {
         let s = Scenario::new(FAST).await.unwrap();
         std::fs::write(&s.vs_path, VS).unwrap();
         let router = start_proxy(&s).await;
+        Self::around(s, router, None, drills)
+    }
+
+    /// [`Setup::new`] on the kubernetes store: [`VS`] seeded in an API server emulator, the
+    /// router following it there (list and watch, as istiod does), failoverd started with
+    /// `--store kubernetes` and a kubeconfig holding the emulator's admin token.
+    pub async fn new_kube(drills: &[(&str, &str)]) -> Self {
+        let s = Scenario::new(FAST).await.unwrap();
+        let emu = Emulator::start().await.unwrap();
+        emu.seed(serde_saphyr::from_str(VS).unwrap()).unwrap();
+        emu.write_kubeconfig(&s.dir.path().join("kubeconfig"), ADMIN_TOKEN)
+            .unwrap();
+        let router = Proxy::start(
+            ProxyConfig::with_source(
+                RouteSource::emulator(&emu, "demo", "web"),
+                Some("primary".into()),
+            )
+            .upstream("web.demo.svc.cluster.local", Some("v1"), s.primary.addr())
+            .upstream(chaos_tests::DR_HOST, None, s.dr.addr()),
+        )
+        .await
+        .unwrap();
+        Self::around(s, router, Some(Arc::new(emu)), drills)
+    }
+
+    /// The rest of the set-up, whichever store: the primary probe through `router`, the
+    /// drills, the tokens.
+    fn around(
+        s: Scenario,
+        router: Proxy,
+        emu: Option<Arc<Emulator>>,
+        drills: &[(&str, &str)],
+    ) -> Self {
         let primary_url = format!("http://{}/healthz", s.primary.addr());
         assert_eq!(s.playbook_text.matches(&primary_url).count(), 1);
         let text = s.playbook_text.replace(
@@ -120,7 +162,12 @@ impl Setup {
             ),
         )
         .unwrap();
-        Self { s, tokens, router }
+        Self {
+            s,
+            tokens,
+            router,
+            emu,
+        }
     }
 
     /// Starts failoverd on the scenario's paths, with the tokens; waits until it is ready.
@@ -134,16 +181,19 @@ impl Setup {
     /// their writes and deletions do not give it space.
     pub async fn spawn_on(&self, paths: &DaemonPaths, name: &str) -> Daemon {
         let state = self.s.dir.path().join("overrides.json");
-        let mut d = Daemon::spawn_with(
-            paths,
-            name,
-            &[
-                std::ffi::OsStr::new("--tokens"),
-                self.tokens.as_os_str(),
-                std::ffi::OsStr::new("--state"),
-                state.as_os_str(),
-            ],
-        )
+        let kubeconfig = self.s.dir.path().join("kubeconfig");
+        let mut args = vec![
+            std::ffi::OsStr::new("--tokens"),
+            self.tokens.as_os_str(),
+            std::ffi::OsStr::new("--state"),
+            state.as_os_str(),
+        ];
+        let mut d = if self.emu.is_some() {
+            args.extend([std::ffi::OsStr::new("--kubeconfig"), kubeconfig.as_os_str()]);
+            Daemon::spawn_store(paths, name, "kubernetes", &args)
+        } else {
+            Daemon::spawn_with(paths, name, &args)
+        }
         .unwrap();
         d.wait_ready(WAIT)
             .await
@@ -176,14 +226,23 @@ impl Setup {
             .to_string()
     }
 
-    /// The VirtualService as the store file holds it.
+    /// The VirtualService as the store holds it: the file, or the emulator's stored object
+    /// (read directly, not through failoverd).
     pub fn vs(&self) -> Value {
-        self.s.read_vs().unwrap()
+        match &self.emu {
+            Some(emu) => emu
+                .get("networking.istio.io/v1", "VirtualService", "demo", "web")
+                .unwrap(),
+            None => self.s.read_vs().unwrap(),
+        }
     }
 
-    /// The drill fault routes in the VirtualService file.
+    /// The drill fault routes in the store's VirtualService.
     pub fn fault_routes(&self) -> Vec<String> {
-        fault_routes(&self.s.vs_path)
+        match &self.emu {
+            Some(_) => fault_routes_in(&self.vs()),
+            None => fault_routes(&self.s.vs_path),
+        }
     }
 
     /// The drill-fault records of the audit log: (action, outcome, actor).
@@ -205,6 +264,11 @@ pub fn fault_routes(vs: &Path) -> Vec<String> {
     let Ok(v) = serde_saphyr::from_str::<Value>(&text) else {
         return Vec::new();
     };
+    fault_routes_in(&v)
+}
+
+/// The names of the drill fault routes (`failoverd-drill-*`) in a VirtualService object.
+pub fn fault_routes_in(v: &Value) -> Vec<String> {
     v["spec"]["http"]
         .as_array()
         .into_iter()
