@@ -12,27 +12,19 @@
 //! → failover written; and from outside: the fault route seen in the file → the failover
 //! seen in the file. Prints p50 / p99 / max of each.
 
+// The tests' fast-probe playbook edits (one list for the tests and this bench).
+#[path = "../tests/support/fault_drill.rs"]
+mod fault_drill;
+
 use std::time::{Duration, Instant};
 
 use chaos_tests::{Daemon, Scenario, percentile, run_cli};
 use failoverd::auth::hash_token;
+use fault_drill::FAST;
 use serde_json::Value;
 
 const TOKEN: &str = "fault-drill-bench-token";
 const WAIT: Duration = Duration::from_secs(30);
-const FAST: &[(&str, &str)] = &[
-    ("interval: 1s # one attempt per second", "interval: 500ms"),
-    (
-        "timeout: 500ms # an attempt without an answer after 500 ms is a failure",
-        "timeout: 300ms",
-    ),
-    ("interval: 1s\n", "interval: 500ms\n"),
-    ("timeout: 500ms\n", "timeout: 300ms\n"),
-    ("failureThreshold: 3", "failureThreshold: 2"),
-    ("after: 5s", "after: 1s"),
-    ("minDwell: 5s", "minDwell: 1s"),
-    ("steps: [50, 100]", "steps: [100]"),
-];
 const VS: &str = "apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: { name: web, namespace: demo }
