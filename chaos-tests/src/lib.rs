@@ -475,6 +475,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Every line of a JSON-lines file (the audit log), parsed here with `serde_json` rather than
+/// through failoverd's own reader; a missing file is empty. Panics on a line that is not JSON.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("{}: a line that is not JSON ({e}): {l}", path.display())
+            })
+        })
+        .collect()
+}
+
 /// The event names of a drill run's report (`GET /v1/drills/{name}/runs/{id}`), in order.
 pub fn drill_events(report: &serde_json::Value) -> Vec<String> {
     report["timeline"]

@@ -149,15 +149,6 @@ impl Drop for VsWatch {
     }
 }
 
-/// The audit log's lines, parsed here (not through the daemon's reader).
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn summary(recs: &[Value]) -> Vec<String> {
     recs.iter()
         .map(|r| {
@@ -173,7 +164,7 @@ fn summary(recs: &[Value]) -> Vec<String> {
 fn assert_no_sequence_reused(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.is_empty() || text.ends_with('\n'), "partial last line");
-    let seqs: Vec<u64> = lines(path)
+    let seqs: Vec<u64> = chaos_tests::json_lines(path)
         .iter()
         .map(|r| r["seq"].as_u64().unwrap())
         .collect();
@@ -247,7 +238,7 @@ async fn pad_log_to_page(d: &Daemon, log: &Path) {
     // Bytes of a padding record besides its reason, measured from the first one.
     let mut base: Option<u64> = None;
     for _ in 0..40 {
-        let (before, n) = (len(log), lines(log).len());
+        let (before, n) = (len(log), chaos_tests::json_lines(log).len());
         let left = slack(log);
         if left == 0 {
             return;
@@ -275,11 +266,11 @@ async fn pad_log_to_page(d: &Daemon, log: &Path) {
         assert_eq!(code, 404);
         // The refusal is appended after the answer: wait for it.
         wait_for("the padding record", 5 * SEC, || {
-            (lines(log).len() > n).then_some(())
+            (chaos_tests::json_lines(log).len() > n).then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()));
-        if lines(log).len() == n + 1 {
+        if chaos_tests::json_lines(log).len() == n + 1 {
             base = Some(len(log) - before - r);
         }
     }
@@ -405,7 +396,7 @@ async fn full_disk_before_the_fault_writes_nothing_and_aborts_the_run() {
     assert_eq!(status.code(), Some(0), "{}", d.logs());
     assert_audit_verifies(&paths.audit);
     assert_no_sequence_reused(&paths.audit);
-    let recs = lines(&paths.audit);
+    let recs = chaos_tests::json_lines(&paths.audit);
     assert!(
         !recs
             .iter()
@@ -513,7 +504,7 @@ impl FaultInPlace {
             0,
             "the VirtualService changed while no record could be written: {}\n{:?}\n{}",
             self.watch.describe(),
-            summary(&lines(&self.paths.audit)),
+            summary(&chaos_tests::json_lines(&self.paths.audit)),
             self.d.logs()
         );
         assert_eq!(self.setup.s.vs_bytes().unwrap(), self.full_vs);
@@ -551,7 +542,7 @@ impl FaultInPlace {
     async fn finish(mut self, freed_at: Timestamp, remover: &str) {
         let log = self.paths.audit.clone();
         wait_for("the removal's written record", 4 * SEC, || {
-            lines(&log)
+            chaos_tests::json_lines(&log)
                 .into_iter()
                 .find(|r| r["action"] == "drill-fault-removed" && r["outcome"] == "written")
         })
@@ -560,7 +551,7 @@ impl FaultInPlace {
         // The run's end is in the chain too (kept while the disk was full, if it ended then).
         let run = self.id.clone();
         wait_for("the run's drill-end record", 4 * SEC, || {
-            lines(&log)
+            chaos_tests::json_lines(&log)
                 .into_iter()
                 .find(|r| r["action"] == "drill-end" && r["inputs"]["run"] == run.as_str())
         })
@@ -571,7 +562,7 @@ impl FaultInPlace {
         assert_eq!(self.setup.vs(), self.original);
         assert_audit_verifies(&log);
         assert_no_sequence_reused(&log);
-        let recs = lines(&log);
+        let recs = chaos_tests::json_lines(&log);
         eprintln!("the log: {:?}", summary(&recs));
         assert_outcomes_follow_intents(&recs);
         let removal: Vec<&Value> = recs

@@ -86,15 +86,6 @@ async fn spawn(setup: &Setup, prom: &Prometheus, name: &str) -> Daemon {
     d
 }
 
-/// The audit log's records, parsed here line by line.
-fn audit_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The guarded route (`primary`) of a VirtualService object.
 fn guarded(vs: &Value) -> Value {
     vs["spec"]["http"]
@@ -290,7 +281,7 @@ async fn scope_all_aborts_users_at_its_percentage_and_restores_the_routes_own_fa
         "the VirtualService is not the original"
     );
     // The fault's edits audited: each an intent, then `written` naming it.
-    let recs = audit_lines(&setup.s.paths.audit);
+    let recs = chaos_tests::json_lines(&setup.s.paths.audit);
     for action in ["drill-fault-written", "drill-fault-removed"] {
         let mine: Vec<&Value> = recs.iter().filter(|r| r["action"] == action).collect();
         let outcomes: Vec<&str> = mine
@@ -339,7 +330,7 @@ async fn scope_all_below_the_error_budget_floor_is_refused_with_nothing_written(
         before,
         "a refused drill wrote the store"
     );
-    let recs = audit_lines(&setup.s.paths.audit);
+    let recs = chaos_tests::json_lines(&setup.s.paths.audit);
     assert!(
         !recs
             .iter()

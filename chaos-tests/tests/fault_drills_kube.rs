@@ -48,15 +48,6 @@ fn primary_hosts(vs: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The audit log's records, parsed here line by line (not through failoverd's reader).
-fn audit_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// `action`'s records are exactly an intent then a `written` outcome naming it
 /// (`inputs.intentSeq`), both by `actor`.
 fn assert_intent_then_written(recs: &[Value], action: &str, actor: &str) {
@@ -197,7 +188,7 @@ async fn probes_scope_drill_on_the_kubernetes_store() {
         writes.iter().map(|w| w.status).collect::<Vec<_>>()
     );
     assert_eq!(writes.len(), 4, "{writes:#?}");
-    let recs = audit_lines(&setup.s.paths.audit);
+    let recs = chaos_tests::json_lines(&setup.s.paths.audit);
     assert_intent_then_written(&recs, "drill-fault-written", "drill:fault");
     assert_intent_then_written(&recs, "drill-fault-removed", "drill:fault");
     chaos_tests::assert_audit_verifies(&setup.s.paths.audit);
@@ -360,7 +351,7 @@ async fn another_client_updating_the_virtual_service_loses_nothing() {
         writes.iter().map(|w| w.status).collect::<Vec<_>>(),
         n.load(Ordering::SeqCst)
     );
-    let recs = audit_lines(&setup.s.paths.audit);
+    let recs = chaos_tests::json_lines(&setup.s.paths.audit);
     assert_intent_then_written(&recs, "drill-fault-written", "drill:fault");
     assert_intent_then_written(&recs, "drill-fault-removed", "drill:fault");
     chaos_tests::assert_audit_verifies(&setup.s.paths.audit);
