@@ -333,9 +333,9 @@ impl Drills {
         self.finish_audited(run, result).await;
     }
 
-    /// Removes leg `i`'s fault (recorded in the report and the in-flight record), then waits
-    /// for the primary to be seen healthy again.
-    async fn take_out(&self, run: &mut Run, i: usize, idx: usize, pb: &Playbook, actor: &Actor) {
+    /// Removes leg `i`'s fault and records the outcome in the run: `fault-removed` (with
+    /// `done`) and the leg's fault marked removed, or `fault-not-removed` and a reason.
+    async fn remove_leg_fault(&self, run: &mut Run, i: usize, actor: &Actor, done: &str) {
         let name = run.playbooks[i].playbook.clone();
         match self.remove_fault(&name, actor).await {
             Ok(_) => {
@@ -343,17 +343,20 @@ impl Drills {
                     f.written = false;
                     f.fault_removed = Some(Timestamp::now());
                 }
-                run.step(
-                    Some(&name),
-                    "fault-removed",
-                    "every drill fault removed and read back",
-                );
+                run.step(Some(&name), "fault-removed", done);
             }
             Err(e) => {
                 run.step(Some(&name), "fault-not-removed", e.clone());
                 run.reasons.push(format!("{name}: {e}"));
             }
         }
+    }
+
+    /// Removes leg `i`'s fault (recorded in the report and the in-flight record), then waits
+    /// for the primary to be seen healthy again.
+    async fn take_out(&self, run: &mut Run, i: usize, idx: usize, pb: &Playbook, actor: &Actor) {
+        self.remove_leg_fault(run, i, actor, "every drill fault removed and read back")
+            .await;
         self.persist_in_flight(run);
         self.await_primary_healthy(run, i, idx, pb).await;
     }
@@ -699,24 +702,13 @@ impl Drills {
             if !run.playbooks[i].fault.as_ref().is_some_and(|f| f.written) {
                 continue;
             }
-            let name = run.playbooks[i].playbook.clone();
-            match self.remove_fault(&name, &actor).await {
-                Ok(_) => {
-                    if let Some(f) = run.playbooks[i].fault.as_mut() {
-                        f.written = false;
-                        f.fault_removed = Some(Timestamp::now());
-                    }
-                    run.step(
-                        Some(&name),
-                        "fault-removed",
-                        "the drill fault left by the restart was removed",
-                    );
-                }
-                Err(e) => {
-                    run.step(Some(&name), "fault-not-removed", e.clone());
-                    run.reasons.push(format!("{name}: {e}"));
-                }
-            }
+            self.remove_leg_fault(
+                run,
+                i,
+                &actor,
+                "the drill fault left by the restart was removed",
+            )
+            .await;
         }
     }
 
