@@ -502,6 +502,39 @@ pub fn drill_events(report: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Asserts a drill report's events (see [`drill_events`]) hold `names`, in this order.
+pub fn assert_events_in_order(ev: &[String], names: &[&str]) {
+    let at = |name: &str| {
+        ev.iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
+    };
+    for pair in names.windows(2) {
+        assert!(
+            at(pair[0]) < at(pair[1]),
+            "{} before {}: {ev:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// The run id `failoverd drill run` (without `--wait`) printed; panics, with the daemon's
+/// `logs`, when the command failed or printed none.
+pub fn drill_run_id(out: &std::process::Output, logs: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "drill run failed: {text}\n{}\n{logs}",
+        String::from_utf8_lossy(&out.stderr),
+    );
+    text.split_whitespace()
+        .skip_while(|w| *w != "run")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no run id in {text:?}"))
+        .to_string()
+}
+
 /// A minimal HTTP/1.0 `GET` over a raw TCP connection (the server closes after answering).
 pub async fn http_get(
     addr: SocketAddr,

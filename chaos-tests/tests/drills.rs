@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chaos_tests::prometheus::ratio_expr;
-use chaos_tests::{Daemon, Prometheus, Scenario, drill_events, run_cli, wait_for};
+use chaos_tests::{
+    Daemon, Prometheus, Scenario, assert_events_in_order, drill_events, drill_run_id, run_cli,
+    wait_for,
+};
 use failoverd::auth::hash_token;
 use failoverd::engine::Routing;
 use serde_json::Value;
@@ -91,22 +94,6 @@ impl Setup {
     fn vs(&self) -> Value {
         self.s.read_vs().unwrap()
     }
-
-    /// The run id a `drill run` without `--wait` printed.
-    fn started(&self, out: &std::process::Output, d: &Daemon) -> String {
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "drill run failed: {text}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            d.logs()
-        );
-        text.split_whitespace()
-            .skip_while(|w| *w != "run")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no run id in {text:?}"))
-            .to_string()
-    }
 }
 
 /// The UTC date `days` from now, `YYYY-MM-DD` (civil-from-days, proleptic Gregorian).
@@ -166,23 +153,6 @@ async fn wait_verified(addr: SocketAddr, drill: &str, id: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("drill {drill} run {id} never verified its failover: {last:#}");
-}
-
-/// Asserts the timeline holds these events, in this order.
-fn assert_in_order(ev: &[String], names: &[&str]) {
-    let at = |name: &str| {
-        ev.iter()
-            .position(|e| e == name)
-            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
-    };
-    for pair in names.windows(2) {
-        assert!(
-            at(pair[0]) < at(pair[1]),
-            "{} before {}: {ev:?}",
-            pair[0],
-            pair[1]
-        );
-    }
 }
 
 /// A live drill through the CLI with `--wait`: passes, its timeline is in order, the route
@@ -361,7 +331,7 @@ async fn drill_aborts_when_the_target_fails_during_the_hold() {
     let original = setup.vs();
     let d = setup.spawn("abort").await;
     let out = setup.cli(&d, &["abort"]);
-    let id = setup.started(&out, &d);
+    let id = drill_run_id(&out, &d.logs());
     setup
         .s
         .wait_routing(|r| r != Routing::Primary, WAIT)
@@ -378,7 +348,7 @@ async fn drill_aborts_when_the_target_fails_during_the_hold() {
         "{report:#}"
     );
     let ev = drill_events(&report);
-    assert_in_order(&ev, &["verified", "aborted", "restored"]);
+    assert_events_in_order(&ev, &["verified", "aborted", "restored"]);
     assert!(
         ev.iter().position(|e| e == "aborted") < ev.iter().position(|e| e == "restored"),
         "{ev:?}"
@@ -429,7 +399,7 @@ async fn sigkill_during_the_hold_is_rolled_back_on_restart() {
     let original = setup.vs();
     let mut d = setup.spawn("killed-1").await;
     let out = setup.cli(&d, &["killed"]);
-    let id = setup.started(&out, &d);
+    let id = drill_run_id(&out, &d.logs());
     setup
         .s
         .wait_routing(|r| r != Routing::Primary, WAIT)
@@ -476,7 +446,7 @@ async fn real_incident_during_the_hold_hands_over_to_the_engine() {
     let setup = Setup::new(&[("incident", "  mode: live\n  hold: 20s\n")]).await;
     let d = setup.spawn("incident").await;
     let out = setup.cli(&d, &["incident"]);
-    let id = setup.started(&out, &d);
+    let id = drill_run_id(&out, &d.logs());
     wait_verified(d.addr, "incident", &id).await;
     setup.s.primary.set_health_status(503);
     let report = verdict(d.addr, "incident", &id).await;
@@ -540,7 +510,7 @@ async fn error_budget_floor_aborts_the_hold_and_refuses_the_next_run() {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&d)));
 
     let out = setup.cli(&d, &["budget"]);
-    let id = setup.started(&out, &d);
+    let id = drill_run_id(&out, &d.logs());
     wait_verified(d.addr, "budget", &id).await;
     let running = run_report(d.addr, "budget", &id).await;
     let read = running["timeline"]
@@ -568,7 +538,7 @@ async fn error_budget_floor_aborts_the_hold_and_refuses_the_next_run() {
         "{report:#}"
     );
     let ev = drill_events(&report);
-    assert_in_order(&ev, &["verified", "aborted", "restored"]);
+    assert_events_in_order(&ev, &["verified", "aborted", "restored"]);
     assert!(
         report["playbooks"][0]["heldSeconds"].as_f64().unwrap() < 30.0,
         "aborted before the end of the hold: {report:#}"

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chaos_tests::{drill_events, wait_for};
+use chaos_tests::{assert_events_in_order, drill_events, wait_for};
 use failoverd::engine::Routing;
 use serde_json::Value;
 
@@ -53,22 +53,6 @@ async fn wait_free(addr: SocketAddr, drill: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("drill {drill} still running");
-}
-
-fn assert_in_order(ev: &[String], names: &[&str]) {
-    let at = |name: &str| {
-        ev.iter()
-            .position(|e| e == name)
-            .unwrap_or_else(|| panic!("no {name} in {ev:?}"))
-    };
-    for pair in names.windows(2) {
-        assert!(
-            at(pair[0]) < at(pair[1]),
-            "{} before {}: {ev:?}",
-            pair[0],
-            pair[1]
-        );
-    }
 }
 
 const PROBES_DRILL: &str = "  mode: live\n  hold: 2s\n  success: { failoverWithin: 2s }\n  inject: { abort: { httpStatus: 503 } }\n";
@@ -141,7 +125,7 @@ async fn probes_scope_drill_passes_and_users_see_no_error() {
         setup.router.stats().aborted > 0,
         "the proxy aborted no request: the drill traffic never met the fault"
     );
-    assert_in_order(
+    assert_events_in_order(
         &drill_events(&report),
         &[
             "steady-state",
@@ -263,7 +247,7 @@ async fn target_dying_during_the_hold_aborts_removes_the_fault_and_fails_back() 
             .contains("failover target failover[0] turned unhealthy"),
         "{report:#}"
     );
-    assert_in_order(
+    assert_events_in_order(
         &drill_events(&report),
         &["failover-written", "aborted", "fault-removed", "restored"],
     );

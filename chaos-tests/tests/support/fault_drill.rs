@@ -212,18 +212,7 @@ impl Setup {
     /// Starts drill `name` (no wait); the run id.
     pub fn start(&self, d: &Daemon, name: &str) -> String {
         let out = self.cli(d, &["drill", "run", name, "--reason", "fault drill test"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "drill run failed: {text}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            d.logs()
-        );
-        text.split_whitespace()
-            .skip_while(|w| *w != "run")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no run id in {text:?}"))
-            .to_string()
+        chaos_tests::drill_run_id(&out, &d.logs())
     }
 
     /// The VirtualService as the store holds it: the file, or the emulator's stored object
